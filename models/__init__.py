@@ -1,0 +1,1 @@
+"""Model code: the transaction schema, feature schema, fraud model, training and loading."""

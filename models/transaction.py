@@ -1,0 +1,105 @@
+"""The card-transaction event: its wire format (JSON) and its validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from operators.dead_letter import InvalidEvent
+
+MAX_AMOUNT = 1_000_000.0
+# 2000-01-01 .. 2100-01-01 in epoch milliseconds
+MIN_EVENT_TIME_MS = 946_684_800_000
+MAX_EVENT_TIME_MS = 4_102_444_800_000
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A validated card transaction."""
+
+    event_id: str
+    card_id: str
+    amount: float
+    currency: str
+    merchant_id: str
+    merchant_category: str
+    country: str
+    event_time_ms: int
+    sent_at_ms: float
+
+    @property
+    def event_time_s(self) -> float:
+        return self.event_time_ms / 1000.0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "card_id": self.card_id,
+                "amount": self.amount,
+                "currency": self.currency,
+                "merchant_id": self.merchant_id,
+                "merchant_category": self.merchant_category,
+                "country": self.country,
+                "event_time": self.event_time_ms,
+                "sent_at": self.sent_at_ms,
+            }
+        )
+
+
+def _text(obj: dict[str, Any], name: str, max_len: int = 64) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"field '{name}' must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidEvent(f"field '{name}' is longer than {max_len} characters")
+    return value
+
+
+def parse_transaction(raw: bytes | None) -> Transaction:
+    """Decode and validate one transaction; raises :class:`InvalidEvent` with the reason.
+
+    >>> parse_transaction(b'{"event_id":"e1","card_id":"c1","amount":12.5,"currency":"EUR",'
+    ...     b'"merchant_id":"m1","merchant_category":"grocery","country":"FR",'
+    ...     b'"event_time":1700000000000,"sent_at":1700000000000.5}').amount
+    12.5
+    """
+    if raw is None:
+        raise InvalidEvent("empty message value")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("event must be a JSON object")
+    amount = obj.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise InvalidEvent("field 'amount' must be a number")
+    if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
+        raise InvalidEvent(f"field 'amount' out of range (0, {MAX_AMOUNT:g}]")
+    currency = _text(obj, "currency", 3)
+    country = _text(obj, "country", 2)
+    if len(currency) != 3 or len(country) != 2:
+        raise InvalidEvent("currency must be 3 letters and country 2 letters")
+    event_time = obj.get("event_time")
+    if isinstance(event_time, bool) or not isinstance(event_time, int):
+        raise InvalidEvent("field 'event_time' must be integer epoch milliseconds")
+    if not MIN_EVENT_TIME_MS <= event_time <= MAX_EVENT_TIME_MS:
+        raise InvalidEvent("field 'event_time' is outside 2000..2100")
+    sent_at = obj.get("sent_at", 0.0)
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+        raise InvalidEvent("field 'sent_at' must be a number")
+    return Transaction(
+        event_id=_text(obj, "event_id", 128),
+        card_id=_text(obj, "card_id"),
+        amount=float(amount),
+        currency=currency,
+        merchant_id=_text(obj, "merchant_id"),
+        merchant_category=_text(obj, "merchant_category"),
+        country=country,
+        event_time_ms=event_time,
+        sent_at_ms=float(sent_at),
+    )

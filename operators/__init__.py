@@ -1,0 +1,1 @@
+"""Reusable Bytewax operators and connectors; nothing here knows about a workflow."""

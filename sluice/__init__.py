@@ -1,0 +1,1 @@
+"""Sluice: real-time AI workflows on Bytewax, Kafka and Redis."""

@@ -1,0 +1,71 @@
+"""Open-loop load: send on a fixed schedule, not as fast as possible.
+
+Event ``i`` is due at ``start + i / rate``. A flow that falls behind shows up as
+latency (its queue grows) instead of as a politely slower sender. The sender
+records its own lateness against the schedule, so a saturated generator is not
+mistaken for a slow flow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from confluent_kafka import Producer
+from hdrh.histogram import HdrHistogram
+
+from operators.kafka_records import KafkaRecord
+from operators.kafka_sink import produce_all
+
+
+@dataclass
+class SendReport:
+    """What the sender did: counts, its real rate and its lag behind the schedule."""
+
+    sent: int
+    seconds: float
+    lag_p50_ms: float
+    lag_p99_ms: float
+    lag_max_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def send_open_loop(
+    producer: Producer,
+    make_records: Iterator[Callable[[float], list[KafkaRecord]]],
+    rate: float,
+    count: int,
+    chunk: int = 64,
+) -> SendReport:
+    """Send ``count`` events at ``rate``/s; each item of ``make_records`` builds the
+    records of one event given its send time (epoch ms)."""
+    lag = HdrHistogram(1, 60_000_000, 3)  # microseconds
+    start = time.perf_counter()
+    wall0 = time.time() - start
+    sent = 0
+    while sent < count:
+        now = time.perf_counter()
+        due = min(count, int((now - start) * rate) + 1)
+        if sent >= due:
+            time.sleep(min(0.001, max(0.0, start + sent / rate - now)))
+            continue
+        due = min(due, sent + chunk)
+        batch: list[KafkaRecord] = []
+        sent_ms = (wall0 + now) * 1000.0
+        for i in range(sent, due):
+            lag.record_value(max(1, int((now - start - i / rate) * 1e6)))
+            batch.extend(next(make_records)(sent_ms))
+        produce_all(producer, batch)
+        sent = due
+    producer.flush(60)
+    return SendReport(
+        sent=sent,
+        seconds=time.perf_counter() - start,
+        lag_p50_ms=lag.get_value_at_percentile(50) / 1000,
+        lag_p99_ms=lag.get_value_at_percentile(99) / 1000,
+        lag_max_ms=lag.get_max_value() / 1000,
+    )

@@ -1,0 +1,1 @@
+"""State that outlives a batch: the online feature store, recovery and checkpoint tools."""
