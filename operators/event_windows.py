@@ -12,7 +12,7 @@ time or on how other keys interleave, so a replay reproduces them exactly.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Generic, Hashable, TypeVar
@@ -67,10 +67,11 @@ class SlidingAggregates:
     (1.0, 1.0, 3.0, 16.0, 2.0, 70.0)
     """
 
-    __slots__ = ("spec", "times", "values", "tags", "newest")
+    __slots__ = ("spec", "times", "values", "tags", "newest", "keep_s")
 
     def __init__(self, spec: WindowSpec, state: tuple[list[float], list[float], list[Hashable], float] | None = None):
         self.spec = spec
+        self.keep_s = spec.horizon_s + spec.allowed_lateness_s
         if state is None:
             self.times: list[float] = []
             self.values: list[float] = []
@@ -118,8 +119,7 @@ class SlidingAggregates:
         return tuple(out)
 
     def _evict(self) -> None:
-        cutoff = self.newest - self.spec.horizon_s - self.spec.allowed_lateness_s
-        drop = bisect_right(self.times, cutoff)
+        drop = bisect_right(self.times, self.newest - self.keep_s)
         drop = max(drop, len(self.times) - self.spec.max_events_per_key)
         if drop > 0:
             del self.times[:drop], self.values[:drop], self.tags[:drop]

@@ -1,0 +1,147 @@
+"""Read decisions off Kafka and measure them: counts, end-to-end latency, per-event results."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from hdrh.histogram import HdrHistogram
+
+from operators.kafka_source import list_partitions
+
+
+@dataclass
+class Collected:
+    """What a collector saw."""
+
+    received: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    by_event: dict[str, str] = field(default_factory=dict)
+    duplicates: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_over_time: list[tuple[float, float]] = field(default_factory=list)
+    first_receive: float = 0.0
+    last_receive: float = 0.0
+
+
+def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -> list:  # type: ignore[type-arg]
+    """Wait up to ``timeout_s`` for one message, then take whatever else is already here.
+
+    ``Consumer.consume(n, timeout)`` waits until ``n`` messages *or* the timeout, which
+    adds up to the whole timeout to every message's latency at low rates.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)]
+
+
+def read_all(brokers: str, topic: str, timeout_s: float = 30.0, isolation: str = "read_committed") -> list:  # type: ignore[type-arg]
+    """Every message currently in ``topic`` (all partitions), read to the end."""
+    consumer = Consumer(
+        {"bootstrap.servers": brokers, "group.id": "sluice-read-all", "enable.partition.eof": True,
+         "isolation.level": isolation, "enable.auto.commit": False}
+    )
+    parts = list_partitions({"bootstrap.servers": brokers}, topic)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    done: set[int] = set()
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(parts) and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 0.2):
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                done.add(msg.partition())
+    consumer.close()
+    if len(done) < len(parts):
+        raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
+    return out
+
+
+def collect(
+    brokers: str,
+    topic: str,
+    expected: int,
+    timeout_s: float,
+    warmup_until_ms: float = 0.0,
+    start_offsets: dict[int, int] | None = None,
+    isolation: str = "read_committed",
+    idle_stop_s: float = 10.0,
+) -> Collected:
+    """Consume decisions until ``expected`` distinct events are seen, ``timeout_s`` passes,
+    or nothing new arrived for ``idle_stop_s`` after the first decision.
+
+    Latency is receive time minus the event's ``sent_at``; events sent before
+    ``warmup_until_ms`` (epoch ms) are counted but not timed.
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": brokers, "group.id": "sluice-collector", "enable.auto.commit": False,
+         "isolation.level": isolation, "fetch.wait.max.ms": 5}
+    )
+    parts = list_partitions({"bootstrap.servers": brokers}, topic)
+    offsets = start_offsets or {}
+    consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
+    hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
+    result = Collected()
+    deadline = time.monotonic() + timeout_s
+    sample_every = max(1, expected // 4000)
+    while len(result.by_event) < expected and time.monotonic() < deadline:
+        msgs = poll_batch(consumer, 0.1)
+        now_ms = time.time() * 1000.0
+        if not msgs and result.last_receive and now_ms - result.last_receive > idle_stop_s * 1000:
+            break
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            d = orjson.loads(msg.value())
+            if d["event_id"].startswith("probe-"):
+                continue
+            result.received += 1
+            if d["event_id"] in result.by_event:
+                result.duplicates += 1
+                continue
+            result.by_event[d["event_id"]] = d["decision"]
+            result.decisions[d["decision"]] += 1
+            if d["sent_at"] >= warmup_until_ms:
+                lat = now_ms - d["sent_at"]
+                hist.record_value(max(1, int(lat * 1000)))
+                if result.received % sample_every == 0:
+                    result.latency_over_time.append((now_ms, lat))
+        if msgs:
+            result.first_receive = result.first_receive or now_ms
+            result.last_receive = now_ms
+    consumer.close()
+    if hist.get_total_count():
+        result.latency_ms = {
+            f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)
+        } | {"max": hist.get_max_value() / 1000, "timed": hist.get_total_count()}
+    return result
+
+
+def _run(queue: mp.Queue, kwargs: dict) -> None:  # type: ignore[type-arg]
+    queue.put(collect(**kwargs))
+
+
+class BackgroundCollector:
+    """:func:`collect` in a child process, so it does not share the sender's GIL."""
+
+    def __init__(self, **kwargs: object) -> None:
+        ctx = mp.get_context("spawn")
+        self._queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+        self._proc = ctx.Process(target=_run, args=(self._queue, kwargs), daemon=True)
+        self._proc.start()
+
+    def result(self, timeout_s: float) -> Collected:
+        out: Collected = self._queue.get(timeout=timeout_s)
+        self._proc.join(5)
+        return out
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
