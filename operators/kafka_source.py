@@ -9,6 +9,7 @@ from a timestamp or an explicit offset (for replays and backfills).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -54,6 +55,33 @@ def list_partitions(config: dict[str, object], topic: str) -> list[int]:
     return sorted(meta.partitions)
 
 
+def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float = 10.0) -> int:
+    """The offset the next record of ``topic[partition]`` will get, as a fetch sees it.
+
+    Reads forward from the listed high watermark to the end of the partition: some
+    Kafka-compatible brokers (Tansu 0.6) list the high watermark as the last
+    *batch's* base offset + 1, which would start a "latest" reader mid-batch.
+    The consumer must have ``enable.partition.eof`` set; it is left unassigned.
+    """
+    listed = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[1]
+    consumer.assign([TopicPartition(topic, partition, max(0, listed - 1))])
+    deadline = time.monotonic() + timeout_s
+    end = listed
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is None:
+                end = msg.offset() + 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                return int(msg.offset())
+        return int(end)
+    finally:
+        consumer.unassign()
+
+
 class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
     def __init__(
         self,
@@ -81,11 +109,12 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
 
     @staticmethod
     def _resolve(consumer: Consumer, topic: str, partition: int, start: StartAt) -> int:
-        if start.kind in ("earliest", "latest"):
-            # Resolve to a concrete offset so a snapshot taken before the first
-            # message still resumes at the same place.
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            return int(low if start.kind == "earliest" else high)
+        # Resolve to a concrete offset so that a snapshot taken before the first
+        # message still resumes at the same place.
+        if start.kind == "earliest":
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0])
+        if start.kind == "latest":
+            return end_offset(consumer, topic, partition)
         if start.kind == "offset":
             return start.value
         found = consumer.offsets_for_times([TopicPartition(topic, partition, start.value)], timeout=10)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real Tansu broker and a real Redis on free ports, and a small trained model."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from models.train_fraud import main as train_main
+from sluice.settings import Settings
+from sluice.stack import LocalStack, create_topics, default_topics, free_port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One broker and one Redis for the whole session; tests isolate themselves by topic names."""
+    s = LocalStack(kafka_port=free_port(), redis_port=free_port(), state_dir=tmp_path_factory.mktemp("stack"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model trained on a short generated stream (a few seconds)."""
+    out = tmp_path_factory.mktemp("model")
+    train_main(["--events", "120000", "--seed", "3", "--out", str(out)])
+    return out
+
+
+@pytest.fixture()
+def settings(stack: LocalStack, model_dir: Path) -> Settings:
+    """Settings pointing at the session stack, with topics of this test's own."""
+    tag = uuid.uuid4().hex[:8]
+    s = replace(
+        Settings(),
+        brokers=stack.brokers,
+        redis_url=stack.redis_url,
+        transactions_topic=f"tx-{tag}",
+        decisions_topic=f"decisions-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        labels_topic=f"labels-{tag}",
+        model_path=str(model_dir),
+        topic_partitions=3,
+    )
+    create_topics(stack.brokers, default_topics(s))
+    return s

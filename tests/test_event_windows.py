@@ -1,0 +1,84 @@
+from datetime import timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.event_windows import SlidingAggregates, WindowSpec, sliding_features
+
+SPEC = WindowSpec(windows=(("1m", 60.0), ("1h", 3600.0)), allowed_lateness_s=30.0)
+
+
+def test_counts_sums_distinct_and_gap_on_known_sequence():
+    agg = SlidingAggregates(SPEC)
+    assert agg.add(1000.0, 10.0, "a") == (1, 10, 1, 10, 1, 3600)
+    assert agg.add(1010.0, 20.0, "b") == (2, 30, 2, 30, 2, 10)
+    assert agg.add(1050.0, 5.0, "a") == (3, 35, 3, 35, 2, 40)
+    # 1000 and 1010 fall out of (1070-60, 1070]; all stay in the hour
+    assert agg.add(1070.0, 1.0, "c") == (2, 6, 4, 36, 3, 20)
+    # two hours later: only this event counts, the gap is capped
+    assert agg.add(1070.0 + 7200, 2.0, "a") == (1, 2, 1, 2, 1, 3600)
+
+
+def test_out_of_order_event_within_lateness_counts_only_earlier_events():
+    agg = SlidingAggregates(SPEC)
+    agg.add(100.0, 1.0, "a")
+    agg.add(120.0, 2.0, "b")
+    # arrives after 120 but happened at 110: sees 100 (and itself), not 120
+    assert agg.add(110.0, 4.0, "c") == (2, 5, 2, 5, 2, 10)
+    # the event at 120 now sees 100, 110 and itself when a later one asks
+    assert agg.add(121.0, 0.5, "d")[:2] == (4, 7.5)
+
+
+def test_late_event_is_refused_and_changes_nothing():
+    agg = SlidingAggregates(SPEC)
+    agg.add(1000.0, 1.0, "a")
+    assert agg.add(1000.0 - 31, 1.0, "b") is None
+    assert agg.add(1001.0, 1.0, "c")[:2] == (2, 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 20_000), st.floats(0.01, 100)), min_size=1, max_size=200))
+def test_matches_brute_force_and_state_stays_bounded(events):
+    agg = SlidingAggregates(SPEC)
+    seen: list[tuple[float, float]] = []
+    for t, v in sorted(events):
+        feats = agg.add(t, v, "m")
+        seen.append((t, v))
+        in_1m = [x for x in seen if t - 60 < x[0] <= t]
+        assert feats[0] == len(in_1m)
+        assert abs(feats[1] - sum(x[1] for x in in_1m)) < 1e-6
+        # nothing older than the horizon plus lateness is kept
+        assert all(x >= agg.newest - SPEC.horizon_s - SPEC.allowed_lateness_s for x in agg.times)
+
+
+def _run(items, idle=timedelta(hours=1)):
+    flow = Dataflow("win")
+    src = op.input("in", flow, TestingSource(items))
+    keyed = op.key_on("key", src, lambda e: e[0])
+    win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, idle_timeout=idle)
+    down, late = [], []
+    op.output("down", win.down, TestingSink(down))
+    op.output("late", win.late, TestingSink(late))
+    run_main(flow)
+    return down, late
+
+
+def test_operator_keeps_keys_apart_and_routes_late_events():
+    items = [("c1", 0.0, 5.0, "m1"), ("c2", 1.0, 7.0, "m1"), ("c1", 10.0, 5.0, "m2"), ("c1", 5.0 - 40, 1.0, "m3")]
+    down, late = _run(items)
+    feats = {(k, e[1]): f for k, (e, f) in down}
+    assert feats[("c1", 10.0)][:2] == (2, 10)
+    assert feats[("c2", 1.0)][:2] == (1, 7)
+    assert late == [("c1", ("c1", -35.0, 1.0, "m3"))]
+
+
+def test_idle_keys_expire_and_start_fresh():
+    items = [("c1", 0.0, 5.0, "m1"), TestingSource.PAUSE(timedelta(milliseconds=300)), ("c1", 10.0, 5.0, "m1")]
+    down, _ = _run(items, idle=timedelta(milliseconds=50))
+    # the state of c1 was dropped during the pause: the second event sees only itself
+    assert [f[0] for _, (_, f) in down] == [1, 1]
+    down, _ = _run(items, idle=timedelta(hours=1))
+    assert [f[0] for _, (_, f) in down] == [1, 2]
