@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence
 
 import bytewax.operators as op
 import orjson
@@ -70,7 +70,7 @@ class Policy:
         return "approve"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scorer(model_path: str, device: str) -> FraudScorer:
     return load_scorer(model_path, device)
 
@@ -82,7 +82,7 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
     scores = scorer.score(feature_matrix(rows))
     decided_ms = time.time() * 1000.0
     out = []
-    for (txn, pos, feats, profile, redis_down), score in zip(items, scores.tolist()):
+    for (txn, pos, feats, profile, redis_down), score in zip(items, scores.tolist(), strict=True):
         rules = policy.rules(txn, feats, profile)
         decision = {
             "event_id": txn.event_id,
@@ -93,7 +93,12 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
             "model_version": scorer.version,
             "profile_fallback": profile is None,
             "feature_store_down": redis_down,
-            "features": {"count_1m": feats[0], "count_1h": feats[2], "distinct_1h": feats[4], "secs_since_prev": feats[5]},
+            "features": {
+                "count_1m": feats[0],
+                "count_1h": feats[2],
+                "distinct_1h": feats[4],
+                "secs_since_prev": feats[5],
+            },
             "event_time": txn.event_time_ms,
             "sent_at": txn.sent_at_ms,
             "decided_at": decided_ms,
@@ -129,9 +134,7 @@ def build_flow(settings: Settings, policy: Policy = Policy(), name: str = "fraud
     )
     records: Stream[SourceRecord] = op.input("transactions", flow, source)
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
-    events = op.map(
-        "position", parsed.ok, lambda rt: (rt[1], (rt[0].topic, rt[0].partition, rt[0].offset))
-    )
+    events = op.map("position", parsed.ok, lambda rt: (rt[1], (rt[0].topic, rt[0].partition, rt[0].offset)))
     keyed = op.key_on("by_card", events, lambda ev: ev[0].card_id)
     windows = sliding_features(
         "window",

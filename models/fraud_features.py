@@ -14,17 +14,45 @@ from models.transaction import Transaction
 
 # country -> UTC offset in hours (for card-local time of day)
 UTC_OFFSET_H = {
-    "US": -5, "GB": 0, "FR": 1, "DE": 1, "ES": 1, "IT": 1, "CA": -5, "BR": -3, "IN": 5, "JP": 9,
-    "AU": 10, "MX": -6, "NG": 1, "RU": 3, "VN": 7, "ID": 7, "KP": 9, "UA": 2,
+    "US": -5,
+    "GB": 0,
+    "FR": 1,
+    "DE": 1,
+    "ES": 1,
+    "IT": 1,
+    "CA": -5,
+    "BR": -3,
+    "IN": 5,
+    "JP": 9,
+    "AU": 10,
+    "MX": -6,
+    "NG": 1,
+    "RU": 3,
+    "VN": 7,
+    "ID": 7,
+    "KP": 9,
+    "UA": 2,
 }
 HIGH_RISK_COUNTRIES = frozenset({"NG", "RU", "VN", "ID", "KP", "UA"})
 RISKY_CATEGORIES = frozenset({"gift_cards", "crypto", "wire_transfer", "jewelry", "electronics"})
 DEFAULT_PROFILE = {"avg_amount": 50.0, "account_age_days": 365.0, "risk_tier": 1.0}
 
 FEATURE_NAMES = (
-    "log_amount", "log_amount_vs_usual", "count_1m", "log_sum_1m", "count_1h", "log_sum_1h",
-    "distinct_merchants_1h", "log_secs_since_prev", "foreign", "high_risk_country",
-    "risky_category", "night", "log_account_age", "risk_tier", "profile_missing",
+    "log_amount",
+    "log_amount_vs_usual",
+    "count_1m",
+    "log_sum_1m",
+    "count_1h",
+    "log_sum_1h",
+    "distinct_merchants_1h",
+    "log_secs_since_prev",
+    "foreign",
+    "high_risk_country",
+    "risky_category",
+    "night",
+    "log_account_age",
+    "risk_tier",
+    "profile_missing",
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -34,9 +62,7 @@ def local_hour(event_ms: int, country: str) -> int:
     return int((event_ms // 3_600_000 + UTC_OFFSET_H.get(country, 0)) % 24)
 
 
-def feature_row(
-    txn: Transaction, window: tuple[float, ...], profile: dict[str, str] | None
-) -> list[float]:
+def feature_row(txn: Transaction, window: tuple[float, ...], profile: dict[str, str] | None) -> list[float]:
     """Features of one event; ``window`` is (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev).
 
     A missing profile (unknown card, or Redis unreachable) falls back to

@@ -21,12 +21,19 @@ from models.fraud_features import FEATURE_NAMES
 class FraudMLP(nn.Module):
     """Normalise, two hidden layers, one logit."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, n_features: int, mean: np.ndarray, std: np.ndarray, hidden: int = 64) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.net = nn.Sequential(
-            nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, 1)
+            nn.Linear(n_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

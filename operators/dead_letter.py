@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -49,9 +50,7 @@ class ParseOut(Generic[T]):
 
 
 @operator
-def parse_or_dead_letter(
-    step_id: str, up: Stream[SourceRecord], parser: Callable[[bytes | None], T]
-) -> ParseOut[T]:
+def parse_or_dead_letter(step_id: str, up: Stream[SourceRecord], parser: Callable[[bytes | None], T]) -> ParseOut[T]:
     """Parse each record's value; records the parser rejects go to ``dead`` with the reason.
 
     ``parser`` raises :class:`InvalidEvent` (or any ``ValueError``) for bad input. Any

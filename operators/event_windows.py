@@ -13,12 +13,13 @@ time or on how other keys interleave, so a replay reproduces them exactly.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Generic, Hashable, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
+from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 E = TypeVar("E")
@@ -147,7 +148,7 @@ class _SlidingLogic(StatefulBatchLogic[E, tuple[bool, E, Features | None], tuple
         self.agg = SlidingAggregates(spec, resume_state)
         self.ts_getter, self.value_getter, self.tag_getter = getters
         self.idle_timeout = idle_timeout
-        self.expires_at = datetime.now(timezone.utc) + idle_timeout
+        self.expires_at = datetime.now(UTC) + idle_timeout
 
     def on_batch(self, values: list[E]) -> tuple[list[tuple[bool, E, Features | None]], bool]:
         out = []
@@ -155,7 +156,7 @@ class _SlidingLogic(StatefulBatchLogic[E, tuple[bool, E, Features | None], tuple
         for ev in values:
             feats = add(self.ts_getter(ev), self.value_getter(ev), self.tag_getter(ev))
             out.append((feats is not None, ev, feats))
-        self.expires_at = datetime.now(timezone.utc) + self.idle_timeout
+        self.expires_at = datetime.now(UTC) + self.idle_timeout
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[tuple[bool, E, Features | None]], bool]:
@@ -202,4 +203,3 @@ def sliding_features(
     down = op.map_value("features", split.trues, lambda v: (v[1], v[2]))
     late = op.map_value("late", split.falses, lambda v: v[1])
     return WindowOut(down=down, late=late)  # type: ignore[arg-type]
-

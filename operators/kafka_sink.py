@@ -11,6 +11,7 @@ see :mod:`operators.exactly_once_sink` for the transactional variant.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -36,7 +37,7 @@ def produce_all(producer: Producer, records: list[KafkaRecord], on_delivery=None
     """Produce ``records`` without waiting; waits for queue space when librdkafka's is full."""
     produce = producer.produce
     for rec in records:
-        kwargs = {"key": rec.key, "value": rec.value, "headers": rec.headers or None}
+        kwargs: dict[str, Any] = {"key": rec.key, "value": rec.value, "headers": rec.headers or None}
         if rec.partition is not None:
             kwargs["partition"] = rec.partition
         if on_delivery is not None:

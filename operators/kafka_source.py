@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
@@ -33,7 +34,7 @@ class StartAt:
     value: int = 0
 
     @classmethod
-    def parse(cls, spec: str) -> "StartAt":
+    def parse(cls, spec: str) -> StartAt:
         """Parse ``earliest|latest|offset:N|time:EPOCH_MS``.
 
         >>> StartAt.parse("time:1700000000000")
@@ -47,7 +48,7 @@ class StartAt:
         return cls(kind, int(num))
 
 
-def list_partitions(config: dict[str, object], topic: str) -> list[int]:
+def list_partitions(config: dict[str, Any], topic: str) -> list[int]:
     """Partition ids of ``topic``; raises if the topic does not exist."""
     meta = AdminClient(config).list_topics(topic, timeout=10).topics[topic]
     if meta.error is not None:
@@ -73,10 +74,11 @@ def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float 
             if msg is None:
                 continue
             err = msg.error()
+            offset = msg.offset() or 0
             if err is None:
-                end = msg.offset() + 1
+                end = offset + 1
             elif err.code() == KafkaError._PARTITION_EOF:
-                return int(msg.offset())
+                return offset
         return int(end)
     finally:
         consumer.unassign()
@@ -85,7 +87,7 @@ def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float 
 class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
     def __init__(
         self,
-        config: dict[str, object],
+        config: dict[str, Any],
         topic: str,
         partition: int,
         start: StartAt,
@@ -94,10 +96,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
         tail: bool,
     ) -> None:
         consumer = Consumer(config)
-        if resume_offset is not None:
-            offset = resume_offset
-        else:
-            offset = self._resolve(consumer, topic, partition, start)
+        offset = resume_offset if resume_offset is not None else self._resolve(consumer, topic, partition, start)
         consumer.assign([TopicPartition(topic, partition, offset)])
         self._consumer = consumer
         self._topic = topic
@@ -138,8 +137,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
                     raise RuntimeError(f"fatal error consuming {topic}[{partition}]: {err}")
                 log.warning("transient error consuming %s[%d]: %s", topic, partition, err)
                 continue
-            offset = msg.offset()
-            append(SourceRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
+            append(SourceRecord(topic, partition, msg.offset() or 0, msg.key(), msg.value(), msg.timestamp()[1]))
         if batch:
             self._offset = batch[-1].offset + 1
         return batch
@@ -165,7 +163,7 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
         start: str = "earliest",
         tail: bool = True,
         batch_size: int = 2000,
-        config: dict[str, object] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a list of topic names, not a string")
@@ -173,7 +171,7 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
         self._start = StartAt.parse(start)
         self._tail = tail
         self._batch_size = batch_size
-        self._config: dict[str, object] = {"bootstrap.servers": brokers, **(config or {})}
+        self._config: dict[str, Any] = {"bootstrap.servers": brokers, **(config or {})}
 
     def list_parts(self) -> list[str]:
         return [f"{p}-{t}" for t in self._topics for p in list_partitions(self._config, t)]
@@ -188,6 +186,4 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
             "fetch.wait.max.ms": 5,
             **self._config,
         }
-        return _PartitionReader(
-            config, topic, int(idx), self._start, resume_state, self._batch_size, self._tail
-        )
+        return _PartitionReader(config, topic, int(idx), self._start, resume_state, self._batch_size, self._tail)

@@ -13,8 +13,9 @@ crash.
 from __future__ import annotations
 
 import zlib
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
@@ -40,7 +41,7 @@ class MicroBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         self.max_wait = max_wait
         self.buffer: list[X] = list(buffered or [])
         # Restored items are overdue: flush them at the first chance.
-        self.deadline: datetime | None = datetime.now(timezone.utc) if self.buffer else None
+        self.deadline: datetime | None = datetime.now(UTC) if self.buffer else None
 
     def _flush(self, items: list[X]) -> list[Y]:
         results = self.fn(items)
@@ -50,7 +51,7 @@ class MicroBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
         if not self.buffer:
-            self.deadline = datetime.now(timezone.utc) + self.max_wait
+            self.deadline = datetime.now(UTC) + self.max_wait
         self.buffer.extend(values)
         out: list[Y] = []
         while len(self.buffer) >= self.max_batch:

@@ -21,15 +21,24 @@ from sluice.settings import Settings
 def passthrough(rec: SourceRecord, topic: str) -> KafkaRecord:
     """Decode the event and write a minimal decision for it (same size class as the fraud output)."""
     event = orjson.loads(rec.value or b"{}")
-    out = {"event_id": event.get("event_id"), "decision": "approve", "sent_at": event.get("sent_at", 0.0),
-           "decided_at": time.time() * 1000.0}
+    out = {
+        "event_id": event.get("event_id"),
+        "decision": "approve",
+        "sent_at": event.get("sent_at", 0.0),
+        "decided_at": time.time() * 1000.0,
+    }
     return KafkaRecord(topic, rec.key, orjson.dumps(out))
 
 
 def build_flow(settings: Settings) -> Dataflow:
     flow = Dataflow("limit_bytewax")
-    src = KafkaPartitionSource(settings.brokers, [settings.transactions_topic], start=settings.start_from,
-                               batch_size=settings.source_batch_size, config=settings.kafka)
+    src = KafkaPartitionSource(
+        settings.brokers,
+        [settings.transactions_topic],
+        start=settings.start_from,
+        batch_size=settings.source_batch_size,
+        config=settings.kafka,
+    )
     records = op.input("in", flow, src)
     out = op.map("passthrough", records, lambda r: passthrough(r, settings.decisions_topic))
     op.output("out", out, KafkaProducerSink(settings.kafka_config()))

@@ -21,13 +21,21 @@ from sluice.settings import Settings
 
 def main() -> int:
     settings = Settings.from_env()
-    consumer = Consumer(settings.kafka_config(**{
-        "group.id": "limit-raw", "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-        "isolation.level": "read_committed",
-    }))
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": "limit-raw",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+                "isolation.level": "read_committed",
+            }
+        )
+    )
     topic = settings.transactions_topic
     parts = list_partitions(settings.kafka_config(), topic)
-    consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[0]) for p in parts])
+    consumer.assign(
+        [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[0]) for p in parts]
+    )
     from confluent_kafka import Producer
 
     producer = Producer(settings.kafka_config(**LOW_LATENCY_PRODUCER))
@@ -42,8 +50,11 @@ def main() -> int:
     while running:
         msgs = poll_batch(consumer, 0.05)
         out = [
-            passthrough(SourceRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value()), settings.decisions_topic)
-            for m in msgs if m.error() is None
+            passthrough(
+                SourceRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value()), settings.decisions_topic
+            )
+            for m in msgs
+            if m.error() is None
         ]
         if out:
             produce_all(producer, out)

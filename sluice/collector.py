@@ -43,8 +43,13 @@ def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -
 def read_all(brokers: str, topic: str, timeout_s: float = 30.0, isolation: str = "read_committed") -> list:  # type: ignore[type-arg]
     """Every message currently in ``topic`` (all partitions), read to the end."""
     consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "sluice-read-all", "enable.partition.eof": True,
-         "isolation.level": isolation, "enable.auto.commit": False}
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "sluice-read-all",
+            "enable.partition.eof": True,
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+        }
     )
     parts = list_partitions({"bootstrap.servers": brokers}, topic)
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -57,7 +62,7 @@ def read_all(brokers: str, topic: str, timeout_s: float = 30.0, isolation: str =
             if err is None:
                 out.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
-                done.add(msg.partition())
+                done.add(msg.partition() or 0)
     consumer.close()
     if len(done) < len(parts):
         raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
@@ -81,8 +86,13 @@ def collect(
     ``warmup_until_ms`` (epoch ms) are counted but not timed.
     """
     consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "sluice-collector", "enable.auto.commit": False,
-         "isolation.level": isolation, "fetch.wait.max.ms": 5}
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "sluice-collector",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "fetch.wait.max.ms": 5,
+        }
     )
     parts = list_partitions({"bootstrap.servers": brokers}, topic)
     offsets = start_offsets or {}
@@ -118,9 +128,10 @@ def collect(
             result.last_receive = now_ms
     consumer.close()
     if hist.get_total_count():
-        result.latency_ms = {
-            f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)
-        } | {"max": hist.get_max_value() / 1000, "timed": hist.get_total_count()}
+        result.latency_ms = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)} | {
+            "max": hist.get_max_value() / 1000,
+            "timed": hist.get_total_count(),
+        }
     return result
 
 

@@ -13,7 +13,6 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
@@ -62,7 +61,7 @@ def wait_until_deciding(settings: Settings, flow: FlowProcesses, timeout_s: floa
     consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "sluice-probe"})
     parts = list_partitions({"bootstrap.servers": settings.brokers}, settings.decisions_topic)
     ends = [consumer.get_watermark_offsets(TopicPartition(settings.decisions_topic, p))[1] for p in parts]
-    consumer.assign([TopicPartition(settings.decisions_topic, p, o) for p, o in zip(parts, ends)])
+    consumer.assign([TopicPartition(settings.decisions_topic, p, o) for p, o in zip(parts, ends, strict=True)])
     probe_id = f"probe-{time.time_ns()}"
     probe = Transaction(probe_id, "probe", 1.0, "USD", "m-probe", "grocery", "US", START_MS, 0.0)
     producer = Producer(settings.kafka_config())
@@ -74,7 +73,11 @@ def wait_until_deciding(settings: Settings, flow: FlowProcesses, timeout_s: floa
             if not flow.alive():
                 raise RuntimeError("the flow exited during start-up; see .stack/logs/")
             msg = consumer.poll(0.2)
-            if msg is not None and msg.error() is None and orjson.loads(msg.value())["event_id"] == probe_id:
+            if (
+                msg is not None
+                and msg.error() is None
+                and orjson.loads(msg.value() or b"{}").get("event_id") == probe_id
+            ):
                 return
         raise TimeoutError(f"no decision for the probe event within {timeout_s:.0f}s")
     finally:
@@ -105,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         records = event_records(TransactionStream(args.seed, n_cards=args.cards), settings, args.malformed_rate)
         warmup_until = (time.time() + args.warmup_s) * 1000
         collector = BackgroundCollector(
-            brokers=settings.brokers, topic=settings.decisions_topic, expected=args.count,
-            timeout_s=args.count / args.rate + 60, warmup_until_ms=warmup_until,
+            brokers=settings.brokers,
+            topic=settings.decisions_topic,
+            expected=args.count,
+            timeout_s=args.count / args.rate + 60,
+            warmup_until_ms=warmup_until,
         )
         producer = Producer(settings.kafka_config(**{"linger.ms": 2, "enable.idempotence": True}))
         print(f"sending {args.count} events at {args.rate:.0f}/s ...")
@@ -142,7 +148,7 @@ def summarize(sent, got, dead, fraud_ids: set[str], version: str) -> None:  # ty
         f"end-to-end latency    p50 {lat.get('p50', float('nan')):.1f} ms  p99 {lat.get('p99', float('nan')):.1f} ms"
         f"  max {lat.get('max', float('nan')):.1f} ms  ({lat.get('timed', 0):.0f} timed after warm-up)"
     )
-    print(f"decisions             " + "  ".join(f"{k} {v}" for k, v in sorted(got.decisions.items())))
+    print("decisions             " + "  ".join(f"{k} {v}" for k, v in sorted(got.decisions.items())))
     print(f"flagged (review+decline) {pr(flagged)}")
     print(f"declined only            {pr(declined)}")
     print(f"fraud events in stream   {len(fraud_ids)}")

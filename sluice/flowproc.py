@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from sluice.stack import free_port
 
@@ -34,17 +35,15 @@ class FlowProcesses:
             argv += ["-r", str(self.recovery_dir), "-s", str(self.snapshot_s), "-b", "0"]
         return argv
 
-    def start(self) -> "FlowProcesses":
+    def start(self) -> FlowProcesses:
         addresses = [f"127.0.0.1:{free_port()}" for _ in range(self.processes)]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         for i in range(self.processes):
-            out = subprocess.DEVNULL
+            out: int | IO[bytes] = subprocess.DEVNULL
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 out = open(self.log_dir / f"flow-{i}.log", "ab")  # noqa: SIM115 - child owns it
-            self.procs.append(
-                subprocess.Popen(self.argv(i, addresses), env=env, stdout=out, stderr=subprocess.STDOUT)
-            )
+            self.procs.append(subprocess.Popen(self.argv(i, addresses), env=env, stdout=out, stderr=subprocess.STDOUT))
         return self
 
     @property
@@ -89,5 +88,6 @@ def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
     recovery_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )

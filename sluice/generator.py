@@ -18,9 +18,8 @@ import heapq
 import math
 import random
 import sys
-import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import orjson
 from confluent_kafka import Producer
@@ -33,7 +32,18 @@ from sluice.settings import Settings
 
 # home country -> share of cards
 HOME_COUNTRIES = {
-    "US": 30, "GB": 12, "FR": 10, "DE": 10, "ES": 6, "IT": 6, "CA": 6, "BR": 6, "IN": 5, "JP": 4, "AU": 3, "MX": 2,
+    "US": 30,
+    "GB": 12,
+    "FR": 10,
+    "DE": 10,
+    "ES": 6,
+    "IT": 6,
+    "CA": 6,
+    "BR": 6,
+    "IN": 5,
+    "JP": 4,
+    "AU": 3,
+    "MX": 2,
 }
 HIGH_RISK = tuple(sorted(HIGH_RISK_COUNTRIES))
 CURRENCY = {"US": "USD", "GB": "GBP", "CA": "CAD", "BR": "BRL", "IN": "INR", "JP": "JPY", "AU": "AUD", "MX": "MXN"}

@@ -9,8 +9,8 @@ mistaken for a slow flow.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram

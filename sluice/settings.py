@@ -10,9 +10,9 @@ underscores: ``SLUICE_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 KAFKA_PREFIX = "SLUICE_KAFKA_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ class Settings:
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``SLUICE_<FIELD>`` variables (upper-case field names)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}

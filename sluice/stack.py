@@ -8,6 +8,7 @@ data. Tests use :class:`LocalStack` directly, on free ports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -15,8 +16,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sluice.settings import REPO_ROOT, Settings
 
@@ -98,7 +101,7 @@ class LocalStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         """Start both servers, create the topics, and wait until both answer."""
         for name, port in (("Kafka broker", self.kafka_port), ("Redis", self.redis_port)):
             if _port_in_use(port):
@@ -115,8 +118,17 @@ class LocalStack:
         self._spawn(
             "redis",
             [
-                str(redis_server), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+                str(redis_server),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_dir),
             ],
         )
         try:
@@ -160,14 +172,14 @@ class LocalStack:
             pid_file.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def create_topics(brokers: str, topics: dict[str, int], extra: dict[str, object] | None = None) -> None:
+def create_topics(brokers: str, topics: dict[str, int], extra: Mapping[str, Any] | None = None) -> None:
     """Create ``{name: partitions}`` topics on ``brokers``; existing ones are left alone."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -208,10 +220,8 @@ def _terminate(pid: int, grace: float = 5.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def default_topics(settings: Settings) -> dict[str, int]:
@@ -237,8 +247,15 @@ def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument(
+        "command", choices=["up", "down", "topics"], help="topics: create the topics on $SLUICE_BROKERS"
+    )
     args = parser.parse_args(argv)
+    if args.command == "topics":
+        settings = Settings.from_env()
+        create_topics(settings.brokers, default_topics(settings), settings.kafka)
+        print(f"topics ready on {settings.brokers}: {', '.join(default_topics(settings))}")
+        return 0
     stack = stack_from_env()
     if args.command == "up":
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import redis
 
@@ -83,7 +83,7 @@ class FeatureStore:
         if len(self._cache) + len(missing) > self.max_cached:
             self._cache.clear()
         expires = now + self.ttl_s
-        for entity_id, reply in zip(missing, replies):
+        for entity_id, reply in zip(missing, replies, strict=True):
             profile = {k.decode(): v.decode() for k, v in reply.items()} if reply else None
             found[entity_id] = profile
             self._cache[entity_id] = (expires, profile)

@@ -16,8 +16,16 @@ from sluice.generator import START_MS, encode
 from sluice.settings import Settings
 
 
-def txn(event_id: str, card: str, amount: float, *, t_s: float, country: str = "US",
-        category: str = "grocery", merchant: str = "m1") -> Transaction:
+def txn(
+    event_id: str,
+    card: str,
+    amount: float,
+    *,
+    t_s: float,
+    country: str = "US",
+    category: str = "grocery",
+    merchant: str = "m1",
+) -> Transaction:
     return Transaction(event_id, card, amount, "USD", merchant, category, country, START_MS + int(t_s * 1000), 0.0)
 
 
@@ -33,7 +41,9 @@ def produce_txns(settings: Settings, txns: list[Transaction]) -> None:
     produce(settings, [(t.card_id.encode(), encode(t, now)) for t in txns])
 
 
-def wait_for(settings: Settings, topic: str, count: int, timeout_s: float = 60, isolation: str = "read_committed") -> list:  # type: ignore[type-arg]
+def wait_for(
+    settings: Settings, topic: str, count: int, timeout_s: float = 60, isolation: str = "read_committed"
+) -> list:  # type: ignore[type-arg]
     """Read ``topic`` until it holds at least ``count`` messages."""
     deadline = time.monotonic() + timeout_s
     while True:

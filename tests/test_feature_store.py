@@ -44,7 +44,11 @@ def test_operator_does_one_round_trip_per_runtime_batch(stack):
     flow = Dataflow("lookup")
     items = [f"k{i % 12}" for i in range(60)]
     out: list = []
-    op.output("o", lookup_profiles("l", op.input("in", flow, TestingSource(items, batch_size=20)), factory, str), TestingSink(out))
+    op.output(
+        "o",
+        lookup_profiles("l", op.input("in", flow, TestingSource(items, batch_size=20)), factory, str),
+        TestingSink(out),
+    )
     run_main(flow)
     assert len(out) == 60 and stores[0].round_trips == 3
     assert dict((k, p) for k, p, _ in out)["k3"] == {"x": "3"}

@@ -26,7 +26,10 @@ def test_hand_made_cases_get_the_right_decisions_and_bad_input_goes_to_the_dlq(s
     t = 12 * 3600.0  # noon UTC: not night for US cards
     cases = [txn("normal-1", "hm-normal", 35.0, t_s=t)]
     cases += [txn(f"burst-{i}", "hm-burst", 25.0, t_s=t + 5 * i, merchant=f"m{i}") for i in range(8)]
-    cases += [txn("spike-1", "hm-spike", 30.0, t_s=t), txn("spike-2", "hm-spike", 750.0, t_s=t + 60, category="jewelry")]
+    cases += [
+        txn("spike-1", "hm-spike", 30.0, t_s=t),
+        txn("spike-2", "hm-spike", 750.0, t_s=t + 60, category="jewelry"),
+    ]
     cases += [txn("abroad-1", "hm-abroad", 240.0, t_s=t, country="NG")]
     cases += [txn("ghost-1", "never-seen-card", 20.0, t_s=t)]
     flow = start_flow(settings, tmp_path)

@@ -48,7 +48,10 @@ def test_start_position_errors_are_clear():
 
 
 def test_sink_delivers_with_keys_and_headers(settings):
-    recs = [KafkaRecord(settings.decisions_topic, f"k{i}".encode(), f"v{i}".encode(), [("h", b"%d" % i)]) for i in range(100)]
+    recs = [
+        KafkaRecord(settings.decisions_topic, f"k{i}".encode(), f"v{i}".encode(), [("h", b"%d" % i)])
+        for i in range(100)
+    ]
     flow = Dataflow("sink")
     op.output("o", op.input("in", flow, TestingSource(recs, batch_size=7)), KafkaProducerSink(settings.kafka_config()))
     run_main(flow)
@@ -61,7 +64,11 @@ def test_sink_delivers_with_keys_and_headers(settings):
 def test_sink_surfaces_failed_delivery(settings):
     too_big = KafkaRecord(settings.decisions_topic, b"k", b"x" * 20_000)
     flow = Dataflow("sink_fail")
-    op.output("o", op.input("in", flow, TestingSource([too_big])), KafkaProducerSink(settings.kafka_config(**{"message.max.bytes": 10_000})))
+    op.output(
+        "o",
+        op.input("in", flow, TestingSource([too_big])),
+        KafkaProducerSink(settings.kafka_config(**{"message.max.bytes": 10_000})),
+    )
     with pytest.raises(Exception) as info:
         run_main(flow)
     chain, exc = [], info.value

@@ -17,7 +17,9 @@ def _run(items, max_batch, max_wait, shards=1):
     flow = Dataflow("mb")
     src = op.input("in", flow, TestingSource(items, batch_size=100))
     out: list[int] = []
-    op.output("out", micro_batch("mb", src, fn, str, max_batch=max_batch, max_wait=max_wait, shards=shards), TestingSink(out))
+    op.output(
+        "out", micro_batch("mb", src, fn, str, max_batch=max_batch, max_wait=max_wait, shards=shards), TestingSink(out)
+    )
     run_main(flow)
     return calls, out
 
