@@ -26,7 +26,7 @@ from models.fraud_model import FraudScorer, load_scorer
 from models.transaction import Transaction, parse_transaction
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.event_windows import Features, WindowSpec, sliding_features
-from operators.kafka_records import KafkaRecord, SourceRecord
+from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
 from operators.kafka_source import KafkaPartitionSource
 from operators.lookup import lookup_profiles
 from operators.microbatch import micro_batch
@@ -110,6 +110,7 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
                 key=txn.card_id.encode(),
                 value=orjson.dumps(decision),
                 headers=[
+                    (ID_HEADER, position_id(topic, partition, offset)),
                     ("event.id", txn.event_id.encode()),
                     ("source.topic", topic.encode()),
                     ("source.partition", str(partition).encode()),
@@ -129,6 +130,7 @@ def build_flow(settings: Settings, policy: Policy = Policy(), name: str = "fraud
         settings.brokers,
         [settings.transactions_topic],
         start=settings.start_from,
+        tail=not settings.stop_at_end,
         batch_size=settings.source_batch_size,
         config=settings.kafka,
     )
@@ -165,7 +167,9 @@ def build_flow(settings: Settings, policy: Policy = Policy(), name: str = "fraud
     late = op.map("late_letters", windows.late, lambda kv: _late_letter(kv[1]))
     dead = op.merge("dead", parsed.dead, late)
     dead_records = op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic))
-    kafka_output("out", op.merge("all_out", decisions, dead_records), settings)
+    kafka_output(
+        "out", op.merge("all_out", decisions, dead_records), settings, [settings.decisions_topic, settings.dlq_topic]
+    )
     return flow
 
 

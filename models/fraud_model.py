@@ -58,9 +58,14 @@ class FraudScorer:
 
     @torch.inference_mode()
     def score(self, rows: np.ndarray) -> np.ndarray:
-        """Fraud probabilities for an ``(n, n_features)`` float32 array."""
-        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device, non_blocking=True)
-        return torch.sigmoid(self.model(x)).float().cpu().numpy()
+        """Fraud probabilities for an ``(n, n_features)`` array.
+
+        On CPU the model runs in float64, so a row's score does not depend (to any
+        printed digit) on which other rows share its batch: replays reproduce scores.
+        """
+        dtype = next(self.model.parameters()).dtype
+        x = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, dtype=dtype, non_blocking=True)
+        return torch.sigmoid(self.model(x)).double().cpu().numpy()
 
 
 def save_artifact(root: Path, version: str, model: FraudMLP, metrics: dict[str, float]) -> Path:
@@ -95,6 +100,7 @@ def load_scorer(root: str | Path, device: str = "auto", cpu_threads: int = 1) ->
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(cpu_threads)
+        model.double()
     model.to(dev).eval()
     metrics = json.loads((folder / "metrics.json").read_text())
     return FraudScorer(model=model, version=schema["version"], device=dev, metrics=metrics)

@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 
 Headers = list[tuple[str, bytes]]
 
+ID_HEADER = "sluice.id"  # stable identity of the input a record was made from
+
+
+def position_id(topic: str, partition: int, offset: int) -> bytes:
+    """The identity of a consumed record: ``topic/partition/offset``."""
+    return f"{topic}/{partition}/{offset}".encode()
+
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -21,6 +28,7 @@ class SourceRecord:
     def position_headers(self) -> Headers:
         """Headers that say where this record came from."""
         return [
+            (ID_HEADER, position_id(self.topic, self.partition, self.offset)),
             ("source.topic", self.topic.encode()),
             ("source.partition", str(self.partition).encode()),
             ("source.offset", str(self.offset).encode()),

@@ -62,6 +62,19 @@ class FlowProcesses:
             p.wait()
         self.procs.clear()
 
+    def kill_one(self, index: int, grace_s: float = 10.0) -> None:
+        """SIGKILL one process; the cluster's other processes are given ``grace_s`` to notice
+        and exit, then killed too (as a supervisor restarting the cluster would)."""
+        self.procs[index].send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Interrupt the processes, then kill what is left after ``grace_s``."""
         for p in self.procs:

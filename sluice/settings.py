@@ -53,6 +53,7 @@ class Settings:
     exactly_once: bool = False
     transactional_id_prefix: str = "sluice-fraud"
     start_from: str = "earliest"
+    stop_at_end: bool = False
     source_batch_size: int = 2000
     kafka: dict[str, str] = field(default_factory=dict)
 

@@ -1,0 +1,89 @@
+"""Read and back up Bytewax's recovery store (the SQLite partitions made by ``bytewax.recovery``).
+
+Bytewax keeps, per partition file: executions (``exs``: worker count, resume
+epoch), the last epoch every worker committed (``commits``), and snapshots
+(``snaps``: pickled state per step, key and epoch). A *checkpoint* here is an
+epoch with snapshots; its input offsets are the source steps' snapshots at or
+before that epoch.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Checkpoint:
+    """One epoch of the store: when it was written and the input offsets it resumes from."""
+
+    epoch: int
+    written_at: str
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class StoreSummary:
+    """What a recovery directory holds."""
+
+    partitions: int
+    committed_epoch: int | None
+    executions: list[tuple[int, int, int, str]]  # (execution, workers, resume epoch, started at)
+    checkpoints: list[Checkpoint]
+
+
+def _files(recovery_dir: Path) -> list[Path]:
+    files = sorted(Path(recovery_dir).glob("part-*.sqlite3"))
+    if not files:
+        raise FileNotFoundError(f"{recovery_dir} holds no Bytewax recovery partitions (part-*.sqlite3)")
+    return files
+
+
+def summarize(recovery_dir: Path, input_step_suffix: str = "transactions") -> StoreSummary:
+    """Executions, the committed epoch, and every checkpoint with its input offsets."""
+    snaps: list[tuple[str, str, int, bytes | None, str]] = []
+    commits: list[int] = []
+    executions: set[tuple[int, int, int, str]] = set()
+    files = _files(recovery_dir)
+    for path in files:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            commits += [row[0] for row in db.execute("SELECT commit_epoch FROM commits")]
+            executions |= set(db.execute("SELECT ex_num, worker_count, resume_epoch, created_at FROM exs"))
+            snaps += list(
+                db.execute(
+                    "SELECT step_id, state_key, snap_epoch, ser_change, created_at FROM snaps WHERE step_id LIKE ?",
+                    (f"%{input_step_suffix}",),
+                )
+            )
+    epochs = sorted({epoch for _, _, epoch, _, _ in snaps})
+    checkpoints = []
+    for epoch in epochs:
+        latest: dict[str, tuple[int, bytes | None]] = {}
+        written = ""
+        for _, key, snap_epoch, blob, created in snaps:
+            if snap_epoch <= epoch and (key not in latest or latest[key][0] < snap_epoch):
+                latest[key] = (snap_epoch, blob)
+            if snap_epoch == epoch:
+                written = max(written, created)
+        offsets = {key: pickle.loads(blob) for key, (_, blob) in sorted(latest.items()) if blob is not None}
+        checkpoints.append(Checkpoint(epoch, written, offsets))
+    return StoreSummary(
+        partitions=len(files),
+        committed_epoch=min(commits) if commits else None,
+        executions=sorted(executions),
+        checkpoints=checkpoints,
+    )
+
+
+def backup(recovery_dir: Path, dest: Path) -> list[Path]:
+    """Consistent copies of every partition (SQLite's online backup), safe while the flow runs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in _files(recovery_dir):
+        target = dest / path.name
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+        out.append(target)
+    return out
