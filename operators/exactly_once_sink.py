@@ -90,9 +90,8 @@ def committed_ids(
                 err = msg.error()
                 if err is None:
                     end = (msg.offset() or 0) + 1
-                    for name, value in msg.headers() or ():
-                        if name == ID_HEADER and value is not None:
-                            ids.add(value)
+                    headers: list[tuple[str, Any]] = list(msg.headers() or [])
+                    ids.update(v for k, v in headers if k == ID_HEADER and isinstance(v, bytes))
                 elif err.code() == KafkaError._PARTITION_EOF:
                     return ids, max(end, msg.offset() or 0)
                 else:
