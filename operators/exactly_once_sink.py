@@ -90,8 +90,9 @@ def committed_ids(
                 err = msg.error()
                 if err is None:
                     end = (msg.offset() or 0) + 1
-                    headers: list[tuple[str, Any]] = list(msg.headers() or [])
-                    ids.update(v for k, v in headers if k == ID_HEADER and isinstance(v, bytes))
+                    headers = msg.headers() or []
+                    pairs = headers.items() if isinstance(headers, dict) else headers
+                    ids.update(v for k, v in pairs if k == ID_HEADER and isinstance(v, bytes))
                 elif err.code() == KafkaError._PARTITION_EOF:
                     return ids, max(end, msg.offset() or 0)
                 else:
