@@ -137,7 +137,7 @@ class WindowOut(Generic[E]):
     late: KeyedStream[E]
 
 
-class _SlidingLogic(StatefulBatchLogic[E, tuple[bool, E, Features | None], tuple]):
+class _SlidingLogic(StatefulBatchLogic[E, tuple[E, Features | None], tuple]):
     def __init__(
         self,
         spec: WindowSpec,
@@ -150,16 +150,13 @@ class _SlidingLogic(StatefulBatchLogic[E, tuple[bool, E, Features | None], tuple
         self.idle_timeout = idle_timeout
         self.expires_at = datetime.now(UTC) + idle_timeout
 
-    def on_batch(self, values: list[E]) -> tuple[list[tuple[bool, E, Features | None]], bool]:
-        out = []
-        add = self.agg.add
-        for ev in values:
-            feats = add(self.ts_getter(ev), self.value_getter(ev), self.tag_getter(ev))
-            out.append((feats is not None, ev, feats))
+    def on_batch(self, values: list[E]) -> tuple[list[tuple[E, Features | None]], bool]:
+        add, ts, value, tag = self.agg.add, self.ts_getter, self.value_getter, self.tag_getter
+        out = [(ev, add(ts(ev), value(ev), tag(ev))) for ev in values]
         self.expires_at = datetime.now(UTC) + self.idle_timeout
         return out, StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[tuple[bool, E, Features | None]], bool]:
+    def on_notify(self) -> tuple[list[tuple[E, Features | None]], bool]:
         return [], StatefulBatchLogic.DISCARD
 
     def notify_at(self) -> datetime | None:
@@ -199,7 +196,7 @@ def sliding_features(
         return _SlidingLogic(spec, getters, idle_timeout, resume_state)
 
     out = op.stateful_batch("aggregate", up, builder)
-    split = op.branch("split_late", out, lambda kv: kv[1][0])
-    down = op.map_value("features", split.trues, lambda v: (v[1], v[2]))
-    late = op.map_value("late", split.falses, lambda v: v[1])
+    split = op.branch("split_late", out, lambda kv: kv[1][1] is not None)
+    late = op.map_value("late", split.falses, lambda v: v[0])
+    down = split.trues
     return WindowOut(down=down, late=late)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,6 +27,7 @@ class Collected:
     latency_over_time: list[tuple[float, float]] = field(default_factory=list)
     first_receive: float = 0.0
     last_receive: float = 0.0
+    cpu_s: float = 0.0
 
 
 def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -> list:  # type: ignore[type-arg]
@@ -74,17 +76,20 @@ def collect(
     topic: str,
     expected: int,
     timeout_s: float,
-    warmup_until_ms: float = 0.0,
+    warmup_s: float = 0.0,
     start_offsets: dict[int, int] | None = None,
     isolation: str = "read_committed",
     idle_stop_s: float = 10.0,
+    on_ready: Callable[[], None] | None = None,
 ) -> Collected:
     """Consume decisions until ``expected`` distinct events are seen, ``timeout_s`` passes,
     or nothing new arrived for ``idle_stop_s`` after the first decision.
 
-    Latency is receive time minus the event's ``sent_at``; events sent before
-    ``warmup_until_ms`` (epoch ms) are counted but not timed.
+    Latency is receive time minus the event's ``sent_at``; events sent in the
+    first ``warmup_s`` after the collector is ready (``on_ready`` is called then)
+    are counted but not timed.
     """
+    cpu0 = time.process_time()
     consumer = Consumer(
         {
             "bootstrap.servers": brokers,
@@ -99,6 +104,11 @@ def collect(
     consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
     hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
     result = Collected()
+    poll_batch(consumer, 0.5)  # join the partitions before declaring readiness
+    consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
+    warmup_until_ms = time.time() * 1000.0 + warmup_s * 1000.0
+    if on_ready is not None:
+        on_ready()
     deadline = time.monotonic() + timeout_s
     sample_every = max(1, expected // 4000)
     while len(result.by_event) < expected and time.monotonic() < deadline:
@@ -127,6 +137,7 @@ def collect(
             result.first_receive = result.first_receive or now_ms
             result.last_receive = now_ms
     consumer.close()
+    result.cpu_s = time.process_time() - cpu0
     if hist.get_total_count():
         result.latency_ms = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)} | {
             "max": hist.get_max_value() / 1000,
@@ -136,17 +147,22 @@ def collect(
 
 
 def _run(queue: mp.Queue, kwargs: dict) -> None:  # type: ignore[type-arg]
-    queue.put(collect(**kwargs))
+    queue.put(collect(**kwargs, on_ready=lambda: queue.put("ready")))
 
 
 class BackgroundCollector:
-    """:func:`collect` in a child process, so it does not share the sender's GIL."""
+    """:func:`collect` in a child process, so it does not share the sender's GIL.
 
-    def __init__(self, **kwargs: object) -> None:
+    The constructor returns once the collector is consuming.
+    """
+
+    def __init__(self, ready_timeout_s: float = 60.0, **kwargs: object) -> None:
         ctx = mp.get_context("spawn")
         self._queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
         self._proc = ctx.Process(target=_run, args=(self._queue, kwargs), daemon=True)
         self._proc.start()
+        if self._queue.get(timeout=ready_timeout_s) != "ready":
+            raise RuntimeError("collector failed to start")
 
     def result(self, timeout_s: float) -> Collected:
         out: Collected = self._queue.get(timeout=timeout_s)

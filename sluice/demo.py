@@ -67,6 +67,7 @@ def wait_until_deciding(settings: Settings, flow: FlowProcesses, timeout_s: floa
     producer = Producer(settings.kafka_config())
     producer.produce(settings.transactions_topic, key=b"probe", value=encode(probe, time.time() * 1000))
     producer.flush(10)
+    del producer
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -106,13 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         flow.start()
         wait_until_deciding(settings, flow)
         records = event_records(TransactionStream(args.seed, n_cards=args.cards), settings, args.malformed_rate)
-        warmup_until = (time.time() + args.warmup_s) * 1000
         collector = BackgroundCollector(
             brokers=settings.brokers,
             topic=settings.decisions_topic,
             expected=args.count,
             timeout_s=args.count / args.rate + 60,
-            warmup_until_ms=warmup_until,
+            warmup_s=args.warmup_s,
         )
         producer = Producer(settings.kafka_config(**{"linger.ms": 2, "enable.idempotence": True}))
         print(f"sending {args.count} events at {args.rate:.0f}/s ...")

@@ -25,9 +25,12 @@ class FlowProcesses:
     recovery_dir: Path | None = None
     snapshot_s: int = 1
     log_dir: Path | None = None
+    program: list[str] | None = None  # run this instead of bytewax.run (baselines)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def argv(self, index: int, addresses: list[str]) -> list[str]:
+        if self.program is not None:
+            return list(self.program)
         argv = [sys.executable, "-m", "bytewax.run", self.import_str, "-w", str(self.workers)]
         if self.processes > 1:
             argv += ["-i", str(index), "-a", ";".join(addresses)]

@@ -1,0 +1,344 @@
+"""Benchmarks: ``python -m perf.bench {headline,batch-sweep,scaling,per-event,smoke}``.
+
+Every run starts a fresh local stack, prepares state, starts the system under
+test (``python -m bytewax.run ...`` or the raw baseline), waits until it answers
+a probe event, then drives open-loop load at a fixed rate for ``--duration``
+seconds while a collector process reads the output. Latency is end to end: the
+output's arrival at the collector minus the producer's send time carried in the
+event, recorded in an HDR histogram after ``--warmup`` seconds. Reports go to
+``perf/reports/<benchmark>-<date>.json`` with a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Producer
+
+from sluice.collector import BackgroundCollector
+from sluice.demo import ensure_model, env_for, wait_until_deciding
+from sluice.flowproc import FlowProcesses
+from sluice.generator import TransactionStream, event_records
+from sluice.loadgen import send_open_loop
+from sluice.profiles import load_profiles
+from sluice.settings import REPO_ROOT, Settings
+from sluice.stack import LocalStack, default_topics, free_port
+
+REPORTS = REPO_ROOT / "perf" / "reports"
+TARGET_P99_MS = 35.0
+SYSTEMS = {
+    "limit-raw": None,  # not a Bytewax flow: python -m perf.limit_raw
+    "limit-bytewax": "perf.limit_bytewax:flow",
+    "fraud": "dataflows.fraud:flow",
+}
+
+
+@dataclass
+class RunConfig:
+    system: str
+    rate: float
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    processes: int = 1
+    workers: int = 1
+    max_batch: int = 256
+    max_wait_ms: float = 5.0
+    partitions: int = 4
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    sent: int = 0
+    decided: int = 0
+    duplicates: int = 0
+    achieved_rate: float = 0.0
+    sender_lag_p99_ms: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    latency_over_time: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def p99(self) -> float:
+        return self.latency_ms.get("p99", float("inf"))
+
+    def sustained(self, target_ms: float = TARGET_P99_MS) -> bool:
+        return self.decided >= 0.999 * self.sent and self.p99 <= target_ms
+
+
+class _Cpu:
+    """CPU seconds used by named processes between start and stop."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.procs = {name: [psutil.Process(p) for p in ps] for name, ps in pids.items()}
+        self.start = {name: self._total(ps) for name, ps in self.procs.items()}
+
+    @staticmethod
+    def _total(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def stop(self) -> dict[str, float]:
+        return {name: round(self._total(ps) - self.start[name], 2) for name, ps in self.procs.items()}
+
+
+def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
+    """One system at one offered rate, on a fresh stack."""
+    stack = LocalStack(free_port(), free_port(), log_dir / "stack")
+    base = replace(Settings(), topic_partitions=cfg.partitions)
+    stack.topics = default_topics(base)
+    stack.start()
+    settings = replace(
+        base,
+        brokers=stack.brokers,
+        redis_url=stack.redis_url,
+        model_path=model_path,
+        max_batch=cfg.max_batch,
+        max_wait_ms=cfg.max_wait_ms,
+    )
+    raw = [sys.executable, "-m", "perf.limit_raw"] if SYSTEMS[cfg.system] is None else None
+    flow = FlowProcesses(
+        SYSTEMS[cfg.system] or "",
+        env_for(settings),
+        processes=cfg.processes,
+        workers=cfg.workers,
+        log_dir=log_dir,
+        program=raw,
+    )
+    result = RunResult(cfg)
+    try:
+        load_profiles(settings, seed=7, n_cards=20_000)
+        flow.start()
+        wait_until_deciding(settings, flow)
+        count = int(cfg.rate * (cfg.duration_s + cfg.warmup_s))
+        collector = BackgroundCollector(
+            brokers=settings.brokers,
+            topic=settings.decisions_topic,
+            expected=count,
+            timeout_s=cfg.duration_s + cfg.warmup_s + 60,
+            warmup_s=cfg.warmup_s,
+            idle_stop_s=15.0,
+        )
+        cpu = _Cpu(
+            {
+                "flow": flow.pids,
+                "broker": [stack.procs["tansu"].pid],
+                "redis": [stack.procs["redis"].pid],
+                "generator": [os.getpid()],
+            }
+        )
+        producer = Producer(settings.kafka_config(**{"linger.ms": 1, "enable.idempotence": True}))
+        sent = send_open_loop(producer, event_records(TransactionStream(11, n_cards=20_000), settings), cfg.rate, count)
+        del producer
+        got = collector.result(timeout_s=cfg.duration_s + cfg.warmup_s + 120)
+        result.cpu_s = {**cpu.stop(), "collector": round(got.cpu_s, 2)}
+        result.sent, result.decided, result.duplicates = sent.sent, len(got.by_event), got.duplicates
+        result.sender_lag_p99_ms = round(sent.lag_p99_ms, 3)
+        span = (got.last_receive - got.first_receive) / 1000 or 1e-9
+        result.achieved_rate = round(len(got.by_event) / span, 1)
+        result.latency_ms = {k: round(v, 2) for k, v in got.latency_ms.items()}
+        t0 = got.latency_over_time[0][0] if got.latency_over_time else 0
+        result.latency_over_time = [(round((t - t0) / 1000, 3), round(lat, 2)) for t, lat in got.latency_over_time]
+    finally:
+        flow.stop()
+        stack.stop()
+    return result
+
+
+def describe(r: RunResult) -> str:
+    c, lat = r.config, r.latency_ms
+    return (
+        f"{c.system:14s} rate {c.rate:>7.0f} p{c.processes}w{c.workers} b{c.max_batch}/{c.max_wait_ms:g}ms | "
+        f"out {r.decided}/{r.sent} {r.achieved_rate:>8.0f}/s | p50 {lat.get('p50', -1):7.1f} p99 {lat.get('p99', -1):8.1f} "
+        f"p99.9 {lat.get('p99.9', -1):8.1f} max {lat.get('max', -1):8.1f} ms | lag99 {r.sender_lag_p99_ms:.1f} | cpu {r.cpu_s}"
+    )
+
+
+def sweep_rates(system: str, rates: list[float], model: str, logs: Path, **kw: object) -> list[RunResult]:
+    """Offered rates in order; stops once P99 passes one second."""
+    out = []
+    for rate in rates:
+        r = run_one(RunConfig(system, rate, **kw), model, logs)  # type: ignore[arg-type]
+        print(describe(r), flush=True)
+        out.append(r)
+        if r.p99 > 1000 or r.decided < 0.5 * r.sent:
+            break
+    return out
+
+
+def max_sustainable(results: list[RunResult]) -> float:
+    ok = [r.config.rate for r in results if r.sustained()]
+    return max(ok) if ok else 0.0
+
+
+def bench_headline(args: argparse.Namespace, model: str, logs: Path) -> dict:
+    runs = {
+        s: sweep_rates(s, args.rates, model, logs, duration_s=args.duration)
+        for s in ("limit-raw", "limit-bytewax", "fraud")
+    }
+    limits = {s: max_sustainable(rs) for s, rs in runs.items()}
+    ratios = {
+        f"fraud/{s}": round(limits["fraud"] / limits[s], 3) if limits[s] else None
+        for s in ("limit-raw", "limit-bytewax")
+    }
+    return {"runs": runs, "max_sustainable_rate": limits, "ratios": ratios}
+
+
+def bench_batch_sweep(args: argparse.Namespace, model: str, logs: Path) -> dict:
+    runs = []
+    for max_batch in (32, 256, 1024):
+        for wait in (1.0, 5.0, 20.0):
+            r = run_one(
+                RunConfig("fraud", args.rate, duration_s=args.duration, max_batch=max_batch, max_wait_ms=wait),
+                model,
+                logs,
+            )
+            print(describe(r), flush=True)
+            runs.append(r)
+    best = min(runs, key=lambda r: (not r.sustained(), r.p99))
+    return {
+        "runs": {"fraud": runs},
+        "best": {"max_batch": best.config.max_batch, "max_wait_ms": best.config.max_wait_ms, "p99": best.p99},
+    }
+
+
+def bench_scaling(args: argparse.Namespace, model: str, logs: Path) -> dict:
+    runs: dict[str, list[RunResult]] = {}
+    for label, kw in (("1 process", {}), ("2 processes", {"processes": 2}), ("1 process, 2 threads", {"workers": 2})):
+        runs[label] = sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration, **kw)
+    limits = {k: max_sustainable(v) for k, v in runs.items()}
+    return {"runs": runs, "max_sustainable_rate": limits}
+
+
+def bench_per_event(args: argparse.Namespace, model: str, logs: Path) -> dict:
+    runs = {
+        "per-event (max_batch=1)": sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration, max_batch=1),
+        "micro-batched": sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration),
+    }
+    return {"runs": runs, "max_sustainable_rate": {k: max_sustainable(v) for k, v in runs.items()}}
+
+
+def bench_smoke(args: argparse.Namespace, model: str, logs: Path) -> dict:
+    r = run_one(RunConfig("fraud", args.rate, duration_s=args.duration, warmup_s=1.0), model, logs)
+    print(describe(r), flush=True)
+    return {"runs": {"fraud": [r]}}
+
+
+BENCHMARKS = {
+    "headline": bench_headline,
+    "batch-sweep": bench_batch_sweep,
+    "scaling": bench_scaling,
+    "per-event": bench_per_event,
+    "smoke": bench_smoke,
+}
+
+
+def to_json(obj: object) -> object:
+    if isinstance(obj, RunResult):
+        return {**asdict(obj), "sustained_p99_35ms": obj.sustained()}
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_json(v) for v in obj]
+    return obj
+
+
+def plot(report: dict, path: Path) -> None:
+    """Latency percentiles against offered rate per system, and latency over time of the last run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    last = None
+    for system, runs in report["runs"].items():
+        rates = [r.config.rate for r in runs]
+        for pct, style in (("p50", ":"), ("p99", "-")):
+            ax1.plot(
+                rates, [r.latency_ms.get(pct, float("nan")) for r in runs], style, marker="o", label=f"{system} {pct}"
+            )
+        if runs:
+            last = runs[-1] if last is None or system == "fraud" else last
+    ax1.axhline(TARGET_P99_MS, color="red", lw=0.8, label="35 ms target")
+    ax1.set(
+        xlabel="offered rate (events/s)",
+        ylabel="end-to-end latency (ms)",
+        yscale="log",
+        title="Latency vs offered rate",
+    )
+    ax1.legend(fontsize=7)
+    headline = _headline_run(report) or last
+    if headline is not None and headline.latency_over_time:
+        xs, ys = zip(*headline.latency_over_time, strict=True)
+        ax2.plot(xs, ys, ",", alpha=0.6)
+        ax2.set(
+            xlabel="seconds into the run",
+            ylabel="latency (ms)",
+            yscale="log",
+            title=f"{headline.config.system} at {headline.config.rate:.0f}/s: latency over time",
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _headline_run(report: dict) -> RunResult | None:
+    runs: list[RunResult] = report["runs"].get("fraud") or next(iter(report["runs"].values()), [])
+    at_20k = [r for r in runs if r.config.rate == 20_000]
+    return at_20k[0] if at_20k else (runs[-1] if runs else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument(
+        "--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5000, 10000, 20000, 30000, 40000]
+    )
+    parser.add_argument("--rate", type=float, default=20_000, help="offered rate for single-rate benchmarks")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (after warm-up)")
+    parser.add_argument("--out", type=Path, default=REPORTS)
+    args = parser.parse_args(argv)
+    logs = REPO_ROOT / ".stack" / "bench" / args.benchmark
+    ensure_model(Settings())
+    model = Settings().model_path
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    report = BENCHMARKS[args.benchmark](args, model, logs)
+    report = {
+        "benchmark": args.benchmark,
+        "started": started,
+        "machine": _machine(),
+        "command": "python -m perf.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        **report,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{args.benchmark}-{time.strftime('%Y-%m-%d')}"
+    stem.with_suffix(".json").write_text(json.dumps(to_json(report), indent=1))
+    plot(report, stem.with_suffix(".png"))
+    print(f"report: {stem}.json and .png")
+    return 0
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "note": "broker, Redis, load generator, collector and flow all share this machine",
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
