@@ -23,7 +23,7 @@ import psutil
 from confluent_kafka import Producer
 
 from sluice.collector import BackgroundCollector
-from sluice.demo import ensure_model, env_for, wait_until_deciding
+from sluice.demo import ensure_model, wait_until_deciding
 from sluice.flowproc import FlowProcesses
 from sluice.generator import TransactionStream, event_records
 from sluice.loadgen import send_open_loop
@@ -112,7 +112,7 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
     raw = [sys.executable, "-m", "perf.limit_raw"] if SYSTEMS[cfg.system] is None else None
     flow = FlowProcesses(
         SYSTEMS[cfg.system] or "",
-        env_for(settings),
+        settings.to_env(),
         processes=cfg.processes,
         workers=cfg.workers,
         log_dir=log_dir,
@@ -313,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args(argv)
     logs = REPO_ROOT / ".stack" / "bench" / args.benchmark
-    ensure_model(Settings())
-    model = Settings().model_path
+    settings = Settings.from_env()
+    ensure_model(settings)
+    model = settings.model_path
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     report = BENCHMARKS[args.benchmark](args, model, logs)
     report = {

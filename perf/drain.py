@@ -19,8 +19,8 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sluice.collector import poll_batch
-from sluice.demo import ensure_model, env_for
-from sluice.flowproc import FlowProcesses
+from sluice.demo import ensure_model
+from sluice.flowproc import FlowProcesses, init_recovery
 from sluice.generator import TransactionStream, event_records
 from sluice.loadgen import send_open_loop
 from sluice.profiles import load_profiles
@@ -32,7 +32,14 @@ class OutputCounter:
     """Counts records arriving on ``topic`` (reading them: Tansu 0.6 lists high watermarks wrong)."""
 
     def __init__(self, brokers: str, topic: str, partitions: int) -> None:
-        self.consumer = Consumer({"bootstrap.servers": brokers, "group.id": "drain", "fetch.wait.max.ms": 20})
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": "drain",
+                "fetch.wait.max.ms": 20,
+                "isolation.level": "read_committed",
+            }
+        )
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.count = 0
         self.first_ms = float("inf")
@@ -52,12 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--flow", default="dataflows.fraud:flow")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
     args = parser.parse_args(argv)
     ensure_model(Settings())
     base = replace(Settings(), topic_partitions=args.partitions)
     stack = LocalStack(free_port(), free_port(), REPO_ROOT / ".stack" / "drain", topics=default_topics(base)).start()
-    settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
-    flow = FlowProcesses(args.flow, env_for(settings), log_dir=Path(stack.state_dir))
+    settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url, exactly_once=args.exactly_once)
+    recovery = None
+    if args.exactly_once:
+        recovery = Path(stack.state_dir) / "recovery"
+        init_recovery(recovery)
+    flow = FlowProcesses(args.flow, settings.to_env(), log_dir=Path(stack.state_dir), recovery_dir=recovery)
     try:
         load_profiles(settings, 7, 20_000)
         producer = Producer(settings.kafka_config(**{"linger.ms": 5}))
@@ -73,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu_at_first = next(c for t, c in samples if t >= counter.first_ms)
         cpu_at_last = next((c for t, c in samples if t >= counter.last_ms), samples[-1][1])
         span_s = (counter.last_ms - counter.first_ms) / 1000
+        mode = "exactly-once" if args.exactly_once else "at-least-once"
         print(
-            f"{args.flow}: {counter.count} decisions in {span_s:.2f}s = {counter.count / span_s:,.0f}/s; "
+            f"{args.flow} ({mode}): {counter.count} decisions in {span_s:.2f}s = {counter.count / span_s:,.0f}/s; "
             f"flow CPU {1e6 * (cpu_at_last - cpu_at_first) / counter.count:.1f} us/event"
         )
     finally:

@@ -102,7 +102,7 @@ def collect(
     parts = list_partitions({"bootstrap.servers": brokers}, topic)
     offsets = start_offsets or {}
     consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
-    hist = HdrHistogram(1, 3_600_000_000, 3)  # microseconds
+    hist = latency_histogram()
     result = Collected()
     poll_batch(consumer, 0.5)  # join the partitions before declaring readiness
     consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
@@ -138,12 +138,28 @@ def collect(
             result.last_receive = now_ms
     consumer.close()
     result.cpu_s = time.process_time() - cpu0
-    if hist.get_total_count():
-        result.latency_ms = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)} | {
-            "max": hist.get_max_value() / 1000,
-            "timed": hist.get_total_count(),
-        }
+    result.latency_ms = latency_summary(hist)
     return result
+
+
+def latency_histogram() -> HdrHistogram:
+    """Microsecond resolution, 1 us to 1 h, 3 significant digits."""
+    return HdrHistogram(1, 3_600_000_000, 3)
+
+
+def latency_summary(hist: HdrHistogram) -> dict[str, float]:
+    """P50/P90/P99/P99.9/max in milliseconds (and the count) of a :func:`latency_histogram`.
+
+    >>> h = latency_histogram()
+    >>> recorded = [h.record_value(ms * 1000) for ms in range(1, 1001)]
+    >>> s = latency_summary(h)
+    >>> (round(s["p50"]), round(s["p99"]), round(s["max"]), s["timed"])
+    (500, 990, 1000, 1000)
+    """
+    if not hist.get_total_count():
+        return {}
+    summary = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)}
+    return summary | {"max": hist.get_max_value() / 1000, "timed": hist.get_total_count()}
 
 
 def _run(queue: mp.Queue, kwargs: dict) -> None:  # type: ignore[type-arg]

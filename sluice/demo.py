@@ -28,18 +28,6 @@ from sluice.settings import REPO_ROOT, Settings
 from sluice.stack import default_topics, stack_from_env
 
 
-def env_for(settings: Settings) -> dict[str, str]:
-    """The ``SLUICE_*`` variables that point a flow process at ``settings``' servers."""
-    return {
-        "SLUICE_BROKERS": settings.brokers,
-        "SLUICE_REDIS_URL": settings.redis_url,
-        "SLUICE_MODEL_PATH": settings.model_path,
-        "SLUICE_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "SLUICE_MAX_BATCH": str(settings.max_batch),
-        "SLUICE_MAX_WAIT_MS": str(settings.max_wait_ms),
-    }
-
-
 def ensure_model(settings: Settings) -> str:
     try:
         return load_scorer(settings.model_path).version
@@ -100,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.start()
     settings = replace(Settings.from_env(), brokers=stack.brokers, redis_url=stack.redis_url)
     stack.create_topics(default_topics(settings))
-    flow = FlowProcesses("dataflows.fraud:flow", env_for(settings), log_dir=REPO_ROOT / ".stack" / "logs")
+    flow = FlowProcesses("dataflows.fraud:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "logs")
     try:
         version = ensure_model(settings)
         print(f"model {version}; loaded {load_profiles(settings, args.seed, args.cards)} card profiles")

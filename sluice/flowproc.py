@@ -69,20 +69,17 @@ class FlowProcesses:
         """SIGKILL one process; the cluster's other processes are given ``grace_s`` to notice
         and exit, then killed too (as a supervisor restarting the cluster would)."""
         self.procs[index].send_signal(signal.SIGKILL)
-        deadline = time.monotonic() + grace_s
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
+        self._reap(grace_s)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Interrupt the processes, then kill what is left after ``grace_s``."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
+        self._reap(grace_s)
+
+    def _reap(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for every process to exit; SIGKILL the rest."""
         deadline = time.monotonic() + grace_s
         for p in self.procs:
             try:

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sluice.demo import env_for
 from sluice.flowproc import FlowProcesses, init_recovery
 from sluice.settings import Settings
 from sluice.stack import create_topics
@@ -44,8 +43,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def replay_env(settings: Settings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
     """Environment for a backfill flow: its own output topics and transactional ids, stop at the end."""
     return {
-        **env_for(settings),
-        "SLUICE_TRANSACTIONS_TOPIC": settings.transactions_topic,
+        **settings.to_env(),
         "SLUICE_DECISIONS_TOPIC": output_topic,
         "SLUICE_DLQ_TOPIC": f"{output_topic}-dlq",
         "SLUICE_TRANSACTIONAL_ID_PREFIX": f"replay-{output_topic}",

@@ -80,6 +80,21 @@ class Settings:
         values["kafka"] = _kafka_passthrough(env)
         return cls(**values)  # type: ignore[arg-type]
 
+    def to_env(self) -> dict[str, str]:
+        """The ``SLUICE_*`` variables that make :meth:`from_env` rebuild these settings
+        (how a flow process is pointed at them).
+
+        >>> Settings.from_env(Settings(max_batch=7).to_env()).max_batch
+        7
+        """
+        env = {
+            f"SLUICE_{f.name.upper()}": str(int(v) if isinstance(v, bool) else v)
+            for f in fields(self)
+            if f.name != "kafka" and (v := getattr(self, f.name)) is not None
+        }
+        env.update({KAFKA_PREFIX + k.upper().replace(".", "_"): v for k, v in self.kafka.items()})
+        return env
+
     def kafka_config(self, **extra: object) -> dict[str, object]:
         """Client config for confluent-kafka: brokers, pass-through options, then ``extra``."""
         config: dict[str, object] = {"bootstrap.servers": self.brokers}

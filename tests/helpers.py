@@ -10,7 +10,6 @@ from confluent_kafka import Producer
 
 from models.transaction import Transaction
 from sluice.collector import read_all
-from sluice.demo import env_for
 from sluice.flowproc import FlowProcesses
 from sluice.generator import START_MS, encode
 from sluice.settings import Settings
@@ -62,12 +61,5 @@ def decisions(msgs: list) -> dict[str, list[dict]]:  # type: ignore[type-arg]
 
 
 def start_flow(settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None, **kwargs) -> FlowProcesses:  # type: ignore[no-untyped-def]
-    env = {
-        **env_for(settings),
-        "SLUICE_TRANSACTIONS_TOPIC": settings.transactions_topic,
-        "SLUICE_DECISIONS_TOPIC": settings.decisions_topic,
-        "SLUICE_DLQ_TOPIC": settings.dlq_topic,
-        "SLUICE_LABELS_TOPIC": settings.labels_topic,
-        **(extra_env or {}),
-    }
+    env = {**settings.to_env(), **(extra_env or {})}
     return FlowProcesses("dataflows.fraud:flow", env, log_dir=log_dir, **kwargs).start()

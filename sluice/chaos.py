@@ -1,0 +1,156 @@
+"""Chaos runs: SIGKILL a recoverable flow at random moments and check exactly-once output.
+
+Used by ``tests/test_exactly_once.py`` (CI-sized) and ``perf/chaos.py`` (1M events).
+The input is sent open-loop while the flow is killed and resumed, so kills land
+mid-stream; a last life drains the input and exits. A crash-free reference run
+over the same input gives the decision every event must have.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from sluice.collector import read_all
+from sluice.flowproc import FlowProcesses, init_recovery
+from sluice.generator import TransactionStream, event_records
+from sluice.loadgen import send_open_loop
+from sluice.profiles import load_profiles
+from sluice.settings import Settings
+from sluice.stack import create_topics
+
+TIMING_FIELDS = ("decided_at", "sent_at")  # differ between runs by nature
+
+
+@dataclass
+class Outputs:
+    """Decisions by event id (timing fields removed) and dead letters by input id."""
+
+    decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dead: dict[bytes, int] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """A chaos run's output against the reference."""
+
+    expected: int
+    missing: int
+    duplicated: int
+    differing: int
+    dead_letters_match: bool
+    kills: int
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def exactly_once(self) -> bool:
+        return not (self.missing or self.duplicated or self.differing) and self.dead_letters_match
+
+
+def start_sending(settings: Settings, seed: int, count: int, rate: float, cards: int = 5_000) -> threading.Thread:
+    """Load profiles, then send ``count`` events at ``rate``/s in a background thread."""
+    load_profiles(settings, seed, cards)
+    producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 5}))
+    records = event_records(TransactionStream(seed, n_cards=cards), settings, malformed_rate=0.001)
+    sender = threading.Thread(target=send_open_loop, args=(producer, records, rate, count), daemon=True)
+    sender.start()
+    return sender
+
+
+def read_outputs(settings: Settings, decisions_topic: str, dlq_topic: str, timeout_s: float = 300) -> Outputs:
+    """Everything committed in the output topics (read_committed)."""
+    out = Outputs()
+    for msg in read_all(settings.brokers, decisions_topic, timeout_s=timeout_s):
+        d = orjson.loads(msg.value() or b"{}")
+        for name in TIMING_FIELDS:
+            d.pop(name, None)
+        out.decisions.setdefault(d["event_id"], []).append(d)
+    for msg in read_all(settings.brokers, dlq_topic, timeout_s=timeout_s):
+        key = dict(msg.headers() or [])["sluice.id"]
+        out.dead[key] = out.dead.get(key, 0) + 1  # type: ignore[index]
+    return out
+
+
+def _flow(settings: Settings, logs: Path, extra: dict[str, str], **kwargs: Any) -> FlowProcesses:
+    env = {**settings.to_env(), "SLUICE_EXACTLY_ONCE": "1", **extra}
+    return FlowProcesses("dataflows.fraud:flow", env, log_dir=logs, **kwargs).start()
+
+
+def reference_run(settings: Settings, work: Path, timeout_s: float = 1800) -> Outputs:
+    """A crash-free run over the (complete) input into topics of its own."""
+    ref = replace(
+        settings,
+        decisions_topic=f"{settings.decisions_topic}-ref",
+        dlq_topic=f"{settings.dlq_topic}-ref",
+        transactional_id_prefix=f"ref-{settings.decisions_topic}",
+        stop_at_end=True,
+    )
+    create_topics(settings.brokers, {ref.decisions_topic: settings.topic_partitions, ref.dlq_topic: 1})
+    flow = _flow(ref, work / "reference", {})
+    if max(flow.wait(timeout_s)) != 0:
+        raise RuntimeError("the reference run failed; see its logs")
+    return read_outputs(settings, ref.decisions_topic, ref.dlq_topic)
+
+
+def chaos_run(
+    settings: Settings,
+    work: Path,
+    sender: threading.Thread,
+    topologies: list[dict[str, int]],
+    kills: int,
+    seed: int,
+    life_s: tuple[float, float] = (2.5, 5.0),
+    timeout_s: float = 1800,
+) -> int:
+    """Kill the flow ``kills`` times (one process of it, at a random moment of each life),
+    resuming from the recovery store each time, then let a last life drain the input."""
+    recovery = work / "recovery"
+    init_recovery(recovery, partitions=2)
+    rng = random.Random(seed)
+    chaos = replace(settings, transactional_id_prefix=f"chaos-{settings.decisions_topic}")
+    for life in range(kills):
+        flow = _flow(
+            chaos, work / f"life-{life}", {}, recovery_dir=recovery, snapshot_s=1, **topologies[life % len(topologies)]
+        )
+        time.sleep(rng.uniform(*life_s))
+        if not flow.alive():
+            raise RuntimeError(f"life {life} of the flow died by itself; see {work}/life-{life}")
+        flow.kill_one(rng.randrange(len(flow.procs)))
+    sender.join()
+    last = _flow(
+        replace(chaos, stop_at_end=True),
+        work / "last",
+        {},
+        recovery_dir=recovery,
+        snapshot_s=1,
+        **topologies[kills % len(topologies)],
+    )
+    if max(last.wait(timeout_s)) != 0:
+        raise RuntimeError("the last life failed; see its logs")
+    return kills
+
+
+def judge(settings: Settings, reference: Outputs, kills: int) -> Verdict:
+    """Compare the chaos run's committed output with the reference run's."""
+    got = read_outputs(settings, settings.decisions_topic, settings.dlq_topic)
+    ref = reference.decisions
+    missing = [e for e in ref if e not in got.decisions]
+    duplicated = [e for e, v in got.decisions.items() if len(v) > 1]
+    differing = [e for e in ref if e in got.decisions and got.decisions[e][0] != ref[e][0]]
+    extra = [e for e in got.decisions if e not in ref]
+    return Verdict(
+        expected=len(ref),
+        missing=len(missing) + len(extra),
+        duplicated=len(duplicated),
+        differing=len(differing),
+        dead_letters_match=got.dead == reference.dead and set(got.dead.values()) <= {1},
+        kills=kills,
+        examples=(missing + extra + duplicated + differing)[:5],
+    )
