@@ -12,6 +12,7 @@ event, recorded in an HDR histogram after ``--warmup`` seconds. Reports go to
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from sluice.stack import LocalStack, default_topics, free_port
 
 REPORTS = REPO_ROOT / "perf" / "reports"
 TARGET_P99_MS = 35.0
+DEFAULT_PARTITIONS = 4  # --partitions sets it for every run of an invocation
 SYSTEMS = {
     "limit-raw": None,  # not a Bytewax flow: python -m perf.limit_raw
     "limit-bytewax": "perf.limit_bytewax:flow",
@@ -50,7 +52,7 @@ class RunConfig:
     workers: int = 1
     max_batch: int = 256
     max_wait_ms: float = 5.0
-    partitions: int = 4
+    partitions: int = field(default_factory=lambda: DEFAULT_PARTITIONS)
 
 
 @dataclass
@@ -124,6 +126,8 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
         flow.start()
         wait_until_deciding(settings, flow)
         count = int(cfg.rate * (cfg.duration_s + cfg.warmup_s))
+        # encoded before the clock starts, so the sender's CPU does not compete with the flow
+        events = list(itertools.islice(event_records(TransactionStream(11, n_cards=20_000), settings), count))
         collector = BackgroundCollector(
             brokers=settings.brokers,
             topic=settings.decisions_topic,
@@ -141,7 +145,7 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
             }
         )
         producer = Producer(settings.kafka_config(**{"linger.ms": 1, "enable.idempotence": True}))
-        sent = send_open_loop(producer, event_records(TransactionStream(11, n_cards=20_000), settings), cfg.rate, count)
+        sent = send_open_loop(producer, iter(events), cfg.rate, count)
         del producer
         got = collector.result(timeout_s=cfg.duration_s + cfg.warmup_s + 120)
         result.cpu_s = {**cpu.stop(), "collector": round(got.cpu_s, 2)}
@@ -311,12 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="offered rate for single-rate benchmarks")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (after warm-up)")
     parser.add_argument("--out", type=Path, default=REPORTS)
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
     args = parser.parse_args(argv)
     logs = REPO_ROOT / ".stack" / "bench" / args.benchmark
     settings = Settings.from_env()
     ensure_model(settings)
     model = settings.model_path
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    global DEFAULT_PARTITIONS
+    DEFAULT_PARTITIONS = args.partitions
     report = BENCHMARKS[args.benchmark](args, model, logs)
     report = {
         "benchmark": args.benchmark,

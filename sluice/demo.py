@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.start()
     settings = replace(Settings.from_env(), brokers=stack.brokers, redis_url=stack.redis_url)
     stack.create_topics(default_topics(settings))
-    flow = FlowProcesses("dataflows.fraud:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "logs")
+    flow = FlowProcesses("dataflows.fraud:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "demo-logs")
     try:
         version = ensure_model(settings)
         print(f"model {version}; loaded {load_profiles(settings, args.seed, args.cards)} card profiles")

@@ -204,6 +204,35 @@ def encode(txn: Transaction, sent_ms: float) -> bytes:
     )
 
 
+class PreparedEvent:
+    """One event's records, encoded ahead of time except for the send time.
+
+    The JSON is built once, up to ``"sent_at":``; sending only appends the time, so
+    a sender can keep an exact schedule at high rates.
+    """
+
+    __slots__ = ("topic", "key", "head", "extra")
+
+    def __init__(self, topic: str, key: bytes, head: bytes, extra: list[KafkaRecord]) -> None:
+        self.topic, self.key, self.head, self.extra = topic, key, head, extra
+
+    def __call__(self, sent_ms: float) -> list[KafkaRecord]:
+        value = self.head + b"%.3f}" % sent_ms if self.head.endswith(b":") else self.head
+        return [KafkaRecord(self.topic, self.key, value), *self.extra]
+
+
+def prepare(txn: Transaction, pattern: str | None, settings: Settings) -> PreparedEvent:
+    """The event (and, for fraud, its label record) ready to send."""
+    key = txn.card_id.encode()
+    head = encode(txn, 0.0)
+    head = head[: head.rindex(b'"sent_at":') + len(b'"sent_at":')]
+    extra = []
+    if pattern is not None:
+        label = orjson.dumps({"event_id": txn.event_id, "fraud": True, "pattern": pattern})
+        extra.append(KafkaRecord(settings.labels_topic, key, label))
+    return PreparedEvent(settings.transactions_topic, key, head, extra)
+
+
 def event_records(
     stream: TransactionStream, settings: Settings, malformed_rate: float = 0.0
 ) -> Iterator[Callable[[float], list[KafkaRecord]]]:
@@ -211,27 +240,19 @@ def event_records(
 
     A ``malformed_rate`` share of events is replaced by a broken payload (for DLQ demos);
     those carry no label and expect no decision.
+
+    >>> s = Settings()
+    >>> first = next(event_records(TransactionStream(7, n_cards=10), s))
+    >>> orjson.loads(first(1234.5)[0].value)["sent_at"]
+    1234.5
     """
     rng = random.Random(f"malformed-{stream.seed}")
     for txn, pattern in stream:
         if malformed_rate and rng.random() < malformed_rate:
             bad = b'{"event_id": "' + txn.event_id.encode() + b'", "amount": "lots"'
-
-            def build_bad(sent_ms: float, bad: bytes = bad) -> list[KafkaRecord]:
-                return [KafkaRecord(settings.transactions_topic, b"malformed", bad)]
-
-            yield build_bad
-            continue
-
-        def build(sent_ms: float, txn: Transaction = txn, pattern: str | None = pattern) -> list[KafkaRecord]:
-            key = txn.card_id.encode()
-            out = [KafkaRecord(settings.transactions_topic, key, encode(txn, sent_ms))]
-            if pattern is not None:
-                label = orjson.dumps({"event_id": txn.event_id, "fraud": True, "pattern": pattern})
-                out.append(KafkaRecord(settings.labels_topic, key, label))
-            return out
-
-        yield build
+            yield PreparedEvent(settings.transactions_topic, b"malformed", bad, [])
+        else:
+            yield prepare(txn, pattern, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

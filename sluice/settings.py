@@ -42,8 +42,8 @@ class Settings:
     dlq_topic: str = "dead-letters"
     labels_topic: str = "fraud-labels"
     topic_partitions: int = 4
-    max_batch: int = 256
-    max_wait_ms: float = 5.0
+    max_batch: int = 1024
+    max_wait_ms: float = 1.0
     inference_shards: int = 8
     model_path: str = str(REPO_ROOT / "models" / "artifacts" / "fraud")
     device: str = "auto"

@@ -23,7 +23,7 @@ from typing import Any
 
 from sluice.settings import REPO_ROOT, Settings
 
-DEFAULT_STATE_DIR = REPO_ROOT / ".stack"
+DEFAULT_STATE_DIR = REPO_ROOT / ".stack" / "local"
 
 
 class StackError(RuntimeError):
