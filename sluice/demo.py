@@ -60,7 +60,7 @@ def wait_until_deciding(settings: Settings, flow: FlowProcesses, timeout_s: floa
     try:
         while time.monotonic() < deadline:
             if not flow.alive():
-                raise RuntimeError("the flow exited during start-up; see .stack/logs/")
+                raise RuntimeError("the flow exited during start-up; see the flow logs under .stack/")
             msg = consumer.poll(0.2)
             if (
                 msg is not None
