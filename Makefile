@@ -33,7 +33,7 @@ test: install
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy dataflows operators models state sluice perf
+	$(BIN)/mypy dataflows operators models state sluice perf tests
 
 stack-up: install
 	$(BIN)/python -m sluice.stack up

@@ -34,7 +34,8 @@ def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():
     recs = [SourceRecord("tx", 0, i, b"k", v) for i, v in enumerate([GOOD, b"{broken", GOOD, None])]
     flow = Dataflow("dlq")
     parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(recs)), parse_transaction)
-    ok, dead = [], []
+    ok: list = []
+    dead: list = []
     op.output("ok", parsed.ok, TestingSink(ok))
     op.output("dead", parsed.dead, TestingSink(dead))
     run_main(flow)

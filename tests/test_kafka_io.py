@@ -71,7 +71,8 @@ def test_sink_surfaces_failed_delivery(settings):
     )
     with pytest.raises(Exception) as info:
         run_main(flow)
-    chain, exc = [], info.value
+    chain: list[BaseException] = []
+    exc: BaseException | None = info.value
     while exc is not None:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__

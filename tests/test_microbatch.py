@@ -44,7 +44,7 @@ def test_every_item_has_one_result_across_shards():
 
 
 def test_buffer_survives_snapshot_and_flushes_first_after_restore():
-    logic = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), None)
+    logic: MicroBatchLogic[int, int] = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), None)
     out, _ = logic.on_batch([1, 2, 3])
     assert out == [] and logic.snapshot() == [1, 2, 3]
     restored = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), logic.snapshot())
