@@ -78,6 +78,7 @@ def committed_ids(
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",  # a start below the log start (retention) reads what is left
         }
     )
     consumer.assign([TopicPartition(topic, partition, start)])
