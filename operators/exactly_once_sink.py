@@ -5,8 +5,7 @@ How it works (Bytewax 0.21 has no "checkpoint completed" callback):
 * The sink has one partition per output ``topic:partition``. Each owns a
   transactional producer with a stable ``transactional.id``
   (``<prefix>-<topic>-<partition>``). Records carry a ``sluice.id`` header, a
-  stable identity of the input they came from (the event id, or the source
-  position of a dead letter).
+  stable identity of the input they came from (its source topic/partition/offset).
 * Records of an epoch go into one open transaction; :meth:`snapshot` (called by
   Bytewax at the end of the epoch) commits it and returns the partition's next
   offset, which Bytewax stores in the same checkpoint as the input offsets and
@@ -34,7 +33,6 @@ still see each input once.
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,11 +41,11 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from operators.kafka_records import ID_HEADER, KafkaRecord
 from operators.kafka_sink import DeliveryFailed, produce_all
-from operators.kafka_source import list_partitions
+from operators.kafka_source import list_partitions, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -71,36 +69,13 @@ def committed_ids(
 ) -> tuple[set[bytes], int]:
     """``sluice.id`` of every committed record in ``topic[partition]`` from ``start`` to the end,
     and the end offset."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": "sluice-eos-scan",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",  # a start below the log start (retention) reads what is left
-        }
-    )
-    consumer.assign([TopicPartition(topic, partition, start)])
+    msgs, ends = read_to_end(config, topic, {partition: start}, timeout_s)
     ids: set[bytes] = set()
-    end = start
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(5000, 0.2):
-                err = msg.error()
-                if err is None:
-                    end = (msg.offset() or 0) + 1
-                    headers = msg.headers() or []
-                    pairs = headers.items() if isinstance(headers, dict) else headers
-                    ids.update(v for k, v in pairs if k == ID_HEADER and isinstance(v, bytes))
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    return ids, max(end, msg.offset() or 0)
-                else:
-                    raise RuntimeError(f"reading {topic}[{partition}] for recovery: {err}")
-        raise TimeoutError(f"could not read {topic}[{partition}] to its end within {timeout_s}s")
-    finally:
-        consumer.close()
+    for msg in msgs:
+        headers = msg.headers() or []
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        ids.update(v for k, v in pairs if k == ID_HEADER and isinstance(v, bytes))
+    return ids, ends[partition]
 
 
 class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]):
@@ -121,7 +96,6 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
             )
         self._in_txn = False
         self._errors: list[str] = []
-        self.skipped = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -136,7 +110,6 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
                 rid = record_id(rec)
                 if rid is not None and rid in self._skip:
                     self._skip.discard(rid)
-                    self.skipped += 1
                 else:
                     fresh.append(rec)
             items = fresh

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from operators.kafka_records import SourceRecord
@@ -54,6 +54,43 @@ def list_partitions(config: dict[str, Any], topic: str) -> list[int]:
     if meta.error is not None:
         raise RuntimeError(f"cannot list partitions of Kafka topic {topic!r}: {meta.error.str()}")
     return sorted(meta.partitions)
+
+
+def read_to_end(
+    config: Mapping[str, Any], topic: str, starts: Mapping[int, int], timeout_s: float = 60.0
+) -> tuple[list[Message], dict[int, int]]:
+    """Every committed record of ``topic`` from ``starts`` (partition -> offset) to the end of
+    each partition, and each partition's end offset. Raises ``TimeoutError`` if the end is
+    not reached in ``timeout_s``."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": "sluice-read-to-end",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",  # a start below the log start (retention) reads what is left
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    out: list[Message] = []
+    ends: dict[int, int] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(ends) < len(starts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
+            for msg in consumer.consume(5000, 0.2):
+                err = msg.error()
+                if err is None:
+                    out.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    ends[msg.partition() or 0] = msg.offset() or 0
+                else:
+                    raise RuntimeError(f"reading {topic}[{msg.partition()}] to its end: {err}")
+        return out, ends
+    finally:
+        consumer.close()
 
 
 def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float = 10.0) -> int:

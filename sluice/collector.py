@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
-from operators.kafka_source import list_partitions
+from operators.kafka_source import list_partitions, read_to_end
 
 
 @dataclass
@@ -42,33 +42,10 @@ def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -
     return [first, *consumer.consume(max_messages - 1, 0)]
 
 
-def read_all(brokers: str, topic: str, timeout_s: float = 30.0, isolation: str = "read_committed") -> list:  # type: ignore[type-arg]
-    """Every message currently in ``topic`` (all partitions), read to the end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": "sluice-read-all",
-            "enable.partition.eof": True,
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-        }
-    )
-    parts = list_partitions({"bootstrap.servers": brokers}, topic)
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    done: set[int] = set()
-    out = []
-    deadline = time.monotonic() + timeout_s
-    while len(done) < len(parts) and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 0.2):
-            err = msg.error()
-            if err is None:
-                out.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                done.add(msg.partition() or 0)
-    consumer.close()
-    if len(done) < len(parts):
-        raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
-    return out
+def read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
+    """Every committed message currently in ``topic`` (all partitions), read to the end."""
+    config = {"bootstrap.servers": brokers}
+    return read_to_end(config, topic, dict.fromkeys(list_partitions(config, topic), 0), timeout_s)[0]
 
 
 def collect(

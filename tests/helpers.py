@@ -40,13 +40,11 @@ def produce_txns(settings: Settings, txns: list[Transaction]) -> None:
     produce(settings, [(t.card_id.encode(), encode(t, now)) for t in txns])
 
 
-def wait_for(
-    settings: Settings, topic: str, count: int, timeout_s: float = 60, isolation: str = "read_committed"
-) -> list:  # type: ignore[type-arg]
+def wait_for(settings: Settings, topic: str, count: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
     """Read ``topic`` until it holds at least ``count`` messages."""
     deadline = time.monotonic() + timeout_s
     while True:
-        msgs = read_all(settings.brokers, topic, isolation=isolation)
+        msgs = read_all(settings.brokers, topic)
         if len(msgs) >= count or time.monotonic() > deadline:
             return msgs
         time.sleep(0.3)
