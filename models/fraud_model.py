@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.devices import pick_device
 from models.fraud_features import FEATURE_NAMES
 
 
@@ -38,13 +39,6 @@ class FraudMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std).squeeze(-1)
-
-
-def pick_device(setting: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU; anything else is taken as a torch device name."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 @dataclass

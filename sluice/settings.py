@@ -13,9 +13,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 KAFKA_PREFIX = "SLUICE_KAFKA_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+S = TypeVar("S", bound="FlowSettings")
 
 
 def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
@@ -27,38 +29,28 @@ def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Runtime configuration of the Sluice flows.
+class FlowSettings:
+    """What every Sluice flow needs: where Kafka and Redis are, the dead-letter topic,
+    delivery semantics, where the input starts, and the device for models.
 
-    >>> s = Settings.from_env({"SLUICE_BROKERS": "k1:9092,k2:9092", "SLUICE_MAX_BATCH": "64"})
-    >>> s.brokers, s.max_batch
-    ('k1:9092,k2:9092', 64)
+    Each workflow extends it with its own fields; all are read the same way from
+    ``SLUICE_<FIELD>`` variables.
     """
 
     brokers: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
-    transactions_topic: str = "transactions"
-    decisions_topic: str = "fraud-decisions"
     dlq_topic: str = "dead-letters"
-    labels_topic: str = "fraud-labels"
     topic_partitions: int = 4
-    max_batch: int = 1024
-    max_wait_ms: float = 1.0
-    inference_shards: int = 8
-    model_path: str = str(REPO_ROOT / "models" / "artifacts" / "fraud")
     device: str = "auto"
-    profile_cache_ttl_s: float = 30.0
-    card_idle_timeout_s: float = 3600.0
-    allowed_lateness_s: float = 60.0
     exactly_once: bool = False
-    transactional_id_prefix: str = "sluice-fraud"
+    transactional_id_prefix: str = "sluice"
     start_from: str = "earliest"
     stop_at_end: bool = False
     source_batch_size: int = 2000
     kafka: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls: type[S], env: Mapping[str, str] | None = None) -> S:
         """Build settings from ``SLUICE_<FIELD>`` variables (upper-case field names)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -101,3 +93,60 @@ class Settings:
         config.update(self.kafka)
         config.update(extra)
         return config
+
+
+@dataclass(frozen=True)
+class Settings(FlowSettings):
+    """Runtime configuration of the fraud flow.
+
+    >>> s = Settings.from_env({"SLUICE_BROKERS": "k1:9092,k2:9092", "SLUICE_MAX_BATCH": "64"})
+    >>> s.brokers, s.max_batch
+    ('k1:9092,k2:9092', 64)
+    """
+
+    transactions_topic: str = "transactions"
+    decisions_topic: str = "fraud-decisions"
+    labels_topic: str = "fraud-labels"
+    max_batch: int = 1024
+    max_wait_ms: float = 1.0
+    inference_shards: int = 8
+    model_path: str = str(REPO_ROOT / "models" / "artifacts" / "fraud")
+    profile_cache_ttl_s: float = 30.0
+    card_idle_timeout_s: float = 3600.0
+    allowed_lateness_s: float = 60.0
+    transactional_id_prefix: str = "sluice-fraud"
+
+
+@dataclass(frozen=True)
+class AssistantSettings(FlowSettings):
+    """Runtime configuration of the conversational assistant flow.
+
+    >>> AssistantSettings.from_env({"SLUICE_GENERATE": "0", "SLUICE_TOP_K": "5"}).top_k
+    5
+    """
+
+    documents_topic: str = "documents"
+    requests_topic: str = "chat-requests"
+    responses_topic: str = "chat-responses"
+    handoff_topic: str = "handoff"
+    index_changes_topic: str = "documents-indexed"
+    dlq_topic: str = "assistant-dead-letters"
+    max_request_chars: int = 2000
+    max_turns: int = 6
+    session_idle_timeout_s: float = 900.0
+    chunk_tokens: int = 160
+    chunk_overlap: int = 32
+    top_k: int = 3
+    context_chars: int = 700
+    embed_max_batch: int = 64
+    embed_max_wait_ms: float = 2.0
+    embed_shards: int = 2
+    generate: bool = True
+    llm_path: str = ""
+    gen_max_batch: int = 16
+    gen_max_wait_ms: float = 5.0
+    gen_shards: int = 1
+    gen_max_new_tokens: int = 48
+    gen_deadline_ms: float = 10_000.0
+    transactional_id_prefix: str = "sluice-assistant"
+    source_batch_size: int = 500

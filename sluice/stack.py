@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sluice.settings import REPO_ROOT, Settings
+from sluice.settings import REPO_ROOT, AssistantSettings, Settings
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".stack" / "local"
 
@@ -235,13 +235,26 @@ def default_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+def assistant_topics(settings: AssistantSettings) -> dict[str, int]:
+    """The topics the assistant flow needs, with their partition counts (documents: one, so versions stay ordered)."""
+    p = settings.topic_partitions
+    return {
+        settings.documents_topic: 1,
+        settings.requests_topic: p,
+        settings.responses_topic: p,
+        settings.handoff_topic: 1,
+        settings.index_changes_topic: 1,
+        settings.dlq_topic: 1,
+    }
+
+
 def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
     """The stack described by ``SLUICE_STACK_KAFKA_PORT`` / ``SLUICE_STACK_REDIS_PORT``."""
     return LocalStack(
         kafka_port=int(os.environ.get("SLUICE_STACK_KAFKA_PORT", "19092")),
         redis_port=int(os.environ.get("SLUICE_STACK_REDIS_PORT", "16379")),
         state_dir=state_dir,
-        topics=default_topics(Settings.from_env()),
+        topics={**default_topics(Settings.from_env()), **assistant_topics(AssistantSettings.from_env())},
     )
 
 
@@ -253,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "topics":
         settings = Settings.from_env()
-        create_topics(settings.brokers, default_topics(settings), settings.kafka)
-        print(f"topics ready on {settings.brokers}: {', '.join(default_topics(settings))}")
+        topics = {**default_topics(settings), **assistant_topics(AssistantSettings.from_env())}
+        create_topics(settings.brokers, topics, settings.kafka)
+        print(f"topics ready on {settings.brokers}: {', '.join(topics)}")
         return 0
     stack = stack_from_env()
     if args.command == "up":

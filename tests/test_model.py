@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from models.devices import pick_device
 from models.fraud_features import FEATURE_NAMES, N_FEATURES, feature_row
-from models.fraud_model import load_scorer, pick_device
+from models.fraud_model import load_scorer
 from models.train_fraud import build_dataset, roc_auc
 from tests.helpers import txn
 

@@ -1,0 +1,319 @@
+"""Conversational assistant: a live RAG index from the stream, session memory, intent routing, batched answers.
+
+    python -m bytewax.run dataflows.assistant:flow
+    python -m bytewax.run dataflows.assistant:flow -r .recovery -s 1 -b 0   # recoverable
+
+documents -> parse (bad -> DLQ) -> chunk + embed (batched) -> live faiss index
+chat-requests -> parse + bounds (bad -> DLQ) -> session memory (last turns,
+idle expiry) -> rewrite follow-ups -> ONE embedding per turn (micro-batched)
+-> intent (classifier head on that embedding) -> route:
+    knowledge  -> search the index with that embedding -> prompt with numbered,
+                  cleaned context -> micro-batched generate -> chat-responses
+    handoff    -> handoff (with the conversation so far)
+    small_talk -> canned reply -> chat-responses
+Configuration: ``SLUICE_*`` variables (:class:`sluice.settings.AssistantSettings`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import orjson
+from bytewax.dataflow import Dataflow
+
+from models.chat import ChatRequest, parse_chat_request
+from models.chunking import chunk_text
+from models.document import DocumentEvent, parse_document_event
+from models.intent import Intent, Route, shared_intent_router
+from models.llm import AnswerGenerator
+from models.prompting import Passage, build_messages, cited_numbers, passages, rewrite_query
+from models.text_encoder import shared_encoder
+from operators.dead_letter import parse_or_dead_letter
+from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
+from operators.kafka_source import KafkaPartitionSource
+from operators.live_index import IndexChange, live_vector_index
+from operators.microbatch import micro_batch
+from operators.output import kafka_output
+from operators.routing import split_by_route
+from operators.session_memory import session_memory
+from sluice.settings import AssistantSettings
+from state.vector_index import Hit
+
+SMALL_TALK_REPLIES = {
+    "greeting": "Hello! Ask me anything about the Python language reference.",
+    "goodbye": "Goodbye! Come back with more Python questions any time.",
+    "thank_you": "You're welcome!",
+    "are_you_a_bot": "I'm an automated assistant that answers questions from the Python language reference.",
+    "what_can_i_ask_you": "Ask me about Python's statements, expressions, data model and built-in types.",
+}
+DEFAULT_SMALL_TALK = "I'm a documentation assistant for the Python language reference; ask me a question about it."
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A chat turn on its way through the flow, collecting what each step adds."""
+
+    request: ChatRequest
+    position: tuple[str, int, int]
+    history: tuple[str, ...]
+    query: str
+    received_at: float
+    vector: np.ndarray | None = None
+    intent: Intent | None = None
+    embedded_at: float = 0.0
+    hits: tuple[Hit, ...] = ()
+    searched_at: float = 0.0
+
+
+def _received(item: tuple[SourceRecord, ChatRequest]) -> tuple[str, tuple[ChatRequest, tuple[str, int, int], float]]:
+    src, req = item
+    return req.session_id, (req, (src.topic, src.partition, src.offset), time.time())
+
+
+def _to_turn(item: tuple[tuple[ChatRequest, tuple[str, int, int], float], tuple[str, ...]]) -> Turn:
+    (req, pos, received), history = item
+    return Turn(req, pos, history, rewrite_query(req.text, history), received)
+
+
+def _route_of(turn: Turn) -> str:
+    assert turn.intent is not None, "routing before classification"
+    return turn.intent.route.value
+
+
+def _vector_of(turn: Turn) -> np.ndarray:
+    assert turn.vector is not None, "search before embedding"
+    return turn.vector
+
+
+def embed_and_classify(turns: list[Turn], device: str) -> list[Turn]:
+    """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
+    vectors = shared_encoder(device).encode([t.query for t in turns])
+    intents = shared_intent_router().classify(vectors)
+    now = time.time()
+    return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
+
+
+def _record(topic: str, turn: Turn, body: dict[str, Any]) -> KafkaRecord:
+    topic_in, partition, offset = turn.position
+    return KafkaRecord(
+        topic=topic,
+        key=turn.request.session_id.encode(),
+        value=orjson.dumps(body),
+        headers=[(ID_HEADER, position_id(topic_in, partition, offset))],
+    )
+
+
+def _latency(turn: Turn, searched: float | None, generated: float | None, done: float) -> dict[str, float]:
+    sent = turn.request.sent_at_ms / 1000.0
+    out = {
+        "queue": turn.received_at - sent,
+        "embed": turn.embedded_at - turn.received_at,
+    }
+    if searched is not None:
+        out["search"] = searched - turn.embedded_at
+    if generated is not None and searched is not None:
+        out["generate"] = generated - searched
+    out["total"] = done - sent
+    return {k: round(v * 1000.0, 2) for k, v in out.items()}
+
+
+def response(
+    settings: AssistantSettings,
+    turn: Turn,
+    answer: str | None,
+    context: list[Passage],
+    extra: dict[str, Any],
+    searched: float | None = None,
+    generated: float | None = None,
+) -> KafkaRecord:
+    """The ``chat-responses`` record of a turn (its shape is fixed here, whatever the model or documents say)."""
+    done = time.time()
+    intent = turn.intent
+    assert intent is not None
+    cited = cited_numbers(answer, len(context)) if answer else []
+    body = {
+        "session_id": turn.request.session_id,
+        "turn_id": turn.request.turn_id,
+        "route": intent.route.value,
+        "intent": intent.label,
+        "intent_confidence": round(intent.confidence, 4),
+        "question": turn.request.text,
+        "query": turn.query,
+        "answer": answer,
+        "citations": [
+            {
+                "n": p.number,
+                "doc_id": p.hit.doc_id,
+                "title": p.hit.title,
+                "score": round(p.hit.score, 4),
+                "cited": p.number in cited,
+            }
+            for p in context
+        ],
+        "context_redactions": sum(p.redactions for p in context),
+        **extra,
+        "latency_ms": _latency(turn, searched, generated, done),
+        "sent_at": turn.request.sent_at_ms,
+        "responded_at": done * 1000.0,
+    }
+    return _record(settings.responses_topic, turn, body)
+
+
+def small_talk_reply(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
+    """A canned reply: no retrieval, no generation."""
+    label = turn.intent.label if turn.intent else ""
+    return response(settings, turn, SMALL_TALK_REPLIES.get(label, DEFAULT_SMALL_TALK), [], {})
+
+
+def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
+    """A ``handoff`` record: the turn, why it was handed off, and the conversation so far."""
+    assert turn.intent is not None
+    body = {
+        "session_id": turn.request.session_id,
+        "turn_id": turn.request.turn_id,
+        "intent": turn.intent.label,
+        "intent_confidence": round(turn.intent.confidence, 4),
+        "text": turn.request.text,
+        "conversation": [*turn.history, turn.request.text],
+        "sent_at": turn.request.sent_at_ms,
+        "handed_off_at": time.time() * 1000.0,
+    }
+    return _record(settings.handoff_topic, turn, body)
+
+
+def retrieval_only_answer(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
+    """The retrieval path without generation: the cleaned passages are the answer's material."""
+    context = passages(turn.hits, settings.context_chars)
+    return response(settings, turn, None, context, {"context": [p.text for p in context]}, turn.searched_at)
+
+
+@functools.cache
+def _generator(path: str, device: str) -> AnswerGenerator:
+    return AnswerGenerator(path or None, device)
+
+
+def generate_answers(turns: list[Turn], settings: AssistantSettings) -> list[KafkaRecord]:
+    """One ``generate`` call for the micro-batch; each turn keeps its own deadline."""
+    gen = _generator(settings.llm_path, settings.device)
+    contexts = [passages(t.hits, settings.context_chars) for t in turns]
+    prompts = [build_messages(t.request.text, t.history, c) for t, c in zip(turns, contexts, strict=True)]
+    deadlines = [t.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for t in turns]
+    started = time.time()
+    outs = gen.generate(prompts, settings.gen_max_new_tokens, deadlines)
+    finished = time.time()
+    tokens = sum(o.new_tokens for o in outs)
+    records = []
+    for turn, context, out in zip(turns, contexts, outs, strict=True):
+        extra = {
+            "model": gen.name,
+            "truncated": out.truncated,
+            "generation": {
+                "new_tokens": out.new_tokens,
+                "batch_size": len(turns),
+                "batch_tokens_per_s": round(tokens / max(finished - started, 1e-9), 1),
+            },
+        }
+        records.append(response(settings, turn, out.text, context, extra, turn.searched_at, finished))
+    return records
+
+
+def _change_record(settings: AssistantSettings, pos: tuple[str, int, int], change: IndexChange) -> KafkaRecord:
+    topic, partition, offset = pos
+    return KafkaRecord(
+        topic=settings.index_changes_topic,
+        key=change.doc_id.encode(),
+        value=orjson.dumps(asdict(change)),
+        headers=[(ID_HEADER, position_id(topic, partition, offset))],
+    )
+
+
+def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow:
+    """The assistant dataflow for ``settings`` (see the module docstring)."""
+    encoder = shared_encoder(settings.device)  # load now: a missing model fails at start, not mid-stream
+    shared_intent_router()
+    if settings.generate:
+        _generator(settings.llm_path, settings.device)
+    flow = Dataflow(name)
+
+    def source(topic: str) -> KafkaPartitionSource:
+        return KafkaPartitionSource(
+            settings.brokers,
+            [topic],
+            start=settings.start_from,
+            tail=not settings.stop_at_end,
+            batch_size=settings.source_batch_size,
+            config=settings.kafka,
+        )
+
+    # Knowledge in
+    doc_records = op.input("documents", flow, source(settings.documents_topic))
+    docs = parse_or_dead_letter("parse_documents", doc_records, parse_document_event)
+    doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], (rd[0].topic, rd[0].partition, rd[0].offset)))
+
+    # Conversations in
+    req_records = op.input("requests", flow, source(settings.requests_topic))
+    reqs = parse_or_dead_letter(
+        "parse_requests", req_records, functools.partial(parse_chat_request, max_chars=settings.max_request_chars)
+    )
+    remembered = session_memory(
+        "memory",
+        op.map("by_session", reqs.ok, _received),
+        max_turns=settings.max_turns,
+        idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
+        remember=lambda v: v[0].text,  # memory holds the user's words only
+    )
+    turns = op.map("turn", remembered, lambda kv: _to_turn(kv[1]))
+    embedded = micro_batch(
+        "embed",
+        turns,
+        functools.partial(embed_and_classify, device=settings.device),
+        shard_key=lambda t: t.request.session_id,
+        max_batch=settings.embed_max_batch,
+        max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
+        shards=settings.embed_shards,
+    )
+    routes = split_by_route("route", embedded, _route_of, [r.value for r in Route])
+
+    def chunker(doc: DocumentEvent) -> list[tuple[str, str]]:
+        pieces = chunk_text(encoder.tokenizer, doc.text, settings.chunk_tokens, settings.chunk_overlap)
+        return [(p, f"{doc.title}\n{p}") for p in pieces]
+
+    index = live_vector_index(
+        "kb",
+        doc_events,
+        routes[Route.KNOWLEDGE.value],
+        embed=encoder.encode,
+        chunk=chunker,
+        query_vector=_vector_of,
+        dim=encoder.dim,
+        k=settings.top_k,
+    )
+    retrieved = op.map("retrieved", index.hits, lambda th: replace(th[0], hits=tuple(th[1]), searched_at=time.time()))
+    if settings.generate:
+        answers = micro_batch(
+            "generate",
+            retrieved,
+            functools.partial(generate_answers, settings=settings),
+            shard_key=lambda t: t.request.session_id,
+            max_batch=settings.gen_max_batch,
+            max_wait=timedelta(milliseconds=settings.gen_max_wait_ms),
+            shards=settings.gen_shards,
+        )
+    else:
+        answers = op.map("context_answer", retrieved, functools.partial(retrieval_only_answer, settings))
+    chatter = op.map("small_talk", routes[Route.SMALL_TALK.value], functools.partial(small_talk_reply, settings))
+    handoffs = op.map("handoff", routes[Route.HANDOFF.value], functools.partial(handoff_record, settings))
+    changes = op.map("change_records", index.changes, lambda pc: _change_record(settings, pc[0], pc[1]))
+    dead = op.map("dlq_records", op.merge("dead", docs.dead, reqs.dead), lambda d: d.to_record(settings.dlq_topic))
+    topics = [settings.responses_topic, settings.handoff_topic, settings.index_changes_topic, settings.dlq_topic]
+    kafka_output("out", op.merge("all_out", answers, chatter, handoffs, changes, dead), settings, topics)
+    return flow
+
+
+flow = build_flow(AssistantSettings.from_env())

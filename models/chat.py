@@ -1,0 +1,60 @@
+"""Chat turns as they travel on the ``chat-requests`` topic."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from operators.dead_letter import InvalidEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One user turn: who, which turn, what they said, and when they sent it (ms since the epoch)."""
+
+    session_id: str
+    turn_id: str
+    text: str
+    sent_at_ms: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"session_id": self.session_id, "turn_id": self.turn_id, "text": self.text, "time": self.sent_at_ms}
+        )
+
+
+def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
+    """Decode and bound a chat request; :class:`InvalidEvent` says what is wrong.
+
+    >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 3, "text": "hi", "time": 5}')
+    ChatRequest(session_id='s1', turn_id='3', text='hi', sent_at_ms=5)
+    >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 1, "text": "xxxx"}', max_chars=3)
+    Traceback (most recent call last):
+    ...
+    operators.dead_letter.InvalidEvent: text longer than 3 characters (4)
+    """
+    if raw is None:
+        raise InvalidEvent("empty message")
+    if len(raw) > 8 * max_chars + 1024:
+        raise InvalidEvent(f"message of {len(raw)} bytes is over the size limit")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("not a JSON object")
+    session, turn, text = body.get("session_id"), body.get("turn_id"), body.get("text")
+    if not isinstance(session, str) or not session or len(session) > 128:
+        raise InvalidEvent("session_id must be a non-empty string of at most 128 characters")
+    if not isinstance(turn, int | str) or isinstance(turn, bool) or len(str(turn)) > 64:
+        raise InvalidEvent("turn_id must be an integer or a short string")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidEvent("text must be a non-empty string")
+    if len(text) > max_chars:
+        raise InvalidEvent(f"text longer than {max_chars} characters ({len(text)})")
+    sent = body.get("time", time.time() * 1000.0)
+    if not isinstance(sent, int | float) or isinstance(sent, bool):
+        raise InvalidEvent("time must be milliseconds since the epoch")
+    return ChatRequest(session, str(turn), text.strip(), sent)

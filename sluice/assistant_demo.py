@@ -1,0 +1,121 @@
+"""``make assistant-demo``: the conversational assistant end to end on a local stack.
+
+Starts Tansu + Redis, converts the LLM once if needed, publishes the corpus onto
+``documents``, runs ``python -m bytewax.run dataflows.assistant:flow``, waits
+until every document is indexed, asks a short scripted conversation (knowledge
+questions, a follow-up, small talk, a request for a human) and prints each
+answer with its citations and latency breakdown. Then it stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import orjson
+from confluent_kafka import Producer
+
+from models.chat import ChatRequest
+from models.convert_llm import ensure_converted
+from sluice.collector import read_all
+from sluice.corpus import load_corpus, publish
+from sluice.flowproc import FlowProcesses
+from sluice.settings import REPO_ROOT, AssistantSettings
+from sluice.stack import assistant_topics, stack_from_env
+
+CONVERSATION = [
+    ("alice", "hi there!"),
+    ("alice", "What does the with statement do?"),
+    ("alice", "what about its exceptions?"),
+    ("bob", "How do I read and write JSON?"),
+    ("bob", "How do I change a variable in an enclosing function from a nested function?"),
+    ("carol", "this is useless, I want to talk to a real person now"),
+    ("carol", "thanks a lot"),
+]
+
+
+def wait_indexed(settings: AssistantSettings, flow: FlowProcesses, count: int, timeout_s: float = 600.0) -> float:
+    """Wait until the index has reported ``count`` document changes; returns the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if not flow.alive():
+            raise RuntimeError("the flow exited; see .stack/assistant-logs/")
+        if len(read_all(settings.brokers, settings.index_changes_topic, timeout_s=5)) >= count:
+            return time.monotonic() - t0
+        time.sleep(1.0)
+    raise TimeoutError(f"fewer than {count} documents indexed after {timeout_s:.0f}s")
+
+
+def ask(
+    settings: AssistantSettings, turns: list[tuple[str, str]], timeout_s: float = 300.0
+) -> dict[tuple[str, str], dict]:  # type: ignore[type-arg]
+    """Send ``turns`` (session, text) and wait for one response or handoff per turn."""
+    producer = Producer(settings.kafka_config())
+    for n, (session, text) in enumerate(turns):
+        req = ChatRequest(session, str(n), text, time.time() * 1000.0)
+        producer.produce(settings.requests_topic, key=session.encode(), value=req.to_json())
+    producer.flush(10)
+    deadline = time.monotonic() + timeout_s
+    out: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
+    while len(out) < len(turns) and time.monotonic() < deadline:
+        for topic in (settings.responses_topic, settings.handoff_topic):
+            for msg in read_all(settings.brokers, topic, timeout_s=5):
+                body = orjson.loads(msg.value())
+                body.setdefault("route", "handoff")
+                out[(body["session_id"], body["turn_id"])] = body
+        time.sleep(0.5)
+    return out
+
+
+def show(turns: list[tuple[str, str]], answers: dict[tuple[str, str], dict]) -> None:  # type: ignore[type-arg]
+    for n, (session, text) in enumerate(turns):
+        body = answers.get((session, str(n)))
+        print(f"\n[{session}] {text}")
+        if body is None:
+            print("   (no answer)")
+            continue
+        if body["route"] == "handoff":
+            print(f"   -> handed off to a human (intent {body['intent']}, conversation {body['conversation']})")
+            continue
+        print(
+            f"   route {body['route']} (intent {body['intent']} {body['intent_confidence']:.2f})  query: {body['query']}"
+        )
+        print(f"   answer: {body['answer']}")
+        for c in body["citations"]:
+            print(
+                f"     [{c['n']}] {c['title']} ({c['doc_id']}, score {c['score']:.3f}){'  <- cited' if c['cited'] else ''}"
+            )
+        lat = body["latency_ms"]
+        print("   latency ms: " + "  ".join(f"{k} {v:.0f}" for k, v in lat.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-generate", action="store_true", help="retrieval path only (answers are the passages)")
+    args = parser.parse_args(argv)
+    stack = stack_from_env()
+    print(f"starting local stack: kafka {stack.brokers}, redis {stack.redis_url}")
+    stack.start()
+    settings = replace(AssistantSettings.from_env(), brokers=stack.brokers, generate=not args.no_generate)
+    stack.create_topics(assistant_topics(settings))
+    flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "assistant-logs")
+    try:
+        if settings.generate:
+            print(f"LLM ready in {ensure_converted()}")
+        docs = load_corpus()
+        publish(settings, docs)
+        print(f"published {len(docs)} documents; starting the flow")
+        flow.start()
+        took = wait_indexed(settings, flow, len(docs))
+        print(f"all {len(docs)} documents indexed {took:.1f}s after the flow started (includes model loading)")
+        show(CONVERSATION, ask(settings, CONVERSATION))
+    finally:
+        flow.stop()
+        stack.stop()
+        print("\nstack stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
