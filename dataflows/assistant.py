@@ -4,9 +4,10 @@
     python -m bytewax.run dataflows.assistant:flow -r .recovery -s 1 -b 0   # recoverable
 
 documents -> parse (bad -> DLQ) -> chunk + embed (batched) -> live faiss index
-chat-requests -> parse + bounds (bad -> DLQ) -> session memory (last turns,
-idle expiry) -> rewrite follow-ups -> ONE embedding per turn (micro-batched)
--> intent (classifier head on that embedding) -> route:
+chat-requests -> parse + bounds (bad -> DLQ) -> ONE embedding per turn (micro-batched)
+-> intent (classifier head on that embedding) -> session memory (last turns
+and their query vectors, idle expiry) -> follow-ups search with the previous
+query's vector added -> route:
     knowledge  -> search the index with that embedding -> prompt with numbered,
                   cleaned context -> micro-batched generate -> chat-responses
     handoff    -> handoff (with the conversation so far)
@@ -28,7 +29,7 @@ import orjson
 from bytewax.dataflow import Dataflow
 
 from models.chat import ChatRequest, parse_chat_request
-from models.chunking import chunk_text
+from models.chunking import document_chunks
 from models.document import DocumentEvent, parse_document_event
 from models.intent import Intent, Route, shared_intent_router
 from models.llm import AnswerGenerator
@@ -71,14 +72,26 @@ class Turn:
     searched_at: float = 0.0
 
 
-def _received(item: tuple[SourceRecord, ChatRequest]) -> tuple[str, tuple[ChatRequest, tuple[str, int, int], float]]:
+def _received(item: tuple[SourceRecord, ChatRequest]) -> Turn:
     src, req = item
-    return req.session_id, (req, (src.topic, src.partition, src.offset), time.time())
+    return Turn(req, (src.topic, src.partition, src.offset), (), req.text, time.time())
 
 
-def _to_turn(item: tuple[tuple[ChatRequest, tuple[str, int, int], float], tuple[str, ...]]) -> Turn:
-    (req, pos, received), history = item
-    return Turn(req, pos, history, rewrite_query(req.text, history), received)
+def with_memory(item: tuple[Turn, tuple[tuple[str, np.ndarray | None], ...]]) -> Turn:
+    """Attach the session's earlier turns; a follow-up searches with its own vector plus the previous query's.
+
+    Routing keeps the turn's own intent ("talk to a human" stays a handoff
+    whatever came before); only retrieval leans on the conversation, without a
+    second embedding per turn.
+    """
+    turn, earlier = item
+    history = tuple(text for text, _ in earlier)
+    query = rewrite_query(turn.request.text, history)
+    previous = earlier[-1][1] if earlier else None
+    if query == turn.request.text or turn.vector is None or previous is None:
+        return replace(turn, history=history)
+    combined = turn.vector + previous
+    return replace(turn, history=history, query=query, vector=combined / np.linalg.norm(combined))
 
 
 def _route_of(turn: Turn) -> str:
@@ -93,7 +106,7 @@ def _vector_of(turn: Turn) -> np.ndarray:
 
 def embed_and_classify(turns: list[Turn], device: str) -> list[Turn]:
     """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
-    vectors = shared_encoder(device).encode([t.query for t in turns])
+    vectors = shared_encoder(device).encode([t.request.text for t in turns])
     intents = shared_intent_router().classify(vectors)
     now = time.time()
     return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
@@ -261,28 +274,27 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     reqs = parse_or_dead_letter(
         "parse_requests", req_records, functools.partial(parse_chat_request, max_chars=settings.max_request_chars)
     )
-    remembered = session_memory(
-        "memory",
-        op.map("by_session", reqs.ok, _received),
-        max_turns=settings.max_turns,
-        idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
-        remember=lambda v: v[0].text,  # memory holds the user's words only
-    )
-    turns = op.map("turn", remembered, lambda kv: _to_turn(kv[1]))
     embedded = micro_batch(
         "embed",
-        turns,
+        op.map("turn", reqs.ok, _received),
         functools.partial(embed_and_classify, device=settings.device),
         shard_key=lambda t: t.request.session_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
         shards=settings.embed_shards,
     )
-    routes = split_by_route("route", embedded, _route_of, [r.value for r in Route])
+    remembered = session_memory(
+        "memory",
+        op.key_on("by_session", embedded, lambda t: t.request.session_id),
+        max_turns=settings.max_turns,
+        idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
+        remember=lambda t: (t.request.text, t.vector),  # the user's words and the vector they searched with
+    )
+    turns = op.map("with_memory", remembered, lambda kv: with_memory(kv[1]))
+    routes = split_by_route("route", turns, _route_of, [r.value for r in Route])
 
     def chunker(doc: DocumentEvent) -> list[tuple[str, str]]:
-        pieces = chunk_text(encoder.tokenizer, doc.text, settings.chunk_tokens, settings.chunk_overlap)
-        return [(p, f"{doc.title}\n{p}") for p in pieces]
+        return document_chunks(encoder.tokenizer, doc.title, doc.text, settings.chunk_tokens, settings.chunk_overlap)
 
     index = live_vector_index(
         "kb",

@@ -19,7 +19,7 @@ def chunk_text(tokenizer: Any, text: str, max_tokens: int = 160, overlap: int = 
     """
     if overlap >= max_tokens:
         raise ValueError("overlap must be smaller than max_tokens")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = enc["offset_mapping"]
     if not offsets:
         return []
@@ -33,3 +33,11 @@ def chunk_text(tokenizer: Any, text: str, max_tokens: int = 160, overlap: int = 
         if start + max_tokens >= len(offsets):
             break
     return chunks
+
+
+def document_chunks(
+    tokenizer: Any, title: str, text: str, max_tokens: int = 160, overlap: int = 32
+) -> list[tuple[str, str]]:
+    """``(stored text, text to embed)`` per chunk: the embedded text is prefixed with the document title,
+    which anchors short chunks to their subject."""
+    return [(piece, f"{title}\n{piece}") for piece in chunk_text(tokenizer, text, max_tokens, overlap)]

@@ -1,7 +1,9 @@
 """A live vector index inside the dataflow: documents in, searchable within the same batch.
 
 Document events and queries meet in one stateful step (keyed by the index's
-name), so each query sees every document event that arrived before it. Upserts
+name): a query is answered from every document event processed before it, and
+a document is searchable from the next batch after it arrives (the two
+streams have no order between them within a batch). Upserts
 are chunked and embedded in batches; a new version or a delete removes the old
 chunks. The index (vectors included) is the step's snapshot, so a resumed flow
 holds exactly the documents whose events were processed before the checkpoint

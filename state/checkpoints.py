@@ -87,3 +87,25 @@ def backup(recovery_dir: Path, dest: Path) -> list[Path]:
             src.backup(dst)
         out.append(target)
     return out
+
+
+def latest_state(recovery_dir: Path, step_id: str, key: str) -> object | None:
+    """The newest snapshot of ``key`` in stateful step ``step_id`` at or before the committed epoch (None if discarded)."""
+    best: tuple[int, bytes | None] | None = None
+    commits: list[int] = []
+    rows: list[tuple[int, bytes | None]] = []
+    for path in _files(recovery_dir):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            commits += [row[0] for row in db.execute("SELECT commit_epoch FROM commits")]
+            rows += list(
+                db.execute(
+                    "SELECT snap_epoch, ser_change FROM snaps WHERE step_id = ? AND state_key = ?", (step_id, key)
+                )
+            )
+    committed = min(commits) if commits else None
+    for epoch, blob in rows:
+        if (committed is None or epoch <= committed) and (best is None or epoch > best[0]):
+            best = (epoch, blob)
+    if best is None:
+        raise KeyError(f"no snapshot of {step_id}/{key} in {recovery_dir}")
+    return pickle.loads(best[1]) if best[1] is not None else None
