@@ -150,6 +150,7 @@ def test_follow_up_searches_with_the_previous_query_vector_and_routing_keeps_its
     rewritten = with_memory((follow, earlier))
     assert rewritten.history == ("How does the with statement work?",)
     assert rewritten.query.startswith("How does the with statement work?")
+    assert follow.vector is not None and first.vector is not None and rewritten.vector is not None
     expected = follow.vector + first.vector
     assert np.allclose(rewritten.vector, expected / np.linalg.norm(expected))
     routed = with_memory((human, earlier)).intent

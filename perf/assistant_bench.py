@@ -1,0 +1,267 @@
+"""Conversational load on the assistant flow: 1,500 concurrent sessions, open loop, real broker.
+
+    python -m perf.assistant_bench retrieval      # (a) retrieval path, no generation
+    python -m perf.assistant_bench generation     # (b) with SmolLM2 answers
+    python -m perf.assistant_bench batching       # generation tokens/s by batch size (no flow)
+
+Each session sends turns separated by exponential think time (75% knowledge
+questions from ``perf/rag_questions.json`` with follow-ups, 15% small talk, 10%
+requests for a human), on a schedule fixed in advance (open loop: a slow flow
+does not slow the senders). A consumer in its own process records when each
+answer arrives. Per-stage figures come from each response's ``latency_ms``;
+end to end is arrival minus send time. Reports go to ``perf/reports/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from models.chat import ChatRequest
+from operators.kafka_source import list_partitions
+from sluice.assistant_demo import wait_indexed
+from sluice.corpus import QUESTIONS_PATH, load_corpus, publish
+from sluice.flowproc import FlowProcesses
+from sluice.settings import REPO_ROOT, AssistantSettings
+from sluice.stack import LocalStack, assistant_topics, free_port
+
+REPORTS = REPO_ROOT / "perf" / "reports"
+FOLLOW_UPS = ["and what about its exceptions?", "can you give an example of that?", "why is it designed like that?"]
+SMALL_TALK = ["hi there!", "thanks a lot", "goodbye"]
+HANDOFF = ["I want to talk to a real person", "this is urgent, escalate this to a human now"]
+
+Turn = tuple[float, str, int, str]  # due second, session, turn number, text
+
+
+def schedule(sessions: int, think_s: float, duration_s: float, seed: int = 1) -> list[Turn]:
+    """Every session's turns over ``duration_s``: first turn uniform in the first think time, then exponential gaps."""
+    rng = np.random.default_rng(seed)
+    questions = [q["question"] for q in orjson.loads(QUESTIONS_PATH.read_bytes())]
+    out: list[Turn] = []
+    for s in range(sessions):
+        t, n, last_knowledge = rng.uniform(0, think_s), 0, False
+        while t < duration_s:
+            r = rng.random()
+            if last_knowledge and r < 0.3:
+                text = FOLLOW_UPS[rng.integers(len(FOLLOW_UPS))]
+            elif r < 0.75:
+                text, last_knowledge = questions[rng.integers(len(questions))], True
+            elif r < 0.9:
+                text, last_knowledge = SMALL_TALK[rng.integers(len(SMALL_TALK))], False
+            else:
+                text, last_knowledge = HANDOFF[rng.integers(len(HANDOFF))], False
+            out.append((t, f"session-{s}", n, text))
+            n += 1
+            t += rng.exponential(think_s)
+    return sorted(out)
+
+
+def send(settings: AssistantSettings, turns: list[Turn]) -> dict[str, float]:
+    """Produce each turn at its due time; returns the sender's lag percentiles (ms)."""
+    producer = Producer(settings.kafka_config(**{"linger.ms": 1}))
+    lags = []
+    start = time.time()
+    for due, session, n, text in turns:
+        wait = start + due - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        now = time.time()
+        lags.append((now - start - due) * 1000.0)
+        producer.produce(
+            settings.requests_topic,
+            key=session.encode(),
+            value=ChatRequest(session, str(n), text, now * 1000.0).to_json(),
+        )
+        producer.poll(0)
+    producer.flush(30)
+    return {"p50": float(np.percentile(lags, 50)), "p99": float(np.percentile(lags, 99)), "max": float(np.max(lags))}
+
+
+def _consume(brokers: str, topics: list[str], expected: int, timeout_s: float, ready: Any, out: Any) -> None:
+    consumer = Consumer(
+        {"bootstrap.servers": brokers, "group.id": "bench", "enable.auto.commit": False, "fetch.wait.max.ms": 5}
+    )
+    parts = [TopicPartition(t, p, 0) for t in topics for p in list_partitions({"bootstrap.servers": brokers}, t)]
+    consumer.assign(parts)
+    consumer.poll(0.5)
+    ready.set()
+    seen: dict[tuple[str, str], tuple[float, dict]] = {}  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < expected and time.monotonic() < deadline:
+        msg = consumer.poll(0.1)
+        if msg is None or msg.error() is not None:
+            continue
+        body = orjson.loads(msg.value() or b"{}")
+        seen.setdefault((body["session_id"], body["turn_id"]), (time.time() * 1000.0, body))
+    consumer.close()
+    out.put(list(seen.values()))
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    return {
+        "n": len(a),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def run_load(
+    settings: AssistantSettings, sessions: int, think_s: float, duration_s: float, warmup_s: float, drain_s: float
+) -> dict:  # type: ignore[type-arg]
+    """Start a stack and the flow, index the corpus, play the sessions, and summarise what came back."""
+    stack = LocalStack(
+        kafka_port=free_port(), redis_port=free_port(), state_dir=REPO_ROOT / ".stack" / "bench-assistant"
+    )
+    stack.start()
+    settings = replace(settings, brokers=stack.brokers)
+    stack.create_topics(assistant_topics(settings))
+    flow = FlowProcesses(
+        "dataflows.assistant:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "bench-assistant-logs"
+    )
+    try:
+        docs = load_corpus()
+        publish(settings, docs)
+        flow.start()
+        index_s = wait_indexed(settings, flow, len(docs))
+        turns = schedule(sessions, think_s, duration_s)
+        ready: Any = mp.Event()
+        queue: Any = mp.Queue()
+        collector = mp.Process(
+            target=_consume,
+            args=(
+                stack.brokers,
+                [settings.responses_topic, settings.handoff_topic],
+                len(turns),
+                duration_s + drain_s,
+                ready,
+                queue,
+            ),
+        )
+        collector.start()
+        ready.wait(30)
+        t0 = time.time() * 1000.0
+        lag = send(settings, turns)
+        got = queue.get(timeout=duration_s + drain_s + 60)
+        collector.join()
+    finally:
+        flow.stop()
+        stack.stop()
+    timed = [(arr, b) for arr, b in got if b["sent_at"] >= t0 + warmup_s * 1000.0]
+    routes: dict[str, list[float]] = {}
+    stages: dict[str, list[float]] = {}
+    tokens, batch_sizes, truncated = [], [], 0
+    for arrived, body in timed:
+        route = body.get("route", "handoff")
+        routes.setdefault(route, []).append(arrived - body["sent_at"])
+        for stage, ms in body.get("latency_ms", {}).items():
+            stages.setdefault(f"{route}.{stage}", []).append(ms)
+        if "generation" in body:
+            tokens.append(body["generation"]["new_tokens"])
+            batch_sizes.append(body["generation"]["batch_size"])
+            truncated += bool(body.get("truncated"))
+    span_s = (max(a for a, _ in got) - t0) / 1000.0 if got else 0.0
+    return {
+        "sessions": sessions,
+        "think_time_s": think_s,
+        "duration_s": duration_s,
+        "turns_sent": len(turns),
+        "offered_turns_per_s": round(len(turns) / duration_s, 1),
+        "answered": len(got),
+        "answered_per_s": round(len(got) / span_s, 1) if span_s else 0.0,
+        "sender_lag_ms": lag,
+        "index_ready_s": round(index_s, 1),
+        "end_to_end_ms_by_route": {k: _pct(v) for k, v in sorted(routes.items())},
+        "end_to_end_ms_all": _pct([a - b["sent_at"] for a, b in timed]),
+        "stage_ms": {k: _pct(v) for k, v in sorted(stages.items())},
+        "generation": {
+            "answers": len(tokens),
+            "mean_new_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
+            "mean_batch_size": round(float(np.mean(batch_sizes)), 2) if batch_sizes else 0,
+            "truncated_by_deadline": truncated,
+            "tokens_per_s_overall": round(sum(tokens) / span_s, 1) if span_s and tokens else 0,
+        },
+    }
+
+
+def batching(prompt_count: int = 16, max_new_tokens: int = 32) -> list[dict[str, float]]:
+    """Tokens/s of one ``generate`` call at batch sizes 1..16 with real RAG prompts (batch efficiency)."""
+    from models.llm import shared_generator
+    from models.prompting import build_messages, passages
+    from models.text_encoder import shared_encoder
+    from perf.rag_eval import build_corpus_index
+
+    encoder = shared_encoder()
+    questions = [q["question"] for q in orjson.loads(QUESTIONS_PATH.read_bytes()) if q["kind"] == "hand-written"][
+        :prompt_count
+    ]
+    corpus = [d for d in load_corpus() if d.doc_id.startswith("pydoc:")][:30]
+    index = build_corpus_index(encoder, corpus, AssistantSettings()).index
+    hits = index.search(encoder.encode(questions), 3)
+    prompts = [build_messages(q, [], passages(h)) for q, h in zip(questions, hits, strict=True)]
+    gen = shared_generator()
+    gen.generate(prompts[:2], 4)  # warm-up
+    rows = []
+    for bs in (1, 4, 8, 16):
+        t0 = time.perf_counter()
+        outs = []
+        for i in range(0, prompt_count, bs):
+            outs += gen.generate(prompts[i : i + bs], max_new_tokens)
+        dt = time.perf_counter() - t0
+        toks = sum(o.new_tokens for o in outs)
+        rows.append(
+            {
+                "batch": bs,
+                "tokens": toks,
+                "seconds": round(dt, 2),
+                "tokens_per_s": round(toks / dt, 1),
+                "answers_per_s": round(len(outs) / dt, 2),
+            }
+        )
+        print(rows[-1])
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup_vs_batch1"] = round(r["tokens_per_s"] / base, 2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["retrieval", "generation", "batching"])
+    parser.add_argument("--sessions", type=int, default=1500)
+    parser.add_argument(
+        "--think-s", type=float, default=None, help="mean think time (default 10 s retrieval, 300 s generation)"
+    )
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or REPORTS / f"assistant_{args.mode}.json"
+    if args.mode == "batching":
+        report: dict = {"batching": batching()}  # type: ignore[type-arg]
+    else:
+        generate = args.mode == "generation"
+        think = args.think_s or (300.0 if generate else 10.0)
+        settings = replace(AssistantSettings.from_env(), generate=generate, device="auto")
+        report = run_load(
+            settings, args.sessions, think, args.duration_s, args.warmup_s, drain_s=120.0 if generate else 30.0
+        )
+    report["machine"] = "2-core shared dev VM, CPU only; broker, flow and load generator on the same 2 cores"
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
