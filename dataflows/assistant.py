@@ -9,7 +9,8 @@ chat-requests -> parse + bounds (bad -> DLQ) -> ONE embedding per turn (micro-ba
 and their query vectors, idle expiry) -> follow-ups search with the previous
 query's vector added -> route:
     knowledge  -> search the index with that embedding -> prompt with numbered,
-                  cleaned context -> micro-batched generate -> chat-responses
+                  cleaned context -> micro-batched generate on a background
+                  thread (the rest of the flow keeps moving) -> chat-responses
     handoff    -> handoff (with the conversation so far)
     small_talk -> canned reply -> chat-responses
 Configuration: ``SLUICE_*`` variables (:class:`sluice.settings.AssistantSettings`).
@@ -26,6 +27,7 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 import orjson
+import torch
 from bytewax.dataflow import Dataflow
 
 from models.chat import ChatRequest, parse_chat_request
@@ -35,6 +37,7 @@ from models.intent import Intent, Route, shared_intent_router
 from models.llm import AnswerGenerator
 from models.prompting import Passage, build_messages, cited_numbers, passages, rewrite_query
 from models.text_encoder import shared_encoder
+from operators.async_batch import async_micro_batch
 from operators.dead_letter import parse_or_dead_letter
 from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
 from operators.kafka_source import KafkaPartitionSource
@@ -104,9 +107,9 @@ def _vector_of(turn: Turn) -> np.ndarray:
     return turn.vector
 
 
-def embed_and_classify(turns: list[Turn], device: str) -> list[Turn]:
+def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> list[Turn]:
     """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
-    vectors = shared_encoder(device).encode([t.request.text for t in turns])
+    vectors = shared_encoder(device, int8).encode([t.request.text for t in turns])
     intents = shared_intent_router().classify(vectors)
     now = time.time()
     return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
@@ -248,7 +251,11 @@ def _change_record(settings: AssistantSettings, pos: tuple[str, int, int], chang
 
 def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow:
     """The assistant dataflow for ``settings`` (see the module docstring)."""
-    encoder = shared_encoder(settings.device)  # load now: a missing model fails at start, not mid-stream
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    encoder = shared_encoder(
+        settings.device, settings.encoder_int8
+    )  # load now: a missing model fails at start, not mid-stream
     shared_intent_router()
     if settings.generate:
         _generator(settings.llm_path, settings.device)
@@ -277,7 +284,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     embedded = micro_batch(
         "embed",
         op.map("turn", reqs.ok, _received),
-        functools.partial(embed_and_classify, device=settings.device),
+        functools.partial(embed_and_classify, device=settings.device, int8=settings.encoder_int8),
         shard_key=lambda t: t.request.session_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
@@ -305,10 +312,11 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         query_vector=_vector_of,
         dim=encoder.dim,
         k=settings.top_k,
+        model=encoder.name,
     )
     retrieved = op.map("retrieved", index.hits, lambda th: replace(th[0], hits=tuple(th[1]), searched_at=time.time()))
     if settings.generate:
-        answers = micro_batch(
+        answers = async_micro_batch(
             "generate",
             retrieved,
             functools.partial(generate_answers, settings=settings),

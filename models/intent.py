@@ -76,6 +76,10 @@ class IntentRouter:
         names = {k: v for k, v in label_map.items() if k.isdigit() and not v.isdigit()}
         names.update({v: k for k, v in label_map.items() if not k.isdigit()})
         self.labels = [names.get(str(c), str(c)) for c in self.model.classes_]
+        # A multinomial logistic regression is softmax(x W^T + b): evaluating it with numpy skips
+        # scikit-learn's per-call validation, which costs more than the product at small batches.
+        self.weights = np.ascontiguousarray(self.model.coef_.T, dtype=np.float32)
+        self.bias = np.asarray(self.model.intercept_, dtype=np.float32)
         self.handoff_at = handoff_at
         self.small_talk_at = small_talk_at
         self.name = f"rag-intent-classifier/{head}"
@@ -88,11 +92,18 @@ class IntentRouter:
             return Route.SMALL_TALK
         return Route.KNOWLEDGE
 
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities, one row per embedding (equal to the head's ``predict_proba``)."""
+        z = embeddings.astype(np.float32) @ self.weights + self.bias
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
     def classify(self, embeddings: np.ndarray) -> list[Intent]:
         """One :class:`Intent` per embedding row."""
         if len(embeddings) == 0:
             return []
-        probs = self.model.predict_proba(embeddings.astype(np.float64))
+        probs = self.probabilities(embeddings)
         best = probs.argmax(axis=1)
         out = []
         for row, i in zip(probs, best, strict=True):

@@ -64,8 +64,15 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         chunk: Callable[[DocumentEvent], list[tuple[str, str]]],
         query_vector: Callable[[Q], np.ndarray],
         k: int,
+        model: str,
     ) -> None:
+        if resume and resume.get("model", model) != model:
+            raise ValueError(
+                f"the checkpointed index holds vectors of {resume['model']!r} but the flow embeds with {model!r}; "
+                "start from a fresh recovery directory so the documents are embedded again"
+            )
         self.index = VectorIndex.from_state(resume) if resume else VectorIndex(dim)
+        self.model = model
         self.embed = embed
         self.chunk = chunk
         self.query_vector = query_vector
@@ -123,7 +130,7 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, Any]:
-        return self.index.state()
+        return {**self.index.state(), "model": self.model}
 
 
 @operator
@@ -137,6 +144,7 @@ def live_vector_index(
     dim: int,
     k: int = 4,
     name: str = "kb",
+    model: str = "",
 ) -> IndexOut[Q]:
     """Keep a vector index of ``documents`` and answer ``queries`` with their top-``k`` chunks.
 
@@ -144,7 +152,8 @@ def live_vector_index(
     with the :class:`IndexChange` they caused. ``chunk`` turns an upsert into
     ``(stored text, text to embed)`` pairs;
     ``embed`` embeds a list of texts (unit rows); ``query_vector`` gives a
-    query's (already computed) embedding.
+    query's (already computed) embedding. ``model`` names the embedding model;
+    a checkpoint made with another model is refused at resume.
 
     ```python
     out = live_vector_index("kb", docs, questions, encoder.encode, chunker, lambda q: q.vector, dim=384)
@@ -155,7 +164,7 @@ def live_vector_index(
     merged = op.merge("in", docs, asks)
 
     def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[Q]:
-        return _LiveIndexLogic(dim, resume, embed, chunk, query_vector, k)
+        return _LiveIndexLogic(dim, resume, embed, chunk, query_vector, k, model)
 
     results = op.stateful_batch("index", merged, builder)
     split = op.branch("is_hits", results, lambda kv: kv[1][0] == "hits")

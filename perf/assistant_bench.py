@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models.chat import ChatRequest
@@ -105,6 +106,15 @@ def _consume(brokers: str, topics: list[str], expected: int, timeout_s: float, r
     out.put(list(seen.values()))
 
 
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process."""
+    out = {}
+    for name, pid in pids.items():
+        t = psutil.Process(pid).cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
 def _pct(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -151,9 +161,12 @@ def run_load(
         )
         collector.start()
         ready.wait(30)
+        watched = {"flow": flow.pids[0], **{name: p.pid for name, p in stack.procs.items()}}
+        cpu0 = _cpu(watched)
         t0 = time.time() * 1000.0
         lag = send(settings, turns)
         got = queue.get(timeout=duration_s + drain_s + 60)
+        cpu_s = {k: round(v - cpu0[k], 1) for k, v in _cpu(watched).items()}
         collector.join()
     finally:
         flow.stop()
@@ -182,6 +195,7 @@ def run_load(
         "answered_per_s": round(len(got) / span_s, 1) if span_s else 0.0,
         "sender_lag_ms": lag,
         "index_ready_s": round(index_s, 1),
+        "cpu_seconds_during_load": cpu_s,
         "end_to_end_ms_by_route": {k: _pct(v) for k, v in sorted(routes.items())},
         "end_to_end_ms_all": _pct([a - b["sent_at"] for a, b in timed]),
         "stage_ms": {k: _pct(v) for k, v in sorted(stages.items())},

@@ -137,10 +137,14 @@ class AssistantSettings(FlowSettings):
     chunk_tokens: int = 160
     chunk_overlap: int = 32
     top_k: int = 3
-    context_chars: int = 700
+    context_chars: int = 400  # per passage: the prompt (prefill) is most of the generation cost on a CPU
     embed_max_batch: int = 64
     embed_max_wait_ms: float = 2.0
-    embed_shards: int = 2
+    embed_shards: int = 1  # raise to the worker count when scaling out
+    torch_threads: int = (
+        1  # intra-op threads per process; 0: torch default (one per core, spin-waits: see perf/REPORT.md)
+    )
+    encoder_int8: bool = True  # CPU only; changing it needs a fresh index (documents replayed)
     generate: bool = True
     llm_path: str = ""
     gen_max_batch: int = 16

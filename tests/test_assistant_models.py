@@ -157,3 +157,9 @@ def test_follow_up_searches_with_the_previous_query_vector_and_routing_keeps_its
     assert routed is not None and routed.route == Route.HANDOFF
     assert with_memory((first, ())).vector is first.vector
     assert rewritten.vector is not None and encoder.dim == len(rewritten.vector)
+
+
+def test_numpy_intent_head_matches_scikit_learn():
+    router = shared_intent_router()
+    vectors = shared_encoder("cpu").encode(["hi there!", "How do I read and write JSON?", "I want a human"])
+    assert np.allclose(router.probabilities(vectors), router.model.predict_proba(vectors.astype(np.float64)), atol=1e-5)
