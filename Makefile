@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint install redis-server stack-up stack-down train profiles produce bench chaos clean
+.PHONY: demo assistant-demo test lint install redis-server stack-up stack-down train profiles produce bench chaos llm corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,16 @@ redis-server:
 
 demo: install
 	$(BIN)/python -m sluice.demo
+
+# The conversational assistant: corpus -> live index, a scripted conversation, answers with citations.
+assistant-demo: install
+	$(BIN)/python -m sluice.assistant_demo
+
+llm: $(STAMP)
+	$(BIN)/python -m models.convert_llm
+
+corpus: $(STAMP)
+	$(BIN)/python -m sluice.corpus publish
 
 test: install
 	$(BIN)/python -m pytest

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -43,10 +45,15 @@ def convert(out_dir: Path = DEFAULT_LLM_DIR) -> Path:
     model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    tmp.rename(out_dir) if not out_dir.exists() else None
+    try:
+        tmp.rename(out_dir)  # atomic: readers see no folder or a complete one
+    except OSError:
+        if not (out_dir / "config.json").exists():
+            raise
+        shutil.rmtree(tmp)  # another process converted it first
     return out_dir
 
 

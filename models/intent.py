@@ -4,7 +4,9 @@ The classifier is ``rag-intent-classifier``'s logistic-regression head (157
 CLINC150 + RAG meta intents) over all-MiniLM-L6-v2 embeddings. It is applied
 to the embedding the turn already has, so routing costs no extra model call.
 Its intents are folded into three routes; a low-confidence guess is treated as
-a knowledge question, the route that still answers the user.
+a knowledge question, the route that still answers the user. The bar for a
+handoff is lower (0.35) than for small talk (0.5): a human-request intent on
+top is a strong signal, and a missed handoff costs more than a needless one.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class IntentRouter:
     ['small_talk', 'handoff']
     """
 
-    def __init__(self, head: str = "LogisticRegression", handoff_at: float = 0.5, small_talk_at: float = 0.5):
+    def __init__(self, head: str = "LogisticRegression", handoff_at: float = 0.35, small_talk_at: float = 0.5):
         import joblib
 
         folder = classifier_dir()

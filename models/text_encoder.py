@@ -8,6 +8,7 @@ One :class:`TextEncoder` embeds queries and document chunks alike.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,9 @@ class TextEncoder:
             self.name += "-fp16"
         elif int8:
             # Dynamic int8 Linear layers: ~3x less CPU per text, recall@5 unchanged on our corpus (perf/REPORT.md).
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():  # torch.ao quantization is deprecated in favour of torchao; still works
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
             self.name += "-int8"
 
     @torch.inference_mode()

@@ -42,10 +42,14 @@ INJECTION = (
         ("I want to talk to a real person", Route.HANDOFF),
         ("this is urgent, my account was hacked", Route.HANDOFF),
         ("this answer is useless, escalate this", Route.HANDOFF),
+        ("this is useless, I want to talk to a real person now", Route.HANDOFF),
+        ("How do I make a shallow or deep copy of an object?", Route.KNOWLEDGE),
+        ("Why does my function not see the global variable?", Route.KNOWLEDGE),
     ],
 )
-def test_routing_of_hand_picked_turns(text, route):
-    [intent] = shared_intent_router().classify(shared_encoder().encode([text]))
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_routing_of_hand_picked_turns(text, route, int8):
+    [intent] = shared_intent_router().classify(shared_encoder("cpu", int8).encode([text]))
     assert intent.route == route, intent
 
 
