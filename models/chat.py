@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from operators.dead_letter import InvalidEvent
+from operators.dead_letter import InvalidEvent, json_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +35,9 @@ def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
     ...
     operators.dead_letter.InvalidEvent: text longer than 3 characters (4)
     """
-    if raw is None:
-        raise InvalidEvent("empty message")
-    if len(raw) > 8 * max_chars + 1024:
+    if raw is not None and len(raw) > 8 * max_chars + 1024:
         raise InvalidEvent(f"message of {len(raw)} bytes is over the size limit")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidEvent("not a JSON object")
+    body = json_object(raw)
     session, turn, text = body.get("session_id"), body.get("turn_id"), body.get("text")
     if not isinstance(session, str) or not session or len(session) > 128:
         raise InvalidEvent("session_id must be a non-empty string of at most 128 characters")

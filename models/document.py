@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from operators.dead_letter import InvalidEvent
+from operators.dead_letter import InvalidEvent, json_object
 
 MAX_DOCUMENT_CHARS = 1_000_000
 
@@ -41,14 +41,7 @@ def parse_document_event(raw: bytes | None) -> DocumentEvent:
     ...
     operators.dead_letter.InvalidEvent: upsert without text
     """
-    if raw is None:
-        raise InvalidEvent("empty message")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidEvent("not a JSON object")
+    body = json_object(raw)
     doc_id, version, kind = body.get("id"), body.get("version", 0), body.get("op", "upsert")
     if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 256:
         raise InvalidEvent("id must be a non-empty string of at most 256 characters")

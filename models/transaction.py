@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from operators.dead_letter import InvalidEvent
+from operators.dead_letter import InvalidEvent, json_object
 
 MAX_AMOUNT = 1_000_000.0
 # 2000-01-01 .. 2100-01-01 in epoch milliseconds
@@ -67,14 +67,7 @@ def parse_transaction(raw: bytes | None) -> Transaction:
     ...     b'"event_time":1700000000000,"sent_at":1700000000000.5}').amount
     12.5
     """
-    if raw is None:
-        raise InvalidEvent("empty message value")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent("event must be a JSON object")
+    obj = json_object(raw)
     amount = obj.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise InvalidEvent("field 'amount' must be a number")

@@ -19,11 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.microbatch import shard_of
+from operators.microbatch import per_shard
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -126,9 +125,8 @@ def async_micro_batch(
     """
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1")
-    keyed = op.key_on("shard", up, lambda x: shard_of(shard_key(x), shards))
 
     def builder(resume: list[X] | None) -> AsyncBatchLogic[X, Y]:
         return AsyncBatchLogic(fn, _executor(step_id), max_batch, max_wait, poll, resume)
 
-    return op.map("unshard", op.stateful_batch("batch", keyed, builder), lambda kv: kv[1])
+    return per_shard(up, shard_key, shards, builder)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import bytewax.operators as op
+import orjson
 from bytewax.dataflow import Stream, operator
 
 from operators.kafka_records import KafkaRecord, SourceRecord
@@ -16,6 +17,27 @@ T = TypeVar("T")
 
 class InvalidEvent(ValueError):
     """Raised by a parser: the event is malformed or breaks a rule; the message says why."""
+
+
+def json_object(raw: bytes | None) -> dict[str, Any]:
+    """Decode a message value that must be a JSON object, or raise :class:`InvalidEvent` saying why.
+
+    >>> json_object(b'{"a": 1}')
+    {'a': 1}
+    >>> json_object(b"[1]")
+    Traceback (most recent call last):
+    ...
+    operators.dead_letter.InvalidEvent: event must be a JSON object
+    """
+    if raw is None:
+        raise InvalidEvent("empty message value")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("event must be a JSON object")
+    return obj
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,10 +96,22 @@ def micro_batch(
     """
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1")
-    keyed = op.key_on("shard", up, lambda x: shard_of(shard_key(x), shards))
 
     def builder(resume_state: list[X] | None) -> MicroBatchLogic[X, Y]:
         return MicroBatchLogic(fn, max_batch, max_wait, resume_state)
 
-    batched = op.stateful_batch("batch", keyed, builder)
-    return op.map("unshard", batched, lambda kv: kv[1])
+    return per_shard(up, shard_key, shards, builder)
+
+
+def per_shard(
+    up: Stream[X],
+    shard_key: Callable[[X], str],
+    shards: int,
+    builder: Callable[[list[X] | None], StatefulBatchLogic[X, Y, list[X]]],
+) -> Stream[Y]:
+    """Spread ``up`` over ``shards`` keys, run one ``builder`` logic per shard, drop the keys again.
+
+    Call it inside an ``@operator`` (its steps are named ``shard``, ``batch`` and ``unshard``).
+    """
+    keyed = op.key_on("shard", up, lambda x: shard_of(shard_key(x), shards))
+    return op.map("unshard", op.stateful_batch("batch", keyed, builder), lambda kv: kv[1])

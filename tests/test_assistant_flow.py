@@ -202,7 +202,7 @@ def test_malformed_and_oversized_requests_go_to_the_dlq_and_the_flow_keeps_answe
     _produce(settings, settings.requests_topic, bad)
     dead = _wait(settings, settings.dlq_topic, lambda ms: len(ms) >= 3, flow=flow)
     reasons = sorted(dict(m.headers())["dlq.reason"].decode() for m in dead)
-    assert any(r.startswith("not JSON") for r in reasons)
+    assert any(r.startswith("not valid JSON") for r in reasons)
     assert "text longer than 500 characters (600)" in reasons
     assert any("session_id" in r for r in reasons)
     _ask(settings, "s-after", "1", "hello!")
