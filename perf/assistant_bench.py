@@ -3,6 +3,7 @@
     python -m perf.assistant_bench retrieval      # (a) retrieval path, no generation
     python -m perf.assistant_bench generation     # (b) with SmolLM2 answers
     python -m perf.assistant_bench batching       # generation tokens/s by batch size (no flow)
+    python -m perf.assistant_bench freshness      # new document -> searchable, on a live index
 
 Each session sends turns separated by exponential think time (75% knowledge
 questions from ``perf/rag_questions.json`` with follow-ups, 15% small talk, 10%
@@ -15,8 +16,10 @@ end to end is arrival minus send time. Reports go to ``perf/reports/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,10 +130,9 @@ def _pct(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_load(
-    settings: AssistantSettings, sessions: int, think_s: float, duration_s: float, warmup_s: float, drain_s: float
-) -> dict:  # type: ignore[type-arg]
-    """Start a stack and the flow, index the corpus, play the sessions, and summarise what came back."""
+@contextlib.contextmanager
+def indexed_flow(settings: AssistantSettings) -> Iterator[tuple[AssistantSettings, FlowProcesses, LocalStack, float]]:
+    """A fresh stack with the assistant flow running and the whole corpus indexed; stopped on exit."""
     stack = LocalStack(
         kafka_port=free_port(), redis_port=free_port(), state_dir=REPO_ROOT / ".stack" / "bench-assistant"
     )
@@ -144,7 +146,57 @@ def run_load(
         docs = load_corpus()
         publish(settings, docs)
         flow.start()
-        index_s = wait_indexed(settings, flow, len(docs))
+        yield settings, flow, stack, wait_indexed(settings, flow, len(docs))
+    finally:
+        flow.stop()
+        stack.stop()
+
+
+def freshness(settings: AssistantSettings, count: int = 30, gap_s: float = 0.5) -> dict:  # type: ignore[type-arg]
+    """How long after its event a new document is searchable: ``count`` single upserts into a live index.
+
+    Measured from the producer's send to the index's change record (written once the
+    chunks are in the index, so from then on every search sees them) and to that
+    record's arrival at a consumer.
+    """
+    corpus = load_corpus()
+    with indexed_flow(replace(settings, generate=False)) as (settings, flow, _, index_s):
+        consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "fresh", "fetch.wait.max.ms": 5})
+        consumer.assign([TopicPartition(settings.index_changes_topic, 0, len(corpus))])
+        producer = Producer(settings.kafka_config())
+        in_index, arrived = [], []
+        for i in range(count):
+            doc = replace(corpus[i % len(corpus)], doc_id=f"fresh-{i}", title=f"Fresh document {i}")
+            sent = time.time()
+            producer.produce(settings.documents_topic, key=doc.doc_id.encode(), value=doc.to_json())
+            producer.flush(10)
+            while True:
+                msg = consumer.poll(1.0)
+                if msg is not None and msg.error() is None:
+                    change = orjson.loads(msg.value() or b"{}")
+                    if change.get("doc_id") == doc.doc_id:
+                        in_index.append((change["at"] - sent) * 1000.0)
+                        arrived.append((time.time() - sent) * 1000.0)
+                        break
+                assert flow.alive(), "the flow died"
+            time.sleep(gap_s)
+        consumer.close()
+    return {
+        "documents": count,
+        "per_document_chars_and_ms": sorted(
+            (len(corpus[i % len(corpus)].text), round(ms, 1)) for i, ms in enumerate(in_index)
+        ),
+        "send_to_searchable_ms": _pct(in_index),
+        "send_to_change_record_received_ms": _pct(arrived),
+        "index_ready_s": round(index_s, 1),
+    }
+
+
+def run_load(
+    settings: AssistantSettings, sessions: int, think_s: float, duration_s: float, warmup_s: float, drain_s: float
+) -> dict:  # type: ignore[type-arg]
+    """Start a stack and the flow, index the corpus, play the sessions, and summarise what came back."""
+    with indexed_flow(settings) as (settings, flow, stack, index_s):
         turns = schedule(sessions, think_s, duration_s)
         ready: Any = mp.Event()
         queue: Any = mp.Queue()
@@ -168,9 +220,6 @@ def run_load(
         got = queue.get(timeout=duration_s + drain_s + 60)
         cpu_s = {k: round(v - cpu0[k], 1) for k, v in _cpu(watched).items()}
         collector.join()
-    finally:
-        flow.stop()
-        stack.stop()
     timed = [(arr, b) for arr, b in got if b["sent_at"] >= t0 + warmup_s * 1000.0]
     routes: dict[str, list[float]] = {}
     stages: dict[str, list[float]] = {}
@@ -252,7 +301,7 @@ def batching(prompt_count: int = 16, max_new_tokens: int = 32) -> list[dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["retrieval", "generation", "batching"])
+    parser.add_argument("mode", choices=["retrieval", "generation", "batching", "freshness"])
     parser.add_argument("--sessions", type=int, default=1500)
     parser.add_argument(
         "--think-s", type=float, default=None, help="mean think time (default 10 s retrieval, 300 s generation)"
@@ -264,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPORTS / f"assistant_{args.mode}.json"
     if args.mode == "batching":
         report: dict = {"batching": batching()}  # type: ignore[type-arg]
+    elif args.mode == "freshness":
+        report = freshness(AssistantSettings.from_env())
     else:
         generate = args.mode == "generation"
         think = args.think_s or (300.0 if generate else 10.0)
