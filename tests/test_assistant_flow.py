@@ -259,3 +259,34 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
     assert len(state["chunks"]) == want_chunks == len(state["ids"]) == len(state["vectors"])  # no ghost chunks
     assert sorted(c for v in state["docs"].values() for c in v[3]) == sorted(state["chunks"])
     assert corpus[12].doc_id not in [c["doc_id"] for c in answer["citations"]]  # deleted before the crash or after
+
+
+def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, tmp_path: Path):
+    """Scaled out with -i/-a: the index lives on one worker, sessions on both; every turn gets one answer."""
+    settings = _settings(stack, generate=False, embed_shards=2, gen_shards=2)
+    docs = [d for d in load_corpus() if d.doc_id in SMALL_CORPUS]
+    _publish(settings, docs)
+    flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), processes=2, log_dir=tmp_path).start()
+    try:
+        _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= len(docs), flow=flow)
+        questions = {
+            f"s{i}": q
+            for i, q in enumerate(
+                [
+                    "What does the with statement do?",
+                    "How do I read and write JSON?",
+                    "hi there!",
+                    "Explain the global statement",
+                ]
+                * 3
+            )
+        }
+        for session, text in questions.items():
+            _ask(settings, session, "1", text)
+        bodies = _wait(settings, settings.responses_topic, lambda bs: len(bs) >= len(questions), flow=flow)
+    finally:
+        flow.stop()
+    assert sorted(b["session_id"] for b in bodies) == sorted(questions)  # each once
+    for body in bodies:
+        if "JSON" in questions[body["session_id"]]:
+            assert body["citations"][0]["doc_id"] == "stdlib:json"
