@@ -261,23 +261,23 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         _generator(settings.llm_path, settings.device)
     flow = Dataflow(name)
 
-    def source(topic: str) -> KafkaPartitionSource:
+    def source(topic: str, start: str) -> KafkaPartitionSource:
         return KafkaPartitionSource(
             settings.brokers,
             [topic],
-            start=settings.start_from,
+            start=start,
             tail=not settings.stop_at_end,
             batch_size=settings.source_batch_size,
             config=settings.kafka,
         )
 
     # Knowledge in
-    doc_records = op.input("documents", flow, source(settings.documents_topic))
+    doc_records = op.input("documents", flow, source(settings.documents_topic, settings.start_from))
     docs = parse_or_dead_letter("parse_documents", doc_records, parse_document_event)
     doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], (rd[0].topic, rd[0].partition, rd[0].offset)))
 
     # Conversations in
-    req_records = op.input("requests", flow, source(settings.requests_topic))
+    req_records = op.input("requests", flow, source(settings.requests_topic, settings.requests_start_from or settings.start_from))
     reqs = parse_or_dead_letter(
         "parse_requests", req_records, functools.partial(parse_chat_request, max_chars=settings.max_request_chars)
     )

@@ -127,6 +127,7 @@ class AssistantSettings(FlowSettings):
 
     documents_topic: str = "documents"
     requests_topic: str = "chat-requests"
+    requests_start_from: str = ""  # empty: like start_from; "latest" rebuilds the index without re-answering old chats
     responses_topic: str = "chat-responses"
     handoff_topic: str = "handoff"
     index_changes_topic: str = "documents-indexed"

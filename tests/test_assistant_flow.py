@@ -262,10 +262,14 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
 
 
 def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, tmp_path: Path):
-    """Scaled out with -i/-a: the index lives on one worker, sessions on both; every turn gets one answer."""
-    settings = _settings(stack, generate=False, embed_shards=2, gen_shards=2)
+    """Scaled out with -i/-a: the index lives on one worker, sessions on both; every turn gets one answer.
+
+    Started as an index rebuild: documents from the start, chat requests only from now on.
+    """
+    settings = _settings(stack, generate=False, embed_shards=2, gen_shards=2, requests_start_from="latest")
     docs = [d for d in load_corpus() if d.doc_id in SMALL_CORPUS]
     _publish(settings, docs)
+    _ask(settings, "old-session", "1", "asked before the rebuild: not answered again")
     flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), processes=2, log_dir=tmp_path).start()
     try:
         _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= len(docs), flow=flow)
@@ -286,7 +290,7 @@ def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, t
         bodies = _wait(settings, settings.responses_topic, lambda bs: len(bs) >= len(questions), flow=flow)
     finally:
         flow.stop()
-    assert sorted(b["session_id"] for b in bodies) == sorted(questions)  # each once
+    assert sorted(b["session_id"] for b in bodies) == sorted(questions)  # each once, and not the old one
     for body in bodies:
         if "JSON" in questions[body["session_id"]]:
             assert body["citations"][0]["doc_id"] == "stdlib:json"

@@ -167,3 +167,16 @@ def test_numpy_intent_head_matches_scikit_learn():
     router = shared_intent_router()
     vectors = shared_encoder("cpu").encode(["hi there!", "How do I read and write JSON?", "I want a human"])
     assert np.allclose(router.probabilities(vectors), router.model.predict_proba(vectors.astype(np.float64)), atol=1e-5)
+
+
+def test_a_checkpointed_index_is_refused_under_another_encoder():
+    from operators.live_index import _LiveIndexLogic
+    from state.vector_index import VectorIndex
+
+    state = {**VectorIndex(dim=3, use_gpu=False).state(), "model": "all-MiniLM-L6-v2"}
+    same = _LiveIndexLogic(3, state, lambda t: np.zeros((len(t), 3)), lambda d: [], lambda q: q, 1, "all-MiniLM-L6-v2")
+    assert same.snapshot()["model"] == "all-MiniLM-L6-v2"
+    with pytest.raises(ValueError, match="fresh recovery directory"):
+        _LiveIndexLogic(
+            3, state, lambda t: np.zeros((len(t), 3)), lambda d: [], lambda q: q, 1, "all-MiniLM-L6-v2-int8"
+        )
