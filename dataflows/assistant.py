@@ -47,6 +47,7 @@ from operators.output import kafka_output
 from operators.routing import split_by_route
 from operators.session_memory import session_memory
 from sluice.settings import AssistantSettings
+from sluice.tuning import tune_gc
 from state.vector_index import Hit
 
 SMALL_TALK_REPLIES = {
@@ -259,6 +260,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     shared_intent_router()
     if settings.generate:
         _generator(settings.llm_path, settings.device)
+    tune_gc()
     flow = Dataflow(name)
 
     def source(topic: str, start: str) -> KafkaPartitionSource:
@@ -277,7 +279,9 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], (rd[0].topic, rd[0].partition, rd[0].offset)))
 
     # Conversations in
-    req_records = op.input("requests", flow, source(settings.requests_topic, settings.requests_start_from or settings.start_from))
+    req_records = op.input(
+        "requests", flow, source(settings.requests_topic, settings.requests_start_from or settings.start_from)
+    )
     reqs = parse_or_dead_letter(
         "parse_requests", req_records, functools.partial(parse_chat_request, max_chars=settings.max_request_chars)
     )

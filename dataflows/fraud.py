@@ -12,7 +12,6 @@ rules -> fraud-decisions. Configuration comes from ``SLUICE_*`` variables
 from __future__ import annotations
 
 import functools
-import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from operators.lookup import lookup_profiles
 from operators.microbatch import micro_batch
 from operators.output import kafka_output
 from sluice.settings import Settings
+from sluice.tuning import tune_gc
 from state.feature_store import FeatureStore, Profile
 
 Position = tuple[str, int, int]  # source topic, partition, offset
@@ -124,16 +124,6 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
             )
         )
     return out
-
-
-def tune_gc() -> None:
-    """Move start-up objects out of the collector's way and collect young objects less often.
-
-    The flow allocates a few short-lived tuples per event; the default gen-0
-    threshold (700) runs a collection every few events' worth of batch.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def build_flow(settings: Settings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
