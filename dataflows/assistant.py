@@ -34,14 +34,14 @@ from models.chat import ChatRequest, parse_chat_request
 from models.chunking import document_chunks
 from models.document import DocumentEvent, parse_document_event
 from models.intent import Intent, Route, shared_intent_router
-from models.llm import AnswerGenerator
+from models.llm import shared_generator
 from models.prompting import Passage, build_messages, cited_numbers, passages, rewrite_query
 from models.text_encoder import shared_encoder
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import parse_or_dead_letter
 from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
 from operators.kafka_source import KafkaPartitionSource
-from operators.live_index import IndexChange, live_vector_index
+from operators.live_index import live_vector_index
 from operators.microbatch import micro_batch
 from operators.output import kafka_output
 from operators.routing import split_by_route
@@ -116,13 +116,10 @@ def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> li
     return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
 
 
-def _record(topic: str, turn: Turn, body: dict[str, Any]) -> KafkaRecord:
-    topic_in, partition, offset = turn.position
+def _record(topic: str, key: str, position: tuple[str, int, int], body: dict[str, Any]) -> KafkaRecord:
+    """An output record whose ``sluice.id`` is the position of the input it answers."""
     return KafkaRecord(
-        topic=topic,
-        key=turn.request.session_id.encode(),
-        value=orjson.dumps(body),
-        headers=[(ID_HEADER, position_id(topic_in, partition, offset))],
+        topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, position_id(*position))]
     )
 
 
@@ -179,7 +176,7 @@ def response(
         "sent_at": turn.request.sent_at_ms,
         "responded_at": done * 1000.0,
     }
-    return _record(settings.responses_topic, turn, body)
+    return _record(settings.responses_topic, turn.request.session_id, turn.position, body)
 
 
 def small_talk_reply(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
@@ -201,7 +198,7 @@ def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
         "sent_at": turn.request.sent_at_ms,
         "handed_off_at": time.time() * 1000.0,
     }
-    return _record(settings.handoff_topic, turn, body)
+    return _record(settings.handoff_topic, turn.request.session_id, turn.position, body)
 
 
 def retrieval_only_answer(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
@@ -210,14 +207,9 @@ def retrieval_only_answer(settings: AssistantSettings, turn: Turn) -> KafkaRecor
     return response(settings, turn, None, context, {"context": [p.text for p in context]}, turn.searched_at)
 
 
-@functools.cache
-def _generator(path: str, device: str) -> AnswerGenerator:
-    return AnswerGenerator(path or None, device)
-
-
 def generate_answers(turns: list[Turn], settings: AssistantSettings) -> list[KafkaRecord]:
     """One ``generate`` call for the micro-batch; each turn keeps its own deadline."""
-    gen = _generator(settings.llm_path, settings.device)
+    gen = shared_generator(settings.device, settings.llm_path)
     contexts = [passages(t.hits, settings.context_chars) for t in turns]
     prompts = [build_messages(t.request.text, t.history, c) for t, c in zip(turns, contexts, strict=True)]
     deadlines = [t.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for t in turns]
@@ -240,26 +232,15 @@ def generate_answers(turns: list[Turn], settings: AssistantSettings) -> list[Kaf
     return records
 
 
-def _change_record(settings: AssistantSettings, pos: tuple[str, int, int], change: IndexChange) -> KafkaRecord:
-    topic, partition, offset = pos
-    return KafkaRecord(
-        topic=settings.index_changes_topic,
-        key=change.doc_id.encode(),
-        value=orjson.dumps(asdict(change)),
-        headers=[(ID_HEADER, position_id(topic, partition, offset))],
-    )
-
-
 def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow:
     """The assistant dataflow for ``settings`` (see the module docstring)."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    encoder = shared_encoder(
-        settings.device, settings.encoder_int8
-    )  # load now: a missing model fails at start, not mid-stream
+    # load the models now: a missing one fails at start, not mid-stream
+    encoder = shared_encoder(settings.device, settings.encoder_int8)
     shared_intent_router()
     if settings.generate:
-        _generator(settings.llm_path, settings.device)
+        shared_generator(settings.device, settings.llm_path)
     tune_gc()
     flow = Dataflow(name)
 
@@ -333,7 +314,11 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         answers = op.map("context_answer", retrieved, functools.partial(retrieval_only_answer, settings))
     chatter = op.map("small_talk", routes[Route.SMALL_TALK.value], functools.partial(small_talk_reply, settings))
     handoffs = op.map("handoff", routes[Route.HANDOFF.value], functools.partial(handoff_record, settings))
-    changes = op.map("change_records", index.changes, lambda pc: _change_record(settings, pc[0], pc[1]))
+    changes = op.map(
+        "change_records",
+        index.changes,
+        lambda pc: _record(settings.index_changes_topic, pc[1].doc_id, pc[0], asdict(pc[1])),
+    )
     dead = op.map("dlq_records", op.merge("dead", docs.dead, reqs.dead), lambda d: d.to_record(settings.dlq_topic))
     topics = [settings.responses_topic, settings.handoff_topic, settings.index_changes_topic, settings.dlq_topic]
     kafka_output("out", op.merge("all_out", answers, chatter, handoffs, changes, dead), settings, topics)

@@ -96,6 +96,6 @@ class AnswerGenerator:
 
 
 @functools.cache
-def shared_generator(device: str = "auto") -> AnswerGenerator:
-    """One generator per process and device."""
-    return AnswerGenerator(device=device)
+def shared_generator(device: str = "auto", path: str = "") -> AnswerGenerator:
+    """One generator per process, device and model folder (``""``: the converted SmolLM2)."""
+    return AnswerGenerator(path or None, device)

@@ -12,7 +12,7 @@ from models.transaction import Transaction
 from sluice.collector import read_all
 from sluice.flowproc import FlowProcesses
 from sluice.generator import START_MS, encode
-from sluice.settings import Settings
+from sluice.settings import FlowSettings, Settings
 
 
 def txn(
@@ -28,10 +28,14 @@ def txn(
     return Transaction(event_id, card, amount, "USD", merchant, category, country, START_MS + int(t_s * 1000), 0.0)
 
 
-def produce(settings: Settings, values: list[tuple[bytes, bytes]], topic: str | None = None) -> None:
+def produce(settings: FlowSettings, values: list[tuple[bytes, bytes]], topic: str | None = None) -> None:
+    """Produce ``(key, value)`` pairs to ``topic`` (default: the fraud flow's transactions) and wait for them."""
+    if topic is None:
+        assert isinstance(settings, Settings), "name the topic for flows other than fraud"
+        topic = settings.transactions_topic
     producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
     for key, value in values:
-        producer.produce(topic or settings.transactions_topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from models.chat import ChatRequest
 from models.chunking import document_chunks
 from models.document import DocumentEvent
 from models.text_encoder import shared_encoder
 from sluice.collector import read_all
-from sluice.corpus import load_corpus
+from sluice.corpus import load_corpus, publish
 from sluice.flowproc import FlowProcesses, init_recovery
 from sluice.settings import AssistantSettings
 from sluice.stack import LocalStack, assistant_topics, create_topics
 from state.checkpoints import latest_state
+from tests.helpers import produce
 
 INJECTION_DOC = DocumentEvent(
     "planted:injection",
@@ -60,17 +60,6 @@ def _settings(stack: LocalStack, **overrides) -> AssistantSettings:  # type: ign
     return s
 
 
-def _produce(settings: AssistantSettings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer(settings.kafka_config())
-    for key, value in values:
-        producer.produce(topic, key=key, value=value)
-    assert producer.flush(10) == 0
-
-
-def _publish(settings: AssistantSettings, docs: list[DocumentEvent]) -> None:
-    _produce(settings, settings.documents_topic, [(d.doc_id.encode(), d.to_json()) for d in docs])
-
-
 def _wait(settings: AssistantSettings, topic: str, done, timeout_s: float = 180.0, flow: FlowProcesses | None = None):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -85,7 +74,7 @@ def _wait(settings: AssistantSettings, topic: str, done, timeout_s: float = 180.
 
 def _ask(settings: AssistantSettings, session: str, turn: str, text: str) -> None:
     req = ChatRequest(session, turn, text, time.time() * 1000.0)
-    _produce(settings, settings.requests_topic, [(session.encode(), req.to_json())])
+    produce(settings, [(session.encode(), req.to_json())], settings.requests_topic)
 
 
 def _answer(settings: AssistantSettings, session: str, turn: str, flow: FlowProcesses) -> dict:  # type: ignore[type-arg]
@@ -106,7 +95,7 @@ def running(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory):  # typ
     settings = _settings(stack, gen_max_new_tokens=16, max_request_chars=500)
     corpus = {d.doc_id: d for d in load_corpus()}
     docs = [corpus[i] for i in SMALL_CORPUS] + [INJECTION_DOC]
-    _publish(settings, docs)
+    publish(settings, docs)
     flow = FlowProcesses(
         "dataflows.assistant:flow", settings.to_env(), log_dir=tmp_path_factory.mktemp("assistant-logs")
     ).start()
@@ -136,12 +125,12 @@ def test_document_upsert_is_searchable_and_delete_removes_it(running):
         "test",
     )
     before = len(read_all(settings.brokers, settings.index_changes_topic, 5))
-    _publish(settings, [doc])
+    publish(settings, [doc])
     _wait(settings, settings.index_changes_topic, lambda bs: len(bs) > before, flow=flow)
     _ask(settings, "s-zorb", "1", "When does the zorblax protocol frob a quux?")
     assert _answer(settings, "s-zorb", "1", flow)["citations"][0]["doc_id"] == "zorb"
 
-    _publish(settings, [DocumentEvent("zorb", 2, deleted=True)])
+    publish(settings, [DocumentEvent("zorb", 2, deleted=True)])
     _wait(
         settings,
         settings.index_changes_topic,
@@ -199,7 +188,7 @@ def test_malformed_and_oversized_requests_go_to_the_dlq_and_the_flow_keeps_answe
         (b"x", orjson.dumps({"session_id": "s-bad", "turn_id": 1, "text": "y" * 600})),
         (b"x", orjson.dumps({"turn_id": 1, "text": "hi"})),
     ]
-    _produce(settings, settings.requests_topic, bad)
+    produce(settings, bad, settings.requests_topic)
     dead = _wait(settings, settings.dlq_topic, lambda ms: len(ms) >= 3, flow=flow)
     reasons = sorted(dict(m.headers())["dlq.reason"].decode() for m in dead)
     assert any(r.startswith("not valid JSON") for r in reasons)
@@ -215,7 +204,7 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
     events = list(corpus)
     events += [replace(d, version=2, title=d.title + " (v2)", text=d.text[: len(d.text) // 2]) for d in corpus[:15]]
     events += [DocumentEvent(d.doc_id, 3, deleted=True) for d in corpus[10:25]]
-    _publish(settings, events)
+    publish(settings, events)
     recovery = tmp_path / "recovery"
     init_recovery(recovery)
     logs = tmp_path / "logs"
@@ -268,7 +257,7 @@ def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, t
     """
     settings = _settings(stack, generate=False, embed_shards=2, gen_shards=2, requests_start_from="latest")
     docs = [d for d in load_corpus() if d.doc_id in SMALL_CORPUS]
-    _publish(settings, docs)
+    publish(settings, docs)
     _ask(settings, "old-session", "1", "asked before the rebuild: not answered again")
     flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), processes=2, log_dir=tmp_path).start()
     try:
