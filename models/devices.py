@@ -5,12 +5,25 @@ from __future__ import annotations
 import torch
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine."""
+
+
 def pick_device(setting: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU; anything else is taken as a torch device name.
+    """``auto`` is CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` are taken as asked,
+    and a CUDA device that is not there is an error that says so.
 
     >>> pick_device("cpu").type
     'cpu'
     """
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"SLUICE_DEVICE={setting} but this machine has no usable CUDA GPU; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"SLUICE_DEVICE={setting} but only {torch.cuda.device_count()} CUDA device(s) are present"
+            )
+    return device

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from operators.dead_letter import InvalidEvent, json_object
+from models.wire import InvalidEvent, json_object
 
 MAX_DOCUMENT_CHARS = 1_000_000
 
@@ -39,7 +39,7 @@ def parse_document_event(raw: bytes | None) -> DocumentEvent:
     >>> parse_document_event(b'{"op": "upsert", "id": "a", "version": 1}')
     Traceback (most recent call last):
     ...
-    operators.dead_letter.InvalidEvent: upsert without text
+    models.wire.InvalidEvent: upsert without text
     """
     body = json_object(raw)
     doc_id, version, kind = body.get("id"), body.get("version", 0), body.get("op", "upsert")

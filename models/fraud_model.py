@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.artifacts import resolve
 from models.devices import pick_device
 from models.fraud_features import FEATURE_NAMES
 
@@ -81,10 +82,10 @@ def save_artifact(root: Path, version: str, model: FraudMLP, metrics: dict[str, 
 
 def load_scorer(root: str | Path, device: str = "auto", cpu_threads: int = 1) -> FraudScorer:
     """Load the artifact ``root/LATEST`` names (or ``root`` itself if it is a version folder)."""
-    root = Path(root)
+    root = resolve(root)
     folder = root / (root / "LATEST").read_text().strip() if (root / "LATEST").exists() else root
     if not (folder / "weights.pt").exists():
-        raise FileNotFoundError(f"no fraud model at {folder}: run `python -m models.train_fraud` first")
+        raise FileNotFoundError(f"no fraud model at {folder}: train one with `sluice train fraud` (SLUICE_MODEL_PATH)")
     schema = json.loads((folder / "schema.json").read_text())
     if schema["features"] != list(FEATURE_NAMES):
         raise ValueError(f"model {schema['version']} was trained on other features than this code computes")

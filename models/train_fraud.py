@@ -1,7 +1,7 @@
 """Train the fraud MLP on generated transactions: ``python -m models.train_fraud``.
 
-Events come from :class:`sluice.generator.TransactionStream`; their window
-features come from the same :class:`operators.event_windows.SlidingAggregates`
+Events come from :class:`models.synthetic_transactions.TransactionStream`; their window
+features come from the same :class:`state.windows.SlidingAggregates`
 the flow runs, and profiles from the same card population the profile loader
 writes to Redis. The last 20% of the stream (in time) is held out.
 """
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.artifacts import FRAUD_MODEL_DIR, resolve
 from models.fraud_features import N_FEATURES, feature_matrix, feature_row
 from models.fraud_model import FraudMLP, save_artifact
-from operators.event_windows import SlidingAggregates, WindowSpec
-from sluice.generator import TransactionStream
-from sluice.settings import Settings
+from models.synthetic_transactions import TransactionStream
+from state.windows import SlidingAggregates, WindowSpec
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=400_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--out", default=Settings.from_env().model_path)
+    parser.add_argument("--out", default=str(FRAUD_MODEL_DIR))
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -125,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {version} in {time.time() - started:.1f}s -> {folder}")
     print(" ".join(f"{k}={v}" for k, v in metrics.items()))
     return 0
+
+
+def ensure_trained(path: str | Path) -> str:
+    """The version served from ``path``, training one first when there is none (demos, benchmarks)."""
+    from models.fraud_model import load_scorer
+
+    try:
+        return load_scorer(path).version
+    except FileNotFoundError:
+        print("no fraud model yet: training one")
+        main(["--out", str(resolve(path))])
+        return load_scorer(path).version
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from operators.dead_letter import InvalidEvent, json_object
+from models.wire import InvalidEvent, json_object
 
 MAX_AMOUNT = 1_000_000.0
 # 2000-01-01 .. 2100-01-01 in epoch milliseconds
@@ -34,7 +34,13 @@ class Transaction:
     def event_time_s(self) -> float:
         return self.event_time_ms / 1000.0
 
-    def to_json(self) -> bytes:
+    def to_json(self, sent_at_ms: float | None = None) -> bytes:
+        """The wire format; ``sent_at_ms`` overrides the send time (what a producer stamps).
+
+        >>> parse_transaction(Transaction("e", "c", 1.0, "USD", "m", "grocery", "US", 1_700_000_000_000, 0.0)
+        ...     .to_json(sent_at_ms=5.0)).sent_at_ms
+        5.0
+        """
         return orjson.dumps(
             {
                 "event_id": self.event_id,
@@ -45,7 +51,7 @@ class Transaction:
                 "merchant_category": self.merchant_category,
                 "country": self.country,
                 "event_time": self.event_time_ms,
-                "sent_at": self.sent_at_ms,
+                "sent_at": self.sent_at_ms if sent_at_ms is None else sent_at_ms,
             }
         )
 

@@ -7,8 +7,10 @@ are emitted when the call finishes (checked every ``poll``). Torch releases the
 GIL while it computes, so the rest of the flow keeps moving. The next batch
 holds everything that arrived during the call, so batches grow with load.
 
-Items in flight are part of the snapshot with the buffer: after a crash they
-are computed again, never lost.
+The buffer is the same :class:`operators.batching.BatchBuffer` the synchronous
+batcher uses; this logic only adds "one call in flight". Items in flight are
+part of the snapshot with the buffer: after a crash they are computed again,
+never lost.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.microbatch import per_shard
+from operators.batching import BatchBuffer
+from operators.clock import Clock, utc_now
+from operators.microbatch import call_batch, per_shard
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -45,34 +49,26 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         max_wait: timedelta,
         poll: timedelta,
         resume: list[X] | None,
+        now_getter: Clock = utc_now,
     ) -> None:
         self.fn = fn
         self.executor = executor
-        self.max_batch = max_batch
-        self.max_wait = max_wait
         self.poll = poll
-        self.buffer: list[X] = list(resume or [])
-        self.deadline: datetime | None = datetime.now(UTC) if self.buffer else None
-        self.inflight: tuple[list[X], Future[Sequence[Y]]] | None = None
+        self.now = now_getter
+        self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, resume, now_getter())
+        self.inflight: tuple[list[X], Future[list[Y]]] | None = None
 
     def _collect(self) -> list[Y]:
         if self.inflight is None or not self.inflight[1].done():
             return []
-        items, fut = self.inflight
+        _, fut = self.inflight
         self.inflight = None
-        results = list(fut.result())  # an exception in the batch function fails the flow, as a sync step would
-        if len(results) != len(items):
-            raise ValueError(f"batch function returned {len(results)} results for {len(items)} items")
-        return results
+        return fut.result()  # an exception in the batch function fails the flow, as a sync step would
 
     def _maybe_submit(self, force: bool = False) -> None:
-        if self.inflight is not None or not self.buffer:
-            return
-        due = self.deadline is not None and datetime.now(UTC) >= self.deadline
-        if force or due or len(self.buffer) >= self.max_batch:
-            items, self.buffer = self.buffer[: self.max_batch], self.buffer[self.max_batch :]
-            self.inflight = (items, self.executor.submit(self.fn, items))
-            self.deadline = datetime.now(UTC) if self.buffer else None
+        if self.inflight is None and len(self.buffer) and (force or self.buffer.due(self.now())):
+            items = self.buffer.take()
+            self.inflight = (items, self.executor.submit(call_batch, self.fn, items))
 
     def _step(self) -> list[Y]:
         out = self._collect()
@@ -80,9 +76,7 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         return out
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
-        if not self.buffer:
-            self.deadline = datetime.now(UTC) + self.max_wait
-        self.buffer.extend(values)
+        self.buffer.add(values, self.now())
         return self._step(), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Y], bool]:
@@ -90,7 +84,7 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
 
     def on_eof(self) -> tuple[list[Y], bool]:
         out: list[Y] = []
-        while self.inflight is not None or self.buffer:
+        while self.inflight is not None or len(self.buffer):
             if self.inflight is not None:
                 self.inflight[1].result()
             out.extend(self._collect())
@@ -99,11 +93,11 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
 
     def notify_at(self) -> datetime | None:
         if self.inflight is not None:
-            return datetime.now(UTC) + self.poll
-        return self.deadline
+            return self.now() + self.poll
+        return self.buffer.deadline
 
     def snapshot(self) -> list[X]:
-        return (list(self.inflight[0]) if self.inflight else []) + list(self.buffer)
+        return (list(self.inflight[0]) if self.inflight else []) + self.buffer.snapshot()
 
 
 @operator
@@ -116,6 +110,7 @@ def async_micro_batch(
     max_wait: timedelta = timedelta(milliseconds=5),
     shards: int = 1,
     poll: timedelta = timedelta(milliseconds=2),
+    now_getter: Clock = utc_now,
 ) -> Stream[Y]:
     """Like :func:`operators.microbatch.micro_batch`, but ``fn`` runs on a background thread.
 
@@ -127,6 +122,6 @@ def async_micro_batch(
         raise ValueError("max_batch must be >= 1")
 
     def builder(resume: list[X] | None) -> AsyncBatchLogic[X, Y]:
-        return AsyncBatchLogic(fn, _executor(step_id), max_batch, max_wait, poll, resume)
+        return AsyncBatchLogic(fn, _executor(step_id), max_batch, max_wait, poll, resume, now_getter)
 
     return per_shard(up, shard_key, shards, builder)

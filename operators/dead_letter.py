@@ -1,43 +1,30 @@
-"""Dead-lettering: bad input leaves the flow with its reason instead of crashing it."""
+"""Dead-lettering: bad input leaves the flow with its reason instead of crashing it.
+
+A dead letter carries the original bytes, the reason, the step that rejected
+it and the source position (headers), so it can be inspected and replayed. A
+value too large to be written again (the broker accepted it once, but the
+dead-letter topic's limit, or the producer's, is lower) is replaced by a
+reference: its position, size, SHA-256 and first bytes, so nothing about it is
+lost except what the original topic still holds.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Stream, operator
 
-from operators.kafka_records import KafkaRecord, SourceRecord
+from operators.kafka.records import KafkaRecord, SourceRecord
 
 T = TypeVar("T")
 
-
-class InvalidEvent(ValueError):
-    """Raised by a parser: the event is malformed or breaks a rule; the message says why."""
-
-
-def json_object(raw: bytes | None) -> dict[str, Any]:
-    """Decode a message value that must be a JSON object, or raise :class:`InvalidEvent` saying why.
-
-    >>> json_object(b'{"a": 1}')
-    {'a': 1}
-    >>> json_object(b"[1]")
-    Traceback (most recent call last):
-    ...
-    operators.dead_letter.InvalidEvent: event must be a JSON object
-    """
-    if raw is None:
-        raise InvalidEvent("empty message value")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent("event must be a JSON object")
-    return obj
+MAX_DEAD_LETTER_BYTES = 900_000  # under the 1 MB Kafka default, with room for headers
+REFERENCE_PREFIX_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +35,29 @@ class DeadLetter:
     step: str
     source: SourceRecord
 
-    def to_record(self, topic: str) -> KafkaRecord:
-        """The original bytes, with the reason and the source position in headers."""
+    def to_record(self, topic: str, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> KafkaRecord:
+        """The original bytes (or a reference to them when too large), reason and position in headers.
+
+        >>> src = SourceRecord("tx", 0, 7, b"k", b"x" * 50)
+        >>> rec = DeadLetter("too big", "parse", src).to_record("dlq", max_bytes=10)
+        >>> orjson.loads(rec.value)["size"], dict(rec.headers)["dlq.reference"]
+        (50, b'1')
+        """
         src = self.source
-        return KafkaRecord(
-            topic=topic,
-            key=src.key,
-            value=src.value,
-            headers=[
-                ("dlq.reason", self.reason.encode()),
-                ("dlq.step", self.step.encode()),
-                *src.position_headers(),
-            ],
-        )
+        headers = [("dlq.reason", self.reason.encode()), ("dlq.step", self.step.encode()), *src.position.headers()]
+        value = src.value
+        if value is not None and len(value) > max_bytes:
+            value = orjson.dumps(
+                {
+                    "reference": src.position.id.decode(),
+                    "size": len(value),
+                    "sha256": hashlib.sha256(value).hexdigest(),
+                    "prefix": value[:REFERENCE_PREFIX_BYTES].decode("utf-8", "replace"),
+                }
+            )
+            headers.append(("dlq.reference", b"1"))
+        key = src.key if src.key is None or len(src.key) <= REFERENCE_PREFIX_BYTES else src.key[:REFERENCE_PREFIX_BYTES]
+        return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -75,8 +72,8 @@ class ParseOut(Generic[T]):
 def parse_or_dead_letter(step_id: str, up: Stream[SourceRecord], parser: Callable[[bytes | None], T]) -> ParseOut[T]:
     """Parse each record's value; records the parser rejects go to ``dead`` with the reason.
 
-    ``parser`` raises :class:`InvalidEvent` (or any ``ValueError``) for bad input. Any
-    other exception is a bug and still fails the flow.
+    ``parser`` raises ``ValueError`` (e.g. :class:`models.wire.InvalidEvent`) for bad
+    input. Any other exception is a bug and still fails the flow.
     """
 
     def parse_batch(batch: list[SourceRecord]) -> list[tuple[SourceRecord, T] | DeadLetter]:

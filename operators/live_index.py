@@ -16,18 +16,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from models.document import DocumentEvent
 from state.vector_index import Hit, VectorIndex
 
 Q = TypeVar("Q")
 T = TypeVar("T")
+
+
+class IndexableDocument(Protocol):
+    """What the index needs of a document event: identity, version, metadata, upsert or delete."""
+
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def deleted(self) -> bool: ...
+
+
+D = TypeVar("D", bound=IndexableDocument)
 
 EMBED_BATCH = 128
 
@@ -55,13 +72,13 @@ class IndexOut(Generic[Q]):
     changes: Stream[tuple[Any, IndexChange]]  # (the tag that came with the document event, what it did)
 
 
-class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[str, Any]], Generic[Q]):
+class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[str, Any]], Generic[D, Q]):
     def __init__(
         self,
         dim: int,
         resume: dict[str, Any] | None,
         embed: Callable[[list[str]], np.ndarray],
-        chunk: Callable[[DocumentEvent], list[tuple[str, str]]],
+        chunk: Callable[[D], list[tuple[str, str]]],
         query_vector: Callable[[Q], np.ndarray],
         k: int,
         model: str,
@@ -78,7 +95,7 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         self.query_vector = query_vector
         self.k = k
 
-    def _apply_documents(self, tagged: list[tuple[DocumentEvent, Any]]) -> list[tuple[str, Any]]:
+    def _apply_documents(self, tagged: list[tuple[D, Any]]) -> list[tuple[str, Any]]:
         t0 = time.perf_counter()
         events = [e for e, _ in tagged]
         upserts = [e for e in events if not e.deleted]
@@ -136,10 +153,10 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
 @operator
 def live_vector_index(
     step_id: str,
-    documents: Stream[tuple[DocumentEvent, T]],
+    documents: Stream[tuple[D, T]],
     queries: Stream[Q],
     embed: Callable[[list[str]], np.ndarray],
-    chunk: Callable[[DocumentEvent], list[tuple[str, str]]],
+    chunk: Callable[[D], list[tuple[str, str]]],
     query_vector: Callable[[Q], np.ndarray],
     dim: int,
     k: int = 4,
@@ -163,7 +180,7 @@ def live_vector_index(
     asks = op.map("query_in", queries, lambda q: (name, ("query", q)))
     merged = op.merge("in", docs, asks)
 
-    def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[Q]:
+    def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[D, Q]:
         return _LiveIndexLogic(dim, resume, embed, chunk, query_vector, k, model)
 
     results = op.stateful_batch("index", merged, builder)

@@ -1,9 +1,9 @@
 """Latency-bounded micro-batching: one call of a batch function per micro-batch.
 
-Items are buffered until ``max_batch`` are waiting or ``max_wait`` has passed
-since the FIRST buffered item, then ``fn`` runs once on the whole buffer.
-Bytewax's ``collect`` cannot do this: its timeout restarts on every item, so a
-steady trickle never flushes on time.
+Items are buffered (:class:`operators.batching.BatchBuffer`) until ``max_batch``
+are waiting or ``max_wait`` has passed since the FIRST buffered item, then
+``fn`` runs once on the whole buffer. Bytewax's ``collect`` cannot do this: its
+timeout restarts on every item, so a steady trickle never flushes on time.
 
 Items are spread over ``shards`` keys so that every worker batches its share;
 the buffer is part of the snapshot, so items waiting at a checkpoint survive a
@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
+
+from operators.batching import BatchBuffer
+from operators.clock import Clock, utc_now
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -28,54 +31,57 @@ BatchFn = Callable[[list[X]], Sequence[Y]]
 
 
 def shard_of(key: str, shards: int) -> str:
-    """A stable shard name for ``key`` (stable across processes, unlike ``hash``)."""
+    """A stable shard name for ``key`` (stable across processes, unlike ``hash``).
+
+    >>> shard_of("card-1", 8) == shard_of("card-1", 8)
+    True
+    """
     return str(zlib.crc32(key.encode()) % shards)
+
+
+def call_batch(fn: BatchFn[X, Y], items: list[X]) -> list[Y]:
+    """``fn(items)``, checked to give one result per item."""
+    results = list(fn(items))
+    if len(results) != len(items):
+        raise ValueError(f"batch function returned {len(results)} results for {len(items)} items")
+    return results
 
 
 class MicroBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
     """Buffer of one shard; flushes by size, by deadline, and at EOF."""
 
-    def __init__(self, fn: BatchFn[X, Y], max_batch: int, max_wait: timedelta, buffered: list[X] | None):
+    def __init__(
+        self, fn: BatchFn[X, Y], max_batch: int, max_wait: timedelta, buffered: list[X] | None, now_getter: Clock
+    ) -> None:
         self.fn = fn
-        self.max_batch = max_batch
-        self.max_wait = max_wait
-        self.buffer: list[X] = list(buffered or [])
-        # Restored items are overdue: flush them at the first chance.
-        self.deadline: datetime | None = datetime.now(UTC) if self.buffer else None
+        self.now = now_getter
+        self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, buffered, now_getter())
 
-    def _flush(self, items: list[X]) -> list[Y]:
-        results = self.fn(items)
-        if len(results) != len(items):
-            raise ValueError(f"batch function returned {len(results)} results for {len(items)} items")
-        return list(results)
+    def _flush_due(self, everything: bool = False) -> list[Y]:
+        out: list[Y] = []
+        now = self.now()
+        while self.buffer.due(now) or (everything and len(self.buffer)):
+            out.extend(call_batch(self.fn, self.buffer.take()))
+        return out
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
-        if not self.buffer:
-            self.deadline = datetime.now(UTC) + self.max_wait
-        self.buffer.extend(values)
+        self.buffer.add(values, self.now())
         out: list[Y] = []
-        while len(self.buffer) >= self.max_batch:
-            head, self.buffer = self.buffer[: self.max_batch], self.buffer[self.max_batch :]
-            out.extend(self._flush(head))
-        if not self.buffer:
-            self.deadline = None
+        while self.buffer.full():
+            out.extend(call_batch(self.fn, self.buffer.take()))
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Y], bool]:
-        return self._drain(), StatefulBatchLogic.RETAIN
+        return self._flush_due(), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Y], bool]:
-        return self._drain(), StatefulBatchLogic.DISCARD
-
-    def _drain(self) -> list[Y]:
-        items, self.buffer, self.deadline = self.buffer, [], None
-        return self._flush(items) if items else []
+        return self._flush_due(everything=True), StatefulBatchLogic.DISCARD
 
     def notify_at(self) -> datetime | None:
-        return self.deadline
+        return self.buffer.deadline
 
     def snapshot(self) -> list[X]:
-        return list(self.buffer)
+        return self.buffer.snapshot()
 
 
 @operator
@@ -87,6 +93,7 @@ def micro_batch(
     max_batch: int = 256,
     max_wait: timedelta = timedelta(milliseconds=5),
     shards: int = 8,
+    now_getter: Clock = utc_now,
 ) -> Stream[Y]:
     """Run ``fn`` on micro-batches of ``up``; ``fn`` returns one result per item, in order.
 
@@ -96,9 +103,11 @@ def micro_batch(
     """
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1")
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
 
     def builder(resume_state: list[X] | None) -> MicroBatchLogic[X, Y]:
-        return MicroBatchLogic(fn, max_batch, max_wait, resume_state)
+        return MicroBatchLogic(fn, max_batch, max_wait, resume_state, now_getter)
 
     return per_shard(up, shard_key, shards, builder)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from operators.clock import Clock, utc_now
 
 V = TypeVar("V")
 M = TypeVar("M")
@@ -24,38 +26,37 @@ Memory = tuple[tuple[M, ...], float]  # remembered values, last seen (POSIX seco
 
 
 class SessionMemoryLogic(StatefulBatchLogic[V, tuple[V, tuple[M, ...]], "Memory[M]"], Generic[V, M]):
-    """Memory of one key. ``live`` counts the keys held by this process (a gauge for tests and metrics)."""
-
-    live: ClassVar[int] = 0
+    """Memory of one key."""
 
     def __init__(
-        self, max_turns: int, idle_timeout: timedelta, resume: Memory[M] | None, remember: Callable[[V], M]
+        self,
+        max_turns: int,
+        idle_timeout: timedelta,
+        resume: Memory[M] | None,
+        remember: Callable[[V], M],
+        now_getter: Clock = utc_now,
     ) -> None:
         self.max_turns = max_turns
         self.idle_timeout = idle_timeout
         self.remember = remember
-        values, seen = resume if resume is not None else ((), datetime.now(UTC).timestamp())
+        self.now = now_getter
+        values, seen = resume if resume is not None else ((), now_getter().timestamp())
         self.values: tuple[M, ...] = values
         self.last_seen = seen
-        SessionMemoryLogic.live += 1
-
-    def _discard(self) -> bool:
-        SessionMemoryLogic.live -= 1
-        return StatefulBatchLogic.DISCARD
 
     def on_batch(self, values: list[V]) -> tuple[list[tuple[V, tuple[M, ...]]], bool]:
         out = []
         for value in values:
             out.append((value, self.values))
             self.values = (*self.values, self.remember(value))[-self.max_turns :] if self.max_turns else ()
-        self.last_seen = datetime.now(UTC).timestamp()
+        self.last_seen = self.now().timestamp()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime:
         return datetime.fromtimestamp(self.last_seen, UTC) + self.idle_timeout
 
     def on_notify(self) -> tuple[list[tuple[V, tuple[M, ...]]], bool]:
-        return [], self._discard()
+        return [], StatefulBatchLogic.DISCARD
 
     def on_eof(self) -> tuple[list[tuple[V, tuple[M, ...]]], bool]:
         return [], StatefulBatchLogic.RETAIN
@@ -71,6 +72,7 @@ def session_memory(
     max_turns: int = 6,
     idle_timeout: timedelta = timedelta(minutes=15),
     remember: Callable[[V], M] = lambda v: v,  # type: ignore[assignment,return-value]
+    now_getter: Clock = utc_now,
 ) -> KeyedStream[tuple[V, tuple[M, ...]]]:
     """Pair each value with the key's previous values (at most ``max_turns``, oldest first).
 
@@ -84,6 +86,6 @@ def session_memory(
     """
 
     def builder(resume: Memory[M] | None) -> SessionMemoryLogic[V, M]:
-        return SessionMemoryLogic(max_turns, idle_timeout, resume, remember)
+        return SessionMemoryLogic(max_turns, idle_timeout, resume, remember, now_getter)
 
     return op.stateful_batch("remember", up, builder)

@@ -30,14 +30,15 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models.chat import ChatRequest
-from operators.kafka_source import list_partitions
-from sluice.assistant_demo import wait_indexed
-from sluice.corpus import QUESTIONS_PATH, load_corpus, publish
-from sluice.flowproc import FlowProcesses
-from sluice.settings import REPO_ROOT, AssistantSettings
-from sluice.stack import LocalStack, assistant_topics, free_port
+from operators.kafka.admin import list_partitions
+from operators.kafka.connection import KafkaConnection
+from perf.summary import REPORTS
+from sluice.local.corpus import QUESTIONS_PATH, load_corpus, publish
+from sluice.local.demo_assistant import FLOW, wait_indexed
+from sluice.local.stack import PROJECT_ROOT, LocalStack
+from sluice.processes import FlowProcesses, free_port
+from sluice.settings import AssistantSettings
 
-REPORTS = REPO_ROOT / "perf" / "reports"
 FOLLOW_UPS = ["and what about its exceptions?", "can you give an example of that?", "why is it designed like that?"]
 SMALL_TALK = ["hi there!", "thanks a lot", "goodbye"]
 HANDOFF = ["I want to talk to a real person", "this is urgent, escalate this to a human now"]
@@ -70,7 +71,7 @@ def schedule(sessions: int, think_s: float, duration_s: float, seed: int = 1) ->
 
 def send(settings: AssistantSettings, turns: list[Turn]) -> dict[str, float]:
     """Produce each turn at its due time; returns the sender's lag percentiles (ms)."""
-    producer = Producer(settings.kafka_config(**{"linger.ms": 1}))
+    producer = Producer(settings.connection().producer_config())
     lags = []
     start = time.time()
     for due, session, n, text in turns:
@@ -89,15 +90,13 @@ def send(settings: AssistantSettings, turns: list[Turn]) -> dict[str, float]:
     return {"p50": float(np.percentile(lags, 50)), "p99": float(np.percentile(lags, 99)), "max": float(np.max(lags))}
 
 
-def _consume(brokers: str, topics: list[str], expected: int, timeout_s: float, ready: Any, out: Any) -> None:
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": "bench", "enable.auto.commit": False, "fetch.wait.max.ms": 5}
-    )
-    parts = [TopicPartition(t, p, 0) for t in topics for p in list_partitions({"bootstrap.servers": brokers}, t)]
+def _consume(conn: KafkaConnection, topics: list[str], expected: int, timeout_s: float, ready: Any, out: Any) -> None:
+    consumer = Consumer(conn.consumer_config(**{"group.id": "bench", "enable.auto.commit": False}))
+    parts = [TopicPartition(t, p, 0) for t in topics for p in list_partitions(conn, t)]
     consumer.assign(parts)
     consumer.poll(0.5)
     ready.set()
-    seen: dict[tuple[str, str], tuple[float, dict]] = {}  # type: ignore[type-arg]
+    seen: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
     deadline = time.monotonic() + timeout_s
     while len(seen) < expected and time.monotonic() < deadline:
         msg = consumer.poll(0.1)
@@ -134,14 +133,12 @@ def _pct(values: list[float]) -> dict[str, float]:
 def indexed_flow(settings: AssistantSettings) -> Iterator[tuple[AssistantSettings, FlowProcesses, LocalStack, float]]:
     """A fresh stack with the assistant flow running and the whole corpus indexed; stopped on exit."""
     stack = LocalStack(
-        kafka_port=free_port(), redis_port=free_port(), state_dir=REPO_ROOT / ".stack" / "bench-assistant"
+        kafka_port=free_port(), redis_port=free_port(), state_dir=PROJECT_ROOT / ".stack" / "bench-assistant"
     )
     stack.start()
     settings = replace(settings, brokers=stack.brokers)
-    stack.create_topics(assistant_topics(settings))
-    flow = FlowProcesses(
-        "dataflows.assistant:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "bench-assistant-logs"
-    )
+    stack.create_topics(settings.topics())
+    flow = FlowProcesses(FLOW, settings.to_env(), log_dir=PROJECT_ROOT / ".stack" / "bench-assistant-logs")
     try:
         docs = load_corpus()
         publish(settings, docs)
@@ -152,7 +149,7 @@ def indexed_flow(settings: AssistantSettings) -> Iterator[tuple[AssistantSetting
         stack.stop()
 
 
-def freshness(settings: AssistantSettings, count: int = 30, gap_s: float = 0.5) -> dict:  # type: ignore[type-arg]
+def freshness(settings: AssistantSettings, count: int = 30, gap_s: float = 0.5) -> dict[str, Any]:
     """How long after its event a new document is searchable: ``count`` single upserts into a live index.
 
     Measured from the producer's send to the index's change record (written once the
@@ -161,9 +158,9 @@ def freshness(settings: AssistantSettings, count: int = 30, gap_s: float = 0.5) 
     """
     corpus = load_corpus()
     with indexed_flow(replace(settings, generate=False)) as (settings, flow, _, index_s):
-        consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "fresh", "fetch.wait.max.ms": 5})
+        consumer = Consumer(settings.connection().consumer_config(**{"group.id": "fresh"}))
         consumer.assign([TopicPartition(settings.index_changes_topic, 0, len(corpus))])
-        producer = Producer(settings.kafka_config())
+        producer = Producer(settings.connection().producer_config())
         in_index, arrived = [], []
         for i in range(count):
             doc = replace(corpus[i % len(corpus)], doc_id=f"fresh-{i}", title=f"Fresh document {i}")
@@ -194,7 +191,7 @@ def freshness(settings: AssistantSettings, count: int = 30, gap_s: float = 0.5) 
 
 def run_load(
     settings: AssistantSettings, sessions: int, think_s: float, duration_s: float, warmup_s: float, drain_s: float
-) -> dict:  # type: ignore[type-arg]
+) -> dict[str, Any]:
     """Start a stack and the flow, index the corpus, play the sessions, and summarise what came back."""
     with indexed_flow(settings) as (settings, flow, stack, index_s):
         turns = schedule(sessions, think_s, duration_s)
@@ -203,7 +200,7 @@ def run_load(
         collector = mp.Process(
             target=_consume,
             args=(
-                stack.brokers,
+                settings.connection(),
                 [settings.responses_topic, settings.handoff_topic],
                 len(turns),
                 duration_s + drain_s,
@@ -312,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or REPORTS / f"assistant_{args.mode}.json"
     if args.mode == "batching":
-        report: dict = {"batching": batching()}  # type: ignore[type-arg]
+        report: dict[str, Any] = {"batching": batching()}
     elif args.mode == "freshness":
         report = freshness(AssistantSettings.from_env())
     else:

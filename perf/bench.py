@@ -21,24 +21,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Producer
 
-from sluice.collector import BackgroundCollector
-from sluice.demo import ensure_model, wait_until_deciding
-from sluice.flowproc import FlowProcesses
-from sluice.generator import TransactionStream, event_records
-from sluice.loadgen import send_open_loop
-from sluice.profiles import load_profiles
-from sluice.settings import REPO_ROOT, Settings
-from sluice.stack import LocalStack, default_topics, free_port
+from models.synthetic_transactions import TransactionStream
+from models.train_fraud import ensure_trained
+from perf.summary import REPORTS
+from sluice.harness.collector import BackgroundCollector
+from sluice.harness.loadgen import send_open_loop
+from sluice.local.demo_fraud import wait_until_deciding
+from sluice.local.profiles import load_profiles
+from sluice.local.stack import PROJECT_ROOT, LocalStack
+from sluice.local.transactions import event_records, sender
+from sluice.processes import FlowProcesses, free_port
+from sluice.settings import FraudSettings
 
-REPORTS = REPO_ROOT / "perf" / "reports"
 TARGET_P99_MS = 35.0
 DEFAULT_PARTITIONS = 4  # --partitions sets it for every run of an invocation
 SYSTEMS = {
     "limit-raw": None,  # not a Bytewax flow: python -m perf.limit_raw
-    "limit-bytewax": "perf.limit_bytewax:flow",
-    "fraud": "dataflows.fraud:flow",
+    "limit-bytewax": "perf.limit_bytewax:from_env()",
+    "fraud": "dataflows.fraud:from_env()",
 }
 
 
@@ -100,8 +101,8 @@ class _Cpu:
 def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
     """One system at one offered rate, on a fresh stack."""
     stack = LocalStack(free_port(), free_port(), log_dir / "stack")
-    base = replace(Settings(), topic_partitions=cfg.partitions)
-    stack.topics = default_topics(base)
+    base = replace(FraudSettings(), topic_partitions=cfg.partitions)
+    stack.topics = base.topics()
     stack.start()
     settings = replace(
         base,
@@ -129,7 +130,7 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
         # encoded before the clock starts, so the sender's CPU does not compete with the flow
         events = list(itertools.islice(event_records(TransactionStream(11, n_cards=20_000), settings), count))
         collector = BackgroundCollector(
-            brokers=settings.brokers,
+            connection=settings.connection(),
             topic=settings.decisions_topic,
             expected=count,
             timeout_s=cfg.duration_s + cfg.warmup_s + 60,
@@ -144,9 +145,7 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
                 "generator": [os.getpid()],
             }
         )
-        producer = Producer(settings.kafka_config(**{"linger.ms": 1, "enable.idempotence": True}))
-        sent = send_open_loop(producer, iter(events), cfg.rate, count)
-        del producer
+        sent = send_open_loop(sender(settings), iter(events), cfg.rate, count)
         got = collector.result(timeout_s=cfg.duration_s + cfg.warmup_s + 120)
         result.cpu_s = {**cpu.stop(), "collector": round(got.cpu_s, 2)}
         result.sent, result.decided, result.duplicates = sent.sent, len(got.by_event), got.duplicates
@@ -317,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
     args = parser.parse_args(argv)
-    logs = REPO_ROOT / ".stack" / "bench" / args.benchmark
-    settings = Settings.from_env()
-    ensure_model(settings)
+    logs = PROJECT_ROOT / ".stack" / "bench" / args.benchmark
+    settings = FraudSettings.from_env()
+    ensure_trained(settings.model_path)
     model = settings.model_path
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     global DEFAULT_PARTITIONS

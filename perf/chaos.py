@@ -14,10 +14,12 @@ import sys
 import time
 from dataclasses import asdict, replace
 
-from sluice.chaos import chaos_run, judge, reference_run, start_sending
-from sluice.demo import ensure_model
-from sluice.settings import REPO_ROOT, Settings
-from sluice.stack import LocalStack, default_topics, free_port
+from models.train_fraud import ensure_trained
+from perf.summary import REPORTS, record
+from sluice.harness.chaos import chaos_run, judge, reference_run, start_sending
+from sluice.local.stack import PROJECT_ROOT, LocalStack
+from sluice.processes import free_port
+from sluice.settings import FraudSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=99)
     args = parser.parse_args(argv)
-    ensure_model(Settings())
-    work = REPO_ROOT / ".stack" / "chaos"
-    base = replace(Settings(), topic_partitions=args.partitions)
-    stack = LocalStack(free_port(), free_port(), work / "stack", topics=default_topics(base)).start()
+    ensure_trained(FraudSettings().model_path)
+    work = PROJECT_ROOT / ".stack" / "chaos"
+    base = replace(FraudSettings(), topic_partitions=args.partitions)
+    stack = LocalStack(free_port(), free_port(), work / "stack", topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
     try:
         started = time.monotonic()
@@ -54,8 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         "verdict": asdict(verdict),
         "exactly_once": verdict.exactly_once,
     }
-    out = REPO_ROOT / "perf" / "reports" / f"chaos-{time.strftime('%Y-%m-%d')}.json"
+    out = REPORTS / f"chaos-{time.strftime('%Y-%m-%d')}.json"
     out.write_text(json.dumps(report, indent=1))
+    record(
+        "chaos",
+        {
+            "events": args.events,
+            "kills": kills,
+            "lost": verdict.missing,
+            "duplicated": verdict.duplicated,
+            "differing": verdict.differing,
+        },
+    )
     print(json.dumps(report, indent=1))
     return 0 if verdict.exactly_once else 1
 

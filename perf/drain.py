@@ -1,44 +1,51 @@
 """Drain benchmark: a backlog of N events, then the flow's own throughput (no load generator running).
 
-``python -m perf.drain --count 200000 [--flow dataflows.fraud:flow]``: fills the input
-topic first, then times how long the flow takes to decide all of it, and the
-flow process's CPU time per event. Isolates the flow's per-event cost from the
-sender's and the collector's.
+``python -m perf.drain --count 200000 --runs 3 [--flow "dataflows.fraud:from_env()"]``:
+fills the input topic first, then times how long the flow takes to decide all
+of it, and the flow process's CPU time per event. Isolates the flow's per-event
+cost from the sender's and the collector's. Each run is a fresh stack; the
+figures are the median of the runs (spread beside them), written to
+``perf/reports/drain-<date>.json`` and, for the default at-least-once fraud
+flow, to ``summary.json`` (``fraud.drain_events_per_s``, ``fraud.drain_cpu_us_per_event``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import orjson
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from sluice.collector import poll_batch
-from sluice.demo import ensure_model
-from sluice.flowproc import FlowProcesses, init_recovery
-from sluice.generator import TransactionStream, event_records
-from sluice.loadgen import send_open_loop
-from sluice.profiles import load_profiles
-from sluice.settings import REPO_ROOT, Settings
-from sluice.stack import LocalStack, default_topics, free_port
+from models.synthetic_transactions import TransactionStream
+from models.train_fraud import ensure_trained
+from operators.kafka.admin import log
+from operators.kafka.connection import KafkaConnection
+from perf.summary import REPORTS, median_and_spread, record
+from sluice.harness.collector import poll_batch
+from sluice.harness.loadgen import send_open_loop
+from sluice.harness.progress import Progress
+from sluice.local.profiles import load_profiles
+from sluice.local.stack import PROJECT_ROOT, LocalStack
+from sluice.local.transactions import event_records, sender
+from sluice.processes import FlowProcesses, free_port, init_recovery
+from sluice.settings import FraudSettings
+
+DEFAULT_FLOW = "dataflows.fraud:from_env()"
 
 
 class OutputCounter:
     """Counts records arriving on ``topic`` (reading them: Tansu 0.6 lists high watermarks wrong)."""
 
-    def __init__(self, brokers: str, topic: str, partitions: int) -> None:
+    def __init__(self, conn: KafkaConnection, topic: str, partitions: int) -> None:
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": brokers,
-                "group.id": "drain",
-                "fetch.wait.max.ms": 20,
-                "isolation.level": "read_committed",
-            }
+            conn.consumer_config(
+                **{"group.id": "drain", "isolation.level": "read_committed", "logger": log, "fetch.wait.max.ms": 20}
+            )
         )
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.count = 0
@@ -54,45 +61,95 @@ class OutputCounter:
         return self.count
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=200_000)
-    parser.add_argument("--flow", default="dataflows.fraud:flow")
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
-    args = parser.parse_args(argv)
-    ensure_model(Settings())
-    base = replace(Settings(), topic_partitions=args.partitions)
-    stack = LocalStack(free_port(), free_port(), REPO_ROOT / ".stack" / "drain", topics=default_topics(base)).start()
+@dataclass
+class DrainRun:
+    decisions: int
+    seconds: float
+    events_per_s: float
+    cpu_us_per_event: float
+
+
+def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
+    base = replace(FraudSettings(), topic_partitions=args.partitions, broker_profile=args.profile)
+    state = PROJECT_ROOT / ".stack" / "drain" / f"run-{run}"
+    stack = LocalStack(free_port(), free_port(), state, topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url, exactly_once=args.exactly_once)
     recovery = None
     if args.exactly_once:
-        recovery = Path(stack.state_dir) / "recovery"
+        recovery = state / "recovery"
         init_recovery(recovery)
-    flow = FlowProcesses(args.flow, settings.to_env(), log_dir=Path(stack.state_dir), recovery_dir=recovery)
+    flow = FlowProcesses(args.flow, settings.to_env(), log_dir=state, recovery_dir=recovery)
     try:
         load_profiles(settings, 7, 20_000)
-        producer = Producer(settings.kafka_config(**{"linger.ms": 5}))
-        send_open_loop(producer, event_records(TransactionStream(3, n_cards=20_000), settings), 1e9, args.count)
-        del producer
-        counter = OutputCounter(settings.brokers, settings.decisions_topic, args.partitions)
+        send_open_loop(sender(settings), event_records(TransactionStream(3, n_cards=20_000), settings), 1e9, args.count)
+        counter = OutputCounter(settings.connection(), settings.decisions_topic, args.partitions)
         flow.start()
         proc = psutil.Process(flow.pids[0])
+        shown = Progress(args.count, "decided", enabled=None)
         samples: list[tuple[float, float]] = []  # (epoch ms, flow CPU seconds)
         while counter.poll() < args.count * 0.99:
             samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
+            shown.update(counter.count)
+            if not flow.alive():
+                raise RuntimeError(f"the flow exited; see {state}")
+        shown.close()
         samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
         cpu_at_first = next(c for t, c in samples if t >= counter.first_ms)
         cpu_at_last = next((c for t, c in samples if t >= counter.last_ms), samples[-1][1])
         span_s = (counter.last_ms - counter.first_ms) / 1000
-        mode = "exactly-once" if args.exactly_once else "at-least-once"
-        print(
-            f"{args.flow} ({mode}): {counter.count} decisions in {span_s:.2f}s = {counter.count / span_s:,.0f}/s; "
-            f"flow CPU {1e6 * (cpu_at_last - cpu_at_first) / counter.count:.1f} us/event"
+        return DrainRun(
+            counter.count,
+            round(span_s, 3),
+            round(counter.count / span_s, 1),
+            round(1e6 * (cpu_at_last - cpu_at_first) / counter.count, 2),
         )
     finally:
         flow.stop()
         stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--flow", default=DEFAULT_FLOW)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--profile", default="latency", help="broker profile (latency, throughput, kafka)")
+    parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
+    parser.add_argument("--label", default="", help="a name for this variant in the report file")
+    args = parser.parse_args(argv)
+    ensure_trained(FraudSettings().model_path)
+    runs = []
+    for i in range(args.runs):
+        r = drain_once(args, i)
+        runs.append(r)
+        print(f"run {i + 1}: {r.decisions} decisions in {r.seconds:.2f}s = {r.events_per_s:,.0f}/s; "
+              f"flow CPU {r.cpu_us_per_event:.1f} us/event", flush=True)  # fmt: skip
+    rate, rate_lo, rate_hi = median_and_spread([r.events_per_s for r in runs])
+    cpu, cpu_lo, cpu_hi = median_and_spread([r.cpu_us_per_event for r in runs])
+    mode = "exactly-once" if args.exactly_once else "at-least-once"
+    print(f"{args.flow} ({mode}, {args.profile}): median {rate:,.0f} events/s ({rate_lo:,.0f}-{rate_hi:,.0f}), "
+          f"{cpu:.1f} us/event ({cpu_lo:.1f}-{cpu_hi:.1f})")  # fmt: skip
+    report = {
+        "benchmark": "drain",
+        "command": "python -m perf.drain " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "flow": args.flow,
+        "mode": mode,
+        "profile": args.profile,
+        "count": args.count,
+        "runs": [r.__dict__ for r in runs],
+        "median_events_per_s": rate,
+        "events_per_s_spread": [rate_lo, rate_hi],
+        "median_cpu_us_per_event": cpu,
+        "cpu_us_per_event_spread": [cpu_lo, cpu_hi],
+    }
+    name = f"drain-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}.json"
+    (REPORTS / name).write_text(json.dumps(report, indent=1))
+    if args.flow == DEFAULT_FLOW and not args.exactly_once and args.profile == "latency":
+        record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})
+    elif args.flow == DEFAULT_FLOW and args.exactly_once and args.profile == "latency":
+        record("fraud", {"drain_exactly_once_events_per_s": rate})
     return 0
 
 

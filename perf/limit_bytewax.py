@@ -1,7 +1,8 @@
 """limit-bytewax: the cheapest Bytewax flow on the same topics: decode, re-encode, write.
 
-``python -m bytewax.run perf.limit_bytewax:flow``. It uses the same source and
-sink as the fraud flow, so the gap between the two is the fraud logic itself.
+``python -m bytewax.run "perf.limit_bytewax:from_env()"``. It uses the same
+source and sink as the fraud flow, so the gap between the two is the fraud
+logic itself.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Dataflow
 
-from operators.kafka_records import KafkaRecord, SourceRecord
-from operators.kafka_sink import KafkaProducerSink
-from operators.kafka_source import KafkaPartitionSource
-from sluice.settings import Settings
+from dataflows.runtime import flow_from_env
+from operators.kafka.output import kafka_output
+from operators.kafka.records import KafkaRecord, SourceRecord
+from operators.kafka.source import KafkaPartitionSource
+from sluice.settings import FraudSettings
 
 
 def passthrough(rec: SourceRecord, topic: str) -> KafkaRecord:
@@ -30,19 +32,17 @@ def passthrough(rec: SourceRecord, topic: str) -> KafkaRecord:
     return KafkaRecord(topic, rec.key, orjson.dumps(out))
 
 
-def build_flow(settings: Settings) -> Dataflow:
+def build_flow(settings: FraudSettings) -> Dataflow:
     flow = Dataflow("limit_bytewax")
+    conn = settings.connection()
     src = KafkaPartitionSource(
-        settings.brokers,
-        [settings.transactions_topic],
-        start=settings.start_from,
-        batch_size=settings.source_batch_size,
-        config=settings.kafka,
+        conn, [settings.transactions_topic], start=settings.start_from, batch_size=settings.source_batch_size
     )
     records = op.input("in", flow, src)
     out = op.map("passthrough", records, lambda r: passthrough(r, settings.decisions_topic))
-    op.output("out", out, KafkaProducerSink(settings.kafka_config()))
+    kafka_output("out", out, conn, [settings.decisions_topic])
     return flow
 
 
-flow = build_flow(Settings.from_env())
+def from_env() -> Dataflow:
+    return flow_from_env(FraudSettings, build_flow, redis=False)

@@ -9,36 +9,30 @@ from __future__ import annotations
 import signal
 import sys
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from operators.kafka_records import SourceRecord
-from operators.kafka_sink import LOW_LATENCY_PRODUCER, produce_all
-from operators.kafka_source import list_partitions
+from operators.kafka.admin import list_partitions
+from operators.kafka.records import SourceRecord
+from operators.kafka.sink import produce_all
 from perf.limit_bytewax import passthrough
-from sluice.collector import poll_batch
-from sluice.settings import Settings
+from sluice.harness.collector import poll_batch
+from sluice.settings import FraudSettings
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    settings = FraudSettings.from_env()
+    conn = settings.connection()
     consumer = Consumer(
-        settings.kafka_config(
-            **{
-                "group.id": "limit-raw",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
-                "isolation.level": "read_committed",
-            }
+        conn.consumer_config(
+            **{"group.id": "limit-raw", "enable.auto.commit": False, "isolation.level": "read_committed"}
         )
     )
     topic = settings.transactions_topic
-    parts = list_partitions(settings.kafka_config(), topic)
+    parts = list_partitions(conn, topic)
     consumer.assign(
         [TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[0]) for p in parts]
     )
-    from confluent_kafka import Producer
-
-    producer = Producer(settings.kafka_config(**LOW_LATENCY_PRODUCER))
+    producer = Producer(conn.producer_config())
     running = True
 
     def stop(*_: object) -> None:
@@ -51,7 +45,8 @@ def main() -> int:
         msgs = poll_batch(consumer, 0.05)
         out = [
             passthrough(
-                SourceRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value()), settings.decisions_topic
+                SourceRecord(m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value()),
+                settings.decisions_topic,
             )
             for m in msgs
             if m.error() is None

@@ -18,6 +18,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -26,11 +27,12 @@ import orjson
 from models.chunking import document_chunks
 from models.document import DocumentEvent
 from models.text_encoder import TextEncoder, shared_encoder
-from sluice.corpus import QUESTIONS_PATH, load_corpus
-from sluice.settings import REPO_ROOT, AssistantSettings
+from perf.summary import REPORTS
+from sluice.local.corpus import QUESTIONS_PATH, load_corpus
+from sluice.settings import AssistantSettings
 from state.vector_index import VectorIndex
 
-REPORT = REPO_ROOT / "perf" / "reports" / "rag_eval.json"
+REPORT = REPORTS / "rag_eval.json"
 
 
 @dataclass
@@ -53,7 +55,9 @@ def build_corpus_index(encoder: TextEncoder, docs: list[DocumentEvent], settings
     return CorpusIndex(idx, idx.chunk_count, time.perf_counter() - t0)
 
 
-def recall_at(index: VectorIndex, encoder: TextEncoder, questions: list[dict], k: int = 5) -> dict[str, float]:  # type: ignore[type-arg]
+def recall_at(
+    index: VectorIndex, encoder: TextEncoder, questions: list[dict[str, Any]], k: int = 5
+) -> dict[str, float]:
     """Share of questions with a relevant document among the top-``k`` chunks, overall and per kind."""
     vectors = encoder.encode([q["question"] for q in questions])
     results = index.search(vectors, k)

@@ -1,4 +1,4 @@
-"""Checkpoints and replays: ``python -m sluice.replay {list,backup,run}``.
+"""Checkpoints and replays: ``sluice replay {list,backup,run}``.
 
 * ``list DIR``: the recovery store's executions, committed epoch and checkpoints
   (epoch, time, input offsets).
@@ -17,10 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sluice.flowproc import FlowProcesses, init_recovery
-from sluice.settings import Settings
-from sluice.stack import create_topics
+from operators.kafka.admin import create_topics
+from sluice.processes import FlowProcesses, init_recovery
+from sluice.settings import FraudSettings
 from state.checkpoints import backup, summarize
+
+DEFAULT_FLOW = "dataflows.fraud:from_env()"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -40,7 +42,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_env(settings: Settings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
+def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
     """Environment for a backfill flow: its own output topics and transactional ids, stop at the end."""
     return {
         **settings.to_env(),
@@ -54,7 +56,7 @@ def replay_env(settings: Settings, output_topic: str, start_from: str, exactly_o
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = FraudSettings.from_env()
     if args.output_topic in (settings.decisions_topic, settings.dlq_topic):
         print("error: a replay must write to its own topic, not the live flow's", file=sys.stderr)
         return 2
@@ -64,16 +66,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.from_time is not None:
         start = f"time:{args.from_time}"
     partitions = settings.topic_partitions
-    create_topics(settings.brokers, {args.output_topic: partitions, f"{args.output_topic}-dlq": 1}, settings.kafka)
+    create_topics(settings.connection(), {args.output_topic: partitions, f"{args.output_topic}-dlq": 1})
     scratch = Path(tempfile.mkdtemp(prefix="sluice-replay-"))
     try:
-        recovery = scratch / "recovery"
+        recovery: Path | None = None
         if args.from_backup:
+            recovery = scratch / "recovery"
             shutil.copytree(args.from_backup, recovery)
         elif args.exactly_once:
+            recovery = scratch / "recovery"
             init_recovery(recovery)
-        else:
-            recovery = None  # type: ignore[assignment]
         flow = FlowProcesses(
             args.flow,
             replay_env(settings, args.output_topic, start, args.exactly_once),
@@ -87,31 +89,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="show checkpoints")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``list``, ``backup`` and ``run`` under ``parser`` (``sluice replay ...``)."""
+    sub = parser.add_subparsers(dest="replay_command", required=True, metavar="{list,backup,run}")
+    p = sub.add_parser("list", help="show a recovery store's executions and checkpoints")
     p.add_argument("dir")
     p.add_argument("--input-step", default="transactions", help="suffix of the input step id")
     p.set_defaults(fn=cmd_list)
-    p = sub.add_parser("backup", help="copy the store")
+    p = sub.add_parser("backup", help="consistent copy of a recovery store (safe while the flow runs)")
     p.add_argument("dir")
     p.add_argument("dest")
     p.set_defaults(fn=cmd_backup)
-    p = sub.add_parser("run", help="backfill into a separate topic")
+    p = sub.add_parser("run", help="backfill into a separate topic, reading to the current end of the input")
     p.add_argument("--output-topic", required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-backup")
     src.add_argument("--from-offset", type=int)
     src.add_argument("--from-time", type=int, help="epoch milliseconds (Kafka record timestamp)")
-    p.add_argument("--flow", default="dataflows.fraud:flow")
+    p.add_argument("--flow", default=DEFAULT_FLOW)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--exactly-once", action="store_true")
     p.add_argument("--timeout", type=float, default=3600)
     p.set_defaults(fn=cmd_run)
-    args = parser.parse_args(argv)
-    return int(args.fn(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,15 @@
-"""One typed settings object, read from ``SLUICE_*`` environment variables.
+"""Typed settings for every flow, read from ``SLUICE_*`` environment variables and checked at start.
 
-Every knob a flow needs lives here so that a deployment is configured in one
-place. Kafka client options (``security.protocol``, SASL, TLS, ...) pass through
+Each workflow has one frozen settings class (:class:`FraudSettings`,
+:class:`AssistantSettings`, ...) built on :class:`FlowSettings`; it owns the
+topics the workflow reads and writes. A field ``max_batch`` is read from
+``SLUICE_MAX_BATCH``. Values are parsed by the field's type and checked against
+its rule, and every problem is reported as one line that names the variable
+and what it accepts, so a flow never starts half-configured:
+
+    SLUICE_EXACTLY_ONCE='ture' is not a boolean: use true, false, 1 or 0
+
+Kafka client options (``security.protocol``, SASL, TLS, ...) pass through
 untouched from variables named ``SLUICE_KAFKA_<OPTION>``, with dots written as
 underscores: ``SLUICE_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes
 ``security.protocol=SASL_SSL``.
@@ -9,15 +17,90 @@ underscores: ``SLUICE_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` becomes
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import TypeVar
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from operators.kafka.connection import PROFILES, KafkaConnection
+from operators.kafka.source import StartAt
 
 KAFKA_PREFIX = "SLUICE_KAFKA_"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Variables read by tools rather than by a settings class (not flagged as unknown).
+TOOL_VARIABLES = frozenset({"SLUICE_REDIS_SERVER", "SLUICE_STACK_KAFKA_PORT", "SLUICE_STACK_REDIS_PORT"})
 S = TypeVar("S", bound="FlowSettings")
+log = logging.getLogger("sluice.settings")
+
+
+class SettingsError(ValueError):
+    """One or more settings are wrong; each line of the message names a variable."""
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | Mapping[str, Any] | None = None,
+    check: Callable[[Any], object] | None = None,
+) -> Any:
+    """A settings field: its default, one line of documentation, and the rule its value must follow.
+
+    ``check`` raises ``ValueError`` with a message saying what is accepted.
+    """
+    meta: dict[str, Any] = {
+        "doc": doc,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": tuple(choices) if choices else None,
+        "check": check,
+    }
+    return field(default=default, metadata=meta)
+
+
+def env_name(field_name: str) -> str:
+    return f"SLUICE_{field_name.upper()}"
+
+
+def _parse(raw: str, default: Any, name: str) -> Any:
+    text = raw.strip()
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true"):
+            return True
+        if lowered in ("0", "false"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a boolean: use true, false, 1 or 0")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+    return raw
+
+
+def _check(f: Field[Any], value: Any, name: str) -> None:
+    meta = f.metadata
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise SettingsError(f"{name}={value!r} is too small: it must be at least {meta['minimum']:g}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise SettingsError(f"{name}={value!r} is too large: it must be at most {meta['maximum']:g}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise SettingsError(f"{name}={value!r} is not allowed: use one of {', '.join(meta['choices'])}")
+    if meta.get("check") is not None:
+        try:
+            meta["check"](value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={value!r}: {exc}") from None
 
 
 def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
@@ -28,130 +111,220 @@ def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _redis_url(url: str) -> None:
+    if not re.match(r"^(redis|rediss|unix)://", url):
+        raise ValueError("a Redis URL starts with redis://, rediss:// or unix:// (e.g. redis://host:6379/0)")
+
+
+def _device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError("use auto, cpu, cuda or cuda:N")
+
+
+def _topic(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+        raise ValueError("a Kafka topic name is 1-249 characters of letters, digits, '.', '_' and '-'")
+
+
+def _start(spec: str) -> None:
+    StartAt.parse(spec)
+
+
+def _optional_start(spec: str) -> None:
+    if spec:
+        StartAt.parse(spec)
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     """What every Sluice flow needs: where Kafka and Redis are, the dead-letter topic,
-    delivery semantics, where the input starts, and the device for models.
+    delivery semantics, where the input starts, and the device for models."""
 
-    Each workflow extends it with its own fields; all are read the same way from
-    ``SLUICE_<FIELD>`` variables.
-    """
+    all_classes: ClassVar[list[type[FlowSettings]]] = []
 
-    brokers: str = "127.0.0.1:19092"
-    redis_url: str = "redis://127.0.0.1:16379/0"
-    dlq_topic: str = "dead-letters"
-    topic_partitions: int = 4
-    device: str = "auto"
-    exactly_once: bool = False
-    transactional_id_prefix: str = "sluice"
-    start_from: str = "earliest"
-    stop_at_end: bool = False
-    source_batch_size: int = 2000
-    kafka: dict[str, str] = field(default_factory=dict)
+    brokers: str = setting("127.0.0.1:19092", "Kafka bootstrap servers (host:port, comma-separated)")
+    broker_profile: str = setting(
+        "latency", "client batching and fetching: latency, throughput or kafka (operators/kafka/connection.py)",
+        choices=tuple(PROFILES),
+    )  # fmt: skip
+    redis_url: str = setting("redis://127.0.0.1:16379/0", "Redis (online feature store)", check=_redis_url)
+    dlq_topic: str = setting("dead-letters", "dead-letter topic", check=_topic)
+    topic_partitions: int = setting(4, "partitions of the topics `sluice stack topics` creates", minimum=1)
+    device: str = setting("auto", "where models run: auto (CUDA when present), cpu, cuda, cuda:N", check=_device)
+    exactly_once: bool = setting(False, "transactional output, one transaction per epoch (needs -r)")
+    transactional_id_prefix: str = setting("sluice", "prefix of the transactional ids (one per output partition)")
+    start_from: str = setting(
+        "earliest", "where input starts without a checkpoint: earliest, latest, offset:N, time:EPOCH_MS", check=_start
+    )
+    stop_at_end: bool = setting(False, "stop at the end of the input (backfills, replays)")
+    source_batch_size: int = setting(2000, "records a source partition hands over per poll", minimum=1)
+    connect_timeout_s: float = setting(15.0, "how long start-up waits for Kafka and Redis before failing", minimum=0.1)
+    kafka: Mapping[str, str] = field(default_factory=dict)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        FlowSettings.all_classes.append(cls)
+
+    @classmethod
+    def settings_fields(cls) -> list[Field[Any]]:
+        """The fields read from ``SLUICE_<FIELD>`` (everything but the Kafka pass-through)."""
+        return [f for f in fields(cls) if f.name != "kafka"]
 
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None) -> S:
-        """Build settings from ``SLUICE_<FIELD>`` variables (upper-case field names)."""
+        """Build settings from ``SLUICE_<FIELD>`` variables; raises :class:`SettingsError` listing every problem.
+
+        >>> FraudSettings.from_env({"SLUICE_BROKERS": "k1:9092,k2:9092", "SLUICE_MAX_BATCH": "64"}).max_batch
+        64
+        >>> FraudSettings.from_env({"SLUICE_EXACTLY_ONCE": "ture"})
+        Traceback (most recent call last):
+        ...
+        sluice.settings.SettingsError: SLUICE_EXACTLY_ONCE='ture' is not a boolean: use true, false, 1 or 0
+        """
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            if f.name == "kafka":
-                continue
-            raw = env.get(f"SLUICE_{f.name.upper()}")
-            if raw is None:
-                continue
-            default = getattr(cls, f.name)
-            if isinstance(default, bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
-        values["kafka"] = _kafka_passthrough(env)
-        return cls(**values)  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in cls.settings_fields():
+            name = env_name(f.name)
+            raw = env.get(name)
+            value = getattr(cls, f.name) if raw is None else None
+            try:
+                if raw is not None:
+                    value = values[f.name] = _parse(raw, getattr(cls, f.name), name)
+                _check(f, value, name)
+            except SettingsError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise SettingsError("\n".join(problems))
+        _warn_unknown(env)
+        return cls(**values, kafka=_kafka_passthrough(env))
 
     def to_env(self) -> dict[str, str]:
         """The ``SLUICE_*`` variables that make :meth:`from_env` rebuild these settings
         (how a flow process is pointed at them).
 
-        >>> Settings.from_env(Settings(max_batch=7).to_env()).max_batch
+        >>> FraudSettings.from_env(FraudSettings(max_batch=7).to_env()).max_batch
         7
         """
         env = {
-            f"SLUICE_{f.name.upper()}": str(int(v) if isinstance(v, bool) else v)
-            for f in fields(self)
-            if f.name != "kafka" and (v := getattr(self, f.name)) is not None
+            env_name(f.name): str(int(v) if isinstance(v, bool) else v)
+            for f in self.settings_fields()
+            if (v := getattr(self, f.name)) is not None
         }
         env.update({KAFKA_PREFIX + k.upper().replace(".", "_"): v for k, v in self.kafka.items()})
         return env
 
-    def kafka_config(self, **extra: object) -> dict[str, object]:
-        """Client config for confluent-kafka: brokers, pass-through options, then ``extra``."""
-        config: dict[str, object] = {"bootstrap.servers": self.brokers}
-        config.update(self.kafka)
-        config.update(extra)
-        return config
+    def connection(self) -> KafkaConnection:
+        """The Kafka connection every client of this flow uses."""
+        return KafkaConnection(self.brokers, dict(self.kafka), self.broker_profile)
+
+    def input_topics(self) -> list[str]:
+        """Topics the flow reads."""
+        return []
+
+    def output_topics(self) -> list[str]:
+        """Topics the flow writes."""
+        return [self.dlq_topic]
+
+    def topics(self) -> dict[str, int]:
+        """Every topic of the workflow with the partition count `sluice stack topics` gives it."""
+        return {t: self.topic_partitions for t in [*self.input_topics(), *self.output_topics()]} | {self.dlq_topic: 1}
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    known = {env_name(f.name) for c in FlowSettings.all_classes for f in c.settings_fields()} | TOOL_VARIABLES
+    for name in env:
+        if name.startswith("SLUICE_") and not name.startswith(KAFKA_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            log.warning("unknown setting %s%s", name, f" (did you mean {close[0]}?)" if close else "")
 
 
 @dataclass(frozen=True)
-class Settings(FlowSettings):
-    """Runtime configuration of the fraud flow.
+class FraudSettings(FlowSettings):
+    """Runtime configuration of the fraud flow (:mod:`dataflows.fraud`)."""
 
-    >>> s = Settings.from_env({"SLUICE_BROKERS": "k1:9092,k2:9092", "SLUICE_MAX_BATCH": "64"})
-    >>> s.brokers, s.max_batch
-    ('k1:9092,k2:9092', 64)
-    """
+    transactions_topic: str = setting("transactions", "card transactions in", check=_topic)
+    decisions_topic: str = setting("fraud-decisions", "decisions out", check=_topic)
+    labels_topic: str = setting(
+        "fraud-labels", "fraud labels from the generator (the flow never reads it)", check=_topic
+    )
+    max_batch: int = setting(1024, "inference micro-batch size", minimum=1)
+    max_wait_ms: float = setting(1.0, "micro-batch deadline from its first item", minimum=0.0)
+    inference_shards: int = setting(8, "shard keys for batching (at least the total worker count)", minimum=1)
+    model_path: str = setting("models/artifacts/fraud", "model artifact folder (LATEST names the version)")
+    profile_cache_ttl_s: float = setting(30.0, "how long a card profile is cached", minimum=0.0)
+    card_idle_timeout_s: float = setting(3600.0, "window state of an idle card is dropped after this", minimum=1.0)
+    allowed_lateness_s: float = setting(60.0, "how far out of order an event may arrive", minimum=0.0)
+    transactional_id_prefix: str = setting("sluice-fraud", "prefix of the transactional ids (one per output partition)")
 
-    transactions_topic: str = "transactions"
-    decisions_topic: str = "fraud-decisions"
-    labels_topic: str = "fraud-labels"
-    max_batch: int = 1024
-    max_wait_ms: float = 1.0
-    inference_shards: int = 8
-    model_path: str = str(REPO_ROOT / "models" / "artifacts" / "fraud")
-    profile_cache_ttl_s: float = 30.0
-    card_idle_timeout_s: float = 3600.0
-    allowed_lateness_s: float = 60.0
-    transactional_id_prefix: str = "sluice-fraud"
+    def input_topics(self) -> list[str]:
+        return [self.transactions_topic]
+
+    def output_topics(self) -> list[str]:
+        return [self.decisions_topic, self.dlq_topic]
+
+    def topics(self) -> dict[str, int]:
+        return super().topics() | {self.labels_topic: self.topic_partitions}
 
 
 @dataclass(frozen=True)
 class AssistantSettings(FlowSettings):
-    """Runtime configuration of the conversational assistant flow.
+    """Runtime configuration of the conversational assistant flow (:mod:`dataflows.assistant`)."""
 
-    >>> AssistantSettings.from_env({"SLUICE_GENERATE": "0", "SLUICE_TOP_K": "5"}).top_k
-    5
-    """
-
-    documents_topic: str = "documents"
-    requests_topic: str = "chat-requests"
-    requests_start_from: str = ""  # empty: like start_from; "latest" rebuilds the index without re-answering old chats
-    responses_topic: str = "chat-responses"
-    handoff_topic: str = "handoff"
-    index_changes_topic: str = "documents-indexed"
-    dlq_topic: str = "assistant-dead-letters"
-    max_request_chars: int = 2000
-    max_turns: int = 6
-    session_idle_timeout_s: float = 900.0
-    chunk_tokens: int = 160
-    chunk_overlap: int = 32
-    top_k: int = 3
-    context_chars: int = 400  # per passage: the prompt (prefill) is most of the generation cost on a CPU
-    embed_max_batch: int = 64
-    embed_max_wait_ms: float = 2.0
-    embed_shards: int = 1  # raise to the worker count when scaling out
-    torch_threads: int = (
-        1  # intra-op threads per process; 0: torch default (one per core, spin-waits: see perf/REPORT.md)
+    documents_topic: str = setting("documents", "document upserts and deletes in (one partition)", check=_topic)
+    requests_topic: str = setting("chat-requests", "chat turns in", check=_topic)
+    requests_start_from: str = setting(
+        "",
+        "where chat requests start (empty: like START_FROM; latest rebuilds the index without re-answering)",
+        check=_optional_start,
     )
-    encoder_int8: bool = True  # CPU only; changing it needs a fresh index (documents replayed)
-    generate: bool = True
-    llm_path: str = ""
-    gen_max_batch: int = 16
-    gen_max_wait_ms: float = 5.0
-    gen_shards: int = 1
-    gen_max_new_tokens: int = 48
-    gen_deadline_ms: float = 10_000.0
-    transactional_id_prefix: str = "sluice-assistant"
-    source_batch_size: int = 500
+    responses_topic: str = setting("chat-responses", "answers out", check=_topic)
+    handoff_topic: str = setting("handoff", "turns handed to a human", check=_topic)
+    index_changes_topic: str = setting("documents-indexed", "what each document event did to the index", check=_topic)
+    dlq_topic: str = setting("assistant-dead-letters", "dead-letter topic", check=_topic)
+    max_request_chars: int = setting(2000, "longest chat turn answered", minimum=1)
+    max_turns: int = setting(6, "turns remembered per session", minimum=0)
+    session_idle_timeout_s: float = setting(900.0, "a session idle this long is forgotten", minimum=1.0)
+    chunk_tokens: int = setting(160, "chunk size in encoder tokens", minimum=16, maximum=256)
+    chunk_overlap: int = setting(32, "overlap between chunks in tokens", minimum=0)
+    top_k: int = setting(3, "passages per answer", minimum=1, maximum=20)
+    context_chars: int = setting(400, "characters per passage in the prompt", minimum=50)
+    embed_max_batch: int = setting(64, "embedding micro-batch size", minimum=1)
+    embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)
+    embed_shards: int = setting(1, "shard keys for embedding (raise to the worker count)", minimum=1)
+    torch_threads: int = setting(1, "intra-op threads per process (0: torch default)", minimum=0)
+    encoder_int8: bool = setting(True, "int8 encoder on CPU (changing it needs a fresh index)")
+    generate: bool = setting(True, "write answers with the LLM (false: passages only)")
+    llm_path: str = setting("", "LLM folder (empty: the converted SmolLM2)")
+    gen_max_batch: int = setting(16, "generation micro-batch size", minimum=1)
+    gen_max_wait_ms: float = setting(5.0, "generation micro-batch deadline", minimum=0.0)
+    gen_shards: int = setting(1, "shard keys for generation", minimum=1)
+    gen_max_new_tokens: int = setting(48, "longest generated answer in tokens", minimum=1)
+    gen_deadline_ms: float = setting(10_000.0, "a turn's answer deadline from its send time", minimum=1.0)
+    transactional_id_prefix: str = setting(
+        "sluice-assistant", "prefix of the transactional ids (one per output partition)"
+    )
+    source_batch_size: int = setting(500, "records a source partition hands over per poll", minimum=1)
+
+    def input_topics(self) -> list[str]:
+        return [self.documents_topic, self.requests_topic]
+
+    def output_topics(self) -> list[str]:
+        return [self.responses_topic, self.handoff_topic, self.index_changes_topic, self.dlq_topic]
+
+    def topics(self) -> dict[str, int]:
+        single = {self.documents_topic: 1, self.handoff_topic: 1, self.index_changes_topic: 1}
+        return super().topics() | single
+
+
+def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = None) -> str:
+    """A Markdown table of ``cls``'s variables, defaults and meanings (fields of ``base`` left out)."""
+    inherited = {f.name for f in base.settings_fields()} if base else set()
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in cls.settings_fields():
+        if f.name in inherited and getattr(cls, f.name) == getattr(base, f.name):
+            continue
+        default = getattr(cls, f.name)
+        shown = str(int(default)) if isinstance(default, bool) else (str(default) if default != "" else "(empty)")
+        rows.append(f"| `{env_name(f.name)}` | `{shown}` | {f.metadata.get('doc', '')} |")
+    return "\n".join(rows)

@@ -19,6 +19,31 @@ log = logging.getLogger(__name__)
 Profile = dict[str, str]
 
 
+class RedisUnavailable(ConnectionError):
+    """Redis did not accept us: not listening, wrong password, wrong URL."""
+
+
+def check_redis(url: str, timeout_s: float) -> None:
+    """Connect and PING; raise :class:`RedisUnavailable` with one line saying why (the password never shown)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    where = client.connection_pool.connection_kwargs
+    target = where.get("path") or f"{where.get('host')}:{where.get('port')}"
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise RedisUnavailable(f"Redis at {target} refused the credentials in SLUICE_REDIS_URL") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise RedisUnavailable(f"Redis at {target} needs a password: put it in SLUICE_REDIS_URL") from None
+        raise RedisUnavailable(f"Redis at {target} answered PING with an error: {exc}") from None
+    except redis.RedisError as exc:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {target} within {timeout_s:g}s ({type(exc).__name__}); check SLUICE_REDIS_URL"
+        ) from None
+    finally:
+        client.close()
+
+
 class FeatureStore:
     """Batched, cached profile reads from Redis, with a circuit breaker.
 

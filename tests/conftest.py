@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from models.train_fraud import main as train_main
-from sluice.settings import Settings
-from sluice.stack import LocalStack, create_topics, default_topics, free_port
+from operators.kafka.admin import create_topics
+from sluice.local.stack import LocalStack
+from sluice.processes import free_port
+from sluice.settings import FraudSettings
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +34,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def settings(stack: LocalStack, model_dir: Path) -> Settings:
+def settings(stack: LocalStack, model_dir: Path) -> FraudSettings:
     """Settings pointing at the session stack, with topics of this test's own."""
     tag = uuid.uuid4().hex[:8]
     s = replace(
-        Settings(),
+        FraudSettings(),
         brokers=stack.brokers,
         redis_url=stack.redis_url,
         transactions_topic=f"tx-{tag}",
@@ -46,5 +48,5 @@ def settings(stack: LocalStack, model_dir: Path) -> Settings:
         model_path=str(model_dir),
         topic_partitions=3,
     )
-    create_topics(stack.brokers, default_topics(s))
+    create_topics(s.connection(), s.topics())
     return s

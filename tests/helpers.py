@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
+from models.synthetic_transactions import START_MS
 from models.transaction import Transaction
-from sluice.collector import read_all
-from sluice.flowproc import FlowProcesses
-from sluice.generator import START_MS, encode
-from sluice.settings import FlowSettings, Settings
+from operators.kafka.admin import read_all
+from sluice.processes import FlowProcesses
+from sluice.settings import FlowSettings, FraudSettings
+
+FRAUD_FLOW = "dataflows.fraud:from_env()"
 
 
 def txn(
@@ -28,40 +32,48 @@ def txn(
     return Transaction(event_id, card, amount, "USD", merchant, category, country, START_MS + int(t_s * 1000), 0.0)
 
 
-def produce(settings: FlowSettings, values: list[tuple[bytes, bytes]], topic: str | None = None) -> None:
+def produce(
+    settings: FlowSettings, values: Sequence[tuple[bytes | None, bytes | None]], topic: str | None = None
+) -> None:
     """Produce ``(key, value)`` pairs to ``topic`` (default: the fraud flow's transactions) and wait for them."""
     if topic is None:
-        assert isinstance(settings, Settings), "name the topic for flows other than fraud"
+        assert isinstance(settings, FraudSettings), "name the topic for flows other than fraud"
         topic = settings.transactions_topic
-    producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
+    producer = Producer(settings.connection().producer_config(**{"message.max.bytes": 10_000_000}))
     for key, value in values:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
 
 
-def produce_txns(settings: Settings, txns: list[Transaction]) -> None:
+def produce_txns(settings: FraudSettings, txns: list[Transaction]) -> None:
     now = time.time() * 1000
-    produce(settings, [(t.card_id.encode(), encode(t, now)) for t in txns])
+    produce(settings, [(t.card_id.encode(), t.to_json(sent_at_ms=now)) for t in txns])
 
 
-def wait_for(settings: Settings, topic: str, count: int, timeout_s: float = 60) -> list:  # type: ignore[type-arg]
+def wait_for(settings: FlowSettings, topic: str, count: int, timeout_s: float = 60) -> list[Message]:
     """Read ``topic`` until it holds at least ``count`` messages."""
     deadline = time.monotonic() + timeout_s
     while True:
-        msgs = read_all(settings.brokers, topic)
+        msgs = read_all(settings.connection(), topic)
         if len(msgs) >= count or time.monotonic() > deadline:
             return msgs
         time.sleep(0.3)
 
 
-def decisions(msgs: list) -> dict[str, list[dict]]:  # type: ignore[type-arg]
-    out: dict[str, list[dict]] = {}
+def decisions(msgs: list[Message]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
     for m in msgs:
-        d = orjson.loads(m.value())
+        d = orjson.loads(m.value() or b"{}")
         out.setdefault(d["event_id"], []).append(d)
     return out
 
 
-def start_flow(settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None, **kwargs) -> FlowProcesses:  # type: ignore[no-untyped-def]
+def start_flow(
+    settings: FlowSettings,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    flow: str = FRAUD_FLOW,
+    **kwargs: Any,
+) -> FlowProcesses:
     env = {**settings.to_env(), **(extra_env or {})}
-    return FlowProcesses("dataflows.fraud:flow", env, log_dir=log_dir, **kwargs).start()
+    return FlowProcesses(flow, env, log_dir=log_dir, **kwargs).start()

@@ -1,11 +1,13 @@
-"""The assistant flow as users run it (``python -m bytewax.run dataflows.assistant:flow``) against a real broker."""
+"""The assistant flow as users run it (``python -m bytewax.run "dataflows.assistant:from_env()"``) against a real broker."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -14,11 +16,12 @@ from models.chat import ChatRequest
 from models.chunking import document_chunks
 from models.document import DocumentEvent
 from models.text_encoder import shared_encoder
-from sluice.collector import read_all
-from sluice.corpus import load_corpus, publish
-from sluice.flowproc import FlowProcesses, init_recovery
+from operators.kafka.admin import create_topics, read_all
+from sluice.local.corpus import load_corpus, publish
+from sluice.local.demo_assistant import FLOW
+from sluice.local.stack import LocalStack
+from sluice.processes import FlowProcesses, init_recovery
 from sluice.settings import AssistantSettings
-from sluice.stack import LocalStack, assistant_topics, create_topics
 from state.checkpoints import latest_state
 from tests.helpers import produce
 
@@ -42,7 +45,7 @@ SMALL_CORPUS = [
 ]
 
 
-def _settings(stack: LocalStack, **overrides) -> AssistantSettings:  # type: ignore[no-untyped-def]
+def _settings(stack: LocalStack, **overrides: Any) -> AssistantSettings:
     tag = uuid.uuid4().hex[:8]
     s = AssistantSettings(
         brokers=stack.brokers,
@@ -56,15 +59,22 @@ def _settings(stack: LocalStack, **overrides) -> AssistantSettings:  # type: ign
         device="cpu",
     )
     s = replace(s, **overrides)
-    create_topics(stack.brokers, assistant_topics(s))
+    create_topics(s.connection(), s.topics())
     return s
 
 
-def _wait(settings: AssistantSettings, topic: str, done, timeout_s: float = 180.0, flow: FlowProcesses | None = None):  # type: ignore[no-untyped-def]
+def _wait(
+    settings: AssistantSettings,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    timeout_s: float = 180.0,
+    flow: FlowProcesses | None = None,
+) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         bodies = [
-            orjson.loads(m.value()) if topic != settings.dlq_topic else m for m in read_all(settings.brokers, topic, 5)
+            orjson.loads(m.value() or b"{}") if topic != settings.dlq_topic else m
+            for m in read_all(settings.connection(), topic, 5)
         ]
         if done(bodies) or time.monotonic() > deadline:
             return bodies
@@ -77,7 +87,7 @@ def _ask(settings: AssistantSettings, session: str, turn: str, text: str) -> Non
     produce(settings, [(session.encode(), req.to_json())], settings.requests_topic)
 
 
-def _answer(settings: AssistantSettings, session: str, turn: str, flow: FlowProcesses) -> dict:  # type: ignore[type-arg]
+def _answer(settings: AssistantSettings, session: str, turn: str, flow: FlowProcesses) -> dict[str, Any]:
     bodies = _wait(
         settings,
         settings.responses_topic,
@@ -90,15 +100,15 @@ def _answer(settings: AssistantSettings, session: str, turn: str, flow: FlowProc
 
 
 @pytest.fixture(scope="module")
-def running(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def running(
+    stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[AssistantSettings, FlowProcesses]]:
     """One flow with generation (short answers), fed a small slice of the real corpus plus a planted injection."""
     settings = _settings(stack, gen_max_new_tokens=16, max_request_chars=500)
     corpus = {d.doc_id: d for d in load_corpus()}
     docs = [corpus[i] for i in SMALL_CORPUS] + [INJECTION_DOC]
     publish(settings, docs)
-    flow = FlowProcesses(
-        "dataflows.assistant:flow", settings.to_env(), log_dir=tmp_path_factory.mktemp("assistant-logs")
-    ).start()
+    flow = FlowProcesses(FLOW, settings.to_env(), log_dir=tmp_path_factory.mktemp("assistant-logs")).start()
     _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= len(docs), flow=flow)
     yield settings, flow
     flow.stop()
@@ -124,7 +134,7 @@ def test_document_upsert_is_searchable_and_delete_removes_it(running):
         "The zorblax protocol frobs every quux at full moon; zorblax needs three quux.",
         "test",
     )
-    before = len(read_all(settings.brokers, settings.index_changes_topic, 5))
+    before = len(read_all(settings.connection(), settings.index_changes_topic, 5))
     publish(settings, [doc])
     _wait(settings, settings.index_changes_topic, lambda bs: len(bs) > before, flow=flow)
     _ask(settings, "s-zorb", "1", "When does the zorblax protocol frob a quux?")
@@ -177,8 +187,8 @@ def test_planted_injection_does_not_change_routing_prompt_or_format(running):
     )  # ... but its instructions were not followed
     assert set(evil) == set(plain) and set(evil["latency_ms"]) == set(plain["latency_ms"])
     assert "PWNED" not in evil["answer"] and "admin" not in evil["answer"].lower()
-    handoffs = read_all(settings.brokers, settings.handoff_topic, 5)
-    assert not [m for m in handoffs if orjson.loads(m.value())["session_id"] == "s-evil"]
+    handoffs = read_all(settings.connection(), settings.handoff_topic, 5)
+    assert not [m for m in handoffs if orjson.loads(m.value() or b"{}")["session_id"] == "s-evil"]
 
 
 def test_malformed_and_oversized_requests_go_to_the_dlq_and_the_flow_keeps_answering(running):
@@ -210,7 +220,7 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
     logs = tmp_path / "logs"
 
     def start() -> FlowProcesses:
-        return FlowProcesses("dataflows.assistant:flow", settings.to_env(), recovery_dir=recovery, log_dir=logs).start()
+        return FlowProcesses(FLOW, settings.to_env(), recovery_dir=recovery, log_dir=logs).start()
 
     flow = start()
     partial = _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= 30, flow=flow)
@@ -259,7 +269,7 @@ def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, t
     docs = [d for d in load_corpus() if d.doc_id in SMALL_CORPUS]
     publish(settings, docs)
     _ask(settings, "old-session", "1", "asked before the rebuild: not answered again")
-    flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), processes=2, log_dir=tmp_path).start()
+    flow = FlowProcesses(FLOW, settings.to_env(), processes=2, log_dir=tmp_path).start()
     try:
         _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= len(docs), flow=flow)
         questions = {

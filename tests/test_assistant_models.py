@@ -18,7 +18,7 @@ from models.prompting import SYSTEM_PROMPT, build_messages, passages, rewrite_qu
 from models.text_encoder import shared_encoder
 from operators.live_index import live_vector_index
 from perf.rag_eval import build_corpus_index, recall_at
-from sluice.corpus import QUESTIONS_PATH, load_corpus
+from sluice.local.corpus import QUESTIONS_PATH, load_corpus
 from sluice.settings import AssistantSettings
 from state.vector_index import Hit
 
@@ -135,11 +135,12 @@ def test_batched_generation_with_per_request_deadlines():
 def test_follow_up_searches_with_the_previous_query_vector_and_routing_keeps_its_own_intent():
     from dataflows.assistant import Turn, embed_and_classify, with_memory
     from models.chat import ChatRequest
+    from operators.kafka.records import Position
 
     encoder = shared_encoder("cpu")
     first, follow, human = embed_and_classify(
         [
-            Turn(ChatRequest("s", str(i), text, 0.0), ("t", 0, i), (), text, 0.0)
+            Turn(ChatRequest("s", str(i), text, 0.0), Position("t", 0, i), (), text, 0.0)
             for i, text in enumerate(
                 [
                     "How does the with statement work?",
@@ -174,7 +175,9 @@ def test_a_checkpointed_index_is_refused_under_another_encoder():
     from state.vector_index import VectorIndex
 
     state = {**VectorIndex(dim=3, use_gpu=False).state(), "model": "all-MiniLM-L6-v2"}
-    same = _LiveIndexLogic(3, state, lambda t: np.zeros((len(t), 3)), lambda d: [], lambda q: q, 1, "all-MiniLM-L6-v2")
+    same: _LiveIndexLogic = _LiveIndexLogic(
+        3, state, lambda t: np.zeros((len(t), 3)), lambda d: [], lambda q: q, 1, "all-MiniLM-L6-v2"
+    )
     assert same.snapshot()["model"] == "all-MiniLM-L6-v2"
     with pytest.raises(ValueError, match="fresh recovery directory"):
         _LiveIndexLogic(

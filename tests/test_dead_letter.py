@@ -4,12 +4,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from models.transaction import parse_transaction
-from operators.dead_letter import InvalidEvent, parse_or_dead_letter
-from operators.kafka_records import SourceRecord
-from sluice.generator import encode
+from models.wire import InvalidEvent
+from operators.dead_letter import parse_or_dead_letter
+from operators.kafka.records import SourceRecord
 from tests.helpers import txn
 
-GOOD = encode(txn("e1", "c1", 12.5, t_s=0), 1.0)
+GOOD = txn("e1", "c1", 12.5, t_s=0).to_json(sent_at_ms=1.0)
 
 
 @pytest.mark.parametrize(

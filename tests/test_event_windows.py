@@ -88,3 +88,16 @@ def test_idle_keys_expire_and_start_fresh():
     assert [f[0] for _, (_, f) in down] == [1, 1]
     down, _ = _run(items, idle=timedelta(hours=1))
     assert [f[0] for _, (_, f) in down] == [1, 2]
+
+
+def test_a_snapshot_does_not_change_when_events_are_added_after_it():
+    agg = SlidingAggregates(SPEC)
+    agg.add(1000.0, 10.0, "a")
+    snap = agg.state()
+    frozen = (list(snap[0]), list(snap[1]), list(snap[2]), snap[3])
+    agg.add(1010.0, 20.0, "b")
+    agg.add(1005.0, 1.0, "c")
+    assert snap == frozen
+    restored = SlidingAggregates(SPEC, snap)
+    restored.add(1001.0, 1.0, "d")
+    assert snap == frozen  # restoring from a snapshot does not alias it either

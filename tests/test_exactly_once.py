@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.chaos import chaos_run, judge, reference_run, start_sending
+from sluice.harness.chaos import chaos_run, judge, reference_run, start_sending
 
 N_EVENTS = 100_000
 SEND_RATE = 8_000  # events/s: the input keeps arriving for ~12 s, across every kill

@@ -2,8 +2,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from operators.lookup import lookup_profiles
-from sluice.stack import free_port
+from operators.enrich import enrich_batch
+from sluice.processes import free_port
 from state.feature_store import FeatureStore
 
 
@@ -49,7 +49,7 @@ def test_operator_does_one_round_trip_per_runtime_batch(stack):
     out: list = []
     op.output(
         "o",
-        lookup_profiles("l", op.input("in", flow, TestingSource(items, batch_size=20)), factory, str),
+        enrich_batch("l", op.input("in", flow, TestingSource(items, batch_size=20)), lambda: factory().get_many, str),
         TestingSink(out),
     )
     run_main(flow)

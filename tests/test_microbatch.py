@@ -1,10 +1,15 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
+from hypothesis import given
+from hypothesis import strategies as st
 
+from operators.batching import BatchBuffer
 from operators.microbatch import MicroBatchLogic, micro_batch, shard_of
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _run(items, max_batch, max_wait, shards=1):
@@ -30,11 +35,31 @@ def test_flushes_by_size_then_at_eof():
     assert sorted(out) == [x * 10 for x in range(7)]
 
 
-def test_flushes_by_deadline_from_first_item():
-    items = [1, 2, TestingSource.PAUSE(timedelta(milliseconds=400)), 3, 4]
-    calls, out = _run(items, max_batch=100, max_wait=timedelta(milliseconds=50))
+def test_flushes_by_deadline_in_a_running_flow():
+    items = [1, 2, TestingSource.PAUSE(timedelta(milliseconds=300)), 3, 4]
+    calls, _ = _run(items, max_batch=100, max_wait=timedelta(milliseconds=20))
     # 1 and 2 are flushed by the deadline during the pause, not held until 3 and 4 arrive
     assert calls == [[1, 2], [3, 4]]
+
+
+def test_deadline_runs_from_the_first_item_not_the_last():
+    clock = TimeTestingGetter(T0)
+    calls: list[list[int]] = []
+
+    def fn(batch: list[int]) -> list[int]:
+        calls.append(list(batch))
+        return batch
+
+    logic: MicroBatchLogic[int, int] = MicroBatchLogic(fn, 100, timedelta(seconds=1), None, clock.get)
+    logic.on_batch([1])
+    for x in (2, 3, 4):  # a steady trickle that would keep resetting an idle timeout
+        clock.advance(timedelta(seconds=0.4))
+        logic.on_batch([x])
+        if clock.now - T0 >= timedelta(seconds=1):
+            assert logic.notify_at() == T0 + timedelta(seconds=1)
+            assert logic.on_notify()[0] == [1, 2, 3, 4]
+    assert calls == [[1, 2, 3, 4]]
+    assert logic.notify_at() is None
 
 
 def test_every_item_has_one_result_across_shards():
@@ -44,14 +69,42 @@ def test_every_item_has_one_result_across_shards():
 
 
 def test_buffer_survives_snapshot_and_flushes_first_after_restore():
-    logic: MicroBatchLogic[int, int] = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), None)
+    clock = TimeTestingGetter(T0)
+    logic: MicroBatchLogic[int, int] = MicroBatchLogic(
+        lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), None, clock.get
+    )
     out, _ = logic.on_batch([1, 2, 3])
-    assert out == [] and logic.snapshot() == [1, 2, 3]
-    restored = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), logic.snapshot())
-    assert restored.notify_at() is not None  # overdue: flush at the first chance
+    snap = logic.snapshot()
+    assert out == [] and snap == [1, 2, 3]
+    logic.on_batch([4])
+    assert snap == [1, 2, 3]  # the snapshot is a copy
+    restored = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), snap, clock.get)
+    assert restored.notify_at() == T0  # overdue: flush at the first chance
     assert restored.on_notify()[0] == [2, 3, 4]
 
 
 def test_shards_are_stable_and_spread():
     assert shard_of("card-1", 8) == shard_of("card-1", 8)
     assert len({shard_of(f"card-{i}", 8) for i in range(200)}) == 8
+
+
+@given(
+    st.lists(st.tuples(st.lists(st.integers(), max_size=20), st.integers(min_value=0, max_value=3000)), max_size=30),
+    st.integers(min_value=1, max_value=16),
+)
+def test_buffer_keeps_order_and_each_item_once_and_its_deadline_is_the_oldest_items(arrivals, max_batch):
+    wait = timedelta(seconds=1)
+    buf: BatchBuffer[int] = BatchBuffer(max_batch, wait)
+    now, taken, added, pending_deadlines = T0, [], [], []
+    for values, step_ms in arrivals:
+        now += timedelta(milliseconds=step_ms)
+        buf.add(values, now)
+        added += values
+        pending_deadlines += [now + wait] * len(values)
+        while buf.due(now):
+            head = buf.take()
+            assert len(head) <= max_batch
+            taken += head
+            pending_deadlines = pending_deadlines[len(head) :]
+        assert buf.deadline == (pending_deadlines[0] if pending_deadlines else None)
+    assert taken + buf.snapshot() == added

@@ -31,7 +31,7 @@ def test_scorer_scores_a_batch_in_one_call(model_dir):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_fraud"):
+    with pytest.raises(FileNotFoundError, match="sluice train fraud"):
         load_scorer(tmp_path)
 
 

@@ -4,10 +4,10 @@ import json
 
 from confluent_kafka import Producer
 
-from operators.kafka_records import KafkaRecord
+from operators.kafka.records import KafkaRecord
 from perf.bench import RunConfig, RunResult, main, max_sustainable
-from sluice.collector import latency_histogram, latency_summary
-from sluice.loadgen import send_open_loop
+from sluice.harness.collector import latency_histogram, latency_summary
+from sluice.harness.loadgen import send_open_loop
 
 
 def test_percentiles_on_known_latencies():
@@ -31,7 +31,7 @@ def test_max_sustainable_rate_is_the_highest_rate_meeting_p99_with_nothing_lost(
 
 
 def test_open_loop_sender_keeps_its_schedule(settings):
-    producer = Producer(settings.kafka_config())
+    producer = Producer(settings.connection().producer_config())
 
     def records():
         while True:

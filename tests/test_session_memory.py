@@ -1,8 +1,9 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.operators import StatefulBatchLogic
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 
 from operators.session_memory import SessionMemoryLogic, session_memory
 
@@ -16,13 +17,12 @@ def _run(items, max_turns=3, idle=timedelta(hours=1)):
     )
     out: list = []
     op.output("out", remembered, TestingSink(out))
-    before = SessionMemoryLogic.live
     run_main(flow)
-    return [(k, v, hist) for k, (v, hist) in out], SessionMemoryLogic.live - before
+    return [(k, v, hist) for k, (v, hist) in out]
 
 
 def test_pairs_each_value_with_the_previous_ones_per_key_bounded():
-    out, _ = _run([("a", 1), ("b", 10), ("a", 2), ("a", 3), ("a", 4), ("a", 5)], max_turns=3)
+    out = _run([("a", 1), ("b", 10), ("a", 2), ("a", 3), ("a", 4), ("a", 5)], max_turns=3)
     assert [(k, v, h) for k, v, h in out if k == "a"] == [
         ("a", 1, ()),
         ("a", 2, (1,)),
@@ -33,16 +33,21 @@ def test_pairs_each_value_with_the_previous_ones_per_key_bounded():
     assert ("b", 10, ()) in out
 
 
-def test_idle_sessions_are_forgotten_and_their_state_freed():
-    items = [("a", 1), ("b", 1), ("a", 2), TestingSource.PAUSE(timedelta(milliseconds=600)), ("a", 3)]
-    out, live_delta = _run(items, idle=timedelta(milliseconds=200))
+def test_idle_sessions_are_forgotten_in_a_running_flow():
+    items = [("a", 1), ("b", 1), ("a", 2), TestingSource.PAUSE(timedelta(milliseconds=400)), ("a", 3)]
+    out = _run(items, idle=timedelta(milliseconds=100))
     # a's memory expired during the pause: its third turn starts a fresh memory
     assert [(v, h) for k, v, h in out if k == "a"] == [(1, ()), (2, (1,)), (3, ())]
-    # b expired too and was not recreated; a was recreated once and is held at EOF: one live key left
-    assert live_delta == 1
 
 
-def test_many_sessions_after_they_end_hold_nothing():
-    items = [(f"s{i}", 1) for i in range(2000)] + [TestingSource.PAUSE(timedelta(milliseconds=500))]
-    _, live_delta = _run(items, idle=timedelta(milliseconds=100))
-    assert live_delta == 0
+def test_idle_expiry_discards_the_state_and_activity_postpones_it():
+    clock = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+    logic: SessionMemoryLogic[str, str] = SessionMemoryLogic(6, timedelta(minutes=15), None, lambda v: v, clock.get)
+    logic.on_batch(["hello"])
+    clock.advance(timedelta(minutes=10))
+    logic.on_batch(["again"])  # activity moves the expiry
+    assert logic.notify_at() == clock.now + timedelta(minutes=15)
+    clock.advance(timedelta(minutes=15))
+    out, keep = logic.on_notify()
+    assert out == [] and keep is StatefulBatchLogic.DISCARD
+    assert logic.snapshot() == (("hello", "again"), (clock.now - timedelta(minutes=15)).timestamp())

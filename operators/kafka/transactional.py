@@ -32,22 +32,16 @@ still see each input once.
 
 from __future__ import annotations
 
-import logging
-import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.kafka_records import ID_HEADER, KafkaRecord
-from operators.kafka_sink import DeliveryFailed, produce_all
-from operators.kafka_source import list_partitions, read_to_end
-
-log = logging.getLogger(__name__)
+from operators.kafka.admin import log, read_to_end
+from operators.kafka.connection import KafkaConnection
+from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
+from operators.kafka.sink import DeliveryFailed, TopicPartitionedSink, produce_all
 
 
 @dataclass(frozen=True)
@@ -58,41 +52,67 @@ class PartitionState:
 
 
 def record_id(rec: KafkaRecord) -> bytes | None:
-    for name, value in rec.headers:
-        if name == ID_HEADER:
-            return value
-    return None
+    """The ``sluice.id`` header of a record to produce."""
+    return header_value(rec.headers, ID_HEADER)
 
 
 def committed_ids(
-    config: Mapping[str, Any], topic: str, partition: int, start: int, timeout_s: float = 60.0
+    conn: KafkaConnection, topic: str, partition: int, start: int, timeout_s: float = 60.0
 ) -> tuple[set[bytes], int]:
     """``sluice.id`` of every committed record in ``topic[partition]`` from ``start`` to the end,
     and the end offset."""
-    msgs, ends = read_to_end(config, topic, {partition: start}, timeout_s)
-    ids: set[bytes] = set()
-    for msg in msgs:
-        headers = msg.headers() or []
-        pairs = headers.items() if isinstance(headers, dict) else headers
-        ids.update(v for k, v in pairs if k == ID_HEADER and isinstance(v, bytes))
+    msgs, ends = read_to_end(conn, topic, {partition: start}, timeout_s)
+    ids = {v for v in (header_value(m.headers(), ID_HEADER) for m in msgs) if v is not None}
     return ids, ends[partition]
+
+
+class SkipList:
+    """Ids committed after the checkpoint a partition resumed from: each is skipped once when replayed.
+
+    >>> skip = SkipList({b"tx/0/5"})
+    >>> [r.value for r in skip.fresh([KafkaRecord("t", None, b"a", [(ID_HEADER, b"tx/0/5")]),
+    ...                               KafkaRecord("t", None, b"b", [(ID_HEADER, b"tx/0/6")])])]
+    [b'b']
+    >>> len(skip)
+    0
+    """
+
+    def __init__(self, ids: set[bytes]) -> None:
+        self._ids = set(ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def fresh(self, items: list[KafkaRecord]) -> list[KafkaRecord]:
+        if not self._ids:
+            return items
+        out = []
+        for rec in items:
+            rid = record_id(rec)
+            if rid is not None and rid in self._ids:
+                self._ids.discard(rid)
+            else:
+                out.append(rec)
+        return out
 
 
 class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]):
     def __init__(
-        self, config: dict[str, Any], topic: str, partition: int, transactional_id: str, resume: PartitionState | None
+        self, conn: KafkaConnection, topic: str, partition: int, transactional_id: str, resume: PartitionState | None
     ):
         self.topic, self.partition = topic, partition
-        self._producer = Producer({**config, "transactional.id": transactional_id, "linger.ms": 5})
+        config = conn.producer_config(**{"transactional.id": transactional_id, "linger.ms": 5, "logger": log})
+        self._producer = Producer(config)
         self._producer.init_transactions(30)  # fences a crashed predecessor, aborts its open transaction
         start = resume.next_offset if resume is not None else 0
-        self._skip, self._next_offset = committed_ids(config, topic, partition, start)
-        if self._skip:
+        skip, self._next_offset = committed_ids(conn, topic, partition, start)
+        self._skip = SkipList(skip)
+        if skip:
             log.info(
                 "%s[%d]: %d records were committed after the checkpoint; skipping them on replay",
                 topic,
                 partition,
-                len(self._skip),
+                len(skip),
             )
         self._in_txn = False
         self._errors: list[str] = []
@@ -104,22 +124,14 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
             self._next_offset = max(self._next_offset, (msg.offset() or 0) + 1)
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
-        if self._skip:
-            fresh = []
-            for rec in items:
-                rid = record_id(rec)
-                if rid is not None and rid in self._skip:
-                    self._skip.discard(rid)
-                else:
-                    fresh.append(rec)
-            items = fresh
+        items = self._skip.fresh(items)
         if not items:
             return
         if not self._in_txn:
             self._producer.begin_transaction()
             self._in_txn = True
         try:
-            produce_all(self._producer, items, self._on_delivery)
+            produce_all(self._producer, items, self._on_delivery, self.partition)
         except KafkaException as exc:
             raise DeliveryFailed(str(exc)) from exc
 
@@ -139,51 +151,14 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
             self.snapshot()
 
 
-class TransactionalKafkaSink(FixedPartitionedSink[KafkaRecord, PartitionState]):
+class TransactionalKafkaSink(TopicPartitionedSink[PartitionState]):
     """Exactly-once sink for ``(\"topic:partition\", KafkaRecord)`` items; see the module docstring."""
 
-    def __init__(self, config: Mapping[str, Any], topics: list[str], transactional_id_prefix: str) -> None:
-        self._config = dict(config)
-        self._topics = sorted(topics)
+    def __init__(self, connection: KafkaConnection, topics: Iterable[str], transactional_id_prefix: str) -> None:
+        super().__init__(connection, topics)
         self._prefix = transactional_id_prefix
-        self._parts: list[str] | None = None
-        self._index: dict[str, int] = {}
-
-    def list_parts(self) -> list[str]:
-        if self._parts is None:
-            self._parts = [f"{t}:{p}" for t in self._topics for p in list_partitions(self._config, t)]
-            self._index = {name: i for i, name in enumerate(self._parts)}
-        return self._parts
-
-    def part_fn(self, item_key: str) -> int:
-        self.list_parts()
-        return self._index[item_key]
 
     def build_part(self, step_id: str, for_part: str, resume_state: PartitionState | None) -> _TransactionalPartition:
         topic, _, partition = for_part.rpartition(":")
         txn_id = f"{self._prefix}-{topic}-{partition}"
-        return _TransactionalPartition(self._config, topic, int(partition), txn_id, resume_state)
-
-
-class Partitioner:
-    """Assigns a record without a partition to ``crc32(key) % partitions`` of its topic."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._config = dict(config)
-        self._counts: dict[str, int] = {}
-
-    def __call__(self, rec: KafkaRecord) -> tuple[str, KafkaRecord]:
-        if rec.partition is None:
-            n = self._counts.get(rec.topic)
-            if n is None:
-                n = self._counts[rec.topic] = len(list_partitions(self._config, rec.topic))
-            rec = replace(rec, partition=zlib.crc32(rec.key or b"") % n)
-        return f"{rec.topic}:{rec.partition}", rec
-
-
-def exactly_once_output(
-    step_id: str, up: Stream[KafkaRecord], config: Mapping[str, Any], topics: list[str], transactional_id_prefix: str
-) -> None:
-    """Write ``up`` to ``topics`` exactly once (records need a ``sluice.id`` header)."""
-    routed = op.map(f"{step_id}_route", up, Partitioner(config))
-    op.output(step_id, routed, TransactionalKafkaSink(config, topics, transactional_id_prefix))
+        return _TransactionalPartition(self._connection, topic, int(partition), txn_id, resume_state)

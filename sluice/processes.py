@@ -1,9 +1,10 @@
-"""Start, stop and kill ``python -m bytewax.run`` processes (demo, tests, benchmarks, chaos)."""
+"""Run a dataflow as ``python -m bytewax.run`` processes: start, stop, kill (replays, demos, tests, chaos)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sluice.stack import free_port
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""``make assistant-demo``: the conversational assistant end to end on a local stack.
+"""``sluice demo assistant`` (``make assistant-demo``): the conversational assistant end to end on a local stack.
 
 Starts Tansu + Redis, converts the LLM once if needed, publishes the corpus onto
-``documents``, runs ``python -m bytewax.run dataflows.assistant:flow``, waits
+``documents``, runs ``python -m bytewax.run "dataflows.assistant:from_env()"``, waits
 until every document is indexed, asks a short scripted conversation (knowledge
 questions, a follow-up, small talk, a request for a human) and prints each
 answer with its citations and latency breakdown. Then it stops everything.
@@ -12,17 +12,21 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from typing import Any
 
 import orjson
 from confluent_kafka import Producer
 
 from models.chat import ChatRequest
 from models.convert_llm import ensure_converted
-from sluice.collector import read_all
-from sluice.corpus import load_corpus, publish
-from sluice.flowproc import FlowProcesses
-from sluice.settings import REPO_ROOT, AssistantSettings
-from sluice.stack import assistant_topics, stack_from_env
+from operators.kafka.admin import read_all
+from sluice.local.corpus import load_corpus, publish
+from sluice.local.stack import PROJECT_ROOT, stack_from_env
+from sluice.processes import FlowProcesses
+from sluice.settings import AssistantSettings
+
+FLOW = "dataflows.assistant:from_env()"
+Body = dict[str, Any]
 
 CONVERSATION = [
     ("alice", "hi there!"),
@@ -41,7 +45,7 @@ def wait_indexed(settings: AssistantSettings, flow: FlowProcesses, count: int, t
     while time.monotonic() - t0 < timeout_s:
         if not flow.alive():
             raise RuntimeError("the flow exited; see .stack/assistant-logs/")
-        if len(read_all(settings.brokers, settings.index_changes_topic, timeout_s=5)) >= count:
+        if len(read_all(settings.connection(), settings.index_changes_topic, timeout_s=5)) >= count:
             return time.monotonic() - t0
         time.sleep(1.0)
     raise TimeoutError(f"fewer than {count} documents indexed after {timeout_s:.0f}s")
@@ -49,26 +53,26 @@ def wait_indexed(settings: AssistantSettings, flow: FlowProcesses, count: int, t
 
 def ask(
     settings: AssistantSettings, turns: list[tuple[str, str]], timeout_s: float = 300.0
-) -> dict[tuple[str, str], dict]:  # type: ignore[type-arg]
+) -> dict[tuple[str, str], Body]:
     """Send ``turns`` (session, text) and wait for one response or handoff per turn."""
-    producer = Producer(settings.kafka_config())
+    producer = Producer(settings.connection().producer_config())
     for n, (session, text) in enumerate(turns):
         req = ChatRequest(session, str(n), text, time.time() * 1000.0)
         producer.produce(settings.requests_topic, key=session.encode(), value=req.to_json())
     producer.flush(10)
     deadline = time.monotonic() + timeout_s
-    out: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
+    out: dict[tuple[str, str], Body] = {}
     while len(out) < len(turns) and time.monotonic() < deadline:
         for topic in (settings.responses_topic, settings.handoff_topic):
-            for msg in read_all(settings.brokers, topic, timeout_s=5):
-                body = orjson.loads(msg.value())
+            for msg in read_all(settings.connection(), topic, timeout_s=5):
+                body = orjson.loads(msg.value() or b"{}")
                 body.setdefault("route", "handoff")
                 out[(body["session_id"], body["turn_id"])] = body
         time.sleep(0.5)
     return out
 
 
-def show(turns: list[tuple[str, str]], answers: dict[tuple[str, str], dict]) -> None:  # type: ignore[type-arg]
+def show(turns: list[tuple[str, str]], answers: dict[tuple[str, str], Body]) -> None:
     for n, (session, text) in enumerate(turns):
         body = answers.get((session, str(n)))
         print(f"\n[{session}] {text}")
@@ -90,16 +94,13 @@ def show(turns: list[tuple[str, str]], answers: dict[tuple[str, str], dict]) -> 
         print("   latency ms: " + "  ".join(f"{k} {v:.0f}" for k, v in lat.items()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--no-generate", action="store_true", help="retrieval path only (answers are the passages)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     stack = stack_from_env()
     print(f"starting local stack: kafka {stack.brokers}, redis {stack.redis_url}")
     stack.start()
     settings = replace(AssistantSettings.from_env(), brokers=stack.brokers, generate=not args.no_generate)
-    stack.create_topics(assistant_topics(settings))
-    flow = FlowProcesses("dataflows.assistant:flow", settings.to_env(), log_dir=REPO_ROOT / ".stack" / "assistant-logs")
+    stack.create_topics(settings.topics())
+    flow = FlowProcesses(FLOW, settings.to_env(), log_dir=PROJECT_ROOT / ".stack" / "assistant-logs")
     try:
         if settings.generate:
             print(f"LLM ready in {ensure_converted()}")
@@ -115,7 +116,3 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         print("\nstack stopped")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

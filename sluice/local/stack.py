@@ -1,13 +1,13 @@
 """Local development stack: a Kafka-compatible broker (Tansu) and Redis on loopback.
 
-``python -m sluice.stack up`` starts both, creates the topics and waits until
-they answer; ``python -m sluice.stack down`` stops them by PID and removes their
-data. Tests use :class:`LocalStack` directly, on free ports.
+``sluice stack up`` starts both, creates every workflow's topics and waits until
+they answer; ``sluice stack down`` stops them by PID and removes their data;
+``sluice stack topics`` creates the topics on whatever ``SLUICE_BROKERS`` points
+at (a real cluster too). Tests use :class:`LocalStack` directly, on free ports.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -16,25 +16,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sluice.settings import REPO_ROOT, AssistantSettings, Settings
+from operators.kafka.admin import admin_client, create_topics
+from operators.kafka.connection import KafkaConnection
+from sluice.processes import free_port
+from sluice.settings import FlowSettings
 
-DEFAULT_STATE_DIR = REPO_ROOT / ".stack" / "local"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".stack" / "local"
+
+__all__ = ["LocalStack", "StackError", "free_port", "stack_from_env", "workflow_topics"]
 
 
 class StackError(RuntimeError):
     """The local stack could not be started."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_in_use(port: int) -> bool:
@@ -70,7 +68,7 @@ def redis_binary() -> Path:
     return Path(found)
 
 
-def _wait(what: str, check, timeout: float) -> None:  # type: ignore[no-untyped-def]
+def _wait(what: str, check: Callable[[], object], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -145,11 +143,17 @@ class LocalStack:
         self.procs[name] = proc
         (self.state_dir / f"{name}.pid").write_text(str(proc.pid))
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        import redis
-        from confluent_kafka.admin import AdminClient
+    @property
+    def connection(self) -> KafkaConnection:
+        return KafkaConnection(self.brokers)
 
-        admin = AdminClient({"bootstrap.servers": self.brokers})
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until both servers answer. The broker's port is probed with a plain socket first,
+        so no Kafka client logs "connection refused" while the broker is still starting."""
+        import redis
+
+        _wait("Kafka broker port", lambda: _port_in_use(self.kafka_port), timeout)
+        admin = admin_client(self.connection)
         _wait("Kafka broker", lambda: admin.list_topics(timeout=2) is not None, timeout)
         client = redis.Redis.from_url(self.redis_url)
         _wait("Redis", client.ping, timeout)
@@ -157,7 +161,7 @@ class LocalStack:
 
     def create_topics(self, topics: dict[str, int]) -> None:
         """Create ``{name: partitions}`` topics that do not exist yet."""
-        create_topics(self.brokers, topics)
+        create_topics(self.connection, topics)
 
     def stop(self) -> None:
         """Stop the servers by PID and remove their data."""
@@ -177,28 +181,6 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def create_topics(brokers: str, topics: dict[str, int], extra: Mapping[str, Any] | None = None) -> None:
-    """Create ``{name: partitions}`` topics on ``brokers``; existing ones are left alone."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": brokers, **(extra or {})})
-    existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items() if t not in existing]
-    if not wanted:
-        return
-    for topic, fut in admin.create_topics(wanted).items():
-        try:
-            fut.result(timeout=10)
-        except Exception as exc:
-            if "already exists" not in str(exc).lower():
-                raise StackError(f"could not create topic {topic}: {exc}") from exc
-    _wait(
-        "topic metadata",
-        lambda: all(t.topic in admin.list_topics(timeout=5).topics for t in wanted),
-        15,
-    )
 
 
 def _read_pid(path: Path) -> int | None:
@@ -224,28 +206,12 @@ def _terminate(pid: int, grace: float = 5.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def default_topics(settings: Settings) -> dict[str, int]:
-    """The topics the fraud flow needs, with their partition counts."""
-    p = settings.topic_partitions
-    return {
-        settings.transactions_topic: p,
-        settings.decisions_topic: p,
-        settings.labels_topic: p,
-        settings.dlq_topic: 1,
-    }
-
-
-def assistant_topics(settings: AssistantSettings) -> dict[str, int]:
-    """The topics the assistant flow needs, with their partition counts (documents: one, so versions stay ordered)."""
-    p = settings.topic_partitions
-    return {
-        settings.documents_topic: 1,
-        settings.requests_topic: p,
-        settings.responses_topic: p,
-        settings.handoff_topic: 1,
-        settings.index_changes_topic: 1,
-        settings.dlq_topic: 1,
-    }
+def workflow_topics(env: dict[str, str] | None = None) -> dict[str, int]:
+    """Every workflow's topics, with partition counts, as its settings (``SLUICE_*``) name them."""
+    topics: dict[str, int] = {}
+    for cls in FlowSettings.all_classes:
+        topics |= cls.from_env(env).topics()
+    return topics
 
 
 def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
@@ -254,36 +220,32 @@ def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
         kafka_port=int(os.environ.get("SLUICE_STACK_KAFKA_PORT", "19092")),
         redis_port=int(os.environ.get("SLUICE_STACK_REDIS_PORT", "16379")),
         state_dir=state_dir,
-        topics={**default_topics(Settings.from_env()), **assistant_topics(AssistantSettings.from_env())},
+        topics=workflow_topics(),
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "command", choices=["up", "down", "topics"], help="topics: create the topics on $SLUICE_BROKERS"
-    )
-    args = parser.parse_args(argv)
-    if args.command == "topics":
-        settings = Settings.from_env()
-        topics = {**default_topics(settings), **assistant_topics(AssistantSettings.from_env())}
-        create_topics(settings.brokers, topics, settings.kafka)
-        print(f"topics ready on {settings.brokers}: {', '.join(topics)}")
-        return 0
+def up() -> int:
     stack = stack_from_env()
-    if args.command == "up":
-        try:
-            stack.start()
-        except StackError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"kafka {stack.brokers}  redis {stack.redis_url}  (pids in {stack.state_dir})")
-        print(f"export SLUICE_BROKERS={stack.brokers} SLUICE_REDIS_URL={stack.redis_url}")
-    else:
-        stack.stop()
-        print("stack stopped")
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"kafka {stack.brokers}  redis {stack.redis_url}  (pids in {stack.state_dir})")
+    print(f"export SLUICE_BROKERS={stack.brokers} SLUICE_REDIS_URL={stack.redis_url}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def down() -> int:
+    stack_from_env().stop()
+    print("stack stopped")
+    return 0
+
+
+def topics() -> int:
+    """Create every workflow's topics on ``SLUICE_BROKERS`` (any Kafka cluster)."""
+    settings = FlowSettings.from_env()
+    wanted = workflow_topics()
+    created = create_topics(settings.connection(), wanted)
+    print(f"topics ready on {settings.brokers}: {len(wanted)} ({len(created)} created)")
+    return 0

@@ -7,12 +7,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from hdrh.histogram import HdrHistogram
 
-from operators.kafka_source import list_partitions, read_to_end
+from operators.kafka.admin import list_partitions, log, read_all
+from operators.kafka.connection import KafkaConnection
+
+__all__ = ["BackgroundCollector", "Collected", "collect", "latency_histogram", "latency_summary", "read_all"]
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Collected:
     cpu_s: float = 0.0
 
 
-def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -> list:  # type: ignore[type-arg]
+def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -> list[Message]:
     """Wait up to ``timeout_s`` for one message, then take whatever else is already here.
 
     ``Consumer.consume(n, timeout)`` waits until ``n`` messages *or* the timeout, which
@@ -42,14 +46,8 @@ def poll_batch(consumer: Consumer, timeout_s: float, max_messages: int = 2000) -
     return [first, *consumer.consume(max_messages - 1, 0)]
 
 
-def read_all(brokers: str, topic: str, timeout_s: float = 30.0) -> list:  # type: ignore[type-arg]
-    """Every committed message currently in ``topic`` (all partitions), read to the end."""
-    config = {"bootstrap.servers": brokers}
-    return read_to_end(config, topic, dict.fromkeys(list_partitions(config, topic), 0), timeout_s)[0]
-
-
 def collect(
-    brokers: str,
+    connection: KafkaConnection,
     topic: str,
     expected: int,
     timeout_s: float,
@@ -68,15 +66,16 @@ def collect(
     """
     cpu0 = time.process_time()
     consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": "sluice-collector",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "fetch.wait.max.ms": 5,
-        }
+        connection.consumer_config(
+            **{
+                "group.id": "sluice-collector",
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+                "logger": log,
+            }
+        )
     )
-    parts = list_partitions({"bootstrap.servers": brokers}, topic)
+    parts = list_partitions(connection, topic)
     offsets = start_offsets or {}
     consumer.assign([TopicPartition(topic, p, offsets.get(p, 0)) for p in parts])
     hist = latency_histogram()
@@ -96,7 +95,7 @@ def collect(
         for msg in msgs:
             if msg.error() is not None:
                 continue
-            d = orjson.loads(msg.value())
+            d = orjson.loads(msg.value() or b"{}")
             if d["event_id"].startswith("probe-"):
                 continue
             result.received += 1
@@ -139,7 +138,7 @@ def latency_summary(hist: HdrHistogram) -> dict[str, float]:
     return summary | {"max": hist.get_max_value() / 1000, "timed": hist.get_total_count()}
 
 
-def _run(queue: mp.Queue, kwargs: dict) -> None:  # type: ignore[type-arg]
+def _run(queue: mp.Queue[Any], kwargs: dict[str, Any]) -> None:
     queue.put(collect(**kwargs, on_ready=lambda: queue.put("ready")))
 
 
@@ -151,7 +150,7 @@ class BackgroundCollector:
 
     def __init__(self, ready_timeout_s: float = 60.0, **kwargs: object) -> None:
         ctx = mp.get_context("spawn")
-        self._queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+        self._queue: mp.Queue[Any] = ctx.Queue()
         self._proc = ctx.Process(target=_run, args=(self._queue, kwargs), daemon=True)
         self._proc.start()
         if self._queue.get(timeout=ready_timeout_s) != "ready":

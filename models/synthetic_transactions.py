@@ -1,34 +1,23 @@
-"""Seeded synthetic card transactions with realistic fraud patterns, sent open-loop.
+"""Seeded synthetic card transactions with realistic fraud patterns (training data and load).
 
 The stream mixes ordinary spending with four fraud patterns: velocity bursts on
 one card, purchases far from the card's home country, amounts far above the
 card's usual, and risky merchant categories at night (card-local time). The same
 seed always yields the same cards, events and labels, whatever the send rate.
-
-``python -m sluice.generator --rate 5000 --count 100000 --seed 7`` sends the
-events to the transactions topic (keyed by card, so one card's events stay in
-order on one partition) and the fraud labels to the labels topic, which the
-flow never reads.
+Training (:mod:`models.train_fraud`) and the load generator (``sluice produce
+transactions``) iterate the same stream.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import math
 import random
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-
-import orjson
-from confluent_kafka import Producer
 
 from models.fraud_features import HIGH_RISK_COUNTRIES, RISKY_CATEGORIES, local_hour
 from models.transaction import Transaction
-from operators.kafka_records import KafkaRecord
-from sluice.loadgen import send_open_loop
-from sluice.settings import Settings
 
 # home country -> share of cards
 HOME_COUNTRIES = {
@@ -185,94 +174,3 @@ class TransactionStream:
             event_time_ms=event_ms,
             sent_at_ms=0.0,
         )
-
-
-def encode(txn: Transaction, sent_ms: float) -> bytes:
-    """The event's JSON with the producer's send time."""
-    return orjson.dumps(
-        {
-            "event_id": txn.event_id,
-            "card_id": txn.card_id,
-            "amount": txn.amount,
-            "currency": txn.currency,
-            "merchant_id": txn.merchant_id,
-            "merchant_category": txn.merchant_category,
-            "country": txn.country,
-            "event_time": txn.event_time_ms,
-            "sent_at": sent_ms,
-        }
-    )
-
-
-class PreparedEvent:
-    """One event's records, encoded ahead of time except for the send time.
-
-    The JSON is built once, up to ``"sent_at":``; sending only appends the time, so
-    a sender can keep an exact schedule at high rates.
-    """
-
-    __slots__ = ("topic", "key", "head", "extra")
-
-    def __init__(self, topic: str, key: bytes, head: bytes, extra: list[KafkaRecord]) -> None:
-        self.topic, self.key, self.head, self.extra = topic, key, head, extra
-
-    def __call__(self, sent_ms: float) -> list[KafkaRecord]:
-        value = self.head + b"%.3f}" % sent_ms if self.head.endswith(b":") else self.head
-        return [KafkaRecord(self.topic, self.key, value), *self.extra]
-
-
-def prepare(txn: Transaction, pattern: str | None, settings: Settings) -> PreparedEvent:
-    """The event (and, for fraud, its label record) ready to send."""
-    key = txn.card_id.encode()
-    head = encode(txn, 0.0)
-    head = head[: head.rindex(b'"sent_at":') + len(b'"sent_at":')]
-    extra = []
-    if pattern is not None:
-        label = orjson.dumps({"event_id": txn.event_id, "fraud": True, "pattern": pattern})
-        extra.append(KafkaRecord(settings.labels_topic, key, label))
-    return PreparedEvent(settings.transactions_topic, key, head, extra)
-
-
-def event_records(
-    stream: TransactionStream, settings: Settings, malformed_rate: float = 0.0
-) -> Iterator[Callable[[float], list[KafkaRecord]]]:
-    """Record builders for the stream: the event, plus its label when it is fraud.
-
-    A ``malformed_rate`` share of events is replaced by a broken payload (for DLQ demos);
-    those carry no label and expect no decision.
-
-    >>> s = Settings()
-    >>> first = next(event_records(TransactionStream(7, n_cards=10), s))
-    >>> orjson.loads(first(1234.5)[0].value)["sent_at"]
-    1234.5
-    """
-    rng = random.Random(f"malformed-{stream.seed}")
-    for txn, pattern in stream:
-        if malformed_rate and rng.random() < malformed_rate:
-            bad = b'{"event_id": "' + txn.event_id.encode() + b'", "amount": "lots"'
-            yield PreparedEvent(settings.transactions_topic, b"malformed", bad, [])
-        else:
-            yield prepare(txn, pattern, settings)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Send synthetic card transactions to Kafka, open-loop.")
-    parser.add_argument("--rate", type=float, default=5000.0, help="events per second")
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--malformed-rate", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    producer = Producer(settings.kafka_config(**{"linger.ms": 2, "enable.idempotence": True}))
-    stream = TransactionStream(args.seed, n_cards=args.cards)
-    report = send_open_loop(producer, event_records(stream, settings, args.malformed_rate), args.rate, args.count)
-    print(
-        f"sent {report.sent} events in {report.seconds:.1f}s ({report.rate:.0f}/s); "
-        f"schedule lag p50 {report.lag_p50_ms:.2f} ms p99 {report.lag_p99_ms:.2f} ms max {report.lag_max_ms:.1f} ms"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
 
-from sluice.collector import read_all
-from sluice.flowproc import FlowProcesses, init_recovery
-from sluice.generator import TransactionStream, event_records
-from sluice.loadgen import send_open_loop
-from sluice.profiles import load_profiles
-from sluice.settings import Settings
-from sluice.stack import create_topics
+from models.synthetic_transactions import TransactionStream
+from operators.kafka.admin import create_topics, read_all
+from operators.kafka.records import ID_HEADER, header_value
+from sluice.harness.loadgen import send_open_loop
+from sluice.local.profiles import load_profiles
+from sluice.local.transactions import event_records, sender
+from sluice.processes import FlowProcesses, init_recovery
+from sluice.settings import FraudSettings
+
+FLOW = "dataflows.fraud:from_env()"
 
 TIMING_FIELDS = ("decided_at", "sent_at")  # differ between runs by nature
 
@@ -54,36 +56,35 @@ class Verdict:
         return not (self.missing or self.duplicated or self.differing) and self.dead_letters_match
 
 
-def start_sending(settings: Settings, seed: int, count: int, rate: float, cards: int = 5_000) -> threading.Thread:
+def start_sending(settings: FraudSettings, seed: int, count: int, rate: float, cards: int = 5_000) -> threading.Thread:
     """Load profiles, then send ``count`` events at ``rate``/s in a background thread."""
     load_profiles(settings, seed, cards)
-    producer = Producer(settings.kafka_config(**{"enable.idempotence": True, "linger.ms": 5}))
     records = event_records(TransactionStream(seed, n_cards=cards), settings, malformed_rate=0.001)
-    sender = threading.Thread(target=send_open_loop, args=(producer, records, rate, count), daemon=True)
-    sender.start()
-    return sender
+    thread = threading.Thread(target=send_open_loop, args=(sender(settings), records, rate, count), daemon=True)
+    thread.start()
+    return thread
 
 
-def read_outputs(settings: Settings, decisions_topic: str, dlq_topic: str, timeout_s: float = 300) -> Outputs:
+def read_outputs(settings: FraudSettings, decisions_topic: str, dlq_topic: str, timeout_s: float = 300) -> Outputs:
     """Everything committed in the output topics (read_committed)."""
     out = Outputs()
-    for msg in read_all(settings.brokers, decisions_topic, timeout_s=timeout_s):
+    for msg in read_all(settings.connection(), decisions_topic, timeout_s=timeout_s):
         d = orjson.loads(msg.value() or b"{}")
         for name in TIMING_FIELDS:
             d.pop(name, None)
         out.decisions.setdefault(d["event_id"], []).append(d)
-    for msg in read_all(settings.brokers, dlq_topic, timeout_s=timeout_s):
-        key = dict(msg.headers() or [])["sluice.id"]
-        out.dead[key] = out.dead.get(key, 0) + 1  # type: ignore[index]
+    for msg in read_all(settings.connection(), dlq_topic, timeout_s=timeout_s):
+        key = header_value(msg.headers(), ID_HEADER) or b""
+        out.dead[key] = out.dead.get(key, 0) + 1
     return out
 
 
-def _flow(settings: Settings, logs: Path, extra: dict[str, str], **kwargs: Any) -> FlowProcesses:
+def _flow(settings: FraudSettings, logs: Path, extra: dict[str, str], **kwargs: Any) -> FlowProcesses:
     env = {**settings.to_env(), "SLUICE_EXACTLY_ONCE": "1", **extra}
-    return FlowProcesses("dataflows.fraud:flow", env, log_dir=logs, **kwargs).start()
+    return FlowProcesses(FLOW, env, log_dir=logs, **kwargs).start()
 
 
-def reference_run(settings: Settings, work: Path, timeout_s: float = 1800) -> Outputs:
+def reference_run(settings: FraudSettings, work: Path, timeout_s: float = 1800) -> Outputs:
     """A crash-free run over the (complete) input into topics of its own."""
     ref = replace(
         settings,
@@ -92,7 +93,7 @@ def reference_run(settings: Settings, work: Path, timeout_s: float = 1800) -> Ou
         transactional_id_prefix=f"ref-{settings.decisions_topic}",
         stop_at_end=True,
     )
-    create_topics(settings.brokers, {ref.decisions_topic: settings.topic_partitions, ref.dlq_topic: 1})
+    create_topics(settings.connection(), {ref.decisions_topic: settings.topic_partitions, ref.dlq_topic: 1})
     flow = _flow(ref, work / "reference", {})
     if max(flow.wait(timeout_s)) != 0:
         raise RuntimeError("the reference run failed; see its logs")
@@ -100,9 +101,9 @@ def reference_run(settings: Settings, work: Path, timeout_s: float = 1800) -> Ou
 
 
 def chaos_run(
-    settings: Settings,
+    settings: FraudSettings,
     work: Path,
-    sender: threading.Thread,
+    sending: threading.Thread,
     topologies: list[dict[str, int]],
     kills: int,
     seed: int,
@@ -123,7 +124,7 @@ def chaos_run(
         if not flow.alive():
             raise RuntimeError(f"life {life} of the flow died by itself; see {work}/life-{life}")
         flow.kill_one(rng.randrange(len(flow.procs)))
-    sender.join()
+    sending.join()
     last = _flow(
         replace(chaos, stop_at_end=True),
         work / "last",
@@ -137,7 +138,7 @@ def chaos_run(
     return kills
 
 
-def judge(settings: Settings, reference: Outputs, kills: int) -> Verdict:
+def judge(settings: FraudSettings, reference: Outputs, kills: int) -> Verdict:
     """Compare the chaos run's committed output with the reference run's."""
     got = read_outputs(settings, settings.decisions_topic, settings.dlq_topic)
     ref = reference.decisions

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
-from operators.kafka_records import KafkaRecord
-from operators.kafka_sink import produce_all
+from operators.kafka.records import KafkaRecord
+from operators.kafka.sink import produce_all
+from sluice.harness.progress import Progress
 
 
 @dataclass
@@ -40,10 +41,15 @@ def send_open_loop(
     rate: float,
     count: int,
     chunk: int = 64,
+    progress: bool | None = False,
 ) -> SendReport:
     """Send ``count`` events at ``rate``/s; each item of ``make_records`` builds the
-    records of one event given its send time (epoch ms)."""
+    records of one event given its send time (epoch ms).
+
+    ``progress``: show rate, done/total and ETA on a terminal (None: when stderr is one).
+    """
     lag = HdrHistogram(1, 60_000_000, 3)  # microseconds
+    shown = Progress(count, "sent", enabled=progress)
     start = time.perf_counter()
     wall0 = time.time() - start
     sent = 0
@@ -61,6 +67,8 @@ def send_open_loop(
             batch.extend(next(make_records)(sent_ms))
         produce_all(producer, batch)
         sent = due
+        shown.update(sent)
+    shown.close()
     producer.flush(60)
     return SendReport(
         sent=sent,

@@ -6,8 +6,7 @@ Two sources, both offline and real:
   (statements, expressions, the data model, built-in types);
 * the docstrings of standard-library modules that have substantial ones.
 
-    python -m sluice.corpus publish                 # onto $SLUICE_DOCUMENTS_TOPIC at $SLUICE_BROKERS
-    python -m sluice.corpus questions               # rewrite perf/rag_questions.json
+    sluice produce corpus            # onto $SLUICE_DOCUMENTS_TOPIC at $SLUICE_BROKERS
 """
 
 from __future__ import annotations
@@ -18,14 +17,15 @@ import importlib
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
 
 from models.document import DocumentEvent
-from sluice.settings import REPO_ROOT, AssistantSettings
+from sluice.settings import AssistantSettings
 
-QUESTIONS_PATH = REPO_ROOT / "perf" / "rag_questions.json"
+QUESTIONS_PATH = Path(__file__).resolve().parents[2] / "perf" / "rag_questions.json"
 MIN_DOCSTRING_CHARS = 800
 _UNSAFE_MODULES = frozenset(
     {"this", "antigravity", "idlelib", "tkinter", "turtle", "turtledemo", "__main__", "ensurepip", "venv", "lib2to3",
@@ -81,7 +81,7 @@ def load_corpus() -> list[DocumentEvent]:
 
 def publish(settings: AssistantSettings, docs: list[DocumentEvent], topic: str | None = None) -> int:
     """Produce ``docs`` (keyed by document id) onto the documents topic; returns how many."""
-    producer = Producer(settings.kafka_config(**{"linger.ms": 5, "enable.idempotence": True}))
+    producer = Producer(settings.connection().producer_config())
     for doc in docs:
         producer.produce(topic or settings.documents_topic, key=doc.doc_id.encode(), value=doc.to_json())
         producer.poll(0)
@@ -143,24 +143,17 @@ def build_questions(docs: list[DocumentEvent]) -> list[dict[str, object]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["publish", "questions", "stats"])
-    parser.add_argument("--topic", default=None, help="default: $SLUICE_DOCUMENTS_TOPIC")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``sluice produce corpus [--topic T] [--stats] [--write-questions]``."""
     docs = load_corpus()
-    if args.command == "publish":
+    if args.write_questions:
+        QUESTIONS_PATH.write_bytes(orjson.dumps(build_questions(docs), option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"wrote {QUESTIONS_PATH}")
+    elif args.stats:
+        chars = sum(len(d.text) for d in docs)
+        print(f"{len(docs)} documents, {chars} characters, sources: pydoc topics + stdlib docstrings")
+    else:
         settings = AssistantSettings.from_env()
         n = publish(settings, docs, args.topic)
         print(f"published {n} documents to {args.topic or settings.documents_topic} at {settings.brokers}")
-    elif args.command == "questions":
-        QUESTIONS_PATH.write_bytes(orjson.dumps(build_questions(docs), option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"wrote {QUESTIONS_PATH}")
-    else:
-        chars = sum(len(d.text) for d in docs)
-        print(f"{len(docs)} documents, {chars} characters, sources: pydoc topics + stdlib docstrings")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""What every flow process does before its dataflow runs: check its world, then tune the process.
+
+A flow that starts against a wrong broker address, a missing topic, a Redis that
+refuses it or a GPU that is not there should say so at once in one line and
+exit non-zero, not hang, print hundreds of lines, or fail at the first event.
+:func:`flow_from_env` is what the ``from_env()`` factories call:
+``python -m bytewax.run "dataflows.fraud:from_env()"``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from bytewax.dataflow import Dataflow
+
+from models.devices import DeviceUnavailable, pick_device
+from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
+from sluice.settings import FlowSettings, SettingsError
+from state.feature_store import RedisUnavailable, check_redis
+
+S = TypeVar("S", bound=FlowSettings)
+
+STARTUP_ERRORS = (
+    SettingsError,
+    BrokerUnreachable,
+    TopicsMissing,
+    RedisUnavailable,
+    DeviceUnavailable,
+    FileNotFoundError,
+)
+
+
+def tune_gc() -> None:
+    """Move start-up objects (models, tokenizers, libraries) out of the collector's way and
+    collect young objects less often.
+
+    The flows allocate a few short-lived objects per event; with the default gen-0
+    threshold (700) the collector runs every few events' worth of a batch and walks
+    every long-lived object at each full collection (fraud flow: 61 -> 34.5 us/event).
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+def preflight(settings: FlowSettings, *, redis: bool) -> None:
+    """Check the broker, the topics, Redis (when the flow uses it) and the device; raise one clear error."""
+    conn = settings.connection()
+    check_broker(conn, settings.connect_timeout_s)
+    require_topics(conn, [*settings.input_topics(), *settings.output_topics()])
+    if redis:
+        check_redis(settings.redis_url, settings.connect_timeout_s)
+    pick_device(settings.device)
+
+
+def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redis: bool) -> Dataflow:
+    """Read the settings, check the world, build the flow; on a start-up error print one line and exit 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_cls.from_env()
+        preflight(settings, redis=redis)
+        flow = build(settings)
+    except STARTUP_ERRORS as exc:
+        for line in str(exc).splitlines():
+            print(f"sluice: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    tune_gc()
+    return flow

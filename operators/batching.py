@@ -1,0 +1,87 @@
+"""The batching buffer shared by the synchronous and asynchronous micro-batchers.
+
+A batch is *full* at ``max_batch`` items and *due* ``max_wait`` after its
+oldest item arrived. The deadline starts at the FIRST buffered item, which is
+what a latency bound needs (Bytewax's ``collect`` restarts its timeout on every
+item, so a steady trickle never flushes on time). Items are kept in arrival
+order with one deadline per arrival run (not per item), so adding a runtime
+batch of a thousand items costs one list extend.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+X = TypeVar("X")
+
+
+class BatchBuffer(Generic[X]):
+    """Items waiting for a batch call.
+
+    >>> from datetime import datetime, timedelta, UTC
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> buf = BatchBuffer(max_batch=3, max_wait=timedelta(seconds=1))
+    >>> buf.add([1, 2], t0); buf.add([3, 4], t0 + timedelta(seconds=0.5))
+    >>> buf.full(), buf.take()
+    (True, [1, 2, 3])
+    >>> buf.due(t0 + timedelta(seconds=1.2)), buf.due(t0 + timedelta(seconds=1.5))
+    (False, True)
+    >>> buf.snapshot()
+    [4]
+    """
+
+    __slots__ = ("max_batch", "max_wait", "_items", "_runs")
+
+    def __init__(
+        self, max_batch: int, max_wait: timedelta, restored: list[X] | None = None, now: datetime | None = None
+    ):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._items: list[X] = list(restored or [])
+        self._runs: deque[list] = deque()  # [items left in the run, its deadline], oldest first
+        if self._items:
+            if now is None:
+                raise ValueError("restoring items needs the current time")
+            self._runs.append([len(self._items), now])  # restored items are overdue: flush at the first chance
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, values: list[X], now: datetime) -> None:
+        if values:
+            self._items.extend(values)
+            self._runs.append([len(values), now + self.max_wait])
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When the oldest item is due (None when empty)."""
+        return self._runs[0][1] if self._runs else None
+
+    def full(self) -> bool:
+        return len(self._items) >= self.max_batch
+
+    def due(self, now: datetime) -> bool:
+        """Full, or the oldest item has waited ``max_wait``."""
+        return bool(self._items) and (self.full() or now >= self._runs[0][1])
+
+    def take(self, n: int | None = None) -> list[X]:
+        """The oldest ``n`` (default ``max_batch``) items, removed from the buffer."""
+        n = self.max_batch if n is None else n
+        head, self._items = self._items[:n], self._items[n:]
+        left = len(head)
+        while left and self._runs:
+            run = self._runs[0]
+            used = min(left, run[0])
+            run[0] -= used
+            left -= used
+            if run[0] == 0:
+                self._runs.popleft()
+        return head
+
+    def snapshot(self) -> list[X]:
+        """A copy of the waiting items (what a checkpoint keeps)."""
+        return list(self._items)

@@ -1,0 +1,174 @@
+"""The ``sluice`` command: run flows, the local stack, demos, data, replays and models.
+
+    sluice run fraud -- -r .recovery -s 1 -b 0     # python -m bytewax.run "dataflows.fraud:from_env()" ...
+    sluice stack up | down | topics
+    sluice demo fraud | assistant
+    sluice produce transactions | profiles | corpus
+    sluice replay list | backup | run
+    sluice train fraud
+    sluice settings fraud [--markdown]
+
+Also ``python -m sluice``. Every subcommand has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from sluice.settings import AssistantSettings, FlowSettings, FraudSettings, SettingsError, settings_table
+
+FLOWS: dict[str, tuple[str, type[FlowSettings]]] = {
+    "fraud": ("dataflows.fraud:from_env()", FraudSettings),
+    "assistant": ("dataflows.assistant:from_env()", AssistantSettings),
+}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, function: str = "run") -> Handler:
+    """A handler that imports its module only when called (``sluice --help`` stays instant)."""
+
+    def call(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return call
+
+
+def _transaction_arguments(parser: argparse.ArgumentParser, count: int, rate: float, malformed: float) -> None:
+    parser.add_argument("--rate", type=float, default=rate, help="events per second, open-loop")
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cards", type=int, default=20_000)
+    parser.add_argument("--malformed-rate", type=float, default=malformed, help="share of broken payloads (DLQ)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Replace this process with ``python -m bytewax.run <flow factory> <bytewax args>``."""
+    import_str = FLOWS[args.flow][0]
+    extra = [a for a in args.bytewax_args if a != "--"]
+    argv = [sys.executable, "-m", "bytewax.run", import_str, *extra]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    cls = FLOWS[args.flow][1]
+    if args.markdown:
+        print(settings_table(cls, None if cls is FlowSettings else FlowSettings))
+        return 0
+    settings = cls.from_env()
+    for name, value in settings.to_env().items():
+        print(f"{name}={value}")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from sluice.local import stack
+
+    return int({"up": stack.up, "down": stack.down, "topics": stack.topics}[args.action]())
+
+
+def cmd_produce_profiles(args: argparse.Namespace) -> int:
+    from sluice.local.profiles import load_profiles
+
+    n = load_profiles(FraudSettings.from_env(), args.seed, args.cards)
+    print(f"loaded {n} card profiles")
+    return 0
+
+
+def cmd_train_fraud(args: argparse.Namespace) -> int:
+    from models.train_fraud import main as train
+
+    argv = ["--events", str(args.events), "--seed", str(args.seed)]
+    if args.out:
+        argv += ["--out", args.out]
+    return train(argv)
+
+
+def cmd_convert_llm(args: argparse.Namespace) -> int:
+    from models.convert_llm import main as convert
+
+    return convert([])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a flow with python -m bytewax.run (extra arguments go to bytewax.run)")
+    p.add_argument("flow", choices=FLOWS)
+    p.add_argument("bytewax_args", nargs=argparse.REMAINDER, help="e.g. -- -w 2 -r .recovery -s 1 -b 0")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("settings", help="a flow's effective SLUICE_* settings, or their table")
+    p.add_argument("flow", choices=FLOWS)
+    p.add_argument("--markdown", action="store_true", help="the documentation table (variables, defaults, meaning)")
+    p.set_defaults(fn=cmd_settings)
+
+    p = sub.add_parser("stack", help="the local broker (Tansu) and Redis")
+    p.add_argument("action", choices=["up", "down", "topics"], help="topics: create every topic on $SLUICE_BROKERS")
+    p.set_defaults(fn=cmd_stack)
+
+    demo = sub.add_parser("demo", help="a workflow end to end on a local stack").add_subparsers(
+        dest="demo", required=True, metavar="{fraud,assistant}"
+    )
+    p = demo.add_parser("fraud", help="stack, model, profiles, the fraud flow, 200k events, a summary")
+    _transaction_arguments(p, count=200_000, rate=10_000, malformed=0.0005)
+    p.add_argument("--warmup-s", type=float, default=3.0, help="events sent in the first seconds are not timed")
+    p.set_defaults(fn=_lazy("sluice.local.demo_fraud"))
+    p = demo.add_parser("assistant", help="stack, corpus, the assistant flow, a scripted conversation")
+    p.add_argument("--no-generate", action="store_true", help="retrieval path only (answers are the passages)")
+    p.set_defaults(fn=_lazy("sluice.local.demo_assistant"))
+
+    produce = sub.add_parser("produce", help="send data to Kafka or Redis").add_subparsers(
+        dest="what", required=True, metavar="{transactions,profiles,corpus}"
+    )
+    p = produce.add_parser("transactions", help="synthetic card transactions, open-loop at a fixed rate")
+    _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0)
+    p.set_defaults(fn=_lazy("sluice.local.transactions"))
+    p = produce.add_parser("profiles", help="the synthetic cards' profiles into Redis")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--cards", type=int, default=20_000)
+    p.set_defaults(fn=cmd_produce_profiles)
+    p = produce.add_parser("corpus", help="the assistant's documents (pydoc topics + stdlib docstrings)")
+    p.add_argument("--topic", default=None, help="default: $SLUICE_DOCUMENTS_TOPIC")
+    p.add_argument("--stats", action="store_true", help="print the corpus size instead of sending it")
+    p.add_argument("--write-questions", action="store_true", help="rewrite perf/rag_questions.json")
+    p.set_defaults(fn=_lazy("sluice.local.corpus"))
+
+    from sluice import replay
+
+    replay.add_arguments(sub.add_parser("replay", help="checkpoints, backups and backfills"))
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True, metavar="{fraud}")
+    p = train.add_parser("fraud", help="the fraud model, on generated transactions")
+    p.add_argument("--events", type=int, default=400_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default=None, help="artifact folder (default: $SLUICE_MODEL_PATH)")
+    p.set_defaults(fn=cmd_train_fraud)
+
+    p = sub.add_parser("convert-llm", help="convert the SmolLM2 GGUF to safetensors once (the assistant's LLM)")
+    p.set_defaults(fn=cmd_convert_llm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            print(f"sluice: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

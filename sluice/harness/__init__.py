@@ -1,0 +1,1 @@
+"""The measurement harness: open-loop sender, output collector, chaos driver."""

@@ -1,0 +1,1 @@
+"""The local development stack (Tansu + Redis), demos, and the data that feeds them."""

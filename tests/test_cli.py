@@ -1,0 +1,73 @@
+"""The ``sluice`` command: help, settings, and the replay/backfill tool against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from operators.kafka.admin import read_all
+from sluice.cli import main
+from sluice.processes import init_recovery
+from tests.helpers import produce_txns, start_flow, txn, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sluice(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sluice", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def test_help_lists_the_subcommands():
+    out = _sluice("--help")
+    assert out.returncode == 0
+    for command in ("run", "stack", "demo", "produce", "replay", "train", "settings"):
+        assert command in out.stdout
+    assert "list" in _sluice("replay", "--help").stdout
+
+
+def test_settings_shows_the_effective_values_and_rejects_bad_ones_in_one_line():
+    out = _sluice("settings", "fraud", env={"SLUICE_MAX_BATCH": "64"})
+    assert "SLUICE_MAX_BATCH=64" in out.stdout
+    bad = _sluice("settings", "fraud", env={"SLUICE_MAX_BATCH": "abc"})
+    assert bad.returncode == 2 and bad.stderr.strip() == "sluice: SLUICE_MAX_BATCH='abc' is not a whole number"
+
+
+def test_summary_figures_are_plain_numbers():
+    summary = json.loads((ROOT / "perf" / "reports" / "summary.json").read_text())
+    assert summary and all(isinstance(section, dict) and section for section in summary.values())
+    for name, section in summary.items():
+        for key, value in section.items():
+            assert isinstance(value, int | float) and not isinstance(value, bool), f"{name}.{key} = {value!r}"
+
+
+def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tmp_path, capsys, monkeypatch):
+    recovery = tmp_path / "recovery"
+    init_recovery(recovery)
+    cases = [txn(f"r-{i}", f"card-{i % 5}", 10.0 + i, t_s=i) for i in range(20)]
+    produce_txns(settings, cases)
+    flow = start_flow(settings, tmp_path, recovery_dir=recovery, snapshot_s=1)
+    try:
+        assert len(wait_for(settings, settings.decisions_topic, 20)) == 20
+        wait_for(settings, settings.decisions_topic, 10**9, timeout_s=2.5)  # let a checkpoint commit
+    finally:
+        flow.stop()
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["replay", "list", str(recovery)]) == 0
+    listing = capsys.readouterr().out
+    assert "committed epoch" in listing and f"0-{settings.transactions_topic}=" in listing
+
+    assert main(["replay", "run", "--output-topic", settings.decisions_topic]) == 2  # never the live topic
+    assert main(["replay", "backup", str(recovery), str(tmp_path / "backup")]) == 0
+    backfill = f"{settings.decisions_topic}-backfill"
+    assert main(["replay", "run", "--output-topic", backfill, "--from-offset", "0", "--timeout", "300"]) == 0
+    replayed = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), backfill)}
+    assert replayed == {c.event_id for c in cases}
+    assert len(read_all(settings.connection(), settings.decisions_topic)) == 20  # the live output is untouched
