@@ -245,7 +245,12 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
 
     def source(topic: str, start: str) -> KafkaPartitionSource:
         return KafkaPartitionSource(
-            conn, [topic], start=start, tail=not settings.stop_at_end, batch_size=settings.source_batch_size
+            conn,
+            [topic],
+            start=start,
+            tail=not settings.stop_at_end,
+            batch_size=settings.source_batch_size,
+            give_up_after_s=settings.outage_timeout_s,
         )
 
     # Knowledge in

@@ -5,8 +5,10 @@
     sluice run fraud -- -r .recovery -s 1 -b 0                              # the same
 
 transactions -> parse (bad -> DLQ) -> key by card -> sliding window features
-(late -> DLQ) -> Redis profiles (batched, cached) -> micro-batched model ->
-rules -> fraud-decisions. Configuration comes from ``SLUICE_*`` variables
+(duplicate ids -> DLQ; late and far-future events decided from the window without
+moving it, the latter also copied to the DLQ) -> Redis profiles (batched, cached,
+validated) -> micro-batched model -> rules -> fraud-decisions. Every decision
+lists in ``flags`` what it was made without (profile, store, in-order time). Configuration comes from ``SLUICE_*`` variables
 (:class:`sluice.settings.FraudSettings`); the flow is built by :func:`from_env`
 (importing this module loads no model).
 """
@@ -24,18 +26,26 @@ import orjson
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.runtime import flow_from_env
-from models.fraud_features import HIGH_RISK_COUNTRIES, RISKY_CATEGORIES, feature_matrix, feature_row, local_hour
+from models.fraud_features import (
+    HIGH_RISK_COUNTRIES,
+    RISKY_CATEGORIES,
+    CardProfile,
+    feature_matrix,
+    feature_row,
+    local_hour,
+    parse_profile,
+)
 from models.fraud_model import FraudScorer, load_scorer
 from models.transaction import Transaction, parse_transaction
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
-from operators.enrich import enrich_batch
-from operators.event_windows import Features, WindowSpec, sliding_features
+from operators.enrich import FetchMany, enrich_batch
+from operators.event_windows import Features, Windowed, WindowSpec, WindowStatus, sliding_features
 from operators.kafka.output import kafka_output
 from operators.kafka.records import KafkaRecord, SourceRecord
 from operators.kafka.source import KafkaPartitionSource
 from operators.microbatch import micro_batch
 from sluice.settings import FraudSettings
-from state.feature_store import FeatureStore, Profile
+from state.feature_store import FeatureStore, Unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +58,27 @@ class CardEvent:
 
 @dataclass(frozen=True, slots=True)
 class EnrichedEvent:
-    """What the model step gets: the event, its window features and the card's profile."""
+    """What the model step gets: the event, its window features and status, and the card's profile."""
 
     event: CardEvent
     features: Features
-    profile: Profile | None
+    status: WindowStatus
+    profile: CardProfile | None
+    profile_problem: str | None  # why a profile that exists could not be used
     store_down: bool
+
+    def flags(self) -> list[str]:
+        """Why this decision was made with less than the full picture (empty when it was not)."""
+        out = []
+        if self.status is not WindowStatus.OK:
+            out.append(f"event_{self.status.value}")
+        if self.store_down:
+            out.append("feature_store_down")
+        elif self.profile_problem is not None:
+            out.append("profile_invalid")
+        elif self.profile is None:
+            out.append("profile_missing")
+        return out
 
 
 @dataclass(frozen=True)
@@ -66,13 +91,13 @@ class Policy:
     velocity_1m: int = 5
     amount_multiple: float = 8.0
 
-    def rules(self, txn: Transaction, feats: Features, profile: Profile | None) -> list[str]:
+    def rules(self, txn: Transaction, feats: Features, profile: CardProfile | None) -> list[str]:
         """Names of the rules this event breaks."""
         fired = []
-        home = profile.get("home_country", txn.country) if profile else txn.country
+        home = (profile.home_country if profile else None) or txn.country
         if feats[0] >= self.velocity_1m:
             fired.append("velocity_burst")
-        if profile and txn.amount >= self.amount_multiple * float(profile.get("avg_amount", "inf")):
+        if profile and txn.amount >= self.amount_multiple * profile.avg_amount:
             fired.append("amount_far_above_usual")
         if txn.country != home and txn.country in HIGH_RISK_COUNTRIES:
             fired.append("high_risk_country")
@@ -111,6 +136,7 @@ def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Pol
             "score": round(score, 4),
             "rules": rules,
             "model_version": scorer.version,
+            "flags": item.flags(),
             "profile_fallback": profile is None,
             "feature_store_down": item.store_down,
             "features": {
@@ -123,6 +149,8 @@ def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Pol
             "sent_at": txn.sent_at_ms,
             "decided_at": decided_ms,
         }
+        if item.profile_problem is not None:
+            decision["profile_problem"] = item.profile_problem
         out.append(
             KafkaRecord(
                 topic=settings.decisions_topic,
@@ -139,19 +167,53 @@ def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Pol
     return out
 
 
+def profile_reader(settings: FraudSettings) -> FetchMany[str, CardProfile | Unreadable | None]:
+    """Batched, cached, validated card-profile reads (built on the worker, never pickled)."""
+    store: FeatureStore[CardProfile] = FeatureStore(
+        settings.redis_url,
+        "card",
+        ttl_s=settings.profile_cache_ttl_s,
+        socket_timeout_s=settings.redis_timeout_ms / 1000.0,
+        parse=parse_profile,
+    )
+    return store.get_many
+
+
+def _card_of(item: tuple[str, Windowed[CardEvent]]) -> str:
+    return item[0]
+
+
 def _card_event(parsed: tuple[SourceRecord, Transaction]) -> tuple[str, CardEvent]:
     src, txn = parsed
     return txn.card_id, CardEvent(src, txn)
 
 
-def _enriched(item: tuple[str, tuple[CardEvent, Features]], profile: Profile | None, down: bool) -> EnrichedEvent:
-    event, feats = item[1]
-    return EnrichedEvent(event, feats, profile, down)
+def _enriched(
+    item: tuple[str, Windowed[CardEvent]], lookup: CardProfile | Unreadable | None, down: bool
+) -> EnrichedEvent:
+    w = item[1]
+    assert w.features is not None, "duplicates are not scored"
+    if isinstance(lookup, Unreadable):
+        return EnrichedEvent(w.event, w.features, w.status, None, lookup.reason, down)
+    return EnrichedEvent(w.event, w.features, w.status, lookup, None, down)
 
 
-def _late_letter(item: tuple[str, CardEvent]) -> DeadLetter:
-    reason = "late event: older than the card's newest event minus the allowed lateness"
-    return DeadLetter(reason, "window", item[1].source)
+def _is_duplicate(item: tuple[str, Windowed[CardEvent]]) -> bool:
+    return item[1].status is WindowStatus.DUPLICATE
+
+
+def _is_ahead(item: tuple[str, Windowed[CardEvent]]) -> bool:
+    return item[1].status is WindowStatus.AHEAD
+
+
+def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
+    """Duplicates (not decided again) and events dated too far ahead (decided, kept for inspection)."""
+    w = item[1]
+    if w.status is WindowStatus.DUPLICATE:
+        reason = f"duplicate event id {w.event.txn.event_id!r}: this card already has a decision for it"
+    else:
+        reason = "event time too far ahead of the clock: decided without moving the card's window"
+    return DeadLetter(reason, "window", w.event.source)
 
 
 def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
@@ -165,6 +227,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         start=settings.start_from,
         tail=not settings.stop_at_end,
         batch_size=settings.source_batch_size,
+        give_up_after_s=settings.outage_timeout_s,
     )
     records: Stream[SourceRecord] = op.input("transactions", flow, source)
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
@@ -176,13 +239,12 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         tag_getter=lambda ev: ev.txn.merchant_id,
         spec=WindowSpec(allowed_lateness_s=settings.allowed_lateness_s),
         idle_timeout=timedelta(seconds=settings.card_idle_timeout_s),
+        id_getter=lambda ev: ev.txn.event_id,
+        max_ahead=timedelta(seconds=settings.max_event_ahead_s),
     )
-    enriched = enrich_batch(
-        "profiles",
-        windows.down,
-        lambda: FeatureStore(settings.redis_url, "card", ttl_s=settings.profile_cache_ttl_s).get_many,
-        lambda kv: kv[0],
-        _enriched,
+    split = op.branch("duplicates", windows, _is_duplicate)
+    enriched: Stream[EnrichedEvent] = enrich_batch(
+        "profiles", split.falses, functools.partial(profile_reader, settings), _card_of, _enriched
     )
     decisions = micro_batch(
         "score",
@@ -193,7 +255,8 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         max_wait=timedelta(milliseconds=settings.max_wait_ms),
         shards=settings.inference_shards,
     )
-    dead = op.merge("dead", parsed.dead, op.map("late_letters", windows.late, _late_letter))
+    for_inspection = op.merge("window_letters", split.trues, op.filter("ahead", split.falses, _is_ahead))
+    dead = op.merge("dead", parsed.dead, op.map("window_dead", for_inspection, _window_letter))
     dead_records = op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic))
     kafka_output(
         "out",

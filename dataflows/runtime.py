@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import TypeVar
 
 from bytewax.dataflow import Dataflow
 
 from models.devices import DeviceUnavailable, pick_device
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
+from operators.lifecycle import exit_process, request_stop, set_failure_handler, stop_requested
 from sluice.settings import FlowSettings, SettingsError
 from state.feature_store import RedisUnavailable, check_redis
 
@@ -56,8 +60,27 @@ def preflight(settings: FlowSettings, *, redis: bool) -> None:
     pick_device(settings.device)
 
 
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """First Ctrl-C / SIGTERM: a clean stop (sources end, the flow drains and commits, exit 0).
+    A second one: stop now (a crash, as far as recovery is concerned)."""
+    if stop_requested():
+        os._exit(130)
+    sys.stderr.write(f"sluice: {signal.Signals(signum).name}: stopping cleanly (again to stop at once)\n")
+    request_stop()
+
+
+def install_process_handlers() -> None:
+    """Clean stop on SIGINT/SIGTERM; failures print one line and exit 3 (see :mod:`operators.lifecycle`)."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    set_failure_handler(exit_process)
+
+
 def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redis: bool) -> Dataflow:
-    """Read the settings, check the world, build the flow; on a start-up error print one line and exit 2."""
+    """Read the settings, check the world, build the flow; on a start-up error print one line and exit 2.
+
+    Also installs the process handlers: a clean stop on Ctrl-C / SIGTERM, one-line failures.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_cls.from_env()
@@ -67,5 +90,6 @@ def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redi
         for line in str(exc).splitlines():
             print(f"sluice: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    install_process_handlers()
     tune_gc()
     return flow

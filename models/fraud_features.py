@@ -7,6 +7,8 @@ sees features computed by the same code.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,30 +64,81 @@ def local_hour(event_ms: int, country: str) -> int:
     return int((event_ms // 3_600_000 + UTC_OFFSET_H.get(country, 0)) % 24)
 
 
-def feature_row(txn: Transaction, window: tuple[float, ...], profile: dict[str, str] | None) -> list[float]:
+@dataclass(frozen=True, slots=True)
+class CardProfile:
+    """A card's profile from the online store, validated: every number finite and in range."""
+
+    home_country: str | None
+    avg_amount: float
+    account_age_days: float
+    risk_tier: float
+
+
+PROFILE_RANGES = {"avg_amount": (0.01, 1_000_000.0), "account_age_days": (0.0, 100_000.0), "risk_tier": (0.0, 10.0)}
+
+
+def parse_profile(raw: Mapping[str, str]) -> CardProfile:
+    """Validate a profile hash; raises ``ValueError`` saying which field is unusable.
+
+    Missing fields take :data:`DEFAULT_PROFILE`'s values; present ones must be finite
+    numbers in range (text, empty, ``inf``, ``nan`` or negative values are refused).
+
+    >>> parse_profile({"home_country": "FR", "avg_amount": "42.5"}).avg_amount
+    42.5
+    >>> parse_profile({"avg_amount": "nan"})
+    Traceback (most recent call last):
+    ...
+    ValueError: profile field avg_amount='nan' is not a finite number
+    """
+    values: dict[str, float] = {}
+    for name, (low, high) in PROFILE_RANGES.items():
+        text = raw.get(name)
+        if text is None:
+            values[name] = DEFAULT_PROFILE[name]
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"profile field {name}={text[:40]!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"profile field {name}={text[:40]!r} is not a finite number")
+        if not low <= number <= high:
+            raise ValueError(f"profile field {name}={number:g} is outside [{low:g}, {high:g}]")
+        values[name] = number
+    home = raw.get("home_country")
+    if home is not None and not (len(home) == 2 and home.isalpha()):
+        raise ValueError(f"profile field home_country={home[:40]!r} is not a 2-letter country code")
+    return CardProfile(home, values["avg_amount"], values["account_age_days"], values["risk_tier"])
+
+
+def feature_row(txn: Transaction, window: tuple[float, ...], profile: CardProfile | None) -> list[float]:
     """Features of one event; ``window`` is (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev).
 
-    A missing profile (unknown card, or Redis unreachable) falls back to
-    :data:`DEFAULT_PROFILE` and sets ``profile_missing``.
+    A missing profile (unknown card, Redis unreachable, or a profile that failed
+    validation) falls back to :data:`DEFAULT_PROFILE` and sets ``profile_missing``;
+    the model is trained with profiles dropped, so it has learned what that means.
+    Total for validated input: every value is finite.
     """
     count_1m, sum_1m, count_1h, sum_1h, distinct, gap = window
-    if profile:
-        home = profile.get("home_country", txn.country)
-        avg = float(profile.get("avg_amount", DEFAULT_PROFILE["avg_amount"]))
-        age = float(profile.get("account_age_days", DEFAULT_PROFILE["account_age_days"]))
-        tier = float(profile.get("risk_tier", DEFAULT_PROFILE["risk_tier"]))
-        missing = 0.0
+    if profile is not None:
+        home = profile.home_country or txn.country
+        avg, age, tier, missing = profile.avg_amount, profile.account_age_days, profile.risk_tier, 0.0
     else:
-        home, avg, age, tier, missing = txn.country, *DEFAULT_PROFILE.values(), 1.0
+        home, missing = txn.country, 1.0
+        avg, age, tier = (
+            DEFAULT_PROFILE["avg_amount"],
+            DEFAULT_PROFILE["account_age_days"],
+            DEFAULT_PROFILE["risk_tier"],
+        )
     return [
         math.log1p(txn.amount),
         math.log(txn.amount / max(avg, 0.01)),
         count_1m,
-        math.log1p(sum_1m),
+        math.log1p(max(sum_1m, 0.0)),
         count_1h,
-        math.log1p(sum_1h),
+        math.log1p(max(sum_1h, 0.0)),
         distinct,
-        math.log1p(gap),
+        math.log1p(max(gap, 0.0)),
         float(txn.country != home),
         float(txn.country in HIGH_RISK_COUNTRIES),
         float(txn.merchant_category in RISKY_CATEGORIES),

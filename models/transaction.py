@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ import orjson
 
 from models.wire import InvalidEvent, json_object
 
+MIN_AMOUNT = 0.01  # a cent: smaller (denormal, 5e-324) amounts are not payments and break log-scale features
 MAX_AMOUNT = 1_000_000.0
 # 2000-01-01 .. 2100-01-01 in epoch milliseconds
 MIN_EVENT_TIME_MS = 946_684_800_000
@@ -77,8 +77,8 @@ def parse_transaction(raw: bytes | None) -> Transaction:
     amount = obj.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise InvalidEvent("field 'amount' must be a number")
-    if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
-        raise InvalidEvent(f"field 'amount' out of range (0, {MAX_AMOUNT:g}]")
+    if not MIN_AMOUNT <= amount <= MAX_AMOUNT:  # also refuses nan; checked before float() can overflow
+        raise InvalidEvent(f"field 'amount' out of range [{MIN_AMOUNT:g}, {MAX_AMOUNT:g}]")
     currency = _text(obj, "currency", 3)
     country = _text(obj, "country", 2)
     if len(currency) != 3 or len(country) != 2:
@@ -89,8 +89,8 @@ def parse_transaction(raw: bytes | None) -> Transaction:
     if not MIN_EVENT_TIME_MS <= event_time <= MAX_EVENT_TIME_MS:
         raise InvalidEvent("field 'event_time' is outside 2000..2100")
     sent_at = obj.get("sent_at", 0.0)
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-        raise InvalidEvent("field 'sent_at' must be a number")
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not 0 <= sent_at <= MAX_EVENT_TIME_MS:
+        raise InvalidEvent("field 'sent_at' must be epoch milliseconds")
     return Transaction(
         event_id=_text(obj, "event_id", 128),
         card_id=_text(obj, "card_id"),

@@ -21,7 +21,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 Y = TypeVar("Y")
 
-FetchMany = Callable[[Iterable[K]], tuple[Mapping[K, V | None], bool]]
+FetchMany = Callable[[Iterable[K]], tuple[Mapping[K, V], bool]]  # V may include None ("no value")
 
 
 @operator

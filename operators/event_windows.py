@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 import bytewax.operators as op
@@ -19,49 +20,78 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.clock import Clock, utc_now
-from state.windows import Features, SlidingAggregates, WindowSpec
+from state.windows import Features, SlidingAggregates, WindowSpec, WindowState
 
 E = TypeVar("E")
 
-__all__ = ["Features", "SlidingAggregates", "WindowOut", "WindowSpec", "sliding_features"]
+__all__ = ["Features", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
 
 
-@dataclass(frozen=True)
-class WindowOut(Generic[E]):
-    """Streams out of :func:`sliding_features`: ``down`` (event, features) and ``late`` events."""
+class WindowStatus(StrEnum):
+    """How an event met its key's window."""
 
-    down: KeyedStream[tuple[E, Features]]
-    late: KeyedStream[E]
+    OK = "ok"  # added; features include it
+    LATE = "late"  # older than the newest event minus the allowed lateness: features from the window, not added
+    AHEAD = "ahead"  # dated too far ahead of the clock: features from the window, not added (it would block the key)
+    DUPLICATE = "duplicate"  # an event with the same id is already in the window: no features, not added
 
 
-class _SlidingLogic(StatefulBatchLogic[E, tuple[E, Features | None], tuple]):
+@dataclass(frozen=True, slots=True)
+class Windowed(Generic[E]):
+    """An event, the features the window gives it, and how it met the window."""
+
+    event: E
+    features: Features | None
+    status: WindowStatus
+
+
+class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
     def __init__(
         self,
         spec: WindowSpec,
         getters: tuple[Callable[[E], float], Callable[[E], float], Callable[[E], Hashable]],
+        id_getter: Callable[[E], Hashable] | None,
+        max_ahead: timedelta | None,
         idle_timeout: timedelta,
-        resume_state: tuple | None,
+        resume_state: WindowState | None,
         now_getter: Clock,
     ) -> None:
         self.agg = SlidingAggregates(spec, resume_state)
         self.ts_getter, self.value_getter, self.tag_getter = getters
+        self.id_getter = id_getter
+        self.max_ahead_s = max_ahead.total_seconds() if max_ahead is not None else None
         self.idle_timeout = idle_timeout
         self.now = now_getter
         self.expires_at = now_getter() + idle_timeout
 
-    def on_batch(self, values: list[E]) -> tuple[list[tuple[E, Features | None]], bool]:
-        add, ts, value, tag = self.agg.add, self.ts_getter, self.value_getter, self.tag_getter
-        out = [(ev, add(ts(ev), value(ev), tag(ev))) for ev in values]
-        self.expires_at = self.now() + self.idle_timeout
+    def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
+        agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
+        now = self.now()
+        horizon = now.timestamp() + self.max_ahead_s if self.max_ahead_s is not None else float("inf")
+        out: list[Windowed[E]] = []
+        for ev in values:
+            t = ts(ev)
+            event_id = ident(ev) if ident is not None else None
+            if event_id is not None and agg.seen(event_id):
+                out.append(Windowed(ev, None, WindowStatus.DUPLICATE))
+            elif t > horizon:
+                out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.AHEAD))
+            else:
+                feats = agg.add(t, value(ev), tag(ev), event_id)
+                if feats is None:
+                    out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.LATE))
+                else:
+                    out.append(Windowed(ev, feats, WindowStatus.OK))
+        self.expires_at = now + self.idle_timeout
         return out, StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[tuple[E, Features | None]], bool]:
+    def on_notify(self) -> tuple[list[Windowed[E]], bool]:
         return [], StatefulBatchLogic.DISCARD
 
     def notify_at(self) -> datetime | None:
         return self.expires_at
 
-    def snapshot(self) -> tuple:
+    def snapshot(self) -> WindowState:
         return self.agg.state()
 
 
@@ -74,29 +104,36 @@ def sliding_features(
     tag_getter: Callable[[E], Hashable],
     spec: WindowSpec = WindowSpec(),
     idle_timeout: timedelta = timedelta(hours=1),
+    id_getter: Callable[[E], Hashable] | None = None,
+    max_ahead: timedelta | None = None,
     now_getter: Clock = utc_now,
-) -> WindowOut[E]:
+) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
     ``ts_getter`` gives the event time in seconds, ``value_getter`` the value
-    summed, ``tag_getter`` the attribute counted distinct. A key whose events
-    stop for ``idle_timeout`` (system time) is dropped, which keeps state bounded;
-    a key with no events left inside ``spec.horizon_s`` gives the same features as
-    a dropped one, so expiry does not change results once the timeout is at least
-    the horizon.
+    summed, ``tag_getter`` the attribute counted distinct. Every event comes out
+    once as a :class:`Windowed` with its status: added (``ok``); ``late`` (older than
+    the key's newest event minus ``spec.allowed_lateness_s``) or ``ahead`` (dated more
+    than ``max_ahead`` after the clock): both get features computed from the events
+    the window holds but do not move it, so one event dated 2035 cannot make every
+    later real event late; ``duplicate`` (``id_getter`` gave an id already in the
+    window): not counted twice.
+
+    A key whose events stop for ``idle_timeout`` (system time) is dropped, which
+    keeps state bounded; a key with no events left inside ``spec.horizon_s`` gives
+    the same features as a dropped one, so expiry does not change results once the
+    timeout is at least the horizon. Apart from ``ahead`` (which reads the clock),
+    results depend only on the key's events in arrival order, so a replay
+    reproduces them exactly.
 
     ```python
     win = sliding_features("window", keyed, lambda e: e.t, lambda e: e.amount, lambda e: e.merchant)
-    win.down  # KeyedStream[(event, (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev))]
+    # KeyedStream[Windowed(event, (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev), status)]
     ```
     """
     getters = (ts_getter, value_getter, tag_getter)
 
-    def builder(resume_state: tuple | None) -> _SlidingLogic[E]:
-        return _SlidingLogic(spec, getters, idle_timeout, resume_state, now_getter)
+    def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
+        return _SlidingLogic(spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter)
 
-    out = op.stateful_batch("aggregate", up, builder)
-    split = op.branch("split_late", out, lambda kv: kv[1][1] is not None)
-    late = op.map_value("late", split.falses, lambda v: v[0])
-    down = split.trues
-    return WindowOut(down=down, late=late)  # type: ignore[arg-type]
+    return op.stateful_batch("aggregate", up, builder)

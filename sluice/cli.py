@@ -18,8 +18,16 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from sluice.settings import AssistantSettings, FlowSettings, FraudSettings, SettingsError, settings_table
+from sluice.settings import (
+    AssistantSettings,
+    FlowSettings,
+    FraudSettings,
+    SettingsError,
+    settings_table,
+    update_readme_tables,
+)
 
 FLOWS: dict[str, tuple[str, type[FlowSettings]]] = {
     "fraud": ("dataflows.fraud:from_env()", FraudSettings),
@@ -56,6 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
+    if args.write_readme:
+        path = Path(args.write_readme)
+        path.write_text(update_readme_tables(path.read_text()))
+        print(f"settings tables in {path} regenerated")
+        return 0
     cls = FLOWS[args.flow][1]
     if args.markdown:
         print(settings_table(cls, None if cls is FlowSettings else FlowSettings))
@@ -107,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("settings", help="a flow's effective SLUICE_* settings, or their table")
-    p.add_argument("flow", choices=FLOWS)
+    p.add_argument("flow", choices=FLOWS, nargs="?", default="fraud")
     p.add_argument("--markdown", action="store_true", help="the documentation table (variables, defaults, meaning)")
+    p.add_argument("--write-readme", metavar="FILE", help="regenerate the settings tables of FILE (README.md)")
     p.set_defaults(fn=cmd_settings)
 
     p = sub.add_parser("stack", help="the local broker (Tansu) and Redis")

@@ -159,6 +159,9 @@ class FlowSettings:
     stop_at_end: bool = setting(False, "stop at the end of the input (backfills, replays)")
     source_batch_size: int = setting(2000, "records a source partition hands over per poll", minimum=1)
     connect_timeout_s: float = setting(15.0, "how long start-up waits for Kafka and Redis before failing", minimum=0.1)
+    outage_timeout_s: float = setting(
+        60.0, "a running flow whose broker or input topic stays gone this long exits (code 3)", minimum=1.0
+    )
     kafka: Mapping[str, str] = field(default_factory=dict)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -255,6 +258,10 @@ class FraudSettings(FlowSettings):
     profile_cache_ttl_s: float = setting(30.0, "how long a card profile is cached", minimum=0.0)
     card_idle_timeout_s: float = setting(3600.0, "window state of an idle card is dropped after this", minimum=1.0)
     allowed_lateness_s: float = setting(60.0, "how far out of order an event may arrive", minimum=0.0)
+    max_event_ahead_s: float = setting(
+        3600.0, "an event dated further ahead of the clock is decided without moving its card's window", minimum=0.0
+    )
+    redis_timeout_ms: float = setting(500.0, "Redis socket timeout for profile lookups", minimum=1.0)
     transactional_id_prefix: str = setting("sluice-fraud", "prefix of the transactional ids (one per output partition)")
 
     def input_topics(self) -> list[str]:
@@ -328,3 +335,15 @@ def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = No
         shown = str(int(default)) if isinstance(default, bool) else (str(default) if default != "" else "(empty)")
         rows.append(f"| `{env_name(f.name)}` | `{shown}` | {f.metadata.get('doc', '')} |")
     return "\n".join(rows)
+
+
+def update_readme_tables(text: str) -> str:
+    """``text`` (the README) with every ``<!-- settings:Class -->`` ... ``<!-- /settings -->`` block regenerated."""
+    classes: dict[str, type[FlowSettings]] = {c.__name__: c for c in [FlowSettings, *FlowSettings.all_classes]}
+
+    def table(match: re.Match[str]) -> str:
+        cls = classes[match.group(1)]
+        body = settings_table(cls, None if cls is FlowSettings else FlowSettings)
+        return f"<!-- settings:{match.group(1)} -->\n{body}\n<!-- /settings -->"
+
+    return re.sub(r"<!-- settings:(\w+) -->\n.*?<!-- /settings -->", table, text, flags=re.S)

@@ -41,6 +41,14 @@ def _files(recovery_dir: Path) -> list[Path]:
     return files
 
 
+def _offset(snapshot: object) -> int:
+    """A source partition's next offset (its snapshot is the offset, or an object with ``.offset``)."""
+    offset = getattr(snapshot, "offset", snapshot)
+    if not isinstance(offset, int):
+        raise TypeError(f"not a source offset snapshot: {snapshot!r}")
+    return offset
+
+
 def summarize(recovery_dir: Path, input_step_suffix: str = "transactions") -> StoreSummary:
     """Executions, the committed epoch, and every checkpoint with its input offsets."""
     snaps: list[tuple[str, str, int, bytes | None, str]] = []
@@ -67,7 +75,7 @@ def summarize(recovery_dir: Path, input_step_suffix: str = "transactions") -> St
                 latest[key] = (snap_epoch, blob)
             if snap_epoch == epoch:
                 written = max(written, created)
-        offsets = {key: pickle.loads(blob) for key, (_, blob) in sorted(latest.items()) if blob is not None}
+        offsets = {key: _offset(pickle.loads(blob)) for key, (_, blob) in sorted(latest.items()) if blob is not None}
         checkpoints.append(Checkpoint(epoch, written, offsets))
     return StoreSummary(
         partitions=len(files),

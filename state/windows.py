@@ -50,6 +50,9 @@ class WindowSpec:
         return max([w for _, w in self.windows] + [self.distinct_window_s, self.gap_cap_s])
 
 
+WindowState = tuple[list[float], list[float], list[Hashable], list[Hashable], float]
+
+
 class SlidingAggregates:
     """One key's recent events and the features they give a new event.
 
@@ -60,45 +63,73 @@ class SlidingAggregates:
     (2.0, 15.0, 2.0, 15.0, 2.0, 30.0)
     >>> agg.add(100.0, 1.0, "m1")  # the earlier events have left the 1-minute window
     (1.0, 1.0, 3.0, 16.0, 2.0, 70.0)
+    >>> agg.peek(110.0, 2.0, "m3"), agg.newest  # what an event would get, without keeping it
+    ((2.0, 3.0, 4.0, 18.0, 3.0, 10.0), 100.0)
+
+    Events may carry an id (``add(..., event_id=...)``); :meth:`seen` answers whether an
+    event with that id is still in the window, so a re-sent event is recognised.
     """
 
-    __slots__ = ("spec", "times", "values", "tags", "newest", "keep_s")
+    __slots__ = ("spec", "times", "values", "tags", "ids", "newest", "keep_s", "_id_set")
 
-    def __init__(self, spec: WindowSpec, state: tuple[list[float], list[float], list[Hashable], float] | None = None):
+    def __init__(self, spec: WindowSpec, state: WindowState | None = None):
         self.spec = spec
         self.keep_s = spec.horizon_s + spec.allowed_lateness_s
         if state is None:
             self.times: list[float] = []
             self.values: list[float] = []
             self.tags: list[Hashable] = []
+            self.ids: list[Hashable] = []
             self.newest = float("-inf")
         else:
-            times, values, tags, self.newest = state
-            self.times, self.values, self.tags = list(times), list(values), list(tags)
+            times, values, tags, ids, self.newest = state
+            self.times, self.values, self.tags, self.ids = list(times), list(values), list(tags), list(ids)
+        self._id_set = {i for i in self.ids if i is not None}
 
     def is_late(self, t: float) -> bool:
         return t < self.newest - self.spec.allowed_lateness_s
 
-    def add(self, t: float, value: float, tag: Hashable) -> Features | None:
+    def seen(self, event_id: Hashable) -> bool:
+        """Whether an event with this id is held (within the window's horizon)."""
+        return event_id in self._id_set
+
+    def add(self, t: float, value: float, tag: Hashable, event_id: Hashable = None) -> Features | None:
         """Add an event at ``t`` seconds; return its features, or None if it is late."""
         if self.is_late(t):
             return None
+        i = self._insert(t, value, tag, event_id)
+        if t > self.newest:
+            self.newest = t
+        feats = self._features(t, i)
+        self._evict()
+        return feats
+
+    def peek(self, t: float, value: float, tag: Hashable) -> Features:
+        """The features an event at ``t`` gets from the events held, without keeping it
+        (for events that must not move the window: late, or dated too far ahead)."""
+        i = self._insert(t, value, tag, None)
+        try:
+            return self._features(t, i)
+        finally:
+            del self.times[i], self.values[i], self.tags[i], self.ids[i]
+
+    def _insert(self, t: float, value: float, tag: Hashable, event_id: Hashable) -> int:
         times = self.times
         if not times or t >= times[-1]:
             i = len(times)
             times.append(t)
             self.values.append(value)
             self.tags.append(tag)
+            self.ids.append(event_id)
         else:
             i = bisect_right(times, t)
             times.insert(i, t)
             self.values.insert(i, value)
             self.tags.insert(i, tag)
-        if t > self.newest:
-            self.newest = t
-        feats = self._features(t, i)
-        self._evict()
-        return feats
+            self.ids.insert(i, event_id)
+        if event_id is not None:
+            self._id_set.add(event_id)
+        return i
 
     def _features(self, t: float, i: int) -> Features:
         spec, times, values = self.spec, self.times, self.values
@@ -118,8 +149,10 @@ class SlidingAggregates:
         drop = bisect_right(self.times, self.newest - self.keep_s)
         drop = max(drop, len(self.times) - self.spec.max_events_per_key)
         if drop > 0:
-            del self.times[:drop], self.values[:drop], self.tags[:drop]
+            for event_id in self.ids[:drop]:
+                self._id_set.discard(event_id)
+            del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop]
 
-    def state(self) -> tuple[list[float], list[float], list[Hashable], float]:
+    def state(self) -> WindowState:
         """Copies of the key's events (a snapshot must not change when :meth:`add` runs later)."""
-        return (list(self.times), list(self.values), list(self.tags), self.newest)
+        return (list(self.times), list(self.values), list(self.tags), list(self.ids), self.newest)

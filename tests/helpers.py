@@ -61,11 +61,23 @@ def wait_for(settings: FlowSettings, topic: str, count: int, timeout_s: float = 
 
 
 def decisions(msgs: list[Message]) -> dict[str, list[dict[str, Any]]]:
+    """Decisions by event id (readiness probes left out)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for m in msgs:
         d = orjson.loads(m.value() or b"{}")
-        out.setdefault(d["event_id"], []).append(d)
+        if not d["event_id"].startswith("probe-"):
+            out.setdefault(d["event_id"], []).append(d)
     return out
+
+
+def wait_for_decisions(settings: FraudSettings, count: int, timeout_s: float = 60) -> dict[str, list[dict[str, Any]]]:
+    """Read the decisions topic until ``count`` distinct events (probes left out) are decided."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = decisions(read_all(settings.connection(), settings.decisions_topic))
+        if len(got) >= count or time.monotonic() > deadline:
+            return got
+        time.sleep(0.3)
 
 
 def start_flow(

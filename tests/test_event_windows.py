@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -6,7 +6,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.event_windows import Features, SlidingAggregates, WindowSpec, sliding_features
+from operators.event_windows import Features, SlidingAggregates, WindowSpec, WindowStatus, sliding_features
 
 SPEC = WindowSpec(windows=(("1m", 60.0), ("1h", 3600.0)), allowed_lateness_s=30.0)
 
@@ -59,42 +59,69 @@ def test_matches_brute_force_and_state_stays_bounded(events):
         assert all(x >= agg.newest - SPEC.horizon_s - SPEC.allowed_lateness_s for x in agg.times)
 
 
-def _run(items, idle=timedelta(hours=1)):
+def _run(items, idle=timedelta(hours=1), **kwargs):
     flow = Dataflow("win")
     src = op.input("in", flow, TestingSource(items))
     keyed = op.key_on("key", src, lambda e: e[0])
-    win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, idle_timeout=idle)
-    down: list = []
-    late: list = []
-    op.output("down", win.down, TestingSink(down))
-    op.output("late", win.late, TestingSink(late))
+    win = sliding_features(
+        "w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, idle_timeout=idle, **kwargs
+    )
+    out: list = []
+    op.output("out", win, TestingSink(out))
     run_main(flow)
-    return down, late
+    return [(k, w.event, w.features, w.status) for k, w in out]
 
 
-def test_operator_keeps_keys_apart_and_routes_late_events():
-    items = [("c1", 0.0, 5.0, "m1"), ("c2", 1.0, 7.0, "m1"), ("c1", 10.0, 5.0, "m2"), ("c1", 5.0 - 40, 1.0, "m3")]
-    down, late = _run(items)
-    feats = {(k, e[1]): f for k, (e, f) in down}
+def test_operator_keeps_keys_apart_and_decides_late_events_from_the_window_without_adding_them():
+    items = [
+        ("c1", 0.0, 5.0, "m1"),
+        ("c2", 1.0, 7.0, "m1"),
+        ("c1", 10.0, 5.0, "m2"),
+        ("c1", 5.0 - 40, 1.0, "m3"),
+        ("c1", 11.0, 1.0, "m1"),
+    ]
+    out = _run(items)
+    feats = {(k, e[1]): f for k, e, f, _ in out}
     assert feats[("c1", 10.0)][:2] == (2, 10)
     assert feats[("c2", 1.0)][:2] == (1, 7)
-    assert late == [("c1", ("c1", -35.0, 1.0, "m3"))]
+    late = [(e, f, s) for _, e, f, s in out if s == WindowStatus.LATE]
+    assert late == [(("c1", -35.0, 1.0, "m3"), (1.0, 1.0, 1.0, 1.0, 1.0, 3600.0), WindowStatus.LATE)]
+    assert feats[("c1", 11.0)][:2] == (3, 11)  # the late event was not added
+
+
+def test_an_event_dated_far_ahead_does_not_block_the_key():
+    now = datetime.now(UTC).timestamp()
+    items = [
+        ("c1", now - 20, 5.0, "m1"),
+        ("c1", now + 10 * 365 * 86400, 9.0, "m1"),  # ten years ahead
+        ("c1", now - 10, 5.0, "m1"),
+    ]
+    out = _run(items, max_ahead=timedelta(hours=1))
+    assert [s for *_, s in out] == [WindowStatus.OK, WindowStatus.AHEAD, WindowStatus.OK]
+    assert out[2][2][:2] == (2, 10)  # the real events still count; the future one was never added
+
+
+def test_a_resent_event_id_is_counted_once():
+    items = [("c1", 0.0, 5.0, "m1", "e1"), ("c1", 1.0, 5.0, "m1", "e2"), ("c1", 0.0, 5.0, "m1", "e1")]
+    out = _run(items, id_getter=lambda e: e[4])
+    assert [s for *_, s in out] == [WindowStatus.OK, WindowStatus.OK, WindowStatus.DUPLICATE]
+    assert out[2][2] is None
 
 
 def test_idle_keys_expire_and_start_fresh():
     items = [("c1", 0.0, 5.0, "m1"), TestingSource.PAUSE(timedelta(milliseconds=300)), ("c1", 10.0, 5.0, "m1")]
-    down, _ = _run(items, idle=timedelta(milliseconds=50))
+    out = _run(items, idle=timedelta(milliseconds=50))
     # the state of c1 was dropped during the pause: the second event sees only itself
-    assert [f[0] for _, (_, f) in down] == [1, 1]
-    down, _ = _run(items, idle=timedelta(hours=1))
-    assert [f[0] for _, (_, f) in down] == [1, 2]
+    assert [f[0] for _, _, f, _ in out] == [1, 1]
+    out = _run(items, idle=timedelta(hours=1))
+    assert [f[0] for _, _, f, _ in out] == [1, 2]
 
 
 def test_a_snapshot_does_not_change_when_events_are_added_after_it():
     agg = SlidingAggregates(SPEC)
     agg.add(1000.0, 10.0, "a")
     snap = agg.state()
-    frozen = (list(snap[0]), list(snap[1]), list(snap[2]), snap[3])
+    frozen = tuple(list(part) if isinstance(part, list) else part for part in snap)
     agg.add(1010.0, 20.0, "b")
     agg.add(1005.0, 1.0, "c")
     assert snap == frozen

@@ -1,55 +1,96 @@
 import bytewax.operators as op
+import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from models.fraud_features import CardProfile, parse_profile
 from operators.enrich import enrich_batch
 from sluice.processes import free_port
-from state.feature_store import FeatureStore
+from state.feature_store import FeatureStore, Profile, Unreadable
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_batch_read_is_one_round_trip_and_cached(stack):
-    store = FeatureStore(stack.redis_url, "fs-test", ttl_s=60)
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-test", ttl_s=60)
     store.put_many({f"c{i}": {"avg_amount": i, "home_country": "US"} for i in range(50)})
     got, down = store.get_many([f"c{i}" for i in range(50)] + ["unknown"])
     assert not down and store.round_trips == 1
     assert got["c7"] == {"avg_amount": "7", "home_country": "US"} and got["unknown"] is None
-    again, _ = store.get_many(["c7", "c8", "unknown"])
-    assert store.round_trips == 1 and again["c8"] == {
-        "avg_amount": "8",
-        "home_country": "US",
-    }  # served from the TTL cache
+    again, _ = store.get_many(["c7", "c8"])
+    assert store.round_trips == 1 and again["c8"] == {"avg_amount": "8", "home_country": "US"}  # from the cache
+
+
+def test_no_profile_is_cached_only_briefly(stack):
+    clock = FakeClock()
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-neg", ttl_s=60, negative_ttl_s=1.0, clock=clock)
+    assert store.get_many(["late-card"])[0]["late-card"] is None
+    store.put_many({"late-card": {"avg_amount": 3}})  # the profile is loaded just after the first lookup
+    clock.now += 0.5
+    assert store.get_many(["late-card"])[0]["late-card"] is None  # still the cached miss
+    clock.now += 0.6
+    assert store.get_many(["late-card"])[0]["late-card"] == {"avg_amount": "3"}  # seen within a second
 
 
 def test_cache_entries_expire(stack):
-    store = FeatureStore(stack.redis_url, "fs-ttl", ttl_s=0.0)
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-ttl", ttl_s=0.0)
     store.put_many({"a": {"v": 1}})
     store.get_many(["a"])
     store.put_many({"a": {"v": 2}})
     assert store.get_many(["a"])[0]["a"] == {"v": "2"} and store.round_trips == 2
 
 
-def test_unreachable_redis_gives_fallback_and_backs_off():
-    store = FeatureStore(f"redis://127.0.0.1:{free_port()}/0", "x", retry_after_s=60)
-    got, down = store.get_many(["a", "b"])
-    assert down and got == {"a": None, "b": None} and store.failures == 1
+def test_a_bad_key_is_unreadable_on_its_own_and_never_opens_the_circuit(stack):
+    client = redis.Redis.from_url(stack.redis_url)
+    client.set("pk:wrongtype", "a plain string, not a hash")
+    client.hset("pk:binary", mapping={"avg_amount": b"\xff\xfe"})
+    client.hset("pk:text", mapping={"avg_amount": "lots"})
+    client.hset("pk:good", mapping={"avg_amount": "12.5"})
+    store: FeatureStore[CardProfile] = FeatureStore(stack.redis_url, "pk", parse=parse_profile, failures_to_open=1)
+    got, down = store.get_many(["wrongtype", "binary", "text", "good"])
+    assert not down and not store.circuit_open
+    assert isinstance(got["wrongtype"], Unreadable) and "WRONGTYPE" in got["wrongtype"].reason
+    assert isinstance(got["binary"], Unreadable) and "UTF-8" in got["binary"].reason
+    assert isinstance(got["text"], Unreadable) and "not a number" in got["text"].reason
+    assert isinstance(got["good"], CardProfile) and got["good"].avg_amount == 12.5
+
+
+def test_the_circuit_opens_after_consecutive_failures_and_probes_again():
+    clock = FakeClock()
+    store: FeatureStore[Profile] = FeatureStore(
+        f"redis://127.0.0.1:{free_port()}/0", "x", failures_to_open=3, retry_after_s=5, clock=clock
+    )
+    for expected_failures in (1, 2, 3):
+        got, down = store.get_many(["a", "b"])
+        assert down and got == {"a": None, "b": None} and store.failures == expected_failures
+    assert store.circuit_open
     store.get_many(["a"])
-    assert store.failures == 1  # circuit open: no second attempt yet
+    assert store.failures == 3  # open: no attempt
+    clock.now += 5.1
+    store.get_many(["a"])
+    assert store.failures == 4 and store.circuit_open  # half-open probe failed: open again
 
 
 def test_operator_does_one_round_trip_per_runtime_batch(stack):
     FeatureStore(stack.redis_url, "op-test").put_many({f"k{i}": {"x": i} for i in range(10)})
-    stores: list[FeatureStore] = []
+    stores: list[FeatureStore[Profile]] = []
 
     def factory():
-        stores.append(FeatureStore(stack.redis_url, "op-test", ttl_s=0))
-        return stores[-1]
+        stores.append(FeatureStore(stack.redis_url, "op-test", ttl_s=0, negative_ttl_s=0))
+        return stores[-1].get_many
 
     flow = Dataflow("lookup")
     items = [f"k{i % 12}" for i in range(60)]
     out: list = []
     op.output(
         "o",
-        enrich_batch("l", op.input("in", flow, TestingSource(items, batch_size=20)), lambda: factory().get_many, str),
+        enrich_batch("l", op.input("in", flow, TestingSource(items, batch_size=20)), factory, str),
         TestingSink(out),
     )
     run_main(flow)

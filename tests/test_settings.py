@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sluice.settings import AssistantSettings, FlowSettings, FraudSettings, SettingsError, env_name
+from sluice.settings import (
+    AssistantSettings,
+    FlowSettings,
+    FraudSettings,
+    SettingsError,
+    env_name,
+    update_readme_tables,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -80,3 +87,8 @@ def test_every_setting_is_in_the_readme_with_its_real_default(cls):
         rows = [line for line in readme.splitlines() if re.search(rf"`{name}`", line)]
         assert rows, f"{name} is not documented in README.md"
         assert any(f"`{shown}`" in row for row in rows), f"README gives {name} another default than {shown!r}"
+
+
+def test_the_readme_tables_are_generated_from_the_settings():
+    """`sluice settings --write-readme README.md` regenerates them; a stale table fails here."""
+    assert update_readme_tables(README.read_text()) == README.read_text()

@@ -98,7 +98,8 @@ def delete_topics(conn: KafkaConnection, topics: Iterable[str], timeout_s: float
     names = list(topics)
     if not names:
         return
-    for topic, fut in admin_client(conn).delete_topics(names).items():
+    admin = admin_client(conn)  # held until the futures resolve: a destroyed handle cancels them
+    for topic, fut in admin.delete_topics(names).items():
         try:
             fut.result(timeout=timeout_s)
         except KafkaException as exc:

@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from operators.kafka.admin import list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import KafkaRecord
+from operators.lifecycle import fail
 
 S = TypeVar("S")
 Routed = tuple[str, KafkaRecord]  # ("topic:partition", record)
@@ -159,18 +160,23 @@ class _AtLeastOncePartition(StatefulSinkPartition[KafkaRecord, None]):
         self._flush_timeout_s = flush_timeout_s
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
-        self._shared.raise_if_failed()
         try:
+            self._shared.raise_if_failed()
             produce_all(self._shared.producer, items, self._shared.on_delivery, self._partition)
         except KafkaException as exc:
-            raise DeliveryFailed(str(exc)) from exc
+            fail(f"writing to Kafka failed: {exc}")
+        except DeliveryFailed as exc:
+            fail(str(exc))
 
     def snapshot(self) -> None:
         # Bytewax calls this at the end of each epoch, before the epoch can commit.
-        self._shared.flush(self._flush_timeout_s)
+        try:
+            self._shared.flush(self._flush_timeout_s)
+        except DeliveryFailed as exc:
+            fail(f"{exc}; the epoch was not committed, so a restart resends it")
 
     def close(self) -> None:
-        self._shared.flush(self._flush_timeout_s)
+        self.snapshot()
 
 
 class KafkaProducerSink(TopicPartitionedSink[None]):

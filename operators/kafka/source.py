@@ -4,20 +4,39 @@ Each topic partition is one Bytewax source partition, so a resumed flow rewinds
 every partition to the offset of the last committed epoch. Compared with the
 bundled ``KafkaSource`` it emits lean :class:`SourceRecord` objects and can start
 from a timestamp or an explicit offset (for replays and backfills).
+
+It never hangs silently: a broker that stays unreachable, or a topic that stays
+missing, for ``give_up_after_s``, a topic that is no longer the one the
+checkpoint was taken from (deleted and recreated, or a broker that lost its
+data: its topic id changed, see :class:`TopicGuard`), and an offset that is no
+longer in the log stop the flow through :func:`operators.lifecycle.fail` with one
+line saying what happened. A requested stop
+(:func:`operators.lifecycle.request_stop`) ends every partition cleanly.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 
-from operators.kafka.admin import end_offset, list_partitions, log
+from operators.kafka.admin import admin_client, end_offset, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import SourceRecord
+from operators.lifecycle import fail, stop_requested
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPosition:
+    """What a source partition keeps in the checkpoint: the next offset, and the id of the topic it belongs to."""
+
+    offset: int
+    topic_id: str | None
 
 
 @dataclass(frozen=True)
@@ -45,27 +64,106 @@ class StartAt:
         return cls(kind, int(num))
 
 
-class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
+# "the offset we hold is not in the log": retention removed it, or (on a real cluster) the topic was
+# recreated or the broker lost data. Resuming elsewhere would silently skip or repeat input.
+_OFFSET_GONE = frozenset({KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET})
+
+
+class TopicGuard:
+    """Notices, for a running reader, that its topic is unreachable, missing, or not the same topic.
+
+    A topic deleted and recreated (or a broker that lost its data and got its topics
+    back empty) keeps its name but gets a new topic id; the offsets a checkpoint
+    holds belong to the old one. Some brokers (Tansu) then simply return nothing
+    for those offsets, so a reader that only watched fetch errors would wait
+    forever. The guard describes the topic at most every ``every_s`` (one admin
+    call per topic and process, shared by its partitions) and reports its id.
+    """
+
+    _shared: dict[tuple[str, str], TopicGuard] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, conn: KafkaConnection, topic: str, every_s: float = 5.0) -> None:
+        self._admin = admin_client(conn)
+        self.topic = topic
+        self.every_s = every_s
+        self._checked_at = float("-inf")
+        self._answer: tuple[str, str | None] = ("unreachable", None)  # ("ok" | "missing" | "unreachable", id)
+        self._check_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, conn: KafkaConnection, topic: str) -> TopicGuard:
+        with cls._lock:
+            key = (conn.brokers, topic)
+            if key not in cls._shared:
+                cls._shared[key] = cls(conn, topic)
+            return cls._shared[key]
+
+    def status(self, now: float, force: bool = False) -> tuple[str, str | None]:
+        """``("ok", topic id)``, ``("missing", None)`` or ``("unreachable", None)``, at most every ``every_s``."""
+        with self._check_lock:
+            if force or now - self._checked_at >= self.every_s:
+                self._checked_at = now
+                self._answer = self._describe()
+            return self._answer
+
+    def _describe(self) -> tuple[str, str | None]:
+        try:
+            desc = self._admin.describe_topics(TopicCollection([self.topic]))[self.topic].result(timeout=2.0)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return ("missing", None)
+            return ("unreachable", None)
+        except Exception:  # noqa: BLE001 - a timed-out future or a closed handle: the broker did not answer
+            return ("unreachable", None)
+        return ("ok", str(desc.topic_id))
+
+
+class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition]):
     def __init__(
         self,
         config: dict[str, Any],
-        topic: str,
+        guard: TopicGuard,
         partition: int,
         start: StartAt,
-        resume_offset: int | None,
+        resume: PartitionPosition | int | None,
         batch_size: int,
         tail: bool,
+        give_up_after_s: float,
     ) -> None:
-        consumer = Consumer(config)
-        offset = resume_offset if resume_offset is not None else self._resolve(consumer, topic, partition, start)
-        consumer.assign([TopicPartition(topic, partition, offset)])
-        self._consumer = consumer
-        self._topic = topic
+        self._topic = guard.topic
         self._partition = partition
+        self._guard = guard
+        self._give_up_after_s = give_up_after_s
+        self._trouble_since: float | None = None
+        status, topic_id = guard.status(time.monotonic(), force=True)
+        if status != "ok":
+            fail(f"{self._where}: the topic is {status} at start")
+        if isinstance(resume, int):  # a checkpoint from before topic ids were kept
+            resume = PartitionPosition(resume, topic_id)
+        if resume is not None and resume.topic_id not in (None, topic_id):
+            fail(self._recreated(resume.topic_id, topic_id))
+        self._topic_id = topic_id
+        consumer = Consumer(config)
+        offset = resume.offset if resume is not None else self._resolve(consumer, self._topic, partition, start)
+        consumer.assign([TopicPartition(self._topic, partition, offset)])
+        self._consumer = consumer
         self._offset = offset
         self._batch_size = batch_size
         self._tail = tail
         self._eof = False
+
+    @property
+    def _where(self) -> str:
+        return f"{self._topic}[{self._partition}]"
+
+    def _recreated(self, was: str | None, now: str | None) -> str:
+        return (
+            f"{self._where}: the topic is not the one the checkpoint was taken from (topic id {was} is now {now}): "
+            "it was deleted and recreated, or the broker lost its data; its offsets mean nothing now. To start "
+            "over, use a fresh recovery directory (and SLUICE_START_FROM)"
+        )
 
     @staticmethod
     def _resolve(consumer: Consumer, topic: str, partition: int, start: StartAt) -> int:
@@ -80,9 +178,28 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
         found = consumer.offsets_for_times([TopicPartition(topic, partition, start.value)], timeout=10)
         return int(found[0].offset) if found[0].offset >= 0 else int(OFFSET_END)
 
+    def _check_topic(self) -> None:
+        now = time.monotonic()
+        status, topic_id = self._guard.status(now)
+        if status == "ok":
+            self._trouble_since = None
+            if topic_id != self._topic_id:
+                fail(self._recreated(self._topic_id, topic_id))
+            return
+        if self._trouble_since is None:
+            self._trouble_since = now
+            log.warning("%s: the topic is %s; waiting up to %.0fs", self._where, status, self._give_up_after_s)
+        elif now - self._trouble_since > self._give_up_after_s:
+            what = "the broker has been unreachable" if status == "unreachable" else "the topic has been missing"
+            fail(
+                f"{self._where}: {what} for {now - self._trouble_since:.0f}s; stopping so a supervisor can restart "
+                "the flow once it is back (the checkpoint is kept; SLUICE_OUTAGE_TIMEOUT_S sets the wait)"
+            )
+
     def next_batch(self) -> list[SourceRecord]:
-        if self._eof:
+        if self._eof or stop_requested():
             raise StopIteration()
+        self._check_topic()
         msgs = self._consumer.consume(self._batch_size, 0.001)
         batch: list[SourceRecord] = []
         append = batch.append
@@ -90,13 +207,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    if not self._tail:
-                        self._eof = True
-                    continue
-                if err.fatal():
-                    raise RuntimeError(f"fatal error consuming {topic}[{partition}]: {err}")
-                log.warning("transient error consuming %s[%d]: %s", topic, partition, err)
+                self._on_error(err)
                 continue
             append(
                 SourceRecord(
@@ -107,14 +218,30 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, int]):
             self._offset = batch[-1].offset + 1
         return batch
 
-    def snapshot(self) -> int:
-        return self._offset
+    def _on_error(self, err: KafkaError) -> None:
+        code = err.code()
+        if code == KafkaError._PARTITION_EOF:
+            if not self._tail:
+                self._eof = True
+        elif code in _OFFSET_GONE:
+            fail(
+                f"{self._where}: offset {self._offset} is no longer in the log ({err.str()}): retention removed it, "
+                "the topic was recreated, or the broker lost its data; to start over, use a fresh recovery "
+                "directory (and SLUICE_START_FROM)"
+            )
+        elif err.fatal():
+            fail(f"{self._where}: fatal consumer error: {err.str()}")
+        else:  # unknown topic, transport errors: the guard decides when waiting has lasted too long
+            log.debug("consuming %s: %s", self._where, err.str())
+
+    def snapshot(self) -> PartitionPosition:
+        return PartitionPosition(self._offset, self._topic_id)
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
+class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, PartitionPosition]):
     """Read topics partition by partition, offsets checkpointed by Bytewax.
 
     >>> src = KafkaPartitionSource(KafkaConnection("127.0.0.1:9092"), ["transactions"], start="earliest")
@@ -128,6 +255,7 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
         start: str = "earliest",
         tail: bool = True,
         batch_size: int = 2000,
+        give_up_after_s: float = 60.0,
     ) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a list of topic names, not a string")
@@ -135,12 +263,13 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
         self._start = StartAt.parse(start)
         self._tail = tail
         self._batch_size = batch_size
+        self._give_up_after_s = give_up_after_s
         self._connection = connection
 
     def list_parts(self) -> list[str]:
         return [f"{p}-{t}" for t in self._topics for p in list_partitions(self._connection, t)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _PartitionReader:
+    def build_part(self, step_id: str, for_part: str, resume_state: PartitionPosition | None) -> _PartitionReader:
         idx, topic = for_part.split("-", 1)
         config = self._connection.consumer_config(
             **{
@@ -148,7 +277,11 @@ class KafkaPartitionSource(FixedPartitionedSource[SourceRecord, int]):
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "isolation.level": "read_committed",
+                "auto.offset.reset": "error",  # an offset outside the log is a failure, never a silent jump
                 "logger": log,
             }
         )
-        return _PartitionReader(config, topic, int(idx), self._start, resume_state, self._batch_size, self._tail)
+        guard = TopicGuard.shared(self._connection, topic)
+        return _PartitionReader(
+            config, guard, int(idx), self._start, resume_state, self._batch_size, self._tail, self._give_up_after_s
+        )

@@ -104,13 +104,9 @@ class LocalStack:
         for name, port in (("Kafka broker", self.kafka_port), ("Redis", self.redis_port)):
             if _port_in_use(port):
                 raise StackError(f"{name} port {port} on 127.0.0.1 is already taken")
-        tansu, redis_server = tansu_binary(), redis_binary()
+        redis_server = redis_binary()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
-        self._spawn(
-            "tansu",
-            [str(tansu), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        )
+        self._spawn_broker()
         redis_dir = self.state_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
         self._spawn(
@@ -136,6 +132,41 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _spawn_broker(self) -> None:
+        url = f"tcp://127.0.0.1:{self.kafka_port}"
+        self._spawn("tansu", [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url])
+
+    def restart_broker(self, recreate_topics: bool = True) -> None:
+        """Kill the broker and start a new one on the same port: Tansu keeps data in memory, so every
+        topic and record is gone (what a broker that loses its disk looks like). Topics come back empty
+        when ``recreate_topics``."""
+        proc = self.procs.pop("tansu")
+        proc.kill()
+        proc.wait(timeout=10)
+        _wait("old broker port to close", lambda: not _port_in_use(self.kafka_port), 10)
+        self._spawn_broker()
+        _wait("Kafka broker port", lambda: _port_in_use(self.kafka_port), 30)
+        if recreate_topics:
+            _wait("Kafka broker", lambda: admin_client(self.connection).list_topics(timeout=2) is not None, 30)
+            self.create_topics(self.topics)
+
+    def restart_redis(self) -> None:
+        """Kill Redis and start it again on the same port, empty (it keeps no data: ``--save ""``)."""
+        proc = self.procs.pop("redis")
+        argv = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+        proc.kill()
+        proc.wait(timeout=10)
+        _wait("old Redis port to close", lambda: not _port_in_use(self.redis_port), 10)
+        self._spawn("redis", argv)
+        _wait("Redis port", lambda: _port_in_use(self.redis_port), 30)
+
+    def pause(self, name: str) -> None:
+        """Freeze a server (SIGSTOP): it keeps its sockets but answers nothing, like a long GC or a stalled disk."""
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - child owns it

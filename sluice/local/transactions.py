@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 from confluent_kafka import Producer
@@ -53,7 +53,7 @@ def prepare(txn: Transaction, pattern: str | None, settings: FraudSettings) -> P
 
 def event_records(
     stream: TransactionStream, settings: FraudSettings, malformed_rate: float = 0.0
-) -> Iterator[Callable[[float], list[KafkaRecord]]]:
+) -> Iterator[PreparedEvent]:
     """Record builders for the stream: the event, plus its label when it is fraud.
 
     A ``malformed_rate`` share of events is replaced by a broken payload (for DLQ demos);
