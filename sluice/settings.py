@@ -339,7 +339,9 @@ def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = No
 
 def update_readme_tables(text: str) -> str:
     """``text`` (the README) with every ``<!-- settings:Class -->`` ... ``<!-- /settings -->`` block regenerated."""
-    classes: dict[str, type[FlowSettings]] = {c.__name__: c for c in [FlowSettings, *FlowSettings.all_classes]}
+    known: list[type[FlowSettings]] = [FlowSettings]
+    known += FlowSettings.all_classes
+    classes = {c.__name__: c for c in known}
 
     def table(match: re.Match[str]) -> str:
         cls = classes[match.group(1)]
