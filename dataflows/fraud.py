@@ -194,8 +194,9 @@ def _enriched(
     w = item[1]
     assert w.features is not None, "duplicates are not scored"
     if isinstance(lookup, Unreadable):
-        return EnrichedEvent(w.event, w.features, w.status, None, lookup.reason, down)
-    return EnrichedEvent(w.event, w.features, w.status, lookup, None, down)
+        return EnrichedEvent(w.event, w.features, w.status, None, lookup.reason, False)
+    # "store down" only for the events it left without a profile: cached profiles still served
+    return EnrichedEvent(w.event, w.features, w.status, lookup, None, down and lookup is None)
 
 
 def _is_duplicate(item: tuple[str, Windowed[CardEvent]]) -> bool:
