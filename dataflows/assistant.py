@@ -1,25 +1,30 @@
-"""Conversational assistant: a live RAG index from the stream, session memory, intent routing, batched answers.
+"""Conversational assistant: a live hybrid index from the stream, session memory, routing, grounded answers.
 
     python -m bytewax.run "dataflows.assistant:from_env()"
     python -m bytewax.run "dataflows.assistant:from_env()" -r .recovery -s 1 -b 0   # recoverable
     sluice run assistant -- -r .recovery -s 1 -b 0                              # the same
 
-documents -> parse (bad -> DLQ) -> chunk + embed (batched) -> live faiss index
-chat-requests -> parse + bounds (bad -> DLQ) -> ONE embedding per turn (micro-batched)
--> intent (classifier head on that embedding) -> session memory (last turns
-and their query vectors, idle expiry) -> follow-ups search with the previous
-query's vector added -> route:
-    knowledge  -> search the index with that embedding -> prompt with numbered,
-                  cleaned context -> micro-batched generate on a background
-                  thread (the rest of the flow keeps moving) -> chat-responses
+documents -> parse (bad -> DLQ) -> live index: chunk by section and sentence,
+embed chunks and sentences in small steps, dense + BM25 (readiness announced)
+chat-requests -> parse + bounds (bad -> DLQ and an error reply) -> ONE embedding
+per turn (micro-batched, row-wise int8: independent of the batch) -> intent ->
+session memory (user turns with the query they were searched with, and the
+assistant's answers, read back from chat-responses) -> follow-ups searched with
+the conversation's subject -> route:
+    knowledge  -> hybrid search (fused, one passage per document) -> the
+                  extractive answer from the passages' own sentences, cited;
+                  with ``answer_mode=generate`` (default on a GPU) an LLM
+                  rewrite on a background thread, planned to finish before the
+                  turn's deadline and kept only where the passages support it
     handoff    -> handoff (with the conversation so far)
-    small_talk -> canned reply -> chat-responses
+    small_talk -> canned reply
 Configuration: ``SLUICE_*`` variables (:class:`sluice.settings.AssistantSettings`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
@@ -29,27 +34,31 @@ import bytewax.operators as op
 import numpy as np
 import orjson
 import torch
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.runtime import flow_from_env
-from models.chat import ChatRequest, parse_chat_request
-from models.chunking import document_chunks
+from models.answering import Answer, extract_answer, verify_generated
+from models.chat import AnswerNote, ChatRequest, parse_answer_note, parse_chat_request, reply_address
 from models.document import DocumentEvent, parse_document_event
 from models.intent import Intent, Route, shared_intent_router
-from models.llm import shared_generator
-from models.prompting import Passage, build_messages, cited_numbers, passages, rewrite_query
+from models.knowledge import DocumentKnowledge
+from models.llm import plan_batch, shared_generator
+from models.prompting import Remembered, build_messages, redact, resolve_query
 from models.text_encoder import shared_encoder
 from operators.async_batch import async_micro_batch
-from operators.dead_letter import parse_or_dead_letter
+from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
 from operators.kafka.source import KafkaPartitionSource
-from operators.live_index import live_vector_index
+from operators.live_index import Answered, IndexOut, live_index
 from operators.microbatch import micro_batch
 from operators.routing import split_by_route
 from operators.session_memory import session_memory
 from sluice.settings import AssistantSettings
-from state.vector_index import Hit
+from state.index_events import IndexChange, IndexReady
+from state.knowledge_index import Retrieved
+
+log = logging.getLogger("sluice.assistant")
 
 SMALL_TALK_REPLIES = {
     "greeting": "Hello! Ask me anything about the Python language reference.",
@@ -67,14 +76,28 @@ class Turn:
 
     request: ChatRequest
     position: Position
-    history: tuple[str, ...]
+    history: tuple[Remembered, ...]
     query: str
     received_at: float
     vector: np.ndarray | None = None
+    own_vector: np.ndarray | None = None  # the turn's own embedding (the subject's is added for follow-ups)
     intent: Intent | None = None
+    follow_up: bool = False
     embedded_at: float = 0.0
-    hits: tuple[Hit, ...] = ()
-    searched_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Grounded:
+    """A knowledge turn with its passages and its answer."""
+
+    turn: Turn
+    passages: tuple[Retrieved, ...]
+    redactions: int
+    answer: Answer
+    index_wait_ms: float
+    index_warming: bool
+    answered_at: float
+    generation: dict[str, Any] | None = None
 
 
 def _received(item: tuple[SourceRecord, ChatRequest]) -> Turn:
@@ -82,21 +105,41 @@ def _received(item: tuple[SourceRecord, ChatRequest]) -> Turn:
     return Turn(req, src.position, (), req.text, time.time())
 
 
-def with_memory(item: tuple[Turn, tuple[tuple[str, np.ndarray | None], ...]]) -> Turn:
-    """Attach the session's earlier turns; a follow-up searches with its own vector plus the previous query's.
+def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> list[Turn]:
+    """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
+    vectors = shared_encoder(device, int8).encode([t.request.text for t in turns])
+    intents = shared_intent_router().classify(vectors)
+    now = time.time()
+    return [
+        replace(t, vector=v, own_vector=v, intent=i, embedded_at=now)
+        for t, v, i in zip(turns, vectors, intents, strict=True)
+    ]
+
+
+def with_memory(turn: Turn | AnswerNote, history: tuple[Remembered, ...]) -> Turn | AnswerNote:
+    """Attach the session's conversation; a follow-up is searched with the subject turn's query and vector.
 
     Routing keeps the turn's own intent ("talk to a human" stays a handoff
     whatever came before); only retrieval leans on the conversation, without a
-    second embedding per turn.
+    second embedding per turn. Runs inside the memory step, so the turn is
+    remembered with the query it was searched with.
     """
-    turn, earlier = item
-    history = tuple(text for text, _ in earlier)
-    query = rewrite_query(turn.request.text, history)
-    previous = earlier[-1][1] if earlier else None
-    if query == turn.request.text or turn.vector is None or previous is None:
-        return replace(turn, history=history)
-    combined = turn.vector + previous
-    return replace(turn, history=history, query=query, vector=combined / np.linalg.norm(combined))
+    if isinstance(turn, AnswerNote):
+        return turn
+    query, vector, follow_up = resolve_query(turn.request.text, turn.vector, history)
+    return replace(turn, history=history, query=query, vector=vector, follow_up=follow_up)
+
+
+def _turn_of(item: tuple[str, tuple[Turn | AnswerNote, tuple[Remembered, ...]]]) -> Turn:
+    turn = item[1][0]
+    assert isinstance(turn, Turn), "answer notes are remembered, never emitted"
+    return turn
+
+
+def remember(value: Turn | AnswerNote) -> Remembered:
+    if isinstance(value, AnswerNote):
+        return Remembered("assistant", value.text)
+    return Remembered("user", value.request.text, value.query, value.follow_up, value.vector)
 
 
 def _route_of(turn: Turn) -> str:
@@ -104,74 +147,113 @@ def _route_of(turn: Turn) -> str:
     return turn.intent.route.value
 
 
-def _vector_of(turn: Turn) -> np.ndarray:
-    assert turn.vector is not None, "search before embedding"
-    return turn.vector
-
-
-def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> list[Turn]:
-    """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
-    vectors = shared_encoder(device, int8).encode([t.request.text for t in turns])
-    intents = shared_intent_router().classify(vectors)
-    now = time.time()
-    return [replace(t, vector=v, intent=i, embedded_at=now) for t, v, i in zip(turns, vectors, intents, strict=True)]
-
-
 def _record(topic: str, key: str, position: Position, body: dict[str, Any]) -> KafkaRecord:
     """An output record whose ``sluice.id`` is the position of the input it answers."""
     return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, position.id)])
 
 
-def _latency(turn: Turn, searched: float | None, generated: float | None, done: float) -> dict[str, float]:
+def ground(answered: Answered[Turn, list[Retrieved]]) -> Grounded:
+    """The extractive answer: the passages' best sentences (instruction-like ones removed first)."""
+    turn = answered.query
+    cleaned = [redact(p) for p in answered.result]
+    passages = tuple(p for p, _ in cleaned)
+    assert turn.vector is not None
+    answer = extract_answer(turn.vector, turn.request.text, turn.query, passages)
+    return Grounded(
+        turn, passages, sum(n for _, n in cleaned), answer, answered.waited_ms, answered.warming, time.time()
+    )
+
+
+def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list[Grounded]:
+    """Rewrite the extractive answers with the LLM where the deadline allows; keep only supported sentences.
+
+    Rows that cannot get ``gen_min_new_tokens`` before their deadline (given the
+    measured speed) are not generated at all: they keep the extractive answer,
+    which is already grounded and cited.
+    """
+    gen = shared_generator(settings.device, settings.llm_path)
+    encoder = shared_encoder(settings.device, settings.encoder_int8)
+    prompts = [build_messages(g.turn.request.text, g.turn.history, g.passages, settings.context_chars) for g in items]
+    deadlines = [g.turn.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for g in items]
+    now = time.time()
+    keep, budget = plan_batch(
+        deadlines, now, gen.prompt_tokens(prompts), gen.speed, settings.gen_min_new_tokens, settings.gen_max_new_tokens
+    )
+    out = list(items)
+    if keep:
+        started = time.time()
+        outs = gen.generate([prompts[i] for i in keep], budget, [deadlines[i] for i in keep])
+        finished = time.time()
+        for i, generated in zip(keep, outs, strict=True):
+            checked = verify_generated(generated.text, items[i].passages, encoder.encode, generated.truncated)
+            info = {
+                "model": gen.name,
+                "new_tokens": generated.new_tokens,
+                "batch_size": len(keep),
+                "seconds": round(finished - started, 3),
+                "kept_sentences": len(checked.sentences),
+                "dropped_sentences": len(checked.dropped),
+            }
+            answer = checked if checked.sentences else items[i].answer
+            out[i] = replace(items[i], answer=answer, generation=info)
+    for i in set(range(len(items))) - set(keep):
+        out[i] = replace(items[i], generation={"skipped": "the deadline leaves too little time to generate"})
+    return out
+
+
+def _latency(turn: Turn, done: float, **stages: float | None) -> dict[str, float]:
     sent = turn.request.sent_at_ms / 1000.0
-    out = {
-        "queue": turn.received_at - sent,
-        "embed": turn.embedded_at - turn.received_at,
-    }
-    if searched is not None:
-        out["search"] = searched - turn.embedded_at
-    if generated is not None and searched is not None:
-        out["generate"] = generated - searched
+    out = {"queue": turn.received_at - sent, "embed": turn.embedded_at - turn.received_at}
+    out |= {k: v for k, v in stages.items() if v is not None}
     out["total"] = done - sent
     return {k: round(v * 1000.0, 2) for k, v in out.items()}
 
 
-def response(
-    settings: AssistantSettings,
-    turn: Turn,
-    answer: str | None,
-    context: list[Passage],
-    extra: dict[str, Any],
-    searched: float | None = None,
-    generated: float | None = None,
-) -> KafkaRecord:
-    """The ``chat-responses`` record of a turn (its shape is fixed here, whatever the model or documents say)."""
-    done = time.time()
+def _base(turn: Turn, route: str) -> dict[str, Any]:
     intent = turn.intent
-    assert intent is not None
-    cited = cited_numbers(answer, len(context)) if answer else []
-    body = {
+    return {
         "session_id": turn.request.session_id,
         "turn_id": turn.request.turn_id,
-        "route": intent.route.value,
-        "intent": intent.label,
-        "intent_confidence": round(intent.confidence, 4),
+        "route": route,
+        "intent": intent.label if intent else None,
+        "intent_confidence": round(intent.confidence, 4) if intent else None,
         "question": turn.request.text,
+    }
+
+
+def knowledge_response(settings: AssistantSettings, g: Grounded) -> KafkaRecord:
+    """The ``chat-responses`` record of a knowledge turn (its shape is fixed here, whatever a model says)."""
+    done = time.time()
+    turn, answer = g.turn, g.answer
+    body = {
+        **_base(turn, Route.KNOWLEDGE.value),
         "query": turn.query,
-        "answer": answer,
+        "follow_up": turn.follow_up,
+        "answer": answer.text,
+        "answer_mode": answer.mode,
+        "answer_sentences": [{"text": s.text, "passage": s.passage, "support": s.support} for s in answer.sentences],
+        "truncated": answer.truncated,
         "citations": [
             {
-                "n": p.number,
+                "n": n,
                 "doc_id": p.hit.doc_id,
                 "title": p.hit.title,
+                "section": p.heading,
                 "score": round(p.hit.score, 4),
-                "cited": p.number in cited,
+                "cited": n in answer.cited,
             }
-            for p in context
+            for n, p in enumerate(g.passages, start=1)
         ],
-        "context_redactions": sum(p.redactions for p in context),
-        **extra,
-        "latency_ms": _latency(turn, searched, generated, done),
+        "context_redactions": g.redactions,
+        "index_warming": g.index_warming,
+        "generation": g.generation,
+        "latency_ms": _latency(
+            turn,
+            done,
+            index_wait=g.index_wait_ms / 1000.0,
+            search=g.answered_at - turn.embedded_at - g.index_wait_ms / 1000.0,
+            answer=done - g.answered_at,
+        ),
         "sent_at": turn.request.sent_at_ms,
         "responded_at": done * 1000.0,
     }
@@ -180,12 +262,22 @@ def response(
 
 def small_talk_reply(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
     """A canned reply: no retrieval, no generation."""
+    done = time.time()
     label = turn.intent.label if turn.intent else ""
-    return response(settings, turn, SMALL_TALK_REPLIES.get(label, DEFAULT_SMALL_TALK), [], {})
+    body = {
+        **_base(turn, Route.SMALL_TALK.value),
+        "answer": SMALL_TALK_REPLIES.get(label, DEFAULT_SMALL_TALK),
+        "answer_mode": "canned",
+        "citations": [],
+        "latency_ms": _latency(turn, done),
+        "sent_at": turn.request.sent_at_ms,
+        "responded_at": done * 1000.0,
+    }
+    return _record(settings.responses_topic, turn.request.session_id, turn.position, body)
 
 
 def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
-    """A ``handoff`` record: the turn, why it was handed off, and the conversation so far."""
+    """A ``handoff`` record: the turn, why it was handed off, and the conversation so far (both sides)."""
     assert turn.intent is not None
     body = {
         "session_id": turn.request.session_id,
@@ -193,42 +285,55 @@ def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
         "intent": turn.intent.label,
         "intent_confidence": round(turn.intent.confidence, 4),
         "text": turn.request.text,
-        "conversation": [*turn.history, turn.request.text],
+        "conversation": [{"role": e.role, "text": e.text} for e in turn.history]
+        + [{"role": "user", "text": turn.request.text}],
         "sent_at": turn.request.sent_at_ms,
         "handed_off_at": time.time() * 1000.0,
     }
     return _record(settings.handoff_topic, turn.request.session_id, turn.position, body)
 
 
-def retrieval_only_answer(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
-    """The retrieval path without generation: the cleaned passages are the answer's material."""
-    context = passages(turn.hits, settings.context_chars)
-    return response(settings, turn, None, context, {"context": [p.text for p in context]}, turn.searched_at)
+def error_reply(settings: AssistantSettings, dead: DeadLetter) -> KafkaRecord | None:
+    """An error answer for a request that failed validation, when it says who asked."""
+    address = reply_address(dead.source.value)
+    if address is None:
+        return None
+    session, turn_id = address
+    body = {
+        "session_id": session,
+        "turn_id": turn_id,
+        "route": "error",
+        "error": dead.reason,
+        "answer": f"Sorry, I could not take that message: {dead.reason}.",
+        "answer_mode": "error",
+        "citations": [],
+        "responded_at": time.time() * 1000.0,
+    }
+    return _record(settings.responses_topic, session, dead.source.position, body)
 
 
-def generate_answers(turns: list[Turn], settings: AssistantSettings) -> list[KafkaRecord]:
-    """One ``generate`` call for the micro-batch; each turn keeps its own deadline."""
-    gen = shared_generator(settings.device, settings.llm_path)
-    contexts = [passages(t.hits, settings.context_chars) for t in turns]
-    prompts = [build_messages(t.request.text, t.history, c) for t, c in zip(turns, contexts, strict=True)]
-    deadlines = [t.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for t in turns]
-    started = time.time()
-    outs = gen.generate(prompts, settings.gen_max_new_tokens, deadlines)
-    finished = time.time()
-    tokens = sum(o.new_tokens for o in outs)
-    records = []
-    for turn, context, out in zip(turns, contexts, outs, strict=True):
-        extra = {
-            "model": gen.name,
-            "truncated": out.truncated,
-            "generation": {
-                "new_tokens": out.new_tokens,
-                "batch_size": len(turns),
-                "batch_tokens_per_s": round(tokens / max(finished - started, 1e-9), 1),
-            },
-        }
-        records.append(response(settings, turn, out.text, context, extra, turn.searched_at, finished))
-    return records
+def index_record(settings: AssistantSettings, tagged: tuple[Position | None, IndexChange | IndexReady]) -> KafkaRecord:
+    position, event = tagged
+    if isinstance(event, IndexReady):
+        log.warning(
+            "knowledge index ready: %d documents, %d chunks (%d indexed in %.1fs)",
+            event.doc_count,
+            event.chunk_count,
+            event.documents_indexed,
+            event.backlog_seconds,
+        )
+        body = asdict(event)
+        headers = [(ID_HEADER, f"ready/{event.doc_count}/{event.chunk_count}/{event.at}".encode())]
+        return KafkaRecord(settings.index_changes_topic, b"ready", orjson.dumps(body), headers)
+    assert position is not None
+    return _record(settings.index_changes_topic, event.doc_id, position, {"event": "change", **asdict(event)})
+
+
+def answer_mode(settings: AssistantSettings) -> str:
+    """``auto`` is ``generate`` where a GPU makes it fast enough, else ``extractive``."""
+    if settings.answer_mode != "auto":
+        return settings.answer_mode
+    return "generate" if torch.cuda.is_available() and settings.device in ("auto", "cuda") else "extractive"
 
 
 def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow:
@@ -238,7 +343,8 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     # load the models now: a missing one fails at start, not mid-stream
     encoder = shared_encoder(settings.device, settings.encoder_int8)
     shared_intent_router()
-    if settings.generate:
+    generate = answer_mode(settings) == "generate"
+    if generate:
         shared_generator(settings.device, settings.llm_path)
     conn = settings.connection()
     flow = Dataflow(name)
@@ -256,9 +362,11 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     # Knowledge in
     doc_records = op.input("documents", flow, source(settings.documents_topic, settings.start_from))
     docs = parse_or_dead_letter("parse_documents", doc_records, parse_document_event)
-    doc_events = op.map("doc_event", docs.ok, lambda rd: (rd[1], rd[0].position))
+    doc_events: Stream[tuple[DocumentEvent, Position]] = op.map(
+        "doc_event", docs.ok, lambda rd: (rd[1], rd[0].position)
+    )
 
-    # Conversations in
+    # Conversations in, and the assistant's own answers back into memory
     req_records = op.input(
         "requests", flow, source(settings.requests_topic, settings.requests_start_from or settings.start_from)
     )
@@ -274,54 +382,56 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
         shards=settings.embed_shards,
     )
+    said = parse_or_dead_letter(
+        "parse_answers", op.input("answers", flow, source(settings.responses_topic, "latest")), parse_answer_note
+    )
+    notes = op.map("note", said.ok, lambda rn: rn[1])
+    conversation: Stream[Turn | AnswerNote] = op.merge("conversation", embedded, notes)
     remembered = session_memory(
         "memory",
-        op.key_on("by_session", embedded, lambda t: t.request.session_id),
+        op.key_on(
+            "by_session", conversation, lambda v: v.session_id if isinstance(v, AnswerNote) else v.request.session_id
+        ),
         max_turns=settings.max_turns,
         idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
-        remember=lambda t: (t.request.text, t.vector),  # the user's words and the vector they searched with
+        remember=remember,
+        is_note=lambda v: isinstance(v, AnswerNote),
+        transform=with_memory,
     )
-    turns = op.map("with_memory", remembered, lambda kv: with_memory(kv[1]))
+    turns = op.map("unkey", remembered, _turn_of)
     routes = split_by_route("route", turns, _route_of, [r.value for r in Route])
 
-    def chunker(doc: DocumentEvent) -> list[tuple[str, str]]:
-        return document_chunks(encoder.tokenizer, doc.title, doc.text, settings.chunk_tokens, settings.chunk_overlap)
+    def knowledge(state: Any | None) -> DocumentKnowledge:
+        return DocumentKnowledge(encoder, settings.chunk_tokens, settings.chunk_overlap, settings.top_k, state)
 
-    index = live_vector_index(
+    index: IndexOut[Turn, list[Retrieved]] = live_index(
         "kb",
         doc_events,
         routes[Route.KNOWLEDGE.value],
-        embed=encoder.encode,
-        chunk=chunker,
-        query_vector=_vector_of,
-        dim=encoder.dim,
-        k=settings.top_k,
-        model=encoder.name,
+        knowledge,
+        budget=settings.index_budget_chars,
+        max_query_wait=timedelta(milliseconds=settings.index_max_wait_ms),
     )
-    retrieved = op.map("retrieved", index.hits, lambda th: replace(th[0], hits=tuple(th[1]), searched_at=time.time()))
-    if settings.generate:
-        answers = async_micro_batch(
+    grounded = op.map("ground", index.answered, ground)
+    if generate:
+        grounded = async_micro_batch(
             "generate",
-            retrieved,
+            grounded,
             functools.partial(generate_answers, settings=settings),
-            shard_key=lambda t: t.request.session_id,
+            shard_key=lambda g: g.turn.request.session_id,
             max_batch=settings.gen_max_batch,
             max_wait=timedelta(milliseconds=settings.gen_max_wait_ms),
             shards=settings.gen_shards,
         )
-    else:
-        answers = op.map("context_answer", retrieved, functools.partial(retrieval_only_answer, settings))
+    answers = op.map("respond", grounded, functools.partial(knowledge_response, settings))
     chatter = op.map("small_talk", routes[Route.SMALL_TALK.value], functools.partial(small_talk_reply, settings))
     handoffs = op.map("handoff", routes[Route.HANDOFF.value], functools.partial(handoff_record, settings))
-    changes = op.map(
-        "change_records",
-        index.changes,
-        lambda pc: _record(settings.index_changes_topic, pc[1].doc_id, pc[0], asdict(pc[1])),
-    )
+    changes = op.map("change_records", index.changes, functools.partial(index_record, settings))
+    errors = op.filter_map("error_replies", reqs.dead, functools.partial(error_reply, settings))
     dead = op.map("dlq_records", op.merge("dead", docs.dead, reqs.dead), lambda d: d.to_record(settings.dlq_topic))
     kafka_output(
         "out",
-        op.merge("all_out", answers, chatter, handoffs, changes, dead),
+        op.merge("all_out", answers, chatter, handoffs, changes, errors, dead),
         conn,
         settings.output_topics(),
         exactly_once=settings.exactly_once,

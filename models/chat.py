@@ -51,3 +51,46 @@ def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
     if not isinstance(sent, int | float) or isinstance(sent, bool):
         raise InvalidEvent("time must be milliseconds since the epoch")
     return ChatRequest(session, str(turn), text.strip(), sent)
+
+
+def reply_address(raw: bytes | None) -> tuple[str, str] | None:
+    """``(session_id, turn_id)`` of a request that failed validation, when they can be read: so the user
+    still gets an error reply (a dead letter alone leaves them waiting).
+
+    >>> reply_address(b'{"session_id": "s1", "turn_id": 4, "text": 3}')
+    ('s1', '4')
+    >>> reply_address(b"not json") is None
+    True
+    """
+    try:
+        body = json_object(raw)
+    except InvalidEvent:
+        return None
+    session, turn = body.get("session_id"), body.get("turn_id")
+    if not isinstance(session, str) or not session or len(session) > 128:
+        return None
+    if not isinstance(turn, int | str) or isinstance(turn, bool) or len(str(turn)) > 64:
+        return None
+    return session, str(turn)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerNote:
+    """An answer the assistant gave, read back from its responses topic into the session's memory."""
+
+    session_id: str
+    turn_id: str
+    text: str
+
+
+def parse_answer_note(raw: bytes | None) -> AnswerNote:
+    """The session, turn and answer text of a ``chat-responses`` record.
+
+    >>> parse_answer_note(b'{"session_id": "s", "turn_id": "1", "route": "knowledge", "answer": "It calls x. [1]"}')
+    AnswerNote(session_id='s', turn_id='1', text='It calls x. [1]')
+    """
+    body = json_object(raw)
+    session, turn, answer = body.get("session_id"), body.get("turn_id"), body.get("answer")
+    if not isinstance(session, str) or not isinstance(turn, str) or not isinstance(answer, str):
+        raise InvalidEvent("not an answer record")
+    return AnswerNote(session, turn, answer[:2000])

@@ -1,191 +1,203 @@
-"""A live vector index inside the dataflow: documents in, searchable within the same batch.
+"""A live index inside the dataflow: documents in, queries answered, both in one stateful step.
 
-Document events and queries meet in one stateful step (keyed by the index's
-name): a query is answered from every document event processed before it, and
-a document is searchable from the next batch after it arrives (the two
-streams have no order between them within a batch). Upserts
-are chunked and embedded in batches; a new version or a delete removes the old
-chunks. The index (vectors included) is the step's snapshot, so a resumed flow
-holds exactly the documents whose events were processed before the checkpoint
-and replays the rest: no re-embedding of the corpus at start-up, and no lost or
-ghost chunks.
+Document events and queries meet in one keyed step, so a query is answered
+from every document event that reached the step before it. Three things make
+that usable from the first second:
+
+* **Small steps.** Documents wait in a backlog and are indexed (chunked,
+  embedded, added) ``budget`` units of work at a time; between steps the worker
+  runs everything else. A corpus arriving all at once no longer blocks the
+  worker for a minute in one call.
+* **Queries wait for what came before them.** A query that arrives while
+  documents are still in the backlog waits (in the state) until they are indexed,
+  or ``max_query_wait`` at most; it is then answered and marked as answered from
+  a warming index. It is never silently answered from an empty index.
+* **Readiness is announced.** Each time the backlog drains, a
+  :class:`IndexReady` event goes out with the index's size: downstream it becomes
+  a record on the changes topic and a log line.
+
+What an index is (chunking, embedding, ranking) is the caller's: any object with
+the :class:`MaintainedIndex` methods. The whole thing (index, backlog, waiting
+queries) is the step's snapshot, so a resumed flow holds exactly the documents
+processed before the checkpoint and replays the rest, without re-embedding.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 import bytewax.operators as op
-import numpy as np
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from state.vector_index import Hit, VectorIndex
+from operators.clock import Clock, utc_now
+from state.index_events import IndexChange, IndexReady
 
+D = TypeVar("D")
 Q = TypeVar("Q")
+R = TypeVar("R")
 T = TypeVar("T")
-
-
-class IndexableDocument(Protocol):
-    """What the index needs of a document event: identity, version, metadata, upsert or delete."""
-
-    @property
-    def doc_id(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def deleted(self) -> bool: ...
-
-
-D = TypeVar("D", bound=IndexableDocument)
-
-EMBED_BATCH = 128
+__all__ = ["Answered", "IndexChange", "IndexOut", "IndexReady", "MaintainedIndex", "live_index"]
+D_contra = TypeVar("D_contra", contravariant=True)
+Q_contra = TypeVar("Q_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class IndexChange:
-    """What one document event did to the index (``applied`` is False for a stale version)."""
+class Answered(Generic[Q, R]):
+    """A query and its result; ``warming`` when it waited ``max_query_wait`` and documents were still pending."""
 
-    doc_id: str
-    version: int
-    op: str
-    chunks: int
-    applied: bool
-    doc_count: int
-    chunk_count: int
-    embed_ms: float
-    at: float
+    query: Q
+    result: R
+    waited_ms: float
+    warming: bool
+
+
+class MaintainedIndex(Protocol[D_contra, Q_contra, R_co]):
+    """What the operator needs of an index."""
+
+    @property
+    def doc_count(self) -> int: ...
+    @property
+    def chunk_count(self) -> int: ...
+    def cost(self, doc: D_contra) -> int: ...
+    def apply(self, docs: Sequence[D_contra]) -> Sequence[IndexChange]: ...
+    def answer(self, queries: Sequence[Q_contra]) -> Sequence[R_co]: ...
+    def state(self) -> Any: ...
 
 
 @dataclass(frozen=True)
-class IndexOut(Generic[Q]):
-    """Streams out of :func:`live_vector_index`."""
+class IndexOut(Generic[Q, R]):
+    """Streams out of :func:`live_index`."""
 
-    hits: Stream[tuple[Q, list[Hit]]]
-    changes: Stream[tuple[Any, IndexChange]]  # (the tag that came with the document event, what it did)
+    answered: Stream[Answered[Q, R]]
+    changes: Stream[tuple[Any, IndexChange | IndexReady]]  # (the document's tag, or None for readiness)
 
 
-class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[str, Any]], Generic[D, Q]):
+class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[str, Any]], Generic[D, Q, R]):
     def __init__(
         self,
-        dim: int,
+        build: Callable[[Any | None], MaintainedIndex[D, Q, R]],
         resume: dict[str, Any] | None,
-        embed: Callable[[list[str]], np.ndarray],
-        chunk: Callable[[D], list[tuple[str, str]]],
-        query_vector: Callable[[Q], np.ndarray],
-        k: int,
-        model: str,
+        budget: int,
+        max_query_wait: timedelta,
+        now_getter: Clock,
     ) -> None:
-        if resume and resume.get("model", model) != model:
-            raise ValueError(
-                f"the checkpointed index holds vectors of {resume['model']!r} but the flow embeds with {model!r}; "
-                "start from a fresh recovery directory so the documents are embedded again"
-            )
-        self.index = VectorIndex.from_state(resume) if resume else VectorIndex(dim)
-        self.model = model
-        self.embed = embed
-        self.chunk = chunk
-        self.query_vector = query_vector
-        self.k = k
+        self.index = build(resume["index"] if resume else None)
+        self.pending: list[tuple[D, Any, float]] = list(resume["pending"]) if resume else []  # doc, tag, arrived
+        self.waiting: list[tuple[Q, float]] = list(resume["waiting"]) if resume else []  # query, arrived
+        self.budget = budget
+        self.max_wait_s = max_query_wait.total_seconds()
+        self.now = now_getter
 
-    def _apply_documents(self, tagged: list[tuple[D, Any]]) -> list[tuple[str, Any]]:
-        t0 = time.perf_counter()
-        events = [e for e, _ in tagged]
-        upserts = [e for e in events if not e.deleted]
-        pieces = {id(e): self.chunk(e) for e in upserts}
-        to_embed = [embed_text for e in upserts for _, embed_text in pieces[id(e)]]
-        vectors = np.concatenate(
-            [self.embed(to_embed[i : i + EMBED_BATCH]) for i in range(0, len(to_embed), EMBED_BATCH)]
-            or [np.zeros((0, self.index.dim), dtype=np.float32)]
-        )
-        embed_ms = (time.perf_counter() - t0) * 1000.0
+    def _answer(self, queries: list[tuple[Q, float]], now: float, warming: bool) -> list[tuple[str, Any]]:
+        if not queries:
+            return []
+        results = self.index.answer([q for q, _ in queries])
+        return [
+            ("answered", Answered(q, r, round((now - t) * 1000.0, 2), warming))
+            for (q, t), r in zip(queries, results, strict=True)
+        ]
+
+    def _work(self) -> list[tuple[str, Any]]:
+        """Index up to ``budget`` units of the backlog, then answer the queries that may go."""
         out: list[tuple[str, Any]] = []
-        row = 0
-        for e, tag in tagged:
-            if e.deleted:
-                applied, n = self.index.delete(e.doc_id, e.version), 0
-            else:
-                texts = [text for text, _ in pieces[id(e)]]
-                n = len(texts)
-                applied = self.index.upsert(e.doc_id, e.version, e.title, e.source, texts, vectors[row : row + n])
-                row += n
-            change = IndexChange(
-                e.doc_id,
-                e.version,
-                "delete" if e.deleted else "upsert",
-                n,
-                applied,
-                self.index.doc_count,
-                self.index.chunk_count,
-                embed_ms,
-                time.time(),
-            )
-            out.append(("change", (tag, change)))
+        if self.pending:
+            take, spent = 0, 0
+            while take < len(self.pending) and (
+                take == 0 or spent + self.index.cost(self.pending[take][0]) <= self.budget
+            ):
+                spent += self.index.cost(self.pending[take][0])
+                take += 1
+            batch, self.pending = self.pending[:take], self.pending[take:]
+            changes = self.index.apply([doc for doc, _, _ in batch])
+            out += [("change", (tag, change)) for (_, tag, _), change in zip(batch, changes, strict=True)]
+            if not self.pending:
+                now = self.now().timestamp()
+                ready = IndexReady(
+                    self.index.doc_count, self.index.chunk_count, len(batch), round(now - batch[0][2], 3), time.time()
+                )
+                out.append(("change", (None, ready)))
+        now = self.now().timestamp()
+        if not self.pending:
+            out += self._answer(self.waiting, now, warming=False)
+            self.waiting = []
+        else:
+            overdue = [(q, t) for q, t in self.waiting if now - t >= self.max_wait_s]
+            self.waiting = [(q, t) for q, t in self.waiting if now - t < self.max_wait_s]
+            out += self._answer(overdue, now, warming=True)
         return out
 
-    def _search(self, queries: list[Q]) -> list[tuple[str, Any]]:
-        vectors = np.stack([self.query_vector(q) for q in queries])
-        return [("hits", (q, hits)) for q, hits in zip(queries, self.index.search(vectors, self.k), strict=True)]
-
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], bool]:
+        now = self.now().timestamp()
         out: list[tuple[str, Any]] = []
-        run: list[Any] = []
-        kind = None
-        for tag, value in [*values, ("end", None)]:
-            if tag != kind and run:
-                out.extend(self._apply_documents(run) if kind == "doc" else self._search(run))
-                run = []
-            kind = tag
-            run.append(value)
+        ready_now: list[tuple[Q, float]] = []
+        for kind, value in values:
+            if kind == "doc":
+                if ready_now:  # queries before this document are answered without it
+                    out += self._answer(ready_now, now, warming=False)
+                    ready_now = []
+                doc, tag = value
+                self.pending.append((doc, tag, now))
+            elif self.pending:
+                self.waiting.append((value, now))
+            else:
+                ready_now.append((value, now))
+        out += self._answer(ready_now, now, warming=False)
+        out += self._work()
         return out, StatefulBatchLogic.RETAIN
 
+    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        return self._work(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.pending:
+            return self.now()  # more backlog: continue at the next chance, after the rest of the worker ran
+        if self.waiting:
+            return datetime.fromtimestamp(min(t for _, t in self.waiting) + self.max_wait_s, self.now().tzinfo)
+        return None
+
     def snapshot(self) -> dict[str, Any]:
-        return {**self.index.state(), "model": self.model}
+        return {"index": self.index.state(), "pending": list(self.pending), "waiting": list(self.waiting)}
 
 
 @operator
-def live_vector_index(
+def live_index(
     step_id: str,
     documents: Stream[tuple[D, T]],
     queries: Stream[Q],
-    embed: Callable[[list[str]], np.ndarray],
-    chunk: Callable[[D], list[tuple[str, str]]],
-    query_vector: Callable[[Q], np.ndarray],
-    dim: int,
-    k: int = 4,
+    build: Callable[[Any | None], MaintainedIndex[D, Q, R]],
+    budget: int = 20_000,
+    max_query_wait: timedelta = timedelta(seconds=10),
     name: str = "kb",
-    model: str = "",
-) -> IndexOut[Q]:
-    """Keep a vector index of ``documents`` and answer ``queries`` with their top-``k`` chunks.
+    now_getter: Clock = utc_now,
+) -> IndexOut[Q, R]:
+    """Keep an index of ``documents`` and answer ``queries`` from it (see the module docstring).
 
-    ``documents`` carry a tag each (e.g. their Kafka position) that comes back
-    with the :class:`IndexChange` they caused. ``chunk`` turns an upsert into
-    ``(stored text, text to embed)`` pairs;
-    ``embed`` embeds a list of texts (unit rows); ``query_vector`` gives a
-    query's (already computed) embedding. ``model`` names the embedding model;
-    a checkpoint made with another model is refused at resume.
+    ``documents`` carry a tag each (e.g. their Kafka position) that comes back with
+    the :class:`IndexChange` they caused. ``build(state or None)`` makes the index
+    (restoring it from a snapshot's ``state()``); ``budget`` is in the index's
+    ``cost`` units per step.
 
     ```python
-    out = live_vector_index("kb", docs, questions, encoder.encode, chunker, lambda q: q.vector, dim=384)
+    out = live_index("kb", docs, questions, lambda state: MyIndex.from_state(state) if state else MyIndex())
+    out.answered  # Answered(query, result, waited_ms, warming)
     ```
     """
     docs = op.map("doc_in", documents, lambda d: (name, ("doc", d)))
     asks = op.map("query_in", queries, lambda q: (name, ("query", q)))
     merged = op.merge("in", docs, asks)
 
-    def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[D, Q]:
-        return _LiveIndexLogic(dim, resume, embed, chunk, query_vector, k, model)
+    def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[D, Q, R]:
+        return _LiveIndexLogic(build, resume, budget, max_query_wait, now_getter)
 
     results = op.stateful_batch("index", merged, builder)
-    split = op.branch("is_hits", results, lambda kv: kv[1][0] == "hits")
+    split = op.branch("is_answer", results, lambda kv: kv[1][0] == "answered")
     return IndexOut(
-        hits=op.map("hits", split.trues, lambda kv: kv[1][1]),
+        answered=op.map("answered", split.trues, lambda kv: kv[1][1]),
         changes=op.map("changes", split.falses, lambda kv: kv[1][1]),
     )

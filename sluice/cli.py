@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-s", type=float, default=3.0, help="events sent in the first seconds are not timed")
     p.set_defaults(fn=_lazy("sluice.local.demo_fraud"))
     p = demo.add_parser("assistant", help="stack, corpus, the assistant flow, a scripted conversation")
-    p.add_argument("--no-generate", action="store_true", help="retrieval path only (answers are the passages)")
+    p.add_argument("--generate", action="store_true", help="LLM answers (checked against the passages) even on a CPU")
     p.set_defaults(fn=_lazy("sluice.local.demo_assistant"))
 
     produce = sub.add_parser("produce", help="send data to Kafka or Redis").add_subparsers(

@@ -300,13 +300,30 @@ class AssistantSettings(FlowSettings):
     embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)
     embed_shards: int = setting(1, "shard keys for embedding (raise to the worker count)", minimum=1)
     torch_threads: int = setting(1, "intra-op threads per process (0: torch default)", minimum=0)
-    encoder_int8: bool = setting(True, "int8 encoder on CPU (changing it needs a fresh index)")
-    generate: bool = setting(True, "write answers with the LLM (false: passages only)")
+    encoder_int8: bool = setting(
+        False,
+        "row-wise int8 encoder on CPU (batch-independent; faster only where int8 matmuls are; needs a fresh index)",
+    )
+    answer_mode: str = setting(
+        "auto",
+        "extractive (the passages' best sentences), generate (LLM rewrite, kept where supported) or auto "
+        "(generate on a GPU, else extractive)",
+        choices=("auto", "extractive", "generate"),
+    )
+    index_budget_chars: int = setting(
+        20_000, "document characters indexed per step (keeps the worker responsive)", minimum=1
+    )
+    index_max_wait_ms: float = setting(
+        10_000.0, "longest a question waits for documents published before it to be indexed", minimum=0.0
+    )
     llm_path: str = setting("", "LLM folder (empty: the converted SmolLM2)")
     gen_max_batch: int = setting(16, "generation micro-batch size", minimum=1)
     gen_max_wait_ms: float = setting(5.0, "generation micro-batch deadline", minimum=0.0)
     gen_shards: int = setting(1, "shard keys for generation", minimum=1)
     gen_max_new_tokens: int = setting(48, "longest generated answer in tokens", minimum=1)
+    gen_min_new_tokens: int = setting(
+        12, "a turn that cannot get this many tokens before its deadline is not generated", minimum=1
+    )
     gen_deadline_ms: float = setting(10_000.0, "a turn's answer deadline from its send time", minimum=1.0)
     transactional_id_prefix: str = setting(
         "sluice-assistant", "prefix of the transactional ids (one per output partition)"

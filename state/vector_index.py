@@ -29,6 +29,7 @@ class Hit:
     source: str
     chunk: int
     text: str
+    chunk_id: int = -1  # the index's id of the chunk (stable until the document changes)
 
 
 @dataclass
@@ -95,6 +96,11 @@ class VectorIndex:
                 del self.chunks[cid]
             self._gpu_index = None
 
+    def chunk_ids(self, doc_id: str) -> list[int]:
+        """The ids of ``doc_id``'s chunks (empty when it is not held)."""
+        doc = self.docs.get(doc_id)
+        return list(doc.chunk_ids) if doc else []
+
     def upsert(self, doc_id: str, version: int, title: str, source: str, texts: list[str], vectors: np.ndarray) -> bool:
         """Replace ``doc_id``'s chunks; an older version than the one held is ignored (returns False)."""
         if self._is_stale(doc_id, version):
@@ -145,7 +151,7 @@ class VectorIndex:
                     continue
                 doc_id, n, text = self.chunks[cid]
                 doc = self.docs[doc_id]
-                hits.append(Hit(score, doc_id, doc.title, doc.source, n, text))
+                hits.append(Hit(score, doc_id, doc.title, doc.source, n, text, cid))
             out.append(hits)
         return out
 

@@ -17,6 +17,7 @@ from models.chunking import document_chunks
 from models.document import DocumentEvent
 from models.text_encoder import shared_encoder
 from operators.kafka.admin import create_topics, read_all
+from operators.kafka.records import header_value
 from sluice.local.corpus import load_corpus, publish
 from sluice.local.demo_assistant import FLOW
 from sluice.local.stack import LocalStack
@@ -24,6 +25,7 @@ from sluice.processes import FlowProcesses, init_recovery
 from sluice.settings import AssistantSettings
 from state.checkpoints import latest_state
 from tests.helpers import produce
+from tests.test_assistant_models import INJECTIONS
 
 INJECTION_DOC = DocumentEvent(
     "planted:injection",
@@ -35,6 +37,8 @@ INJECTION_DOC = DocumentEvent(
     "test",
 )
 SMALL_CORPUS = [
+    "pydoc:lambda",
+    "pydoc:compound",
     "pydoc:with",
     "pydoc:context-managers",
     "pydoc:global",
@@ -104,7 +108,7 @@ def running(
     stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[AssistantSettings, FlowProcesses]]:
     """One flow with generation (short answers), fed a small slice of the real corpus plus a planted injection."""
-    settings = _settings(stack, gen_max_new_tokens=16, max_request_chars=500)
+    settings = _settings(stack, max_request_chars=500)
     corpus = {d.doc_id: d for d in load_corpus()}
     docs = [corpus[i] for i in SMALL_CORPUS] + [INJECTION_DOC]
     publish(settings, docs)
@@ -114,15 +118,45 @@ def running(
     flow.stop()
 
 
-def test_a_question_about_a_known_topic_cites_that_topic(running):
+def test_a_question_about_a_known_topic_is_answered_from_that_topic_and_cites_it(running):
     settings, flow = running
-    _ask(settings, "s-know", "1", "What does the with statement do?")
+    _ask(settings, "s-know", "1", "Can I put an assignment inside a lambda?")
     body = _answer(settings, "s-know", "1", flow)
-    assert body["route"] == "knowledge"
-    assert "pydoc:with" in [c["doc_id"] for c in body["citations"]]
-    assert body["answer"] and body["model"] == "smollm2-135m-instruct"
-    assert set(body["latency_ms"]) == {"queue", "embed", "search", "generate", "total"}
-    assert body["generation"]["new_tokens"] <= 16
+    assert body["route"] == "knowledge" and body["answer_mode"] == "extractive"
+    assert body["citations"][0]["doc_id"] == "pydoc:lambda" and body["citations"][0]["cited"] is True
+    first = body["answer_sentences"][0]
+    assert "cannot contain statements" in first["text"] and first["passage"] == 1 and body["truncated"] is False
+    cited = {s["passage"] for s in body["answer_sentences"]}
+    assert all(c["cited"] == (c["n"] in cited) for c in body["citations"])  # cited means: the answer quotes it
+    assert set(body["latency_ms"]) == {"queue", "embed", "index_wait", "search", "answer", "total"}
+
+
+def test_the_index_announces_readiness(running):
+    settings, flow = running
+    changes = _wait(
+        settings, settings.index_changes_topic, lambda bs: any(b["event"] == "ready" for b in bs), flow=flow
+    )
+    ready = [b for b in changes if b["event"] == "ready"]
+    assert ready[-1]["doc_count"] == len(SMALL_CORPUS) + 1 and ready[-1]["chunk_count"] > 0
+
+
+def test_a_conversation_keeps_its_subject_and_remembers_the_answers(running):
+    settings, flow = running
+    turns = ["How does the with statement work?", "and what about its exceptions?", "does it work with async too?"]
+    for n, text in enumerate(turns, start=1):
+        _ask(settings, "s-conv", str(n), text)
+        body = _answer(settings, "s-conv", str(n), flow)  # answered before the next turn, like a person waits
+        if n > 1:
+            assert body["follow_up"] and body["query"].startswith(turns[0]), body["query"]
+            assert {"pydoc:with", "pydoc:context-managers", "pydoc:compound"} & {c["doc_id"] for c in body["citations"]}
+        time.sleep(1.5)  # the answer travels back through chat-responses into the session's memory
+    _ask(settings, "s-conv", "4", "this is useless, I want to talk to a real person now")
+    handoff = _wait(
+        settings, settings.handoff_topic, lambda bs: any(b["session_id"] == "s-conv" for b in bs), flow=flow
+    )
+    [record] = [b for b in handoff if b["session_id"] == "s-conv"]
+    roles = [e["role"] for e in record["conversation"]]
+    assert roles[:2] == ["user", "assistant"] and roles.count("assistant") >= 2 and roles[-1] == "user"
 
 
 def test_document_upsert_is_searchable_and_delete_removes_it(running):
@@ -144,7 +178,7 @@ def test_document_upsert_is_searchable_and_delete_removes_it(running):
     _wait(
         settings,
         settings.index_changes_topic,
-        lambda bs: any(b["doc_id"] == "zorb" and b["op"] == "delete" for b in bs),
+        lambda bs: any(b.get("doc_id") == "zorb" and b.get("op") == "delete" for b in bs),
         flow=flow,
     )
     _ask(settings, "s-zorb2", "1", "When does the zorblax protocol frob a quux?")
@@ -165,10 +199,8 @@ def test_routing_handoff_with_conversation_and_small_talk(running):
         "escalate_issue",
         "negative_sentiment",
     }
-    assert handoff["conversation"] == [
-        "How do I read and write JSON?",
-        "this is useless, I want to talk to a real person now",
-    ]
+    said = [e["text"] for e in handoff["conversation"] if e["role"] == "user"]
+    assert said == ["How do I read and write JSON?", "this is useless, I want to talk to a real person now"]
     chat = _answer(settings, "s-route", "3", flow)
     assert chat["route"] == "small_talk" and chat["citations"] == [] and chat["answer"] == "You're welcome!"
     assert "stdlib:json" in [c["doc_id"] for c in _answer(settings, "s-route", "1", flow)["citations"]]
@@ -191,7 +223,7 @@ def test_planted_injection_does_not_change_routing_prompt_or_format(running):
     assert not [m for m in handoffs if orjson.loads(m.value() or b"{}")["session_id"] == "s-evil"]
 
 
-def test_malformed_and_oversized_requests_go_to_the_dlq_and_the_flow_keeps_answering(running):
+def test_bad_requests_get_an_error_reply_and_a_dead_letter_and_the_flow_keeps_answering(running):
     settings, flow = running
     bad = [
         (b"x", b"not json"),
@@ -200,16 +232,29 @@ def test_malformed_and_oversized_requests_go_to_the_dlq_and_the_flow_keeps_answe
     ]
     produce(settings, bad, settings.requests_topic)
     dead = _wait(settings, settings.dlq_topic, lambda ms: len(ms) >= 3, flow=flow)
-    reasons = sorted(dict(m.headers())["dlq.reason"].decode() for m in dead)
+    reasons = sorted((header_value(m.headers(), "dlq.reason") or b"").decode() for m in dead)
     assert any(r.startswith("not valid JSON") for r in reasons)
     assert "text longer than 500 characters (600)" in reasons
     assert any("session_id" in r for r in reasons)
+    reply = _answer(settings, "s-bad", "1", flow)  # the user who can be told, is told
+    assert reply["route"] == "error" and "longer than 500 characters" in reply["answer"]
     _ask(settings, "s-after", "1", "hello!")
     assert _answer(settings, "s-after", "1", flow)["route"] == "small_talk"
 
 
+def test_injections_in_the_users_text_do_not_leak_the_prompt_end_to_end(running):
+    settings, flow = running
+    for n, injection in enumerate(INJECTIONS[:6]):
+        _ask(settings, "s-inject", str(n), f"What does the with statement do? {injection}")
+    for n in range(6):
+        body = _answer(settings, "s-inject", str(n), flow)
+        assert body["route"] in {"knowledge", "handoff", "small_talk"}
+        for marker in ["PWNED", "<context>", "documentation assistant for the Python", "pirate"]:
+            assert marker not in body.get("answer", ""), body
+
+
 def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack: LocalStack, tmp_path: Path):
-    settings = _settings(stack, generate=False, source_batch_size=4)  # small batches: the crash lands mid-ingest
+    settings = _settings(stack, source_batch_size=4, index_budget_chars=4000)  # small steps: the crash lands mid-ingest
     corpus = load_corpus()[:60]
     events = list(corpus)
     events += [replace(d, version=2, title=d.title + " (v2)", text=d.text[: len(d.text) // 2]) for d in corpus[:15]]
@@ -224,6 +269,7 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
 
     flow = start()
     partial = _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= 30, flow=flow)
+    partial = [b for b in partial if b["event"] == "change"]
     flow.kill()  # SIGKILL mid-ingest
     assert len(partial) < len(events), "the crash came too late to test anything"
     flow = start()
@@ -231,9 +277,10 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
     changes = _wait(
         settings,
         settings.index_changes_topic,
-        lambda bs: any(b["doc_id"] == events[last].doc_id and b["version"] == 3 for b in bs),
+        lambda bs: any(b.get("doc_id") == events[last].doc_id and b["version"] == 3 for b in bs),
         flow=flow,
     )
+    changes = [b for b in changes if b["event"] == "change"]
     _ask(settings, "s-after-crash", "1", f"Explain {corpus[12].title}")
     answer = _answer(settings, "s-after-crash", "1", flow)
     # resumed from a checkpoint: the second run did not re-embed everything the first one had done
@@ -246,17 +293,19 @@ def test_crash_and_resume_keeps_the_index_consistent_with_processed_events(stack
         expected[e.doc_id] = e
     live = {k: e for k, e in expected.items() if not e.deleted}
     state = latest_state(recovery, "assistant.kb.index", "kb")
-    assert isinstance(state, dict)
-    assert {k: v[0] for k, v in state["docs"].items()} == {
+    assert isinstance(state, dict) and state["pending"] == [] and state["waiting"] == []
+    vectors = state["index"]["kb"]["vectors"]
+    assert {k: v[0] for k, v in vectors["docs"].items()} == {
         k: e.version for k, e in live.items()
-    }  # no lost, no ghost documents
-    assert set(state["tombstones"]) == {e.doc_id for e in expected.values() if e.deleted}
+    }  # no lost or ghost docs
+    assert set(vectors["tombstones"]) == {e.doc_id for e in expected.values() if e.deleted}
     tok = shared_encoder("cpu").tokenizer
     want_chunks = sum(
         len(document_chunks(tok, e.title, e.text, settings.chunk_tokens, settings.chunk_overlap)) for e in live.values()
     )
-    assert len(state["chunks"]) == want_chunks == len(state["ids"]) == len(state["vectors"])  # no ghost chunks
-    assert sorted(c for v in state["docs"].values() for c in v[3]) == sorted(state["chunks"])
+    assert len(vectors["chunks"]) == want_chunks == len(vectors["ids"]) == len(vectors["vectors"])  # no ghost chunks
+    assert sorted(c for v in vectors["docs"].values() for c in v[3]) == sorted(vectors["chunks"])
+    assert set(state["index"]["kb"]["chunk_info"]) == set(vectors["chunks"])  # sentences travel with their chunks
     assert corpus[12].doc_id not in [c["doc_id"] for c in answer["citations"]]  # deleted before the crash or after
 
 
@@ -265,7 +314,7 @@ def test_two_processes_share_the_work_and_answer_every_turn(stack: LocalStack, t
 
     Started as an index rebuild: documents from the start, chat requests only from now on.
     """
-    settings = _settings(stack, generate=False, embed_shards=2, gen_shards=2, requests_start_from="latest")
+    settings = _settings(stack, embed_shards=2, gen_shards=2, requests_start_from="latest")
     docs = [d for d in load_corpus() if d.doc_id in SMALL_CORPUS]
     publish(settings, docs)
     _ask(settings, "old-session", "1", "asked before the rebuild: not answered again")

@@ -98,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     stack = stack_from_env()
     print(f"starting local stack: kafka {stack.brokers}, redis {stack.redis_url}")
     stack.start()
-    settings = replace(AssistantSettings.from_env(), brokers=stack.brokers, generate=not args.no_generate)
+    settings = replace(AssistantSettings.from_env(), brokers=stack.brokers)
+    if args.generate:
+        settings = replace(settings, answer_mode="generate")
     stack.create_topics(settings.topics())
     flow = FlowProcesses(FLOW, settings.to_env(), log_dir=PROJECT_ROOT / ".stack" / "assistant-logs")
     try:
-        if settings.generate:
+        if settings.answer_mode == "generate":
             print(f"LLM ready in {ensure_converted()}")
         docs = load_corpus()
         publish(settings, docs)

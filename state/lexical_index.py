@@ -1,0 +1,118 @@
+"""BM25 over the same chunks the vector index holds: the lexical half of hybrid retrieval.
+
+Dense vectors find paraphrases but blur identifiers: "__enter__", "nonlocal" or
+"str.format" are single rare tokens that a 384-d sentence embedding treats as
+noise, while a user who types them means exactly them. BM25 rewards rare terms
+that occur in a chunk, so fusing both rankings gets the best of each. Chunks are
+added and removed per document, like the vector index, and the state is plain
+dicts (checkpointed with the index).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+# Words and identifiers, numbers, and operator symbols ("//", "**", "+=", "~", ">>"): questions about
+# Python are often about an operator, which a word-only tokenizer would drop.
+_TOKEN = re.compile(r"[a-z_][a-z0-9_]*|\d+|[-+*/%@&|^~<>=!]+")
+# Common English and question words carry no evidence for a documentation passage. Python's own
+# keywords ("with", "for", "if", "in", "is", "not", "and", "or", "as", "from", ...) are NOT stopwords
+# here: in questions about Python they are usually the subject.
+STOPWORDS = frozenset(
+    {
+        "a", "an", "are", "at", "be", "but", "by", "can", "could", "do", "does", "doesn't", "how", "i", "i'm",
+        "into", "it", "its", "it's", "me", "my", "of", "on", "so", "such", "that", "the", "their", "them",
+        "then", "there", "these", "they", "this", "to", "was", "we", "what", "when", "where", "which", "who",
+        "why", "will", "would", "you", "your", "should", "shall", "may", "might", "must", "than", "no", "yes",
+        "use", "using", "used", "get", "want", "need", "make", "way", "happens", "happen",
+    }
+)  # fmt: skip
+
+
+def terms(text: str) -> list[str]:
+    """Lower-cased word and identifier tokens without stopwords.
+
+    >>> terms("How do I use __enter__ with the 'with' statement? And x // 2?")
+    ['__enter__', 'with', 'with', 'statement', 'and', 'x', '//', '2']
+    """
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
+class LexicalIndex:
+    """Okapi BM25 (k1=1.2, b=0.75) over chunks, with per-chunk add and remove.
+
+    >>> idx = LexicalIndex()
+    >>> idx.add(1, "the with statement calls __enter__ and __exit__")
+    >>> idx.add(2, "the for statement iterates over a sequence")
+    >>> [cid for cid, _ in idx.search("what does __exit__ do", k=2)]
+    [1]
+    >>> idx.remove(1); idx.search("__exit__", k=2)
+    []
+    """
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self.postings: dict[str, dict[int, int]] = {}  # term -> chunk id -> term frequency
+        self.lengths: dict[int, int] = {}  # chunk id -> number of terms
+        self._chunk_terms: dict[int, list[str]] = {}  # chunk id -> its distinct terms (for removal)
+        self._total_length = 0
+
+    def add(self, chunk_id: int, text: str) -> None:
+        counts = Counter(terms(text))
+        for term, tf in counts.items():
+            self.postings.setdefault(term, {})[chunk_id] = tf
+        length = sum(counts.values())
+        self.lengths[chunk_id] = length
+        self._chunk_terms[chunk_id] = list(counts)
+        self._total_length += length
+
+    def remove(self, chunk_id: int) -> None:
+        length = self.lengths.pop(chunk_id, None)
+        if length is None:
+            return
+        self._total_length -= length
+        for term in self._chunk_terms.pop(chunk_id):
+            posting = self.postings[term]
+            del posting[chunk_id]
+            if not posting:
+                del self.postings[term]
+
+    def idf(self, term: str) -> float:
+        """How rare ``term`` is among the chunks (BM25's idf; unknown terms count as the rarest)."""
+        n = len(self.lengths)
+        df = len(self.postings.get(term, ()))
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    def search(self, query: str, k: int = 10) -> list[tuple[int, float]]:
+        """The ``k`` best ``(chunk id, BM25 score)`` for ``query``, best first (ties by chunk id)."""
+        n = len(self.lengths)
+        if not n:
+            return []
+        avg = self._total_length / n
+        scores: dict[int, float] = {}
+        for term in set(terms(query)):
+            posting = self.postings.get(term)
+            if not posting:
+                continue
+            idf = math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            for cid, tf in posting.items():
+                norm = tf + self.k1 * (1.0 - self.b + self.b * self.lengths[cid] / avg)
+                scores[cid] = scores.get(cid, 0.0) + idf * tf * (self.k1 + 1.0) / norm
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+    def state(self) -> dict[str, Any]:
+        return {"postings": {t: dict(p) for t, p in self.postings.items()}, "lengths": dict(self.lengths)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LexicalIndex:
+        idx = cls()
+        idx.postings = {t: dict(p) for t, p in state["postings"].items()}
+        idx.lengths = dict(state["lengths"])
+        for term, posting in idx.postings.items():
+            for cid in posting:
+                idx._chunk_terms.setdefault(cid, []).append(term)
+        idx._total_length = sum(idx.lengths.values())
+        return idx
