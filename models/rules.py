@@ -180,7 +180,7 @@ def parse_rule_set(raw: bytes | None) -> RuleSet:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """An item found for a request, with what the rules need to know about it."""
+    """An item found for a request, with what the rules need to know about it and how it was found."""
 
     item_id: str
     score: float
@@ -188,6 +188,7 @@ class Candidate:
     brand: str
     price: float
     in_stock: bool
+    found_by: str  # the first reason it is recommended: "similar" (ANN), "popular_in_<category>", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +212,14 @@ class Shopper:
 
 
 def rank(
-    candidates: Sequence[Candidate], k: int, rules: RuleSet, shopper: Shopper, base_reason: str
+    candidates: Sequence[Candidate], k: int, rules: RuleSet, shopper: Shopper
 ) -> tuple[list[Ranked], dict[str, int]]:
     """The top ``k`` of ``candidates`` under ``rules``, and how many each exclusion removed.
 
     >>> rules = RuleSet(max_per_brand=1, context_category_boost=0.5)
-    >>> cands = [Candidate("a", 0.9, "shoes", "x", 10, True), Candidate("b", 0.8, "shoes", "x", 10, True),
-    ...          Candidate("c", 0.7, "bags", "y", 10, False), Candidate("d", 0.6, "bags", "z", 10, True)]
-    >>> top, excluded = rank(cands, 3, rules, Shopper({}, {}, 10.0, "bags", 0.0), "similar")
+    >>> cands = [Candidate("a", 0.9, "shoes", "x", 10, True, "similar"), Candidate("b", 0.8, "shoes", "x", 10, True, "similar"),
+    ...          Candidate("c", 0.7, "bags", "y", 10, False, "similar"), Candidate("d", 0.6, "bags", "z", 10, True, "similar")]
+    >>> top, excluded = rank(cands, 3, rules, Shopper({}, {}, 10.0, "bags", 0.0))
     >>> [(r.item_id, round(r.score, 2), r.reasons) for r in top], excluded
     ([('d', 1.1, ('similar', 'context_category')), ('a', 0.9, ('similar',))], {'out_of_stock': 1, 'diversity': 1})
     """
@@ -227,7 +228,11 @@ def rank(
     promos = {p.item_id: p for p in rules.promotions if p.start_ms <= shopper.now_ms < p.end_ms}
     excluded: dict[str, int] = {}
     scored: list[tuple[float, str, Candidate, tuple[str, ...]]] = []
+    taken: set[str] = set()
     for c in candidates:
+        if c.item_id in taken:  # found twice (by similarity and by popularity): the first finding counts
+            continue
+        taken.add(c.item_id)
         if rules.exclude_out_of_stock and not c.in_stock:
             reason = "out_of_stock"
         elif seen_after is not None and c.item_id in shopper.seen and shopper.seen[c.item_id] >= seen_after:
@@ -239,7 +244,7 @@ def rank(
         if reason:
             excluded[reason] = excluded.get(reason, 0) + 1
             continue
-        score, reasons = c.score, [base_reason]
+        score, reasons = c.score, [c.found_by]
         if rules.context_category_boost and c.category == shopper.context_category:
             score += rules.context_category_boost
             reasons.append("context_category")

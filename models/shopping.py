@@ -264,3 +264,68 @@ def parse_recommend_request(raw: bytes | None, max_k: int = MAX_K) -> RecommendR
         raise InvalidEvent("context must be a JSON object")
     page, category, device = (_text(context, name, "", max_chars=MAX_ID_CHARS) for name in ("page", "category", "device"))
     return RecommendRequest(request_id, user, k, page, category, device, _millis(body, "time"))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """An item's hash in the online store: its current vector and what rules and tastes need."""
+
+    version: int
+    vector: np.ndarray | None  # None: deleted before it was ever embedded
+    category: str
+    brand: str
+    price: float
+    in_stock: bool
+    deleted: bool
+
+    @property
+    def searchable(self) -> bool:
+        return self.vector is not None and not self.deleted
+
+    def fields(self) -> dict[str, bytes | str]:
+        """The hash written through to Redis (a delete keeps the last vector: past interactions still count)."""
+        out: dict[str, bytes | str] = {"deleted": "1" if self.deleted else "0"}
+        if not self.deleted:
+            assert self.vector is not None
+            out.update(
+                vector=np.asarray(self.vector, dtype=np.float32).tobytes(),
+                category=self.category,
+                brand=self.brand,
+                price=repr(self.price),
+                in_stock="1" if self.in_stock else "0",
+            )
+        return out
+
+
+def parse_item_record(fields: dict[bytes, bytes], dim: int) -> ItemRecord:
+    """Read an item's hash back; ``ValueError`` says why it cannot be used.
+
+    >>> rec = ItemRecord(2, np.ones(3, dtype=np.float32), "shoes", "x", 9.5, True, False)
+    >>> back = parse_item_record({k.encode(): v if isinstance(v, bytes) else v.encode()
+    ...                                  for k, v in {**rec.fields(), "version": "2"}.items()}, dim=3)
+    >>> back.version, back.category, back.price, back.vector.tolist()
+    (2, 'shoes', 9.5, [1.0, 1.0, 1.0])
+    >>> parse_item_record({b"version": b"2", b"vector": b"\\0" * 8}, dim=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: item vector has 2 dimensions, expected 3
+    """
+    raw = fields.get(b"vector", b"")
+    vector = None
+    if raw:
+        vector = np.frombuffer(raw, dtype=np.float32) if len(raw) % 4 == 0 else None
+        if vector is None or len(vector) != dim:
+            raise ValueError(f"item vector has {len(raw) / 4:g} dimensions, expected {dim}")
+    try:
+        return ItemRecord(
+            int(fields.get(b"version", b"0")),
+            vector,
+            fields.get(b"category", b"").decode(),
+            fields.get(b"brand", b"").decode(),
+            float(fields.get(b"price", b"0")),
+            fields.get(b"in_stock", b"1") == b"1",
+            fields.get(b"deleted", b"0") == b"1",
+        )
+    except UnicodeDecodeError:
+        raise ValueError("item metadata is not UTF-8 text") from None
+
