@@ -12,8 +12,8 @@ in the encoder's space. Each item has a popularity weight (Zipf within its
 cluster) and a price from its category, brand tier and noise.
 
 **Users.** Each has three interests (a cluster each, with weights); an
-interaction picks an interest, then an item: from the exact cluster (60%),
-the same style of any brand (30%) or the same category (10%), by popularity,
+interaction picks an interest, then an item: from the exact cluster (75%),
+the same style of any brand (20%) or the same category (5%), by popularity (heavy-tailed),
 usually one not seen before. Tastes drift: after each interaction one interest
 is replaced with probability ``drift``. Kinds: 65% views, 22% clicks, 9%
 add-to-cart, 4% purchases.
@@ -141,7 +141,7 @@ def make_catalogue(n_items: int, seed: int) -> tuple[list[CatalogItem], list[Ite
                 in_stock=rng.random() > 0.02,
             )
         )
-        facts.append(ItemFacts(ci, si, bi, 1.0 / (1 + rng.paretovariate(1.2))))
+        facts.append(ItemFacts(ci, si, bi, rng.paretovariate(1.0)))  # heavy-tailed: a few items lead each cluster
     return items, facts
 
 
@@ -205,7 +205,7 @@ class ShopSimulation:
         c, s, b = rng.choices(user.interests, user.weights)[0]
         for _ in range(8):
             r = rng.random()
-            key: tuple[int, ...] = (c, s, b) if r < 0.6 else (c, s) if r < 0.9 else (c,)
+            key: tuple[int, ...] = (c, s, b) if r < 0.75 else (c, s) if r < 0.95 else (c,)
             item = self.groups.sample(key, rng)
             if item not in user.seen or (not new_only and rng.random() < 0.2):
                 return item
