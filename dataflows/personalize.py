@@ -181,7 +181,7 @@ class CatalogueReplica:
     def __init__(self, name: str, settings: PersonalizeSettings, dim: int, resume: dict[str, Any] | None) -> None:
         self.name = name
         self.settings = settings
-        self.index = AnnIndex(dim, settings.ann_nlist, settings.ann_nprobe, settings.ann_train_at or None)
+        self.index = AnnIndex(dim, settings.ann_nlist, settings.ann_nprobe, settings.ann_train_at)
         self.rules: RuleSet = resume["rules"] if resume else RuleSet()
         self.popular: dict[str, Ranking] = dict(resume["popular"]) if resume else {}
         self._popular_candidates: dict[str, list[Candidate]] = {}

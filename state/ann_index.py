@@ -2,9 +2,10 @@
 
 Items are unit vectors searched by inner product (cosine). The index starts
 exact (faiss ``IndexFlatIP`` behind an id map) and, once it holds ``train_at``
-items, trains an inverted-file index (``IndexIVFFlat``: ``nlist`` k-means cells,
-``nprobe`` of them scanned per query) on what it holds and moves every vector
-there. Why IVF-Flat and not HNSW (measured in ``perf/reports/personalize_index.json``,
+items (10,000 by default), trains an inverted-file index (``IndexIVFFlat``: at
+most ``nlist`` k-means cells, and at least 39 held items per cell, as faiss
+wants; ``nprobe`` of them scanned per query) on what it holds and moves every
+vector there. Why IVF-Flat and not HNSW (measured in ``perf/reports/personalize_index.json``,
 ``python -m perf.personalize_eval index``): faiss HNSW cannot remove vectors, and
 a catalogue removes items all the time (deletes, new versions); IVF removes
 through a hash-table direct map in microseconds, adds without rebuilding, and a
@@ -62,7 +63,7 @@ class AnnIndex:
         self.dim = dim
         self.nlist = nlist
         self.nprobe = nprobe
-        self.train_at = 39 * nlist if train_at is None else train_at
+        self.train_at = 10_000 if train_at is None else train_at
         self.index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.trained = False
         self.labels: dict[str, int] = {}
@@ -133,18 +134,21 @@ class AnnIndex:
         return labels, np.stack([self.index.reconstruct(int(label)) for label in labels])
 
     def _ivf(self, centroids: np.ndarray | None) -> Any:
+        if centroids is not None:
+            self.nlist = len(centroids)
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # removes by id without scanning every list
         if centroids is not None:
             quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
             ivf.is_trained = True
-        ivf.nprobe = self.nprobe
+        ivf.nprobe = min(self.nprobe, self.nlist)
         return ivf
 
     def _train(self, sample: int = 64) -> None:
         """k-means on (up to ``sample`` x ``nlist``) held vectors, seeded, then move every vector into the IVF."""
         labels, vectors = self._vectors()
+        self.nlist = max(1, min(self.nlist, len(vectors) // 39))
         rng = np.random.default_rng(1234)
         pick = rng.choice(len(vectors), size=min(len(vectors), sample * self.nlist), replace=False)
         kmeans = faiss.Kmeans(self.dim, self.nlist, niter=12, seed=1234, spherical=True, max_points_per_centroid=sample)
@@ -156,7 +160,7 @@ class AnnIndex:
     def set_nprobe(self, nprobe: int) -> None:
         self.nprobe = nprobe
         if self.trained:
-            self.index.nprobe = nprobe
+            self.index.nprobe = min(nprobe, self.nlist)
         self._gpu = None
 
     def _searcher(self) -> Any:

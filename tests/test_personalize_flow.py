@@ -53,6 +53,7 @@ def _settings(stack: LocalStack, **overrides: Any) -> PersonalizeSettings:
         topic_partitions=2,
         device="cpu",
         ann_nlist=8,
+        ann_train_at=300,
         popularity_emit_ms=200.0,
     )
     s = replace(s, **overrides)

@@ -168,7 +168,7 @@ def _clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 1) -> np.n
 
 def test_the_ivf_index_finds_what_exact_search_finds_and_deletes_for_good():
     x = _clustered(4000)
-    idx = AnnIndex(32, nlist=32, nprobe=8, use_gpu=False)
+    idx = AnnIndex(32, nlist=32, nprobe=8, train_at=1000, use_gpu=False)
     exact = AnnIndex(32, nlist=32, train_at=10**9, use_gpu=False)
     changes = [Change(f"i{n}", 1, x[n], ("c", "b", 1.0, True)) for n in range(len(x))]
     idx.apply(changes)
@@ -187,7 +187,7 @@ def test_the_ivf_index_finds_what_exact_search_finds_and_deletes_for_good():
 
 def test_the_index_state_round_trips_with_its_centroids():
     x = _clustered(2000)
-    idx = AnnIndex(32, nlist=16, nprobe=4, use_gpu=False)
+    idx = AnnIndex(32, nlist=16, nprobe=4, train_at=1000, use_gpu=False)
     idx.apply([Change(f"i{n}", 1, x[n], n) for n in range(len(x))])
     idx.apply([Change("i5", 2, None), Change("i6", 2, x[7], "new")])
     copy = AnnIndex.from_state(idx.state(), use_gpu=False)
