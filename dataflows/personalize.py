@@ -226,6 +226,7 @@ class CatalogueReplica:
 
     def _change_record(self, u: ItemUpdate, applied: bool, now: float) -> KafkaRecord:
         body = {
+            "change_id": f"{u.item_id}@{u.record.version}@{self.name}",
             "item_id": u.item_id,
             "version": u.record.version,
             "op": "delete" if u.record.deleted else "upsert",
