@@ -30,7 +30,7 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 import numpy as np
@@ -131,9 +131,7 @@ def embed_items(batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8
         vector = None
         if not item.deleted:
             vector = _unit(np.asarray(item.embedding, dtype=np.float32)) if item.embedding else next(vectors)
-        record = ItemRecord(
-            item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted
-        )
+        record = ItemRecord(item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted)
         out.append(ItemUpdate(item.item_id, record, src.position, item.sent_at_ms, now))
     return out
 
@@ -243,10 +241,10 @@ class CatalogueReplica:
         return _record(self.settings.catalog_changes_topic, u.item_id, ident, body)
 
     def _candidate(self, item_id: str, score: float, found_by: str) -> Candidate | None:
-        payload = self.index.payload(item_id)
+        payload = cast(Payload | None, self.index.payload(item_id))
         if payload is None:
             return None
-        category, brand, price, in_stock = payload  # type: ignore[misc]
+        category, brand, price, in_stock = payload
         return Candidate(item_id, score, category, brand, price, in_stock, found_by)
 
     def popular_in(self, category: str) -> list[Candidate]:
@@ -264,17 +262,18 @@ class CatalogueReplica:
     def answer(self, asks: list[Ask]) -> list[KafkaRecord]:
         s = self.settings
         started = time.time()
-        personal = [a for a in asks if a.profile is not None and a.profile.vector is not None]
-        fetch = {a.request.request_id: min(s.max_fetch, a.request.k * s.overfetch + len(a.profile.seen)) for a in personal}  # type: ignore[union-attr]
+        personal = [(a, a.profile) for a in asks if a.profile is not None and a.profile.vector is not None]
+        fetch = [min(s.max_fetch, a.request.k * s.overfetch + len(p.seen)) for a, p in personal]
         found: dict[str, list[tuple[str, float]]] = {}
         if personal:
-            queries = np.stack([a.profile.vector for a in personal])  # type: ignore[union-attr]
-            hits = self.index.search(queries, max(fetch.values()))
-            found = {a.request.request_id: h[: fetch[a.request.request_id]] for a, h in zip(personal, hits, strict=True)}
+            hits = self.index.search(np.stack([p.vector for _, p in personal if p.vector is not None]), max(fetch))
+            found = {a.request.request_id: h[:n] for (a, _), h, n in zip(personal, hits, fetch, strict=True)}
         searched = time.time()
         return [self._recommend(a, found.get(a.request.request_id), started, searched) for a in asks]
 
-    def _recommend(self, ask: Ask, hits: list[tuple[str, float]] | None, started: float, searched: float) -> KafkaRecord:
+    def _recommend(
+        self, ask: Ask, hits: list[tuple[str, float]] | None, started: float, searched: float
+    ) -> KafkaRecord:
         req, profile = ask.request, ask.profile
         flags: list[str] = []
         if ask.problem is not None:
@@ -295,7 +294,9 @@ class CatalogueReplica:
             top, excluded = rank(candidates, req.k, self.rules, shopper)
             if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops
                 favourite = next(iter(shopper.affinity), req.category)
-                top, excluded = rank(candidates + self.popular_in(req.category or favourite), req.k, self.rules, shopper)
+                top, excluded = rank(
+                    candidates + self.popular_in(req.category or favourite), req.k, self.rules, shopper
+                )
                 flags.append("filled_from_popularity")
         else:
             top, excluded = rank(self.popular_in(req.category), req.k, self.rules, shopper)
@@ -446,11 +447,15 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         _counted,
     )
     known = op.branch("known_items", looked_up, _is_dead)
-    counted: Stream[Counted] = known.falses  # type: ignore[assignment]
+    counted = cast(Stream[Counted], known.falses)
+    unknown_items = cast(Stream[DeadLetter], known.trues)
 
     def count(taste: Taste, c: Counted) -> None:
         i = c.interaction
-        taste.add(i.item_id, c.item.vector, c.item.category, c.item.price, weights[i.kind], i.event_time_ms, c.position.offset)  # type: ignore[arg-type]
+        assert c.item.vector is not None, "interactions with never-embedded items are dead-lettered"
+        taste.add(
+            i.item_id, c.item.vector, c.item.category, c.item.price, weights[i.kind], i.event_time_ms, c.position.offset
+        )
 
     tastes = fold_latest(
         "taste",
@@ -518,7 +523,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         rules.dead,
         interactions.dead,
         requests.dead,
-        op.map("unknown_items", known.trues, lambda d: d),
+        unknown_items,
         unusable,
     )
     kafka_output(

@@ -128,7 +128,9 @@ def _band(b: object, n: int) -> PriceBand:
     if not isinstance(segment, str) or not segment:
         raise InvalidEvent(f"{where}.segment must be a non-empty string")
     return PriceBand(
-        segment, _range(b.get("user_avg_price"), f"{where}.user_avg_price"), _range(b.get("item_price"), f"{where}.item_price")
+        segment,
+        _range(b.get("user_avg_price"), f"{where}.user_avg_price"),
+        _range(b.get("item_price"), f"{where}.item_price"),
     )
 
 
@@ -263,7 +265,7 @@ def rank(
     out: list[Ranked] = []
     brands: dict[str, int] = {}
     categories: dict[str, int] = {}
-    for score, item_id, c, reasons in scored:
+    for score, item_id, c, why in scored:
         if len(out) == k:
             break
         if (rules.max_per_brand and brands.get(c.brand, 0) >= rules.max_per_brand) or (
@@ -273,5 +275,5 @@ def rank(
             continue
         brands[c.brand] = brands.get(c.brand, 0) + 1
         categories[c.category] = categories.get(c.category, 0) + 1
-        out.append(Ranked(item_id, score, reasons))
+        out.append(Ranked(item_id, score, why))
     return out, excluded

@@ -212,7 +212,8 @@ def parse_interaction(raw: bytes | None) -> Interaction:
     body = json_object(raw)
     user, item = _id(body, "user_id"), _id(body, "item_id")
     try:
-        kind = Kind(body.get("kind"))
+        raw_kind = body.get("kind")
+        kind = Kind(raw_kind if isinstance(raw_kind, str) else "")
     except ValueError:
         raise InvalidEvent(f"kind must be one of {', '.join(k.value for k in Kind)}") from None
     return Interaction(user, item, kind, _millis(body, "time"))
@@ -262,7 +263,9 @@ def parse_recommend_request(raw: bytes | None, max_k: int = MAX_K) -> RecommendR
     context = body.get("context", {})
     if not isinstance(context, dict):
         raise InvalidEvent("context must be a JSON object")
-    page, category, device = (_text(context, name, "", max_chars=MAX_ID_CHARS) for name in ("page", "category", "device"))
+    page, category, device = (
+        _text(context, name, "", max_chars=MAX_ID_CHARS) for name in ("page", "category", "device")
+    )
     return RecommendRequest(request_id, user, k, page, category, device, _millis(body, "time"))
 
 
@@ -328,4 +331,3 @@ def parse_item_record(fields: dict[bytes, bytes], dim: int) -> ItemRecord:
         )
     except UnicodeDecodeError:
         raise ValueError("item metadata is not UTF-8 text") from None
-

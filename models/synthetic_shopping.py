@@ -114,7 +114,9 @@ def make_catalogue(n_items: int, seed: int) -> tuple[list[CatalogItem], list[Ite
     rng = random.Random(f"catalogue-{seed}")
     shape = Shape.for_size(n_items)
     names = list(CATEGORIES)
-    styles = {c: (rng.sample(STYLES, shape.styles), rng.sample(STYLES, shape.styles)) for c in names}  # two words a style
+    styles = {
+        c: (rng.sample(STYLES, shape.styles), rng.sample(STYLES, shape.styles)) for c in names
+    }  # two words a style
     brands = {c: [_brand_name(rng) for _ in range(shape.brands)] for c in names}
     tiers = {c: [rng.uniform(0.5, 2.5) for _ in range(shape.brands)] for c in names}
     items, facts = [], []
@@ -152,10 +154,11 @@ class _Groups:
         self.by: dict[tuple[int, ...], tuple[list[int], list[float]]] = {}
         members: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(facts):
-            for key in ((f.category, f.style, f.brand), (f.category, f.style), (f.category,)):
-                members.setdefault(key, []).append(i)
-        for key, ids in members.items():
-            self.by[key] = (ids, list(itertools.accumulate(facts[i].popularity for i in ids)))
+            groups: tuple[tuple[int, ...], ...] = ((f.category, f.style, f.brand), (f.category, f.style), (f.category,))
+            for group in groups:
+                members.setdefault(group, []).append(i)
+        for group, ids in members.items():
+            self.by[group] = (ids, list(itertools.accumulate(facts[i].popularity for i in ids)))
 
     def sample(self, key: tuple[int, ...], rng: random.Random) -> int:
         ids, cum = self.by[key]

@@ -82,7 +82,7 @@ class Taste:
     dim: int
     half_life_ms: float
     max_seen: int = 200
-    vector: np.ndarray = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    vector: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # zeros(dim) when not given
     ref_ms: float = 0.0
     weight: float = 0.0
     price_sum: float = 0.0
@@ -92,11 +92,18 @@ class Taste:
     count: int = 0
 
     def __post_init__(self) -> None:
-        if self.vector is None:
+        if len(self.vector) == 0:
             self.vector = np.zeros(self.dim, dtype=np.float32)
 
     def add(
-        self, item_id: str, item_vector: np.ndarray, category: str, price: float, weight: float, t_ms: float, version: int
+        self,
+        item_id: str,
+        item_vector: np.ndarray,
+        category: str,
+        price: float,
+        weight: float,
+        t_ms: float,
+        version: int,
     ) -> None:
         """Count one interaction (``weight`` by its kind) at event time ``t_ms``; ``version`` is its position."""
         if self.count == 0 or t_ms > self.ref_ms:

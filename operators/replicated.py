@@ -36,16 +36,17 @@ U = TypeVar("U")
 Q = TypeVar("Q")
 Y = TypeVar("Y")
 S = TypeVar("S")
+S_co = TypeVar("S_co", covariant=True)
 
 Tagged = tuple[str, Any]  # ("u", update) or ("q", query)
 
 
-class Replica(Protocol[U, Q, Y, S]):
+class Replica(Protocol[U, Q, Y, S_co]):
     """One copy of the replicated state."""
 
     def update(self, updates: list[U]) -> list[Y]: ...
     def answer(self, queries: list[Q]) -> list[Y]: ...
-    def snapshot(self) -> S: ...
+    def snapshot(self) -> S_co: ...
 
 
 class _ReplicaLogic(StatefulBatchLogic[tuple[str, Tagged], Y, S], Generic[U, Q, Y, S]):

@@ -94,7 +94,12 @@ def _background(settings: PersonalizeSettings, args: dict[str, Any], seconds: fl
         t.start()
     for t in threads:
         t.join()
-    out.put({k: {"sent": r.sent, "rate": round(r.rate, 1), "lag_p99_ms": round(r.lag_p99_ms, 2)} for k, r in reports.items()})
+    out.put(
+        {
+            k: {"sent": r.sent, "rate": round(r.rate, 1), "lag_p99_ms": round(r.lag_p99_ms, 2)}
+            for k, r in reports.items()
+        }
+    )
 
 
 def _cpu(pids: list[int]) -> float:
@@ -126,7 +131,9 @@ def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vect
         flow.start()
         if system == "personalize":
             result["ready_s"] = round(wait_until_recommending(settings, flow), 1)
-            publish_interactions(settings, shop.simulation.interactions(args.per_user, time.time() * 1000, 48 * HOUR_MS))
+            publish_interactions(
+                settings, shop.simulation.interactions(args.per_user, time.time() * 1000, 48 * HOUR_MS)
+            )
             result["users_ready_s"] = round(wait_for_users(settings, args.users, flow), 1)
         else:
             time.sleep(5)
@@ -161,8 +168,11 @@ def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vect
             "stage_ms": {s: {k: round(v, 2) for k, v in p.items()} for s, p in got.stages_ms.items()},
             "flags": got.flags,
             "flow_cpu_ms_per_request": round(1000 * cpu / max(1, got.answered), 3),
-            "freshness_ms": {"n": len(fresh), "p50": round(fresh[len(fresh) // 2], 1) if fresh else None,
-                             "p99": round(fresh[int(0.99 * (len(fresh) - 1))], 1) if fresh else None},  # fmt: skip
+            "freshness_ms": {
+                "n": len(fresh),
+                "p50": round(fresh[len(fresh) // 2], 1) if fresh else None,
+                "p99": round(fresh[int(0.99 * (len(fresh) - 1))], 1) if fresh else None,
+            },  # fmt: skip
         }
     finally:
         flow.stop()
@@ -188,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog-rate", type=float, default=50.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--replicas", type=int, default=1, help="SLUICE_INDEX_REPLICAS (set to --processes to replicate)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="SLUICE_INDEX_REPLICAS (set to --processes to replicate)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
@@ -199,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     for rate in args.rates:
         for system in args.systems:
             for _ in range(args.runs):
-                runs.setdefault(system, {}).setdefault(str(int(rate)), []).append(run_one(system, rate, args, shop, vectors))
+                runs.setdefault(system, {}).setdefault(str(int(rate)), []).append(
+                    run_one(system, rate, args, shop, vectors)
+                )
     medians: dict[str, dict[str, Any]] = {}
     for system, by_rate in runs.items():
         for rate_key, rs in by_rate.items():

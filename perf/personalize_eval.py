@@ -30,7 +30,7 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -58,15 +58,22 @@ def _tastes(
     tastes: dict[str, Taste] = {}
     for n, e in enumerate(shop.simulation.interactions(per_user, end_ms, 48 * HOUR_MS)):
         i = row[e.item_id]
-        taste = tastes.setdefault(e.user_id, Taste(vectors.shape[1], settings.taste_half_life_h * HOUR_MS, settings.max_seen))
-        taste.add(e.item_id, vectors[i], shop.items[i].category, shop.items[i].price, weights[e.kind], e.event_time_ms, n)
+        taste = tastes.setdefault(
+            e.user_id, Taste(vectors.shape[1], settings.taste_half_life_h * HOUR_MS, settings.max_seen)
+        )
+        taste.add(
+            e.item_id, vectors[i], shop.items[i].category, shop.items[i].price, weights[e.kind], e.event_time_ms, n
+        )
         popularity.add(e.item_id, weights[e.kind], e.event_time_ms / 1000.0)
     return tastes, popularity
 
 
 def _index(vectors: np.ndarray, items: list[Any], nlist: int, nprobe: int, exact: bool) -> AnnIndex:
     idx = AnnIndex(vectors.shape[1], nlist, nprobe, train_at=10**12 if exact else None, use_gpu=False)
-    changes = [Change(it.item_id, it.version, vectors[n], (it.category, it.brand, it.price, it.in_stock)) for n, it in enumerate(items)]
+    changes = [
+        Change(it.item_id, it.version, vectors[n], (it.category, it.brand, it.price, it.in_stock))
+        for n, it in enumerate(items)
+    ]
     for start in range(0, len(changes), 20_000):
         idx.apply(changes[start : start + 20_000])
     return idx
@@ -109,9 +116,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             found_by = "similar" if idx is not None else "popular"
             cands = []
             for item, score in source:
-                payload = ann.payload(item)
+                payload = cast(tuple[str, str, float, bool] | None, ann.payload(item))
                 if payload is not None:
-                    cands.append(Candidate(item, score, *payload, found_by))  # type: ignore[misc]
+                    category, brand, price, in_stock = payload
+                    cands.append(Candidate(item, score, category, brand, price, in_stock, found_by))
             out.append([r.item_id for r in rank(cands, K, rules, shopper)[0]])
         return out
 
@@ -122,7 +130,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     pop_ranked = ranked(None)
     raw_ann = ann.search(queries, K)
     raw_exact = exact.search(queries, K)
-    recall = float(np.mean([len({i for i, _ in a} & {i for i, _ in e}) / K for a, e in zip(raw_ann, raw_exact, strict=True)]))
+    recall = float(
+        np.mean([len({i for i, _ in a} & {i for i, _ in e}) / K for a, e in zip(raw_ann, raw_exact, strict=True)])
+    )
     (hr, ndcg), (hr_exact, ndcg_exact), (hr_pop, ndcg_pop) = (
         _metrics(ann_ranked, truth),
         _metrics(exact_ranked, truth),
@@ -132,8 +142,13 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "items": args.items,
         "users": len(users),
         "interactions_per_user": args.per_user,
-        "settings": {"ann_nlist": settings.ann_nlist, "ann_nprobe": settings.ann_nprobe, "overfetch": settings.overfetch,
-                     "taste_half_life_h": settings.taste_half_life_h, "kind_weights": settings.kind_weights},  # fmt: skip
+        "settings": {
+            "ann_nlist": settings.ann_nlist,
+            "ann_nprobe": settings.ann_nprobe,
+            "overfetch": settings.overfetch,
+            "taste_half_life_h": settings.taste_half_life_h,
+            "kind_weights": settings.kind_weights,
+        },  # fmt: skip
         "hit_rate_at_10": {"ann": round(hr, 4), "exact": round(hr_exact, 4), "popularity": round(hr_pop, 4)},
         "ndcg_at_10": {"ann": round(ndcg, 4), "exact": round(ndcg_exact, 4), "popularity": round(ndcg_pop, 4)},
         "ann_recall_at_10_vs_exact": round(recall, 4),
@@ -172,7 +187,9 @@ def index_costs(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     out: dict[str, Any] = {}
     for size in args.sizes:
-        reps = [base] + [base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in range(size // len(base) - 1)]
+        reps = [base] + [
+            base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in range(size // len(base) - 1)
+        ]
         x = np.concatenate(reps)[:size]
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         faiss.omp_set_num_threads(2)

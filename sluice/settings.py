@@ -388,7 +388,9 @@ class PersonalizeSettings(FlowSettings):
         "view=1,click=2,add_to_cart=4,purchase=8", "weight of each interaction kind in a user's taste",
         check=_kind_weights,
     )  # fmt: skip
-    taste_half_life_h: float = setting(24.0, "an interaction's weight in the taste halves every this many hours", minimum=0.01)
+    taste_half_life_h: float = setting(
+        24.0, "an interaction's weight in the taste halves every this many hours", minimum=0.01
+    )
     max_seen: int = setting(200, "recent items remembered per user (exclusions)", minimum=1)
     write_shards: int = setting(4, "shard keys of the Redis write-through steps", minimum=1)
     user_cache_ttl_ms: float = setting(1000.0, "how long a user's vector read from Redis is reused", minimum=0.0)
@@ -403,7 +405,9 @@ class PersonalizeSettings(FlowSettings):
     max_k: int = setting(100, "largest k a request may ask for", minimum=1)
     popularity_half_life_s: float = setting(900.0, "popularity counts halve every this many seconds", minimum=1.0)
     popularity_top_n: int = setting(200, "popular items kept per category", minimum=1)
-    popularity_emit_ms: float = setting(1000.0, "how often a category's popularity is re-sent to the replicas", minimum=1.0)
+    popularity_emit_ms: float = setting(
+        1000.0, "how often a category's popularity is re-sent to the replicas", minimum=1.0
+    )
     source_batch_size: int = setting(1000, "records a source partition hands over per poll", minimum=1)
 
     def input_topics(self) -> list[str]:

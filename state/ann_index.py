@@ -138,7 +138,8 @@ class AnnIndex:
             self.nlist = len(centroids)
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # removes by id without scanning every list
+        # a hash-table direct map: removes by id without scanning every list (faiss's stubs do not declare DirectMap)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
         if centroids is not None:
             quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
             ivf.is_trained = True

@@ -272,7 +272,8 @@ class FeatureStore(Generic[V]):
                 for key in keys:
                     pipe.hgetall(key)
                 replies = pipe.execute(raise_on_error=False)
-                yield [(k.decode()[len(prefix) :], self._decode(r)) for k, r in zip(keys, replies, strict=True)]
+                names = [(k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys]
+                yield [(name, self._decode(r)) for name, r in zip(names, replies, strict=True)]
             if cursor == 0:
                 return
 

@@ -62,7 +62,11 @@ def _settings(stack: LocalStack, **overrides: Any) -> PersonalizeSettings:
 
 
 def _wait(
-    settings: PersonalizeSettings, topic: str, done: Callable[[list[Any]], bool], flow: FlowProcesses, timeout_s: float = 120
+    settings: PersonalizeSettings,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    flow: FlowProcesses,
+    timeout_s: float = 120,
 ) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -78,7 +82,9 @@ def _ask(settings: PersonalizeSettings, flow: FlowProcesses, user: str, k: int =
     request_id = f"r-{uuid.uuid4().hex[:8]}"
     req = RecommendRequest(request_id, user, k, "category" if category else "home", category, "web", time.time() * 1000)
     produce(settings, [(user.encode(), req.to_json())], settings.requests_topic)
-    bodies = _wait(settings, settings.recommendations_topic, lambda bs: any(b["request_id"] == request_id for b in bs), flow)
+    bodies = _wait(
+        settings, settings.recommendations_topic, lambda bs: any(b["request_id"] == request_id for b in bs), flow
+    )
     [body] = [b for b in bodies if b["request_id"] == request_id]
     return body
 
@@ -192,12 +198,14 @@ def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):
     assert _ask(settings, flow, "u6")["items"]  # still answering
 
 
-def _user_hashes(settings: PersonalizeSettings) -> dict[bytes, dict[bytes, bytes]]:
+def _user_hashes(settings: PersonalizeSettings) -> dict[Any, dict[Any, Any]]:
     client = redis.Redis.from_url(settings.redis_url)
     return {k: client.hgetall(k) for k in client.keys(f"{settings.redis_namespace}-user:*")}
 
 
-def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_free_run(stack: LocalStack, tmp_path: Path):
+def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_free_run(
+    stack: LocalStack, tmp_path: Path
+):
     """Two runs over the same interactions, each writing to its own Redis namespace: one crash-free, one killed
     twice mid-stream and resumed from its checkpoints. User hashes and checkpointed tastes must be equal."""
     shop = make_shop(300, 80, seed=12)
@@ -213,8 +221,10 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
         recovery = tmp_path / name / "recovery"
         init_recovery(recovery)
 
-        def start(s: PersonalizeSettings = settings, r: Path = recovery, life: str = "") -> FlowProcesses:
-            return FlowProcesses(FLOW, s.to_env(), recovery_dir=r, log_dir=tmp_path / name / life).start()
+        def start(
+            s: PersonalizeSettings = settings, r: Path = recovery, life: str = "", run: str = name
+        ) -> FlowProcesses:
+            return FlowProcesses(FLOW, s.to_env(), recovery_dir=r, log_dir=tmp_path / run / life).start()
 
         for life in range(kills):
             flow = start(life=f"life-{life}")

@@ -58,7 +58,9 @@ def test_a_taste_depends_on_the_set_of_interactions_not_their_arrival_order(evs,
 
 @given(st.floats(0, 1e9), st.floats(0, 1e9), st.floats(1, 1e8))
 def test_decay_composes(a, b, half_life):
-    assert math.isclose(decay(a, half_life) * decay(b, half_life), decay(a + b, half_life), rel_tol=1e-9, abs_tol=1e-300)
+    assert math.isclose(
+        decay(a, half_life) * decay(b, half_life), decay(a + b, half_life), rel_tol=1e-9, abs_tol=1e-300
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,7 +80,8 @@ def test_the_online_store_hash_round_trips_and_a_snapshot_is_a_copy():
     fields = {k.encode(): v for k, v in taste.to_fields().items()}
     profile = parse_user_profile(fields, DIM)
     assert profile.version == 1 and set(profile.seen) == {"i1", "i2"} and next(iter(profile.affinity)) == "b"
-    assert np.allclose(profile.vector, taste.unit_vector())
+    unit = taste.unit_vector()
+    assert profile.vector is not None and unit is not None and np.allclose(profile.vector, unit)
     taste.add("i3", ITEM_VECTORS["i3"], "c", 1.0, 1.0, 2 * HOUR_MS, 2)
     assert saved["version"] == 1 and "i3" not in saved["seen"]  # the snapshot did not move
     assert Taste.from_state(saved).to_fields() == {k.decode(): v for k, v in fields.items()}
@@ -98,8 +101,14 @@ def test_a_user_remembers_at_most_max_seen_recent_items():
     [
         (b'{"version": 1, "diversity": {"max_per_brand": 2.5}}', "diversity.max_per_brand must be a whole number"),
         (b'{"version": -1}', "version must be a non-negative integer"),
-        (b'{"version": 1, "boosts": {"promoted": [{"item_id": "a", "boost": 1, "start": 5, "end": 5}]}}', "end must be after start"),
-        (b'{"version": 1, "price_bands": [{"segment": "x", "user_avg_price": [5, 1], "item_price": [0, 1]}]}', "0 <= low <= high"),
+        (
+            b'{"version": 1, "boosts": {"promoted": [{"item_id": "a", "boost": 1, "start": 5, "end": 5}]}}',
+            "end must be after start",
+        ),
+        (
+            b'{"version": 1, "price_bands": [{"segment": "x", "user_avg_price": [5, 1], "item_price": [0, 1]}]}',
+            "0 <= low <= high",
+        ),
         (b'{"version": 1, "exclusion": {}}', "unknown key(s) in the rule set: exclusion"),
         (b"[]", "must be a JSON object"),
     ],
@@ -182,7 +191,12 @@ def test_the_ivf_index_finds_what_exact_search_finds_and_deletes_for_good():
     assert idx.apply([Change(top, 2, None)]) == [True] and top not in idx
     assert top not in {i for i, _ in idx.search(queries[:1], 50)[0]}
     assert idx.apply([Change(top, 1, x[0])]) == [False]  # an older upsert cannot resurrect it
-    assert idx.apply([Change(top, 3, x[0], ("c", "b", 2.0, False))]) == [True] and idx.payload(top)[3] is False
+    assert idx.apply([Change(top, 3, x[0], ("c", "b", 2.0, False))]) == [True] and idx.payload(top) == (
+        "c",
+        "b",
+        2.0,
+        False,
+    )
 
 
 def test_the_index_state_round_trips_with_its_centroids():

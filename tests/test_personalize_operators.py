@@ -118,7 +118,13 @@ def test_versioned_writes_never_move_a_value_backwards(stack: LocalStack):
 def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weight():
     clock = TimeTestingGetter(T0)
     logic: _DecayedTopLogic[tuple[str, float]] = _DecayedTopLogic(
-        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]), timedelta(seconds=60), 2, 100, timedelta(seconds=1), None, clock.get
+        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]),
+        timedelta(seconds=60),
+        2,
+        100,
+        timedelta(seconds=1),
+        None,
+        clock.get,
     )
     first, _ = logic.on_batch([("a", 0.0), ("b", 0.0), ("b", 0.0)])
     assert [[i for i, _ in r] for r in first] == [["b", "a"]]

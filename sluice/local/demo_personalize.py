@@ -104,7 +104,11 @@ def ask_everyone(settings: PersonalizeSettings, users: list[str], k: int = 10) -
     now = time.time() * 1000.0
     for user in [*users, "cold-start-baseline"]:
         kk = 100 if user == "cold-start-baseline" else k
-        p.produce(settings.requests_topic, key=user.encode(), value=RecommendRequest(f"q-{user}", user, kk, "home", "", "web", now).to_json())
+        p.produce(
+            settings.requests_topic,
+            key=user.encode(),
+            value=RecommendRequest(f"q-{user}", user, kk, "home", "", "web", now).to_json(),
+        )
         p.poll(0)
     p.flush(30)
     return collector.result(timeout_s=360.0)
@@ -119,7 +123,9 @@ def quality(answers: Answers, truth: dict[str, str], seen: dict[str, set[str]]) 
     return {"hit_rate": hr, "ndcg": ndcg, "popularity_hit_rate": hr_pop, "popularity_ndcg": ndcg_pop}
 
 
-def load(settings: PersonalizeSettings, users: list[str], categories: list[str], rate: float, seconds: float) -> Answers:
+def load(
+    settings: PersonalizeSettings, users: list[str], categories: list[str], rate: float, seconds: float
+) -> Answers:
     """Open-loop requests at ``rate`` for ``seconds``; the first second is not timed."""
     count = int(rate * seconds)
     collector = AnswerCollector(
@@ -145,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
         shop = make_shop(args.items, args.users, args.seed)
         t0 = time.monotonic()
         vectors = catalogue_vectors(shop.items, args.seed, settings)
-        print(f"{len(shop.items):,} item vectors ready in {time.monotonic() - t0:.0f}s (cached on disk after the first run)")
+        print(
+            f"{len(shop.items):,} item vectors ready in {time.monotonic() - t0:.0f}s (cached on disk after the first run)"
+        )
         bulk_load_catalogue(settings, shop.items, vectors)
         publish_rules(settings, DEMO_RULES)
         publish_catalogue(settings, [replace(i, version=2, title=f"{i.title} (new season)") for i in shop.items[:200]])
@@ -164,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
             seen.setdefault(e.user_id, set()).add(e.item_id)
         figures = quality(ask_everyone(settings, sorted(truth)), truth, seen)
         categories = sorted({i.category for i in shop.items})
-        answers = load(settings, [f"u{n}" for n in range(args.users)] + ["new-1", "new-2"], categories, args.rate, args.seconds)
+        answers = load(
+            settings, [f"u{n}" for n in range(args.users)] + ["new-1", "new-2"], categories, args.rate, args.seconds
+        )
         summarize(figures, answers, args)
     finally:
         flow.stop()
