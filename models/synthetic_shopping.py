@@ -212,6 +212,11 @@ class ShopSimulation:
             item = self.groups.sample(key, rng)
             if item not in user.seen or (not new_only and rng.random() < 0.2):
                 return item
+        if new_only:  # popular items are all seen: the style's (or category's) first unseen one
+            for key in ((c, s), (c,)):
+                unseen = [i for i in self.groups.by[key][0] if i not in user.seen]
+                if unseen:
+                    return unseen[rng.randrange(len(unseen))]
         return item
 
     def _kind(self) -> Kind:
