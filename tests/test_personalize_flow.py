@@ -207,7 +207,8 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
     stack: LocalStack, tmp_path: Path
 ):
     """Two runs over the same interactions, each writing to its own Redis namespace: one crash-free, one killed
-    twice mid-stream and resumed from its checkpoints. User hashes and checkpointed tastes must be equal."""
+    twice mid-stream and resumed from its checkpoints, the last time rescaled to two processes with two index
+    replicas. User hashes and checkpointed tastes must be equal."""
     shop = make_shop(300, 80, seed=12)
     vectors = np.random.default_rng(0).normal(size=(300, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -222,9 +223,11 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
         init_recovery(recovery)
 
         def start(
-            s: PersonalizeSettings = settings, r: Path = recovery, life: str = "", run: str = name
+            s: PersonalizeSettings = settings, r: Path = recovery, life: str = "", run: str = name, processes: int = 1
         ) -> FlowProcesses:
-            return FlowProcesses(FLOW, s.to_env(), recovery_dir=r, log_dir=tmp_path / run / life).start()
+            return FlowProcesses(
+                FLOW, s.to_env(), processes=processes, recovery_dir=r, log_dir=tmp_path / run / life
+            ).start()
 
         for life in range(kills):
             flow = start(life=f"life-{life}")
@@ -234,7 +237,12 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
                 time.sleep(0.05)
             flow.kill()  # SIGKILL mid-stream
             written_at_kill.append(len(_user_hashes(settings)))
-        last = start(replace(settings, stop_at_end=True), life="last")
+        rescaled = kills > 0  # the crashed run resumes on two processes, one index replica each
+        last = start(
+            replace(settings, stop_at_end=True, index_replicas=2 if rescaled else 1),
+            life="last",
+            processes=2 if rescaled else 1,
+        )
         assert max(last.wait(180)) == 0
         runs[name] = (settings, recovery)
     assert written_at_kill[0] < 80, "the first kill came after every user was written: nothing was tested"
@@ -247,3 +255,36 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
         b = latest_state(runs["crashed"][1], "personalize.taste.fold", user)
         assert isinstance(a, dict) and isinstance(b, dict)
         assert np.array_equal(a.pop("vector"), b.pop("vector")) and a == b
+
+
+def test_while_redis_is_down_requests_fall_back_and_taste_writes_wait_for_it(running, stack: LocalStack):
+    settings, flow, shop = running
+    client = redis.Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_namespace}-user:u8"
+    item = next(i for i in shop.items if i.searchable)
+
+    def interact(expected_count: int | None) -> None:
+        event = {"user_id": "u8", "item_id": item.item_id, "kind": "purchase", "time": time.time() * 1000}
+        produce(settings, [(b"u8", orjson.dumps(event))], settings.interactions_topic)
+        deadline = time.monotonic() + 30
+        while expected_count is not None and int(client.hget(key, "count") or 0) != expected_count:
+            assert time.monotonic() < deadline, "the taste never reached Redis"
+            time.sleep(0.2)
+
+    before = int(client.hget(key, "count") or 0)
+    interact(before + 1)  # the item is now in the flow's item cache
+    time.sleep(1.5)  # past the user cache's TTL
+    stack.pause("redis")
+    try:
+        body = _ask(settings, flow, "u8", category="books")
+        assert body["fallback"] is True and body["flags"] == ["user_store_down"]
+        assert body["items"] and all(i["reasons"][0] == "popular_in_books" for i in body["items"])
+        interact(None)  # counted while Redis is down: its write waits in the write-through step
+        time.sleep(2.0)
+    finally:
+        stack.resume("redis")
+    deadline = time.monotonic() + 30
+    while int(client.hget(key, "count") or 0) != before + 2:  # the waiting write is retried, nothing else sent
+        assert time.monotonic() < deadline, "the taste counted while Redis was down never reached it"
+        time.sleep(0.2)
+    assert _ask(settings, flow, "u8")["fallback"] is False
