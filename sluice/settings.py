@@ -391,7 +391,9 @@ class PersonalizeSettings(FlowSettings):
     taste_half_life_h: float = setting(
         24.0, "an interaction's weight in the taste halves every this many hours", minimum=0.01
     )
-    max_seen: int = setting(200, "recent items remembered per user (exclusions)", minimum=1)
+    max_seen: int = setting(
+        100, "recent items remembered per user (exclusions; up to 25% more between trims)", minimum=1
+    )
     write_shards: int = setting(4, "shard keys of the Redis write-through steps", minimum=1)
     user_cache_ttl_ms: float = setting(1000.0, "how long a user's vector read from Redis is reused", minimum=0.0)
     item_cache_ttl_s: float = setting(60.0, "how long an item read from Redis is reused (interactions)", minimum=0.0)
