@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo assistant-demo test lint install redis-server stack-up stack-down train profiles produce bench chaos llm corpus clean
+.PHONY: demo assistant-demo personalize-demo test lint install redis-server stack-up stack-down train profiles produce bench chaos llm corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: install
 # The conversational assistant: corpus -> live index, a scripted conversation, answers with citations.
 assistant-demo: install
 	$(BIN)/sluice demo assistant
+
+# Personalization: 100k-item catalogue (vectors cached after the first run), users, live tastes, HitRate vs popularity, latency.
+personalize-demo: install
+	$(BIN)/sluice demo personalize
 
 llm: $(STAMP)
 	$(BIN)/sluice convert-llm

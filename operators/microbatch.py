@@ -26,6 +26,7 @@ from operators.clock import Clock, utc_now
 
 X = TypeVar("X")
 Y = TypeVar("Y")
+S = TypeVar("S")
 
 BatchFn = Callable[[list[X]], Sequence[Y]]
 
@@ -116,7 +117,7 @@ def per_shard(
     up: Stream[X],
     shard_key: Callable[[X], str],
     shards: int,
-    builder: Callable[[list[X] | None], StatefulBatchLogic[X, Y, list[X]]],
+    builder: Callable[[S | None], StatefulBatchLogic[X, Y, S]],
 ) -> Stream[Y]:
     """Spread ``up`` over ``shards`` keys, run one ``builder`` logic per shard, drop the keys again.
 

@@ -25,8 +25,9 @@ def passthrough(rec: SourceRecord, topic: str) -> KafkaRecord:
     event = orjson.loads(rec.value or b"{}")
     out = {
         "event_id": event.get("event_id"),
+        "request_id": event.get("request_id"),  # when the input is a recommendation request (perf.personalize_bench)
         "decision": "approve",
-        "sent_at": event.get("sent_at", 0.0),
+        "sent_at": event.get("sent_at", event.get("time", 0.0)),
         "decided_at": time.time() * 1000.0,
     }
     return KafkaRecord(topic, rec.key, orjson.dumps(out))

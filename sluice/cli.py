@@ -2,8 +2,8 @@
 
     sluice run fraud -- -r .recovery -s 1 -b 0     # python -m bytewax.run "dataflows.fraud:from_env()" ...
     sluice stack up | down | topics
-    sluice demo fraud | assistant
-    sluice produce transactions | profiles | corpus
+    sluice demo fraud | assistant | personalize
+    sluice produce transactions | profiles | corpus | shop
     sluice replay list | backup | run
     sluice train fraud
     sluice settings fraud [--markdown]
@@ -24,6 +24,7 @@ from sluice.settings import (
     AssistantSettings,
     FlowSettings,
     FraudSettings,
+    PersonalizeSettings,
     SettingsError,
     settings_table,
     update_readme_tables,
@@ -32,6 +33,7 @@ from sluice.settings import (
 FLOWS: dict[str, tuple[str, type[FlowSettings]]] = {
     "fraud": ("dataflows.fraud:from_env()", FraudSettings),
     "assistant": ("dataflows.assistant:from_env()", AssistantSettings),
+    "personalize": ("dataflows.personalize:from_env()", PersonalizeSettings),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -108,6 +110,28 @@ def cmd_convert_llm(args: argparse.Namespace) -> int:
     return convert([])
 
 
+def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._SubParsersAction) -> None:
+    """``sluice demo personalize`` and ``sluice produce shop`` (the personalization flow)."""
+    p = demo.add_parser("personalize", help="stack, 100k-item catalogue, users, the personalization flow, a summary")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--per-user", type=int, default=20, help="interactions per user before the held-out one")
+    p.add_argument("--rate", type=float, default=1000.0, help="recommendation requests per second, open-loop")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long requests are sent")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(fn=_lazy("sluice.local.demo_personalize"))
+    p = produce.add_parser("shop", help="the generated catalogue (live or --bulk into Redis) and interactions")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--per-user", type=int, default=20)
+    p.add_argument("--span-h", type=float, default=48.0, help="the interactions' event times span this many hours")
+    p.add_argument("--bulk", action="store_true", help="write cached vectors into Redis instead of catalogue events")
+    p.add_argument("--rate", type=float, default=0.0, help="then live interactions at this rate (0: none)")
+    p.add_argument("--count", type=int, default=100_000, help="how many live interactions")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(fn=_lazy("sluice.local.shopping"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stack)
 
     demo = sub.add_parser("demo", help="a workflow end to end on a local stack").add_subparsers(
-        dest="demo", required=True, metavar="{fraud,assistant}"
+        dest="demo", required=True, metavar="{fraud,assistant,personalize}"
     )
     p = demo.add_parser("fraud", help="stack, model, profiles, the fraud flow, 200k events, a summary")
     _transaction_arguments(p, count=200_000, rate=10_000, malformed=0.0005)
@@ -141,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_lazy("sluice.local.demo_assistant"))
 
     produce = sub.add_parser("produce", help="send data to Kafka or Redis").add_subparsers(
-        dest="what", required=True, metavar="{transactions,profiles,corpus}"
+        dest="what", required=True, metavar="{transactions,profiles,corpus,shop}"
     )
     p = produce.add_parser("transactions", help="synthetic card transactions, open-loop at a fixed rate")
     _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0)
@@ -155,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="print the corpus size instead of sending it")
     p.add_argument("--write-questions", action="store_true", help="rewrite perf/rag_questions.json")
     p.set_defaults(fn=_lazy("sluice.local.corpus"))
+
+    _personalize_arguments(demo, produce)
 
     from sluice import replay
 

@@ -366,3 +366,75 @@ def update_readme_tables(text: str) -> str:
         return f"<!-- settings:{match.group(1)} -->\n{body}\n<!-- /settings -->"
 
     return re.sub(r"<!-- settings:(\w+) -->\n.*?<!-- /settings -->", table, text, flags=re.S)
+
+
+# --- personalization (dataflows/personalize.py) -------------------------------------------------------------------
+
+
+def _kind_weights(spec: str) -> None:
+    from models.user_taste import parse_kind_weights
+
+    parse_kind_weights(spec)
+
+
+@dataclass(frozen=True)
+class PersonalizeSettings(FlowSettings):
+    """Runtime configuration of the personalization flow (:mod:`dataflows.personalize`)."""
+
+    catalog_topic: str = setting("catalog", "item upserts and deletes in", check=_topic)
+    interactions_topic: str = setting("interactions", "user interactions in (keyed by user)", check=_topic)
+    requests_topic: str = setting("recommend-requests", "recommendation requests in", check=_topic)
+    rules_topic: str = setting("rules", "versioned rule sets in (one partition)", check=_topic)
+    recommendations_topic: str = setting("recommendations", "recommendations out", check=_topic)
+    catalog_changes_topic: str = setting(
+        "catalog-indexed", "what each catalogue event did to each index replica", check=_topic
+    )
+    heldout_topic: str = setting(
+        "interactions-heldout", "held-out next interactions from the generator (the flow never reads it)", check=_topic
+    )
+    dlq_topic: str = setting("personalize-dead-letters", "dead-letter topic", check=_topic)
+    transactional_id_prefix: str = setting(
+        "sluice-personalize", "prefix of the transactional ids (one per output partition)"
+    )
+    redis_namespace: str = setting("shop", "prefix of the Redis hashes: <ns>-item:<id>, <ns>-user:<id>", check=_topic)
+    encoder_int8: bool = setting(True, "int8 item encoder on CPU (changing it needs re-embedded items)")
+    torch_threads: int = setting(1, "intra-op threads per process (0: torch default)", minimum=0)
+    embed_max_batch: int = setting(256, "item embedding micro-batch size", minimum=1)
+    embed_max_wait_ms: float = setting(20.0, "item embedding micro-batch deadline", minimum=0.0)
+    kind_weights: str = setting(
+        "view=1,click=2,add_to_cart=4,purchase=8", "weight of each interaction kind in a user's taste",
+        check=_kind_weights,
+    )  # fmt: skip
+    taste_half_life_h: float = setting(
+        24.0, "an interaction's weight in the taste halves every this many hours", minimum=0.01
+    )
+    max_seen: int = setting(
+        100, "recent items remembered per user (exclusions; up to 25% more between trims)", minimum=1
+    )
+    write_shards: int = setting(4, "shard keys of the Redis write-through steps", minimum=1)
+    user_cache_ttl_ms: float = setting(1000.0, "how long a user's vector read from Redis is reused", minimum=0.0)
+    item_cache_ttl_s: float = setting(60.0, "how long an item read from Redis is reused (interactions)", minimum=0.0)
+    redis_timeout_ms: float = setting(500.0, "Redis socket timeout", minimum=1.0)
+    index_replicas: int = setting(1, "copies of the item index (one per serving worker)", minimum=1)
+    ann_nlist: int = setting(1024, "most IVF cells of the item index (at least 39 items a cell)", minimum=1)
+    ann_nprobe: int = setting(24, "IVF cells scanned per search", minimum=1)
+    ann_train_at: int = setting(10_000, "items before the index switches from exact to IVF", minimum=1)
+    overfetch: int = setting(5, "candidates searched per recommended item (before rules)", minimum=1)
+    max_fetch: int = setting(300, "most candidates searched for one request", minimum=1)
+    max_k: int = setting(100, "largest k a request may ask for", minimum=1)
+    popularity_half_life_s: float = setting(900.0, "popularity counts halve every this many seconds", minimum=1.0)
+    popularity_top_n: int = setting(200, "popular items kept per category", minimum=1)
+    popularity_emit_ms: float = setting(
+        1000.0, "how often a category's popularity is re-sent to the replicas", minimum=1.0
+    )
+    source_batch_size: int = setting(1000, "records a source partition hands over per poll", minimum=1)
+
+    def input_topics(self) -> list[str]:
+        return [self.catalog_topic, self.interactions_topic, self.requests_topic, self.rules_topic]
+
+    def output_topics(self) -> list[str]:
+        return [self.recommendations_topic, self.catalog_changes_topic, self.dlq_topic]
+
+    def topics(self) -> dict[str, int]:
+        single = {self.rules_topic: 1, self.catalog_changes_topic: 1}
+        return super().topics() | {self.heldout_topic: self.topic_partitions} | single

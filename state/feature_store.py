@@ -22,13 +22,20 @@ Failure handling, and why it is shaped this way (measured under load, see
 * **"No profile" is cached briefly** (``negative_ttl_s``, 1 s), so cards looked up
   just after a Redis restart or before their profile is loaded recover within a
   second, and nothing is cached from a failed batch.
+
+Binary values (an embedding as raw float32 bytes) are read with ``parse_raw``,
+which gets the hash undecoded. Flows that *write* state through to Redis use
+:meth:`FeatureStore.put_versioned`: one pipelined round trip per batch, each
+write applied only when its version is newer than the one stored (a Lua
+compare-and-set), so a replay after a crash never moves a value backwards.
+:meth:`FeatureStore.scan` reads a whole namespace page by page (bulk loads).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
@@ -37,6 +44,7 @@ import redis
 log = logging.getLogger(__name__)
 
 Profile = dict[str, str]
+RawProfile = dict[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +89,37 @@ def check_redis(url: str, timeout_s: float) -> None:
 
 def decode_reply(reply: object, parse: Callable[[Profile], V]) -> Lookup[V]:
     """What one HGETALL reply becomes: None (no hash), the parsed profile, or :class:`Unreadable`."""
+
+    def as_text(raw: RawProfile) -> V:
+        try:
+            text = {k.decode(): v.decode() for k, v in raw.items()}
+        except UnicodeDecodeError:
+            raise ValueError("profile holds bytes that are not UTF-8 text") from None
+        return parse(text)
+
+    return decode_raw_reply(reply, as_text)
+
+
+def decode_raw_reply(reply: object, parse_raw: Callable[[RawProfile], V]) -> Lookup[V]:
+    """Like :func:`decode_reply`, with the hash handed to ``parse_raw`` as bytes (binary fields)."""
     if isinstance(reply, Exception):
         return Unreadable(str(reply).split("\n")[0][:200])
     if not reply:
         return None
     assert isinstance(reply, dict)
     try:
-        return parse({k.decode(): v.decode() for k, v in reply.items()})
-    except UnicodeDecodeError:
-        return Unreadable("profile holds bytes that are not UTF-8 text")
+        return parse_raw(reply)
     except ValueError as exc:
         return Unreadable(str(exc))
+
+
+# KEYS[1]: the hash; ARGV[1]: the new version; ARGV[2..]: field, value, ... Written only when newer.
+_PUT_IF_NEWER = """
+local held = redis.call('HGET', KEYS[1], 'version')
+if held and tonumber(held) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], unpack(ARGV, 2))
+return 1
+"""
 
 
 def _as_is(profile: Profile) -> Profile:
@@ -120,6 +148,7 @@ class FeatureStore(Generic[V]):
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         parse: Callable[[Profile], V] = _as_is,  # type: ignore[assignment]
+        parse_raw: Callable[[RawProfile], V] | None = None,
     ) -> None:
         self._client = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
@@ -131,7 +160,12 @@ class FeatureStore(Generic[V]):
         self.failures_to_open = failures_to_open
         self.retry_after_s = retry_after_s
         self._clock = clock
-        self._parse = parse
+        self._decode: Callable[[object], Lookup[V]] = (
+            (lambda reply: decode_reply(reply, parse))
+            if parse_raw is None
+            else (lambda reply: decode_raw_reply(reply, parse_raw))
+        )
+        self._put_if_newer = self._client.register_script(_PUT_IF_NEWER)
         self._cache: dict[str, tuple[float, Lookup[V]]] = {}
         self._failed_in_a_row = 0
         self._open_until = 0.0
@@ -179,7 +213,7 @@ class FeatureStore(Generic[V]):
             if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
                 self._failed(reply)
                 return found, True
-            value = decode_reply(reply, self._parse)
+            value = self._decode(reply)
             found[entity_id] = value
             fresh_for = self.negative_ttl_s if value is None or isinstance(value, Unreadable) else self.ttl_s
             self._cache[entity_id] = (now + fresh_for, value)
@@ -203,6 +237,45 @@ class FeatureStore(Generic[V]):
         for entity_id, profile in profiles.items():
             pipe.hset(self.key(entity_id), mapping={k: str(v) for k, v in profile.items()})
         pipe.execute()
+
+    def put_versioned(self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]) -> int:
+        """Write ``{id: (version, fields)}`` in one pipelined round trip; each hash only when ``version``
+        is newer than the one it holds. Returns how many were written; raises ``redis.RedisError``."""
+        if not records:
+            return 0
+        pipe = self._client.pipeline(transaction=False)
+        for entity_id, (version, fields) in records.items():
+            args: list[bytes | str | int] = [version]
+            for name, value in fields.items():
+                args += [name, value]
+            self._put_if_newer(keys=[self.key(entity_id)], args=args, client=pipe)
+        return sum(int(r) for r in pipe.execute())
+
+    def try_put_versioned(self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]) -> bool:
+        """:meth:`put_versioned`, reporting an unreachable store as False (logged) instead of raising."""
+        try:
+            self.put_versioned(records)
+        except redis.RedisError as exc:
+            self.failures += 1
+            log.warning("could not write %d values to Redis (%s); retrying", len(records), type(exc).__name__)
+            return False
+        return True
+
+    def scan(self, page: int = 1000) -> Iterator[list[tuple[str, Lookup[V]]]]:
+        """Every hash of the namespace, parsed, a page (one SCAN and one pipelined HGETALL) at a time."""
+        prefix = f"{self.namespace}:"
+        cursor = 0
+        while True:
+            cursor, keys = self._client.scan(cursor, match=f"{prefix}*", count=page)
+            if keys:
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hgetall(key)
+                replies = pipe.execute(raise_on_error=False)
+                names = [(k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys]
+                yield [(name, self._decode(r)) for name, r in zip(names, replies, strict=True)]
+            if cursor == 0:
+                return
 
     def close(self) -> None:
         self._client.close()

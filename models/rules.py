@@ -1,0 +1,279 @@
+"""Business rules as data: versioned rule sets, validated on arrival, applied to every recommendation.
+
+A rule set arrives on the ``rules`` topic as JSON and replaces the one in force
+when its version is newer; one that fails validation is dead-lettered with the
+reason and the previous set stays. Unknown keys are errors, not ignored, so a
+typo (``max_per_brnad``) cannot silently switch a rule off.
+
+    {"version": 3,
+     "exclusions": {"seen_within_days": 7, "out_of_stock": true},
+     "diversity": {"max_per_brand": 2, "max_per_category": 5},
+     "boosts": {"context_category": 0.05, "category_affinity": 0.02,
+                "promoted": [{"item_id": "i-17", "boost": 0.1, "start": 1767225600000, "end": 1767312000000}]},
+     "price_bands": [{"segment": "budget", "user_avg_price": [0, 40], "item_price": [0, 80]}]}
+
+:func:`rank` applies a rule set to over-fetched candidates: exclusions first,
+then boosts (each leaves a reason on the item), then the diversity caps while
+taking the top ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.wire import InvalidEvent, json_object
+
+DAY_MS = 86_400_000.0
+MAX_PROMOTIONS = 10_000
+MAX_BANDS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """An item boosted while ``start_ms <= now < end_ms``."""
+
+    item_id: str
+    boost: float
+    start_ms: float
+    end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBand:
+    """Users whose average price falls in ``user_avg_price`` only see items priced in ``item_price``."""
+
+    segment: str
+    user_avg_price: tuple[float, float]
+    item_price: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """One validated rule set (the defaults are what is in force before any arrives)."""
+
+    version: int = -1
+    seen_within_days: float = 30.0
+    exclude_out_of_stock: bool = True
+    max_per_brand: int = 0  # 0: no cap
+    max_per_category: int = 0
+    context_category_boost: float = 0.0
+    category_affinity_boost: float = 0.0
+    promotions: tuple[Promotion, ...] = ()
+    price_bands: tuple[PriceBand, ...] = ()
+
+    def segment(self, avg_price: float) -> PriceBand | None:
+        """The first price band whose user range holds ``avg_price`` (lower bound included)."""
+        for band in self.price_bands:
+            if band.user_avg_price[0] <= avg_price < band.user_avg_price[1]:
+                return band
+        return None
+
+
+def _section(body: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
+    value = body.get(name, {})
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{name} must be a JSON object")
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise InvalidEvent(f"unknown key(s) in {name}: {', '.join(unknown)}")
+    return value
+
+
+def _number(section: dict[str, Any], where: str, name: str, default: float, low: float, high: float) -> float:
+    value = section.get(name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidEvent(f"{where}.{name} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _count(section: dict[str, Any], where: str, name: str) -> int:
+    value = section.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
+        raise InvalidEvent(f"{where}.{name} must be a whole number from 0 to 1000 (0: no cap)")
+    return value
+
+
+def _range(value: object, where: str) -> tuple[float, float]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+        or not 0 <= value[0] <= value[1]
+    ):
+        raise InvalidEvent(f"{where} must be [low, high] with 0 <= low <= high")
+    return float(value[0]), float(value[1])
+
+
+def _promotion(p: object, n: int) -> Promotion:
+    where = f"boosts.promoted[{n}]"
+    if not isinstance(p, dict) or set(p) - {"item_id", "boost", "start", "end"}:
+        raise InvalidEvent(f"{where} must be an object with item_id, boost, start, end")
+    item = p.get("item_id")
+    if not isinstance(item, str) or not item:
+        raise InvalidEvent(f"{where}.item_id must be a non-empty string")
+    boost = _number(p, where, "boost", 0.0, -10.0, 10.0)
+    start, end = _number(p, where, "start", 0.0, 0, 1e14), _number(p, where, "end", 1e14, 0, 1e14)
+    if end <= start:
+        raise InvalidEvent(f"{where}: end must be after start")
+    return Promotion(item, boost, start, end)
+
+
+def _band(b: object, n: int) -> PriceBand:
+    where = f"price_bands[{n}]"
+    if not isinstance(b, dict) or set(b) - {"segment", "user_avg_price", "item_price"}:
+        raise InvalidEvent(f"{where} must be an object with segment, user_avg_price, item_price")
+    segment = b.get("segment")
+    if not isinstance(segment, str) or not segment:
+        raise InvalidEvent(f"{where}.segment must be a non-empty string")
+    return PriceBand(
+        segment,
+        _range(b.get("user_avg_price"), f"{where}.user_avg_price"),
+        _range(b.get("item_price"), f"{where}.item_price"),
+    )
+
+
+def parse_rule_set(raw: bytes | None) -> RuleSet:
+    """Decode and validate a rule set; :class:`InvalidEvent` says what is wrong.
+
+    >>> parse_rule_set(b'{"version": 2, "diversity": {"max_per_brand": 2}}').max_per_brand
+    2
+    >>> parse_rule_set(b'{"version": 2, "diversity": {"max_per_brnad": 2}}')
+    Traceback (most recent call last):
+    ...
+    models.wire.InvalidEvent: unknown key(s) in diversity: max_per_brnad
+    >>> parse_rule_set(b'{"version": 2, "exclusions": {"seen_within_days": -1}}')
+    Traceback (most recent call last):
+    ...
+    models.wire.InvalidEvent: exclusions.seen_within_days must be a number from 0 to 3650
+    """
+    body = json_object(raw)
+    unknown = sorted(set(body) - {"version", "exclusions", "diversity", "boosts", "price_bands", "sent_at"})
+    if unknown:
+        raise InvalidEvent(f"unknown key(s) in the rule set: {', '.join(unknown)}")
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise InvalidEvent("version must be a non-negative integer")
+    excl = _section(body, "exclusions", {"seen_within_days", "out_of_stock"})
+    div = _section(body, "diversity", {"max_per_brand", "max_per_category"})
+    boosts = _section(body, "boosts", {"context_category", "category_affinity", "promoted"})
+    out_of_stock = excl.get("out_of_stock", True)
+    if not isinstance(out_of_stock, bool):
+        raise InvalidEvent("exclusions.out_of_stock must be true or false")
+    promoted = boosts.get("promoted", [])
+    if not isinstance(promoted, list) or len(promoted) > MAX_PROMOTIONS:
+        raise InvalidEvent(f"boosts.promoted must be a list of at most {MAX_PROMOTIONS} promotions")
+    bands = body.get("price_bands", [])
+    if not isinstance(bands, list) or len(bands) > MAX_BANDS:
+        raise InvalidEvent(f"price_bands must be a list of at most {MAX_BANDS} bands")
+    return RuleSet(
+        version=version,
+        seen_within_days=_number(excl, "exclusions", "seen_within_days", 30.0, 0.0, 3650.0),
+        exclude_out_of_stock=out_of_stock,
+        max_per_brand=_count(div, "diversity", "max_per_brand"),
+        max_per_category=_count(div, "diversity", "max_per_category"),
+        context_category_boost=_number(boosts, "boosts", "context_category", 0.0, -10.0, 10.0),
+        category_affinity_boost=_number(boosts, "boosts", "category_affinity", 0.0, -10.0, 10.0),
+        promotions=tuple(_promotion(p, n) for n, p in enumerate(promoted)),
+        price_bands=tuple(_band(b, n) for n, b in enumerate(bands)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item found for a request, with what the rules need to know about it and how it was found."""
+
+    item_id: str
+    score: float
+    category: str
+    brand: str
+    price: float
+    in_stock: bool
+    found_by: str  # the first reason it is recommended: "similar" (ANN), "popular_in_<category>", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A recommended item, its final score and why it is there."""
+
+    item_id: str
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Shopper:
+    """What the rules know about the person asking: recent items, affinities, price level, context."""
+
+    seen: Mapping[str, float]
+    affinity: Mapping[str, float]
+    avg_price: float
+    context_category: str
+    now_ms: float
+
+
+def rank(
+    candidates: Sequence[Candidate], k: int, rules: RuleSet, shopper: Shopper
+) -> tuple[list[Ranked], dict[str, int]]:
+    """The top ``k`` of ``candidates`` under ``rules``, and how many each exclusion removed.
+
+    >>> rules = RuleSet(max_per_brand=1, context_category_boost=0.5)
+    >>> cands = [Candidate("a", 0.9, "shoes", "x", 10, True, "similar"), Candidate("b", 0.8, "shoes", "x", 10, True, "similar"),
+    ...          Candidate("c", 0.7, "bags", "y", 10, False, "similar"), Candidate("d", 0.6, "bags", "z", 10, True, "similar")]
+    >>> top, excluded = rank(cands, 3, rules, Shopper({}, {}, 10.0, "bags", 0.0))
+    >>> [(r.item_id, round(r.score, 2), r.reasons) for r in top], excluded
+    ([('d', 1.1, ('similar', 'context_category')), ('a', 0.9, ('similar',))], {'out_of_stock': 1, 'diversity': 1})
+    """
+    band = rules.segment(shopper.avg_price)
+    seen_after = shopper.now_ms - rules.seen_within_days * DAY_MS if rules.seen_within_days > 0 else None
+    promos = {p.item_id: p for p in rules.promotions if p.start_ms <= shopper.now_ms < p.end_ms}
+    excluded: dict[str, int] = {}
+    scored: list[tuple[float, str, Candidate, tuple[str, ...]]] = []
+    taken: set[str] = set()
+    for c in candidates:
+        if c.item_id in taken:  # found twice (by similarity and by popularity): the first finding counts
+            continue
+        taken.add(c.item_id)
+        if rules.exclude_out_of_stock and not c.in_stock:
+            reason = "out_of_stock"
+        elif seen_after is not None and c.item_id in shopper.seen and shopper.seen[c.item_id] >= seen_after:
+            reason = "seen"
+        elif band is not None and not band.item_price[0] <= c.price <= band.item_price[1]:
+            reason = "price_band"
+        else:
+            reason = ""
+        if reason:
+            excluded[reason] = excluded.get(reason, 0) + 1
+            continue
+        score, reasons = c.score, [c.found_by]
+        if rules.context_category_boost and c.category == shopper.context_category:
+            score += rules.context_category_boost
+            reasons.append("context_category")
+        share = shopper.affinity.get(c.category, 0.0)
+        if rules.category_affinity_boost and share:
+            score += rules.category_affinity_boost * share
+            reasons.append("category_affinity")
+        promo = promos.get(c.item_id)
+        if promo is not None:
+            score += promo.boost
+            reasons.append("promoted")
+        if band is not None:
+            reasons.append(f"price_band:{band.segment}")
+        scored.append((score, c.item_id, c, tuple(reasons)))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    out: list[Ranked] = []
+    brands: dict[str, int] = {}
+    categories: dict[str, int] = {}
+    for score, item_id, c, why in scored:
+        if len(out) == k:
+            break
+        if (rules.max_per_brand and brands.get(c.brand, 0) >= rules.max_per_brand) or (
+            rules.max_per_category and categories.get(c.category, 0) >= rules.max_per_category
+        ):
+            excluded["diversity"] = excluded.get("diversity", 0) + 1
+            continue
+        brands[c.brand] = brands.get(c.brand, 0) + 1
+        categories[c.category] = categories.get(c.category, 0) + 1
+        out.append(Ranked(item_id, score, why))
+    return out, excluded

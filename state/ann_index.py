@@ -1,0 +1,225 @@
+"""An approximate nearest-neighbour index of items: versioned upserts and deletes, fast at 100k-1M items.
+
+Items are unit vectors searched by inner product (cosine). The index starts
+exact (faiss ``IndexFlatIP`` behind an id map) and, once it holds ``train_at``
+items (10,000 by default), trains an inverted-file index (``IndexIVFFlat``: at
+most ``nlist`` k-means cells, and at least 39 held items per cell, as faiss
+wants; ``nprobe`` of them scanned per query) on what it holds and moves every
+vector there. Why IVF-Flat and not HNSW (measured in ``perf/reports/personalize_index.json``,
+``python -m perf.personalize_eval index``): faiss HNSW cannot remove vectors, and
+a catalogue removes items all the time (deletes, new versions); IVF removes
+through a hash-table direct map in microseconds, adds without rebuilding, and a
+batch of queries is one call. At the chosen ``nprobe`` recall@10 against exact
+search stays above 0.95.
+
+Every item has a version: an older upsert or delete than the one held is
+ignored, and deletes leave a tombstone so a late upsert cannot resurrect an
+item. Labels (faiss ids) are never reused. ``state()`` / ``from_state()``
+round-trip the whole index, k-means centroids included (no retraining, the
+same answers). When faiss-gpu sees a GPU, searches run on a GPU copy that is
+refreshed after changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from state.vector_index import gpu_available
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An upsert (``vector`` set) or a delete (``vector`` None) of one item version; ``payload`` is the caller's."""
+
+    item_id: str
+    version: int
+    vector: np.ndarray | None
+    payload: Hashable = None
+
+
+class AnnIndex:
+    """Versioned item vectors; exact search until ``train_at`` items, IVF after.
+
+    >>> idx = AnnIndex(dim=2, nlist=2, train_at=4, use_gpu=False)
+    >>> unit = lambda x, y: np.array([x, y], dtype=np.float32) / np.hypot(x, y)
+    >>> idx.apply([Change("a", 1, unit(1, 0), "A"), Change("b", 1, unit(0, 1), "B")])
+    [True, True]
+    >>> [(item, round(score, 3)) for item, score in idx.search(np.stack([unit(1, 0.2)]), k=2)[0]]
+    [('a', 0.981), ('b', 0.196)]
+    >>> idx.apply([Change("a", 2, None), Change("b", 0, None)]), idx.count, idx.version_of("a")
+    ([True, False], 1, 2)
+    >>> idx.apply([Change(x, 1, unit(i + 1, 1), None) for i, x in enumerate("cdef")]), idx.trained
+    ([True, True, True, True], True)
+    """
+
+    def __init__(
+        self, dim: int, nlist: int = 1024, nprobe: int = 16, train_at: int | None = None, use_gpu: bool | None = None
+    ) -> None:
+        self.dim = dim
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self.train_at = 10_000 if train_at is None else train_at
+        self.index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.trained = False
+        self.labels: dict[str, int] = {}
+        self.items: dict[int, str] = {}
+        self.versions: dict[str, int] = {}  # indexed items and tombstones alike
+        self.payloads: dict[str, Hashable] = {}
+        self.next_label = 0
+        self.changes = 0  # applied changes: the index version reported with results
+        self.use_gpu = gpu_available() if use_gpu is None else use_gpu
+        self._gpu: Any = None
+        self._gpu_resources: Any = None
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    def version_of(self, item_id: str) -> int | None:
+        return self.versions.get(item_id)
+
+    def payload(self, item_id: str) -> Hashable:
+        return self.payloads.get(item_id)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.labels
+
+    def apply(self, changes: Sequence[Change]) -> list[bool]:
+        """Apply upserts and deletes in order (one faiss remove and one add for the lot); which were applied."""
+        applied: list[bool] = []
+        final: dict[str, Change] = {}
+        for c in changes:
+            held = self.versions.get(c.item_id)
+            if held is not None and c.version < held:
+                applied.append(False)
+                continue
+            self.versions[c.item_id] = c.version
+            final[c.item_id] = c
+            applied.append(True)
+        if not final:
+            return applied
+        gone = [self.labels.pop(i) for i in final if i in self.labels]
+        if gone:
+            self.index.remove_ids(np.asarray(gone, dtype=np.int64))
+            for label in gone:
+                del self.items[label]
+        upserts = [c for c in final.values() if c.vector is not None]
+        for c in final.values():
+            if c.vector is None:
+                self.payloads.pop(c.item_id, None)
+        if upserts:
+            labels = np.arange(self.next_label, self.next_label + len(upserts), dtype=np.int64)
+            self.next_label += len(upserts)
+            vectors = np.stack([np.asarray(c.vector, dtype=np.float32) for c in upserts])
+            for c, label in zip(upserts, labels.tolist(), strict=True):
+                self.labels[c.item_id] = label
+                self.items[label] = c.item_id
+                self.payloads[c.item_id] = c.payload
+            self.index.add_with_ids(np.ascontiguousarray(vectors), labels)
+        self.changes += sum(applied)
+        self._gpu = None
+        if not self.trained and self.count >= self.train_at:
+            self._train()
+        return applied
+
+    def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.fromiter(self.items, dtype=np.int64, count=len(self.items))
+        if not len(labels):
+            return labels, np.zeros((0, self.dim), dtype=np.float32)
+        return labels, np.stack([self.index.reconstruct(int(label)) for label in labels])
+
+    def _ivf(self, centroids: np.ndarray | None) -> Any:
+        if centroids is not None:
+            self.nlist = len(centroids)
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        # a hash-table direct map: removes by id without scanning every list (faiss's stubs do not declare DirectMap)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+        if centroids is not None:
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            ivf.is_trained = True
+        ivf.nprobe = min(self.nprobe, self.nlist)
+        return ivf
+
+    def _train(self, sample: int = 64) -> None:
+        """k-means on (up to ``sample`` x ``nlist``) held vectors, seeded, then move every vector into the IVF."""
+        labels, vectors = self._vectors()
+        self.nlist = max(1, min(self.nlist, len(vectors) // 39))
+        rng = np.random.default_rng(1234)
+        pick = rng.choice(len(vectors), size=min(len(vectors), sample * self.nlist), replace=False)
+        kmeans = faiss.Kmeans(self.dim, self.nlist, niter=12, seed=1234, spherical=True, max_points_per_centroid=sample)
+        kmeans.train(np.ascontiguousarray(vectors[np.sort(pick)]))
+        ivf = self._ivf(kmeans.centroids)
+        ivf.add_with_ids(np.ascontiguousarray(vectors), labels)
+        self.index, self.trained, self._gpu = ivf, True, None
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.nprobe = nprobe
+        if self.trained:
+            self.index.nprobe = min(nprobe, self.nlist)
+        self._gpu = None
+
+    def _searcher(self) -> Any:
+        if not self.use_gpu:
+            return self.index
+        if self._gpu is None:
+            if self._gpu_resources is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
+        return self._gpu
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` nearest items of each query row, best first, as (item id, inner product)."""
+        if len(queries) == 0:
+            return []
+        if self.count == 0 or k < 1:
+            return [[] for _ in range(len(queries))]
+        scores, labels = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.count))
+        items = self.items
+        return [
+            [(items[label], score) for label, score in zip(row_labels, row_scores, strict=True) if label >= 0]
+            for row_labels, row_scores in zip(labels.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this index (vectors, versions, tombstones, payloads, centroids)."""
+        labels, vectors = self._vectors()
+        centroids = None
+        if self.trained:
+            quantizer = faiss.downcast_index(self.index.quantizer)
+            centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+        return {
+            "dim": self.dim,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "train_at": self.train_at,
+            "centroids": centroids,
+            "labels": labels,
+            "vectors": vectors,
+            "items": [self.items[int(label)] for label in labels],
+            "versions": dict(self.versions),
+            "payloads": dict(self.payloads),
+            "next_label": self.next_label,
+            "changes": self.changes,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], use_gpu: bool | None = None) -> AnnIndex:
+        """The index :meth:`state` describes."""
+        idx = cls(state["dim"], state["nlist"], state["nprobe"], state["train_at"], use_gpu)
+        if state["centroids"] is not None:
+            idx.index, idx.trained = idx._ivf(state["centroids"]), True
+        if len(state["labels"]):
+            idx.index.add_with_ids(np.ascontiguousarray(state["vectors"], dtype=np.float32), state["labels"])
+        idx.items = {int(label): item for label, item in zip(state["labels"].tolist(), state["items"], strict=True)}
+        idx.labels = {item: label for label, item in idx.items.items()}
+        idx.versions = dict(state["versions"])
+        idx.payloads = dict(state["payloads"])
+        idx.next_label = state["next_label"]
+        idx.changes = state["changes"]
+        return idx

@@ -1,0 +1,290 @@
+"""The personalization flow as users run it (``python -m bytewax.run "dataflows.personalize:from_env()"``),
+against the real broker and Redis: recommendations, live catalogue and rule changes, dead letters, a crash."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from models.shopping import CatalogItem, RecommendRequest
+from models.synthetic_shopping import HOUR_MS
+from operators.kafka.admin import create_topics, read_all
+from sluice.local.shopping import (
+    Shop,
+    bulk_load_catalogue,
+    make_shop,
+    publish_catalogue,
+    publish_interactions,
+    publish_rules,
+)
+from sluice.local.stack import LocalStack
+from sluice.processes import FlowProcesses, init_recovery
+from sluice.settings import PersonalizeSettings
+from state.checkpoints import latest_state
+from tests.helpers import produce
+
+FLOW = "dataflows.personalize:from_env()"
+Body = dict[str, Any]
+
+
+def _settings(stack: LocalStack, **overrides: Any) -> PersonalizeSettings:
+    tag = uuid.uuid4().hex[:8]
+    s = PersonalizeSettings(
+        brokers=stack.brokers,
+        redis_url=stack.redis_url,
+        catalog_topic=f"catalog-{tag}",
+        interactions_topic=f"interactions-{tag}",
+        requests_topic=f"requests-{tag}",
+        rules_topic=f"rules-{tag}",
+        recommendations_topic=f"recs-{tag}",
+        catalog_changes_topic=f"indexed-{tag}",
+        heldout_topic=f"heldout-{tag}",
+        dlq_topic=f"pdlq-{tag}",
+        redis_namespace=f"shop-{tag}",
+        topic_partitions=2,
+        device="cpu",
+        ann_nlist=8,
+        ann_train_at=300,
+        popularity_emit_ms=200.0,
+    )
+    s = replace(s, **overrides)
+    create_topics(s.connection(), s.topics())
+    return s
+
+
+def _wait(
+    settings: PersonalizeSettings,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    flow: FlowProcesses,
+    timeout_s: float = 120,
+) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        msgs = read_all(settings.connection(), topic, 5)
+        bodies = msgs if topic == settings.dlq_topic else [orjson.loads(m.value() or b"{}") for m in msgs]
+        if done(bodies) or time.monotonic() > deadline:
+            return bodies
+        assert flow.alive(), "the flow died"
+        time.sleep(0.3)
+
+
+def _ask(settings: PersonalizeSettings, flow: FlowProcesses, user: str, k: int = 10, category: str = "") -> Body:
+    request_id = f"r-{uuid.uuid4().hex[:8]}"
+    req = RecommendRequest(request_id, user, k, "category" if category else "home", category, "web", time.time() * 1000)
+    produce(settings, [(user.encode(), req.to_json())], settings.requests_topic)
+    bodies = _wait(
+        settings, settings.recommendations_topic, lambda bs: any(b["request_id"] == request_id for b in bs), flow
+    )
+    [body] = [b for b in bodies if b["request_id"] == request_id]
+    return body
+
+
+@pytest.fixture(scope="module")
+def running(
+    stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[PersonalizeSettings, FlowProcesses, Shop]]:
+    """One flow; 600 items published live on the catalogue topic (embedded by the flow), 60 users' interactions."""
+    settings = _settings(stack)
+    shop = make_shop(600, 60, seed=11)
+    publish_catalogue(settings, shop.items)
+    flow = FlowProcesses(FLOW, settings.to_env(), log_dir=tmp_path_factory.mktemp("personalize-logs")).start()
+    _wait(settings, settings.catalog_changes_topic, lambda bs: len(bs) >= len(shop.items), flow)
+    publish_interactions(settings, shop.simulation.interactions(12, time.time() * 1000, 2 * HOUR_MS))
+    client = redis.Redis.from_url(settings.redis_url)
+    deadline = time.monotonic() + 60
+    while len(client.keys(f"{settings.redis_namespace}-user:*")) < 60 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    yield settings, flow, shop
+    flow.stop()
+
+
+def test_a_known_user_gets_similar_unseen_items_and_their_vector_is_in_redis(running):
+    settings, flow, shop = running
+    client = redis.Redis.from_url(settings.redis_url)
+    stored = client.hgetall(f"{settings.redis_namespace}-user:u3")
+    assert len(stored[b"vector"]) == 384 * 4 and int(stored[b"version"]) >= 0 and int(stored[b"count"]) == 12
+    seen = {item for item, _ in orjson.loads(stored[b"seen"])}
+    body = _ask(settings, flow, "u3")
+    ids = [i["id"] for i in body["items"]]
+    assert len(ids) == 10 and not set(ids) & seen  # seen items are excluded by the default rules
+    assert body["fallback"] is False and "cold_start" not in body["flags"]
+    assert all(i["reasons"][0] in {"similar"} or i["reasons"][0].startswith("popular") for i in body["items"])
+    assert [i["score"] for i in body["items"]] == sorted((i["score"] for i in body["items"]), reverse=True)
+    assert set(body["latency_ms"]) == {"queue", "user_lookup", "to_index", "search", "rank", "total"}
+    assert body["index_items"] == len([i for i in shop.items if i.searchable]) + sum(not i.in_stock for i in shop.items)
+    # the taste points where the user shops: most recommendations come from their favourite categories
+    favourite = set(list(orjson.loads(stored[b"affinity"]))[:2])
+    categories = {i.item_id: i.category for i in shop.items}
+    assert sum(categories[i] in favourite for i in ids) >= 5
+
+
+def test_a_cold_start_user_gets_what_is_popular_in_the_context_category(running):
+    settings, flow, shop = running
+    body = _ask(settings, flow, "someone-new", category="books")
+    assert body["fallback"] is True and body["flags"] == ["cold_start"]
+    assert body["items"] and all(i["reasons"][0] == "popular_in_books" for i in body["items"])
+    categories = {i.item_id: i.category for i in shop.items}
+    assert {categories[i["id"]] for i in body["items"]} == {"books"}
+
+
+def test_rule_sets_apply_live_and_a_bad_one_is_dead_lettered_while_the_previous_stays(running):
+    settings, flow, shop = running
+    brands = {i.item_id: i.brand for i in shop.items}
+    publish_rules(settings, {"version": 5, "diversity": {"max_per_brand": 1}})
+    deadline = time.monotonic() + 60
+    while (body := _ask(settings, flow, "u4"))["rule_set_version"] != 5:
+        assert time.monotonic() < deadline, "the rule set never arrived"
+    ids = [i["id"] for i in body["items"]]
+    assert len({brands[i] for i in ids}) == len(ids)  # at most one item per brand
+    publish_rules(settings, b'{"version": 6, "diversity": {"max_per_brnad": 1}}')
+    dead = _wait(settings, settings.dlq_topic, lambda ms: any(b"max_per_brnad" in (m.value() or b"") for m in ms), flow)
+    [letter] = [m for m in dead if b"max_per_brnad" in (m.value() or b"")]
+    assert dict(letter.headers())["dlq.reason"] == b"unknown key(s) in diversity: max_per_brnad"
+    assert _ask(settings, flow, "u4")["rule_set_version"] == 5
+
+
+def test_a_deleted_or_sold_out_item_leaves_the_results(running):
+    settings, flow, shop = running
+    first = _ask(settings, flow, "u5")
+    top, second = first["items"][0]["id"], first["items"][1]["id"]
+    item = {i.item_id: i for i in shop.items}
+    publish_catalogue(settings, [CatalogItem(top, 2, deleted=True), replace(item[second], version=2, in_stock=False)])
+    _wait(
+        settings,
+        settings.catalog_changes_topic,
+        lambda bs: {(b["item_id"], b["version"]) for b in bs} >= {(top, 2), (second, 2)},
+        flow,
+    )
+    after = [i["id"] for i in _ask(settings, flow, "u5")["items"]]
+    assert top not in after and second not in after
+
+
+def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):
+    settings, flow, shop = running
+    produce(settings, [(b"x", b"not json"), (b"x", orjson.dumps({"request_id": "r", "user_id": "u1", "k": 0}))],
+            settings.requests_topic)  # fmt: skip
+    produce(settings, [(b"u1", orjson.dumps({"user_id": "u1", "item_id": "no-such-item", "kind": "view", "time": 1}))],
+            settings.interactions_topic)  # fmt: skip
+    bad_vector = CatalogItem("odd", 1, "Odd item", "", "books", embedding=(1.0, 0.0))
+    produce(settings, [(b"odd", bad_vector.to_json())], settings.catalog_topic)
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(f"{settings.redis_namespace}-user:broken", mapping={"version": "1", "vector": b"\0" * 40})
+    body = _ask(settings, flow, "broken", category="toys")
+    assert body["fallback"] is True and body["flags"] == ["user_vector_invalid"]
+    assert body["user_problem"] == "user vector has 10 dimensions, expected 384"
+    wanted = [
+        "not valid JSON",
+        "k must be an integer from 1 to 100",
+        "unknown item 'no-such-item': it is not in the catalogue",
+        "embedding has 2 dimensions, expected 384",
+        "user 'broken': user vector has 10 dimensions, expected 384",
+    ]
+
+    def reasons(ms: list[Any]) -> list[str]:
+        return [dict(m.headers())["dlq.reason"].decode() for m in ms]
+
+    dead = _wait(settings, settings.dlq_topic, lambda ms: all(any(w in r for r in reasons(ms)) for w in wanted), flow)
+    assert all(any(w in r for r in reasons(dead)) for w in wanted), reasons(dead)
+    assert _ask(settings, flow, "u6")["items"]  # still answering
+
+
+def _user_hashes(settings: PersonalizeSettings) -> dict[Any, dict[Any, Any]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    return {k: client.hgetall(k) for k in client.keys(f"{settings.redis_namespace}-user:*")}
+
+
+def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_free_run(
+    stack: LocalStack, tmp_path: Path
+):
+    """Two runs over the same interactions, each writing to its own Redis namespace: one crash-free, one killed
+    twice mid-stream and resumed from its checkpoints, the last time rescaled to two processes with two index
+    replicas. User hashes and checkpointed tastes must be equal."""
+    shop = make_shop(300, 80, seed=12)
+    vectors = np.random.default_rng(0).normal(size=(300, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    base = _settings(stack, source_batch_size=40)  # small batches: many epochs, so the kills land mid-stream
+    publish_interactions(base, shop.simulation.interactions(40, time.time() * 1000, 5 * HOUR_MS))
+    runs = {}
+    written_at_kill: list[int] = []
+    for name, kills in (("clean", 0), ("crashed", 2)):
+        settings = replace(base, redis_namespace=f"{base.redis_namespace}-{name}")
+        bulk_load_catalogue(settings, shop.items, vectors)
+        recovery = tmp_path / name / "recovery"
+        init_recovery(recovery)
+
+        def start(
+            s: PersonalizeSettings = settings, r: Path = recovery, life: str = "", run: str = name, processes: int = 1
+        ) -> FlowProcesses:
+            return FlowProcesses(
+                FLOW, s.to_env(), processes=processes, recovery_dir=r, log_dir=tmp_path / run / life
+            ).start()
+
+        for life in range(kills):
+            flow = start(life=f"life-{life}")
+            deadline = time.monotonic() + 90
+            while len(_user_hashes(settings)) < 20 * (life + 1) and time.monotonic() < deadline:
+                assert flow.alive()
+                time.sleep(0.05)
+            flow.kill()  # SIGKILL mid-stream
+            written_at_kill.append(len(_user_hashes(settings)))
+        rescaled = kills > 0  # the crashed run resumes on two processes, one index replica each
+        last = start(
+            replace(settings, stop_at_end=True, index_replicas=2 if rescaled else 1),
+            life="last",
+            processes=2 if rescaled else 1,
+        )
+        assert max(last.wait(180)) == 0
+        runs[name] = (settings, recovery)
+    assert written_at_kill[0] < 80, "the first kill came after every user was written: nothing was tested"
+    clean, crashed = (_user_hashes(runs[n][0]) for n in ("clean", "crashed"))
+    strip = {k.split(b":", 1)[1]: v for k, v in clean.items()}
+    assert len(strip) == 80
+    assert strip == {k.split(b":", 1)[1]: v for k, v in crashed.items()}  # vectors, versions, seen, affinities
+    for user in ("u0", "u17", "u79"):
+        a = latest_state(runs["clean"][1], "personalize.taste.fold", user)
+        b = latest_state(runs["crashed"][1], "personalize.taste.fold", user)
+        assert isinstance(a, dict) and isinstance(b, dict)
+        assert np.array_equal(a.pop("vector"), b.pop("vector")) and a == b
+
+
+def test_while_redis_is_down_requests_fall_back_and_taste_writes_wait_for_it(running, stack: LocalStack):
+    settings, flow, shop = running
+    client = redis.Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_namespace}-user:u8"
+    item = next(i for i in shop.items if i.searchable)
+
+    def interact(expected_count: int | None) -> None:
+        event = {"user_id": "u8", "item_id": item.item_id, "kind": "purchase", "time": time.time() * 1000}
+        produce(settings, [(b"u8", orjson.dumps(event))], settings.interactions_topic)
+        deadline = time.monotonic() + 30
+        while expected_count is not None and int(client.hget(key, "count") or 0) != expected_count:
+            assert time.monotonic() < deadline, "the taste never reached Redis"
+            time.sleep(0.2)
+
+    before = int(client.hget(key, "count") or 0)
+    interact(before + 1)  # the item is now in the flow's item cache
+    time.sleep(1.5)  # past the user cache's TTL
+    stack.pause("redis")
+    try:
+        body = _ask(settings, flow, "u8", category="books")
+        assert body["fallback"] is True and body["flags"] == ["user_store_down"]
+        assert body["items"] and all(i["reasons"][0] == "popular_in_books" for i in body["items"])
+        interact(None)  # counted while Redis is down: its write waits in the write-through step
+        time.sleep(2.0)
+    finally:
+        stack.resume("redis")
+    deadline = time.monotonic() + 30
+    while int(client.hget(key, "count") or 0) != before + 2:  # the waiting write is retried, nothing else sent
+        assert time.monotonic() < deadline, "the taste counted while Redis was down never reached it"
+        time.sleep(0.2)
+    assert _ask(settings, flow, "u8")["fallback"] is False

@@ -1,0 +1,234 @@
+"""The personalization flow's pure cores: user taste decay, rules, popularity counts, the ANN index, wire formats."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.rules import Candidate, RuleSet, Shopper, parse_rule_set, rank
+from models.shopping import parse_catalog_event, parse_interaction, parse_recommend_request
+from models.synthetic_shopping import HOUR_MS, ShopSimulation, make_catalogue
+from models.user_taste import Taste, decay, parse_user_profile
+from models.wire import InvalidEvent
+from state.ann_index import AnnIndex, Change
+from state.top_counts import DecayedCounts
+
+DIM = 8
+RNG = np.random.default_rng(0)
+ITEM_VECTORS = {f"i{n}": v / np.linalg.norm(v) for n, v in enumerate(RNG.normal(size=(12, DIM)).astype(np.float32))}
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(ITEM_VECTORS)),
+        st.floats(0, 5 * HOUR_MS, allow_nan=False),
+        st.sampled_from([1.0, 2.0, 4.0, 8.0]),
+        st.sampled_from(["a", "b", "c"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def _fold(evs: list[tuple[str, float, float, str]]) -> Taste:
+    taste = Taste(DIM, half_life_ms=HOUR_MS)
+    for n, (item, t, w, cat) in enumerate(evs):
+        taste.add(item, ITEM_VECTORS[item], cat, 10.0 * w, w, t, n)
+    return taste
+
+
+@settings(max_examples=60, deadline=None)
+@given(events, st.randoms(use_true_random=False))
+def test_a_taste_depends_on_the_set_of_interactions_not_their_arrival_order(evs, rnd):
+    shuffled = list(evs)
+    rnd.shuffle(shuffled)
+    a, b = _fold(evs), _fold(shuffled)
+    assert a.ref_ms == b.ref_ms == max(t for _, t, _, _ in evs)
+    assert math.isclose(a.weight, b.weight, rel_tol=1e-9)
+    va, vb = a.unit_vector(), b.unit_vector()
+    assert (va is None) == (vb is None)
+    if va is not None and vb is not None:
+        assert np.allclose(va, vb, atol=1e-4)
+        assert math.isclose(float(np.linalg.norm(va)), 1.0, rel_tol=1e-5)
+    assert a.affinities() == pytest.approx(b.affinities(), abs=2e-3)
+
+
+@given(st.floats(0, 1e9), st.floats(0, 1e9), st.floats(1, 1e8))
+def test_decay_composes(a, b, half_life):
+    assert math.isclose(
+        decay(a, half_life) * decay(b, half_life), decay(a + b, half_life), rel_tol=1e-9, abs_tol=1e-300
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(events, st.sampled_from(sorted(ITEM_VECTORS)))
+def test_interacting_with_an_item_turns_the_taste_towards_it(evs, item):
+    taste = _fold(evs)
+    before = taste.unit_vector()
+    taste.add(item, ITEM_VECTORS[item], "a", 1.0, 8.0, taste.ref_ms + 1, 10_000)
+    after = taste.unit_vector()
+    assert after is not None and before is not None
+    assert float(after @ ITEM_VECTORS[item]) >= float(before @ ITEM_VECTORS[item]) - 1e-6
+
+
+def test_the_online_store_hash_round_trips_and_a_snapshot_is_a_copy():
+    taste = _fold([("i1", 0.0, 1.0, "a"), ("i2", HOUR_MS, 8.0, "b")])
+    saved = taste.state()
+    fields = {k.encode(): v for k, v in taste.to_fields().items()}
+    profile = parse_user_profile(fields, DIM)
+    assert profile.version == 1 and set(profile.seen) == {"i1", "i2"} and next(iter(profile.affinity)) == "b"
+    unit = taste.unit_vector()
+    assert profile.vector is not None and unit is not None and np.allclose(profile.vector, unit)
+    taste.add("i3", ITEM_VECTORS["i3"], "c", 1.0, 1.0, 2 * HOUR_MS, 2)
+    assert saved["version"] == 1 and "i3" not in saved["seen"]  # the snapshot did not move
+    assert Taste.from_state(saved).to_fields() == {k.decode(): v for k, v in fields.items()}
+    with pytest.raises(ValueError, match="expected 4"):
+        parse_user_profile(fields, 4)
+
+
+def test_a_user_remembers_the_newest_items_and_at_most_a_quarter_more_than_max_seen():
+    taste = Taste(DIM, HOUR_MS, max_seen=4)
+    for n in range(12):
+        taste.add(f"i{n}", ITEM_VECTORS[f"i{n}"], "a", 1.0, 1.0, float(n), n)
+        assert len(taste.seen) <= 5 and f"i{n}" in taste.seen
+    assert set(taste.seen) >= {"i8", "i9", "i10", "i11"}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"version": 1, "diversity": {"max_per_brand": 2.5}}', "diversity.max_per_brand must be a whole number"),
+        (b'{"version": -1}', "version must be a non-negative integer"),
+        (
+            b'{"version": 1, "boosts": {"promoted": [{"item_id": "a", "boost": 1, "start": 5, "end": 5}]}}',
+            "end must be after start",
+        ),
+        (
+            b'{"version": 1, "price_bands": [{"segment": "x", "user_avg_price": [5, 1], "item_price": [0, 1]}]}',
+            "0 <= low <= high",
+        ),
+        (b'{"version": 1, "exclusion": {}}', "unknown key(s) in the rule set: exclusion"),
+        (b"[]", "must be a JSON object"),
+    ],
+)
+def test_a_bad_rule_set_is_rejected_with_its_reason(body, reason):
+    with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_rule_set(body)
+
+
+def _cand(item: str, score: float, category: str = "shoes", brand: str = "x", price: float = 10.0) -> Candidate:
+    return Candidate(item, score, category, brand, price, True, "similar")
+
+
+def test_rules_exclude_seen_items_within_their_window_price_bands_and_promote_in_their_window():
+    rules = parse_rule_set(
+        b'{"version": 4, "exclusions": {"seen_within_days": 1},'
+        b' "boosts": {"promoted": [{"item_id": "d", "boost": 5, "start": 100, "end": 200}]},'
+        b' "price_bands": [{"segment": "budget", "user_avg_price": [0, 20], "item_price": [0, 50]}]}'
+    )
+    now = 150.0
+    shopper = Shopper({"a": now - 1000, "b": now - 2 * 86_400_000}, {}, 15.0, "", now)
+    cands = [_cand("a", 0.9), _cand("b", 0.8), _cand("c", 0.7, price=80), _cand("d", 0.1)]
+    top, excluded = rank(cands, 5, rules, shopper)
+    assert [r.item_id for r in top] == ["d", "b"]  # "a" seen today, "c" above the band, "d" promoted now
+    assert top[0].reasons == ("similar", "promoted", "price_band:budget")
+    assert excluded == {"seen": 1, "price_band": 1}
+    later, _ = rank(cands, 5, rules, Shopper({}, {}, 15.0, "", 300.0))
+    assert [r.item_id for r in later] == ["a", "b", "d"]  # the promotion is over
+
+
+def test_diversity_caps_hold_in_the_top_k():
+    cands = [_cand(f"i{n}", 1 - n / 100, category=f"c{n % 2}", brand=f"b{n % 3}") for n in range(30)]
+    top, _ = rank(cands, 10, RuleSet(max_per_brand=2, max_per_category=3), Shopper({}, {}, 0.0, "", 0.0))
+    chosen = [c for c in cands if c.item_id in {r.item_id for r in top}]
+    assert len(top) == 6  # 2 categories x 3, and 3 brands x 2: both caps bind
+    for attr, cap in (("brand", 2), ("category", 3)):
+        values = [getattr(c, attr) for c in chosen]
+        assert max(values.count(v) for v in values) <= cap
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(0, 7200)), min_size=1, max_size=60),
+    st.randoms(use_true_random=False),
+)
+def test_decayed_popularity_does_not_depend_on_arrival_order(occurrences, rnd):
+    a, b = DecayedCounts(900.0), DecayedCounts(900.0)
+    for item, t in occurrences:
+        a.add(item, 1.0, t)
+    shuffled = list(occurrences)
+    rnd.shuffle(shuffled)
+    for item, t in shuffled:
+        b.add(item, 1.0, t)
+    assert [i for i, _ in a.top(6)] == [i for i, _ in b.top(6)] or all(
+        math.isclose(x, y, rel_tol=1e-9) for (_, x), (_, y) in zip(a.top(6), b.top(6), strict=True)
+    )
+    assert DecayedCounts(900.0, state=a.state()).top(6) == a.top(6)
+
+
+def _clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(clusters, size=n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_ivf_index_finds_what_exact_search_finds_and_deletes_for_good():
+    x = _clustered(4000)
+    idx = AnnIndex(32, nlist=32, nprobe=8, train_at=1000, use_gpu=False)
+    exact = AnnIndex(32, nlist=32, train_at=10**9, use_gpu=False)
+    changes = [Change(f"i{n}", 1, x[n], ("c", "b", 1.0, True)) for n in range(len(x))]
+    idx.apply(changes)
+    exact.apply(changes)
+    assert idx.trained and not exact.trained
+    queries = _clustered(200, seed=2)
+    got, want = idx.search(queries, 10), exact.search(queries, 10)
+    recall = np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want, strict=True)])
+    assert recall >= 0.95
+    top = got[0][0][0]
+    assert idx.apply([Change(top, 2, None)]) == [True] and top not in idx
+    assert top not in {i for i, _ in idx.search(queries[:1], 50)[0]}
+    assert idx.apply([Change(top, 1, x[0])]) == [False]  # an older upsert cannot resurrect it
+    assert idx.apply([Change(top, 3, x[0], ("c", "b", 2.0, False))]) == [True] and idx.payload(top) == (
+        "c",
+        "b",
+        2.0,
+        False,
+    )
+
+
+def test_the_index_state_round_trips_with_its_centroids():
+    x = _clustered(2000)
+    idx = AnnIndex(32, nlist=16, nprobe=4, train_at=1000, use_gpu=False)
+    idx.apply([Change(f"i{n}", 1, x[n], n) for n in range(len(x))])
+    idx.apply([Change("i5", 2, None), Change("i6", 2, x[7], "new")])
+    copy = AnnIndex.from_state(idx.state(), use_gpu=False)
+    q = _clustered(20, seed=3)
+    assert copy.search(q, 10) == idx.search(q, 10)
+    assert copy.version_of("i5") == 2 and "i5" not in copy and copy.payload("i6") == "new"
+    copy.apply([Change("fresh", 1, x[1])])
+    assert copy.labels["fresh"] == idx.next_label  # labels are never reused
+
+
+def test_wire_formats_reject_what_the_flow_cannot_use():
+    with pytest.raises(InvalidEvent, match="embedding has 3 dimensions, expected 384"):
+        parse_catalog_event(b'{"id": "i1", "version": 1, "title": "t", "category": "c", "embedding": [1, 2, 3]}')
+    with pytest.raises(InvalidEvent, match="time must be milliseconds"):
+        parse_interaction(b'{"user_id": "u", "item_id": "i", "kind": "view", "time": "now"}')
+    with pytest.raises(InvalidEvent, match="k must be an integer from 1 to 5"):
+        parse_recommend_request(b'{"request_id": "r", "user_id": "u", "k": 6, "time": 1}', max_k=5)
+
+
+def test_the_generator_is_deterministic_and_its_held_out_items_are_new():
+    def run() -> tuple[list[str], list[str]]:
+        sim = ShopSimulation(make_catalogue(2000, 5), n_users=40, seed=5)
+        evs = [f"{e.user_id}:{e.item_id}:{e.kind}" for e in sim.interactions(10, 50 * HOUR_MS, 10 * HOUR_MS)]
+        return evs, [h.item_id for h in sim.held_out(50 * HOUR_MS)]
+
+    first, second = run(), run()
+    assert first == second
+    seen = {e.split(":")[1] for e in first[0] if e.startswith("u0:")}
+    assert first[1][0] not in seen

@@ -1,0 +1,146 @@
+"""The generic operators the personalization flow is built from, run with bytewax.testing (and real Redis where they write)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
+
+from operators.decayed_top import _DecayedTopLogic, decayed_top
+from operators.keyed_fold import fold_latest
+from operators.replicated import replicated
+from operators.write_through import Pending, WriteThroughLogic, write_through
+from sluice.local.stack import LocalStack
+from state.feature_store import FeatureStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Copy:
+    """A replica that records what it applied and answers with its name and what it holds."""
+
+    def __init__(self, name: str, resume: list[str] | None) -> None:
+        self.name = name
+        self.held = list(resume or [])
+
+    def update(self, updates: list[str]) -> list[str]:
+        self.held += updates
+        return []
+
+    def answer(self, queries: list[str]) -> list[str]:
+        return [f"{q}@{self.name}:{','.join(self.held)}" for q in queries]
+
+    def snapshot(self) -> list[str]:
+        return list(self.held)
+
+
+def test_every_replica_gets_every_update_and_each_query_one_answer():
+    flow = Dataflow("replicas")
+    items = [("u", "a"), ("u", "b"), ("q", "q1"), ("q", "q2"), ("q", "q3"), ("u", "c"), ("q", "q4")]
+    src = op.input("in", flow, TestingSource(items, batch_size=10))
+    split = op.branch("kind", src, lambda kv: kv[0] == "u")
+    ups = op.map("ups", split.trues, lambda kv: kv[1])
+    qs = op.map("qs", split.falses, lambda kv: kv[1])
+    out: list[str] = []
+    op.output("out", replicated("idx", ups, qs, 3, lambda q: q, Copy), TestingSink(out))
+    run_main(flow)
+    answers = {a.split("@")[0]: a.split("@")[1] for a in out}
+    assert sorted(answers) == ["q1", "q2", "q3", "q4"]  # each query answered once
+    # every replica applies every update, in order (merged streams have no order between them within a batch,
+    # so an early query may already see a later update, never a gap)
+    assert {answers[q].split(":")[1] for q in answers} <= {"a,b", "a,b,c"}
+    assert answers["q4"].split(":")[1] == "a,b,c"
+    assert len({answers[q].split(":")[0] for q in answers}) >= 2  # queries spread over replicas
+
+
+def test_fold_latest_emits_one_view_per_key_and_batch():
+    flow = Dataflow("fold")
+    src = op.input("in", flow, TestingSource([("u1", 1), ("u1", 2), ("u2", 5), ("u1", 3)], batch_size=10))
+    out: list[tuple[str, int]] = []
+    folded = fold_latest("sum", src, lambda: [0], lambda s, x: s.__setitem__(0, s[0] + x), lambda s: s[0], list, list)
+    op.output("out", folded, TestingSink(out))
+    run_main(flow)
+    assert sorted(out) == [("u1", 6), ("u2", 5)]
+
+
+def test_write_through_keeps_the_newest_unwritten_value_until_the_store_is_back():
+    clock = TimeTestingGetter(T0)
+    up = [False]
+    written: list[Pending] = []
+
+    def write(records: Pending) -> bool:
+        if up[0]:
+            written.append(dict(records))
+        return up[0]
+
+    logic: WriteThroughLogic[tuple[str, int]] = WriteThroughLogic(
+        lambda: write, lambda kv: (kv[0], kv[1], {"v": str(kv[1])}), timedelta(seconds=1), None, clock.get
+    )
+    assert logic.on_batch([("a", 1), ("a", 3), ("a", 2), ("b", 1)])[0] == [("a", 1), ("a", 3), ("a", 2), ("b", 1)]
+    saved = logic.snapshot()
+    assert saved == {"a": (3, {"v": "3"}), "b": (1, {"v": "1"})}  # the newest per key waits, and is in the snapshot
+    assert logic.notify_at() == T0 + timedelta(seconds=1)
+    up[0] = True
+    clock.advance(timedelta(seconds=1))
+    logic.on_notify()
+    assert written == [saved] and logic.snapshot() == {} and logic.notify_at() is None
+    # a resumed step retries what its snapshot held at once
+    resumed: WriteThroughLogic[tuple[str, int]] = WriteThroughLogic(
+        lambda: write, lambda kv: (kv[0], kv[1], {}), timedelta(seconds=1), saved, clock.get
+    )
+    assert resumed.notify_at() == clock.now
+    resumed.on_notify()
+    assert written[-1] == saved
+
+
+def test_versioned_writes_never_move_a_value_backwards(stack: LocalStack):
+    ns = f"wt-{uuid.uuid4().hex[:6]}"
+    store: FeatureStore[object] = FeatureStore(stack.redis_url, ns)
+    flow = Dataflow("write")
+    values = [("k1", 5, b"five"), ("k1", 3, b"three"), ("k2", 1, b"one")]
+    src = op.input("in", flow, TestingSource(values, batch_size=1))  # one runtime batch each
+    out: list[tuple[str, int, bytes]] = []
+    written = write_through("w", src, lambda: store.try_put_versioned, lambda x: (x[0], x[1], {"v": x[2]}), shards=2)
+    op.output("out", written, TestingSink(out))
+    run_main(flow)
+    assert sorted(out) == sorted(values)
+    client = redis.Redis.from_url(stack.redis_url)
+    assert client.hgetall(f"{ns}:k1") == {b"version": b"5", b"v": b"five"}  # version 3 came later and lost
+    assert store.put_versioned({"k1": (5, {"v": b"again"}), "k2": (2, {"v": b"two"})}) == 1
+    assert client.hget(f"{ns}:k1", "v") == b"five" and client.hget(f"{ns}:k2", "v") == b"two"
+    assert sorted(k for page in store.scan(page=1) for k, _ in page) == ["k1", "k2"]
+
+
+def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weight():
+    clock = TimeTestingGetter(T0)
+    logic: _DecayedTopLogic[tuple[str, float]] = _DecayedTopLogic(
+        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]),
+        timedelta(seconds=60),
+        2,
+        100,
+        timedelta(seconds=1),
+        None,
+        clock.get,
+    )
+    first, _ = logic.on_batch([("a", 0.0), ("b", 0.0), ("b", 0.0)])
+    assert [[i for i, _ in r] for r in first] == [["b", "a"]]
+    assert logic.on_batch([("a", 120.0), ("a", 120.0)])[0] == []  # too soon: held back
+    assert logic.notify_at() == T0 + timedelta(seconds=1)
+    clock.advance(timedelta(seconds=1))
+    [ranking], _ = logic.on_notify()
+    assert [i for i, _ in ranking] == ["a", "b"] and logic.notify_at() is None
+
+
+def test_decayed_top_runs_per_key_in_a_flow():
+    flow = Dataflow("pop")
+    events = [("shoes", ("s1", 1.0)), ("bags", ("b1", 1.0)), ("shoes", ("s2", 2.0)), ("shoes", ("s2", 3.0))]
+    src = op.input("in", flow, TestingSource(events, batch_size=10))
+    out: list[tuple[str, tuple[tuple[str, float], ...]]] = []
+    top = decayed_top("pop", src, lambda e: e[0], lambda e: 1.0, lambda e: e[1], top_n=1)
+    op.output("out", top, TestingSink(out))
+    run_main(flow)
+    assert {k: [i for i, _ in r] for k, r in out} == {"shoes": ["s2"], "bags": ["b1"]}
