@@ -377,6 +377,10 @@ class ReviewSettings(FlowSettings):
     """Runtime configuration of the review chain flow (:mod:`dataflows.review`) and of the reviewer
     web app (``sluice review serve``)."""
 
+    broker_profile: str = setting(
+        "throughput", "client batching and fetching: people wait seconds, so fewer, fuller fetches spare the broker",
+        choices=tuple(PROFILES),
+    )  # fmt: skip
     decisions_topic: str = setting("fraud-decisions", "the fraud flow's decisions in", check=_topic)
     decisions_start_from: str = setting(
         "", "where fraud decisions start without a checkpoint (empty: like START_FROM)", check=_optional_start

@@ -52,6 +52,7 @@ class ReviewBoard:
         self._verdicts: OrderedDict[str, VerdictState] = OrderedDict()
         self._finals: dict[str, Body] = {}
         self._rationales: OrderedDict[str, str] = OrderedDict()
+        self._pending: dict[str, set[str]] = {}  # reviewer -> cases with a verdict of theirs in flight
         self.ready = threading.Event()
 
     # written by the feed
@@ -89,6 +90,7 @@ class ReviewBoard:
         known = self._verdicts.get(verdict_id)
         if known is not None and known.status != "pending":
             return  # the first outcome stands (a re-sent duplicate's rejection does not undo an acceptance)
+        self._pending.get(reviewer, set()).discard(case_id)
         self._verdicts[verdict_id] = VerdictState(verdict_id, case_id, reviewer, status, detail)
         while len(self._verdicts) > KEEP_VERDICTS:
             self._verdicts.popitem(last=False)
@@ -100,6 +102,7 @@ class ReviewBoard:
                 self._verdicts[verdict.verdict_id] = VerdictState(
                     verdict.verdict_id, verdict.case_id, verdict.reviewer, "pending"
                 )
+                self._pending.setdefault(verdict.reviewer, set()).add(verdict.case_id)
 
     # read by request handlers
     def case(self, case_id: str) -> Body | None:
@@ -119,12 +122,13 @@ class ReviewBoard:
             return self._verdicts.get(verdict_id)
 
     def queue(self, role: str, reviewer: str, limit: int = 200) -> tuple[list[Body], int]:
-        """Open cases whose open step needs ``role`` and that ``reviewer`` may still act on (four-eyes),
-        most urgent first; the first ``limit`` and how many there are."""
+        """Open cases whose open step needs ``role`` and that ``reviewer`` may still act on (four-eyes; none
+        with a verdict of theirs still in flight), most urgent first; the first ``limit`` and how many there are."""
         with self._lock:
             mine = []
+            waiting = self._pending.get(reviewer, set())
             for body in self._cases.values():
-                if body["status"] == "closed":
+                if body["status"] == "closed" or body["case_id"] in waiting:
                     continue
                 step = body["steps"][body["current_step"]]
                 if step["required_role"] == role and not any(s["reviewer"] == reviewer for s in body["steps"]):
@@ -145,11 +149,11 @@ class Feed(threading.Thread):
     def __init__(self, conn: KafkaConnection, board: ReviewBoard, topics: dict[str, str]) -> None:
         super().__init__(name="review-feed", daemon=True)
         self.conn, self.board, self.topics = conn, board, topics
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.error: str | None = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         handlers = {
@@ -175,7 +179,7 @@ class Feed(threading.Thread):
         consumer.assign(parts)
         waiting = {(tp.topic, tp.partition) for tp in parts}
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 for msg in consumer.consume(500, 0.1):
                     err = msg.error()
                     if err is not None:
