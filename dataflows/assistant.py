@@ -31,7 +31,7 @@ import orjson
 import torch
 from bytewax.dataflow import Dataflow
 
-from dataflows.runtime import flow_from_env
+from dataflows.runtime import flow_from_env, kafka_source
 from models.chat import ChatRequest, parse_chat_request
 from models.chunking import document_chunks
 from models.document import DocumentEvent, parse_document_event
@@ -43,7 +43,6 @@ from operators.async_batch import async_micro_batch
 from operators.dead_letter import parse_or_dead_letter
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
-from operators.kafka.source import KafkaPartitionSource
 from operators.live_index import live_vector_index
 from operators.microbatch import micro_batch
 from operators.routing import split_by_route
@@ -242,16 +241,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         shared_generator(settings.device, settings.llm_path)
     conn = settings.connection()
     flow = Dataflow(name)
-
-    def source(topic: str, start: str) -> KafkaPartitionSource:
-        return KafkaPartitionSource(
-            conn,
-            [topic],
-            start=start,
-            tail=not settings.stop_at_end,
-            batch_size=settings.source_batch_size,
-            give_up_after_s=settings.outage_timeout_s,
-        )
+    source = functools.partial(kafka_source, settings)
 
     # Knowledge in
     doc_records = op.input("documents", flow, source(settings.documents_topic, settings.start_from))

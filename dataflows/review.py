@@ -44,7 +44,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflows.runtime import flow_from_env
+from dataflows.runtime import flow_from_env, kafka_source
 from models.card_token import CardTokenizer
 from models.review_case import (
     Accepted,
@@ -77,7 +77,6 @@ from operators.clock import Clock, utc_now
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
-from operators.kafka.source import KafkaPartitionSource
 from operators.session_memory import session_memory
 from operators.timed_machine import timed_machine
 from sluice.settings import ReviewSettings, SettingsError
@@ -165,7 +164,8 @@ class ChainKeeper:
         if isinstance(item, CaseRequest):
             policy = book.active or self.start_policy
             chain = policy.chain_for(item.facts)
-            return book, [OpenCase(item, open_case(item.file.case_id, chain, item.file.decided_at_ms))]
+            opened_at = item.file.automated.decided_at_ms
+            return book, [OpenCase(item, open_case(item.file.case_id, chain, opened_at))]
         return self._publish(book, item)
 
     def _publish(self, book: PolicyBook, update: PolicyUpdate) -> tuple[PolicyBook, list[Any]]:
@@ -273,14 +273,14 @@ class CaseMachine:
         f = item.request.file
         self.memory = CaseMemory(f, item.case)
         ref = item.request.position.id
-        chain = item.case.chain
+        chain, a = item.case.chain, f.automated
         why = (
-            f"automated decision {f.decision} (score {f.score:.3f}; rules: {', '.join(f.rules) or 'none'}) "
+            f"automated decision {a.decision} (score {a.score:.3f}; rules: {', '.join(a.rules) or 'none'}) "
             f"needs people: chain {chain.name}, {' then '.join(s.role for s in chain.steps)}"
         )
-        details = {"decision": f.decision, "score": f.score, "rules": list(f.rules), "chain": chain.name}
-        self._audit("case_opened", FRAUD_FLOW, f.decided_at_ms, why, f.input_hash, ref, details)
-        self._snapshot("opened", f.decided_at_ms, ref)
+        details = {"decision": a.decision, "score": a.score, "rules": list(a.rules), "chain": chain.name}
+        self._audit("case_opened", FRAUD_FLOW, a.decided_at_ms, why, f.input_hash, ref, details)
+        self._snapshot("opened", a.decided_at_ms, ref)
         self._advance(now)  # opened late (a backlog): deadlines already past apply at once
 
     def _verdict(self, item: VerdictIn) -> None:
@@ -445,19 +445,8 @@ def build_flow(settings: ReviewSettings, now_getter: Clock = utc_now, name: str 
     tokens = CardTokenizer(settings.token_key())
     topics = Topics.of(settings)
     keeper = ChainKeeper(start_policy(settings), topics)
-    conn = settings.connection()
+    source = functools.partial(kafka_source, settings)
     flow = Dataflow(name)
-
-    def source(topic: str, start: str) -> KafkaPartitionSource:
-        return KafkaPartitionSource(
-            conn,
-            [topic],
-            start=start,
-            tail=not settings.stop_at_end,
-            batch_size=settings.source_batch_size,
-            give_up_after_s=settings.outage_timeout_s,
-        )
-
     # automated decisions -> the card's history -> the ones that need people
     with_history = settings.review_history_size > 0
     dec_records = op.input(
@@ -505,7 +494,7 @@ def build_flow(settings: ReviewSettings, now_getter: Clock = utc_now, name: str 
     kafka_output(
         "out",
         op.merge("all_out", case_records, split.falses, dead_records),
-        conn,
+        settings.connection(),
         settings.output_topics(),
         exactly_once=settings.exactly_once,
         transactional_id_prefix=settings.transactional_id_prefix,

@@ -79,35 +79,44 @@ class PastTransaction:
 
 
 @dataclass(frozen=True, slots=True)
-class DecisionFacts:
-    """What the review chain reads of a fraud decision (the card id never leaves the flow's state)."""
+class Automated:
+    """The fraud flow's decision, as a case shows it."""
 
-    event_id: str
-    card_id: str
     decision: str
     score: float
     rules: tuple[str, ...]
     model_version: str
     flags: tuple[str, ...]
     features: tuple[tuple[str, float], ...]
+    decided_at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionFacts:
+    """What the review chain reads of a fraud decision (the card id never leaves the flow's state)."""
+
+    event_id: str
+    card_id: str
+    automated: Automated
     amount: float | None
     country: str | None
     merchant_category: str | None
     event_time_ms: int
-    decided_at_ms: float
     rationale: str | None = None
 
     def needs_people(self, decline_review_above: float) -> bool:
         """``review`` decisions, and declines of at least ``decline_review_above``."""
-        if self.decision == "review":
+        decision = self.automated.decision
+        if decision == "review":
             return True
-        return self.decision == "decline" and self.amount is not None and self.amount >= decline_review_above
+        return decision == "decline" and self.amount is not None and self.amount >= decline_review_above
 
     def facts(self) -> CaseFacts:
-        return CaseFacts(self.amount or 0.0, self.country or "", self.decision, self.rules)
+        return CaseFacts(self.amount or 0.0, self.country or "", self.automated.decision, self.automated.rules)
 
     def past(self) -> PastTransaction:
-        return PastTransaction(self.amount, self.merchant_category, self.country, self.decision, self.event_time_ms)
+        a = self.automated
+        return PastTransaction(self.amount, self.merchant_category, self.country, a.decision, self.event_time_ms)
 
 
 def _str(obj: dict[str, Any], key: str, max_len: int = 128, required: bool = True) -> str | None:
@@ -163,20 +172,23 @@ def parse_decision(raw: bytes | None, *, skip_approved: bool = False) -> Decisio
     flagged = decision != "approve"
     event_time = _num(obj, "event_time", MIN_TIME_MS, MAX_TIME_MS)
     rationale = obj.get("rationale")
-    return DecisionFacts(
-        event_id=str(_str(obj, "event_id")),
-        card_id=str(_str(obj, "card_id", 64)),
+    automated = Automated(
         decision=decision,
         score=float(_num(obj, "score", 0.0, 1.0) or 0.0),
         rules=_names(obj, "rules"),
         model_version=str(_str(obj, "model_version")),
         flags=_names(obj, "flags"),
         features=feats,
+        decided_at_ms=float(_num(obj, "decided_at", MIN_TIME_MS, MAX_TIME_MS) or 0.0),
+    )
+    return DecisionFacts(
+        event_id=str(_str(obj, "event_id")),
+        card_id=str(_str(obj, "card_id", 64)),
+        automated=automated,
         amount=_num(obj, "amount", 0.0, 1e12, required=flagged),
         country=_str(obj, "country", 2, required=flagged),
         merchant_category=_str(obj, "merchant_category", 64, required=flagged),
         event_time_ms=int(event_time or 0),
-        decided_at_ms=float(_num(obj, "decided_at", MIN_TIME_MS, MAX_TIME_MS) or 0.0),
         rationale=rationale[:4000] if isinstance(rationale, str) and rationale else None,
     )
 
@@ -242,14 +254,8 @@ class CaseFile:
     country: str
     merchant_category: str
     event_time_ms: int
-    decision: str
-    score: float
-    rules: tuple[str, ...]
-    model_version: str
-    flags: tuple[str, ...]
-    features: tuple[tuple[str, float], ...]
+    automated: Automated
     card_history: tuple[PastTransaction, ...]
-    decided_at_ms: float
     input_hash: str
     rationale: str | None = None
 
@@ -267,14 +273,8 @@ def case_file(
         country=facts.country or "",
         merchant_category=facts.merchant_category or "",
         event_time_ms=facts.event_time_ms,
-        decision=facts.decision,
-        score=facts.score,
-        rules=facts.rules,
-        model_version=facts.model_version,
-        flags=facts.flags,
-        features=facts.features,
+        automated=facts.automated,
         card_history=history,
-        decided_at_ms=facts.decided_at_ms,
         input_hash=raw_hash,
         rationale=facts.rationale,
     )
@@ -282,18 +282,7 @@ def case_file(
 
 def _entry(e: Entry) -> Body:
     if isinstance(e, Accepted):
-        v = e.verdict
-        return {
-            "kind": "verdict",
-            "verdict_id": v.verdict_id,
-            "step": v.step,
-            "reviewer": v.reviewer,
-            "role": v.role,
-            "action": v.action,
-            "effect": e.effect,
-            "note": v.note,
-            "at": v.at_ms,
-        }
+        return {"kind": "verdict", **verdict_body(e.verdict), "effect": e.effect}
     return {
         "kind": "escalation",
         "step": e.step,
@@ -345,15 +334,15 @@ def _chain(chain: Chain) -> Body:
     }
 
 
-def _automated(f: CaseFile) -> Body:
+def _automated(a: Automated) -> Body:
     return {
-        "decision": f.decision,
-        "score": f.score,
-        "rules": list(f.rules),
-        "model_version": f.model_version,
-        "flags": list(f.flags),
-        "features": dict(f.features),
-        "decided_at": f.decided_at_ms,
+        "decision": a.decision,
+        "score": a.score,
+        "rules": list(a.rules),
+        "model_version": a.model_version,
+        "flags": list(a.flags),
+        "features": dict(a.features),
+        "decided_at": a.decided_at_ms,
     }
 
 
@@ -375,7 +364,7 @@ def case_body(case: Case, f: CaseFile, event: str, updated_at_ms: float) -> Body
             "merchant_category": f.merchant_category,
             "event_time": f.event_time_ms,
         },
-        "automated": _automated(f),
+        "automated": _automated(f.automated),
         "chain": _chain(case.chain),
         "steps": [_step(case, i) for i in range(len(case.steps))],
         "current_step": case.current,
@@ -408,7 +397,7 @@ def final_body(case: Case, f: CaseFile) -> Body:
         "decided_at": case.outcome.at_ms,
         "opened_at": case.opened_at_ms,
         "amount": f.amount,
-        "automated": _automated(f),
+        "automated": _automated(f.automated),
         "chain": _chain(case.chain),
         "steps": [_step(case, i) for i in range(len(case.steps))],
         "history": [_entry(e) for e in case.history],
@@ -417,18 +406,9 @@ def final_body(case: Case, f: CaseFile) -> Body:
 
 def rejection_body(r: Rejected) -> Body:
     """A ``review-rejections`` record: which verdict, and why the case refused it."""
-    v = r.verdict
-    return {
-        "verdict_id": v.verdict_id,
-        "case_id": v.case_id,
-        "step": v.step,
-        "reviewer": v.reviewer,
-        "role": v.role,
-        "action": v.action,
-        "code": r.code,
-        "reason": r.reason,
-        "at": v.at_ms,
-    }
+    body = verdict_body(r.verdict)
+    del body["note"]  # every reviewer's page reads this topic; a refused note stays out of it
+    return {**body, "code": r.code, "reason": r.reason}
 
 
 def audit_body(
@@ -453,7 +433,7 @@ def audit_body(
         "case_id": case_file.case_id if case_file else None,
         "event_id": case_file.event_id if case_file else None,
         "card_token": case_file.card_token if case_file else None,
-        "model_version": case_file.model_version if case_file else None,
+        "model_version": case_file.automated.model_version if case_file else None,
         "policy_version": policy_version,
         "input_hash": input_hash,
         "details": details or {},

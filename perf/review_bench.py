@@ -299,20 +299,12 @@ def one_run(
         brokers=stack.brokers,
         decisions_topic=fraud.decisions_topic,
         decisions_start_from="latest",
-        verdicts_topic=f"review-verdicts-{tag}",
-        cases_topic=f"review-cases-{tag}",
-        rejections_topic=f"review-rejections-{tag}",
-        final_decisions_topic=f"final-decisions-{tag}",
-        audit_topic=f"audit-{tag}",
-        dlq_topic=f"review-dead-letters-{tag}",
-        policies_topic=f"review-policies-{tag}",
-        transactional_id_prefix=f"bench-review-{tag}",
         topic_partitions=fraud.topic_partitions,
         review_token_key=secrets.token_urlsafe(32),
         review_session_secret=secrets.token_urlsafe(32),
         review_credentials_file=str(args.logs / "reviewers.json"),
         review_port=free_port(),
-    )
+    ).with_own_topics(f"run{n}-{tag}")
     create_topics(review.connection(), review.topics())
     starts = end_offsets(review.connection(), review.decisions_topic)
     init_recovery(work / "recovery")

@@ -432,6 +432,15 @@ class ReviewSettings(FlowSettings):
         extra = {self.rationale_topic: self.topic_partitions} if self.rationale_topic else {}
         return super().topics() | {self.policies_topic: 1} | extra
 
+    def with_own_topics(self, tag: str) -> ReviewSettings:
+        """These settings with every topic the review chain owns, and its transactional ids, suffixed by
+        ``-tag`` (tests, benchmarks, a second chain beside the first); the fraud decisions it reads are kept."""
+        import dataclasses
+
+        owned = [f.name for f in self.settings_fields() if f.name.endswith("_topic") and f.name != "decisions_topic"]
+        renamed: dict[str, Any] = {name: f"{getattr(self, name)}-{tag}" for name in owned if getattr(self, name)}
+        return dataclasses.replace(self, transactional_id_prefix=f"{self.transactional_id_prefix}-{tag}", **renamed)
+
     def token_key(self) -> bytes:
         """The card-token key; a development key (with a warning) unless in production."""
         if len(self.review_token_key) >= MIN_SECRET_CHARS:

@@ -39,18 +39,10 @@ def review_settings(stack: LocalStack, **overrides: Any) -> ReviewSettings:
         brokers=stack.brokers,
         redis_url=stack.redis_url,
         decisions_topic=f"rv-decisions-{tag}",
-        verdicts_topic=f"rv-verdicts-{tag}",
-        policies_topic=f"rv-policies-{tag}",
-        cases_topic=f"rv-cases-{tag}",
-        rejections_topic=f"rv-rejections-{tag}",
-        final_decisions_topic=f"rv-final-{tag}",
-        audit_topic=f"rv-audit-{tag}",
-        dlq_topic=f"rv-dlq-{tag}",
-        transactional_id_prefix=f"rv-{tag}",
         topic_partitions=2,
         review_token_key=TOKEN_KEY,
         **overrides,
-    )
+    ).with_own_topics(tag)
     create_topics(s.connection(), s.topics())
     return s
 

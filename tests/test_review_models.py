@@ -27,6 +27,7 @@ from models.review_case import (
 )
 from models.review_policy import DEFAULT_POLICY, CaseFacts, default_policy, parse_policy, policy_from_object
 from models.review_wire import (
+    Automated,
     CaseFile,
     case_body,
     case_from_body,
@@ -103,9 +104,8 @@ def test_no_sequence_decides_twice_or_breaks_four_eyes_or_ranks(chain, ops):
 @given(chains, operations)
 def test_a_case_snapshot_rebuilds_the_case_the_web_page_checks_against(chain, ops):
     case, _ = run(chain, ops)
-    file = CaseFile(
-        "case-1", "e1", "tok_x", "••••0001", 10.0, "US", "grocery", 0, "review", 0.7, (), "m", (), (), (), 0.0, "h"
-    )
+    automated = Automated("review", 0.7, (), "m", (), (), 0.0)
+    file = CaseFile("case-1", "e1", "tok_x", "••••0001", 10.0, "US", "grocery", 0, automated, (), "h")
     rebuilt = case_from_body(case_body(case, file, "test", 0.0))
     accepted = frozenset(e.verdict.verdict_id for e in case.history if isinstance(e, Accepted))
     assert rebuilt == Case(**{**{f: getattr(case, f) for f in case.__slots__}, "seen": accepted})
