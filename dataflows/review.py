@@ -173,16 +173,17 @@ class ChainKeeper:
         known = dict(book.versions)
         known.setdefault(self.start_policy.version, self.start_policy.digest)
         ref = src.position.id
-        if known.get(new.version) == new.digest:
-            return book, []  # the same policy published again
-        if new.version in known:
+        active = book.active or self.start_policy
+        if (new.version, new.digest) == (active.version, active.digest):
+            return book, []  # the active policy published again
+        if known.get(new.version, new.digest) != new.digest:
             reason = f"policy version {new.version!r} is already taken by other content: publish it as a new version"
             return book, [
                 DeadLetter(reason, "chains", src).to_record(self.topics.dlq),
                 self._audit(update, reason, ref),
             ]
-        book = PolicyBook(new, (*book.versions, (new.version, new.digest)))
-        return book, [self._audit(update, "", ref)]
+        versions = book.versions if new.version in known else (*book.versions, (new.version, new.digest))
+        return PolicyBook(new, versions), [self._audit(update, "", ref)]  # a new version, or an earlier one back
 
     def _audit(self, update: PolicyUpdate, refused: str, ref: bytes) -> KafkaRecord:
         p = update.policy
@@ -204,9 +205,9 @@ class ChainKeeper:
 
 @dataclass(frozen=True)
 class CaseMemory:
-    """What the ``cases`` step keeps per case (the file is dropped once the case is closed)."""
+    """What the ``cases`` step keeps per case (a closed case's file loses the card's history)."""
 
-    file: CaseFile | None
+    file: CaseFile
     case: Case
     forget_at_ms: float | None = None
 
@@ -309,7 +310,7 @@ class CaseMachine:
             self.memory = replace(self.memory, case=case)
 
     def _file_hash(self) -> str:
-        return self.memory.file.input_hash if self.memory and self.memory.file else ""
+        return self.memory.file.input_hash if self.memory else ""
 
     def _events(self, events: list[Event], ref: bytes, raw_hash: str) -> None:
         """Records for ``events`` caused by the input ``ref`` (empty: by the clock)."""
@@ -353,7 +354,7 @@ class CaseMachine:
         self._audit("escalated", {**SYSTEM, "id": "sla-timer"}, e.at_ms, why, self._file_hash(), ref, details)
 
     def _closed(self, e: Closed, ref: bytes, raw_hash: str) -> None:
-        assert self.memory is not None and self.memory.file is not None
+        assert self.memory is not None
         case, f, o = self.memory.case, self.memory.file, e.outcome
         self.out.append(_record(self.topics.final, case.case_id, final_body(case, f), ref))
         fillers = [s.verdict for s in case.steps if s.verdict is not None]
@@ -395,11 +396,11 @@ class CaseMachine:
         self.out.append(_record(self.topics.audit, key, body, ref + b"#audit"))
 
     def _snapshot(self, event: str, at_ms: float, ref: bytes) -> None:
-        assert self.memory is not None and self.memory.file is not None
+        assert self.memory is not None
         body = case_body(self.memory.case, self.memory.file, event, at_ms)
         self.out.append(_record(self.topics.cases, self.memory.case.case_id, body, ref + b"#case"))
-        if self.memory.case.closed:
-            self.memory = replace(self.memory, file=None)  # a closed case keeps only what late verdicts need
+        if self.memory.case.closed:  # kept only for late verdicts and their audit records: shed the history
+            self.memory = replace(self.memory, file=replace(self.memory.file, card_history=()))
 
 
 # --- wiring ---

@@ -37,6 +37,10 @@ def _by_verdict(settings, topic):
     return {b["verdict_id"]: b for b in bodies(settings, topic)}
 
 
+def _activations(settings):
+    return [a["policy_version"] for a in bodies(settings, settings.audit_topic) if a["what"] == "policy_activated"]
+
+
 def _at_least(found, count):
     return found if len(found) >= count else None
 
@@ -83,6 +87,11 @@ def test_chains_verdict_rules_policy_reload_no_pii_and_a_verifiable_audit(stack,
         produce(settings, [decision("e-after-v2", CARDS["A"], "review", 50.0)], topic=settings.decisions_topic)
         after = opened_cases(settings, 5)["e-after-v2"]
         assert (after["chain"]["name"], after["chain"]["policy_version"]) == ("one-senior", "v2")
+        publish_policy(settings, DEFAULT_POLICY)  # back to the start policy: an earlier version can return
+        eventually(lambda: _activations(settings) == ["v2", "default-1"], what="default-1 active again")
+        produce(settings, [decision("e-back", CARDS["A"], "review", 50.0)], topic=settings.decisions_topic)
+        back = opened_cases(settings, 6)["e-back"]
+        assert (back["chain"]["name"], back["chain"]["policy_version"]) == ("one-analyst", "default-1")
 
         sent = [
             verdict(small, 0, "ann", "analyst", note="spoke to the holder on 4000 0000 0000 0001"),
@@ -143,8 +152,8 @@ def test_chains_verdict_rules_policy_reload_no_pii_and_a_verifiable_audit(stack,
 
     audit = bodies(settings, settings.audit_topic)
     what = Counter(a["what"] for a in audit)
-    assert what["case_opened"] == 5 and what["final_decision"] == 4 and what["verdict_rejected"] == 8
-    assert what["verdict_accepted"] == 7 and what["policy_activated"] == 1 and what["policy_rejected"] == 1
+    assert what["case_opened"] == 6 and what["final_decision"] == 4 and what["verdict_rejected"] == 8
+    assert what["verdict_accepted"] == 7 and what["policy_activated"] == 2 and what["policy_rejected"] == 1
     opened = next(a for a in audit if a["what"] == "case_opened" and a["case_id"] == large)
     assert opened["model_version"] == "fraud-test-1" and opened["policy_version"] == "default-1"
     assert len(opened["input_hash"]) == 64 and opened["card_token"].startswith("tok_")

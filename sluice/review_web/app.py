@@ -173,6 +173,8 @@ async def login_page(request: Request) -> Response:
     session = _session(request)
     if session is not None and session.reviewer and _service(request).reviewers.get(session.reviewer):
         return RedirectResponse("/", status_code=303)
+    if session is not None and session.reviewer is None:  # keep it: a second tab's form stays valid
+        return _page(request, "login.html", {"csrf": session.csrf, "error": ""})
     cookie = _service(request).codec.issue(None)
     anon = _service(request).codec.read(cookie)
     assert anon is not None
