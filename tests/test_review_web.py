@@ -158,6 +158,35 @@ def test_a_verdict_page_learns_the_outcome_from_the_flow_and_shows_a_rationale(r
     assert sign_in(base, "bob").get(f"{base}/api/verdicts/{verdict_id}").status_code == 404  # not bob's verdict
 
 
+def test_a_verdict_the_flow_refuses_shows_the_flows_reason(running):
+    """Two analysts on one case at once: the page lets both through (its view is a moment old), the flow
+    takes the first and refuses the second, and the second analyst's page shows why."""
+    base, settings = running
+    ann, bob = sign_in(base, "ann"), sign_in(base, "bob")
+    for _attempt in range(3):
+        case_id = _open_case(settings, base, f"web-race-{uuid.uuid4().hex[:6]}", 30.0)
+        pages = [http.get(f"{base}/cases/{case_id}").text for http in (ann, bob)]
+        first = ann.post(f"{base}/cases/{case_id}/verdict", data=_form(pages[0], 0, "approve", "mine"))
+        second = bob.post(
+            f"{base}/cases/{case_id}/verdict", data=_form(pages[1], 0, "decline", "no, mine"), allow_redirects=False
+        )
+        assert first.status_code == 200
+        if second.status_code == 303:
+            break
+        assert second.status_code == 409, second.text  # the page already knew: try again on a new case
+    else:
+        pytest.fail("the web app always saw the first verdict before the second was sent")
+    verdict_id = second.headers["location"].split("verdict=")[1]
+
+    def refused():
+        state = bob.get(f"{base}/api/verdicts/{verdict_id}").json()
+        return state if state["status"] == "rejected" else None
+
+    state = eventually(refused, what="the flow's refusal on the page")
+    assert state["detail"] == "the case is closed: approve (chain)" and state["case_status"] == "closed"
+    assert "rejected: the case is closed" in bob.get(f"{base}/cases/{case_id}?verdict={verdict_id}").text
+
+
 def _final_status(http: requests.Session, base: str, verdict_id: str) -> dict:
     def probe():
         s = http.get(f"{base}/api/verdicts/{verdict_id}").json()
