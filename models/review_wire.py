@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from models.card_token import CardTokenizer, mask, redact_numbers
@@ -93,30 +93,32 @@ class Automated:
 
 @dataclass(frozen=True, slots=True)
 class DecisionFacts:
-    """What the review chain reads of a fraud decision (the card id never leaves the flow's state)."""
+    """What the review chain reads of a fraud decision: what a card's history keeps of every decision,
+    and for a flagged one what its case shows (``automated``; approvals' scores and features are never
+    shown, so they are not decoded: most of the stream). The card id never leaves the flow's state."""
 
     event_id: str
     card_id: str
-    automated: Automated
+    decision: str
     amount: float | None
     country: str | None
     merchant_category: str | None
     event_time_ms: int
+    automated: Automated | None = None
     rationale: str | None = None
 
     def needs_people(self, decline_review_above: float) -> bool:
         """``review`` decisions, and declines of at least ``decline_review_above``."""
-        decision = self.automated.decision
-        if decision == "review":
+        if self.decision == "review":
             return True
-        return decision == "decline" and self.amount is not None and self.amount >= decline_review_above
+        return self.decision == "decline" and self.amount is not None and self.amount >= decline_review_above
 
     def facts(self) -> CaseFacts:
-        return CaseFacts(self.amount or 0.0, self.country or "", self.automated.decision, self.automated.rules)
+        rules = self.automated.rules if self.automated is not None else ()
+        return CaseFacts(self.amount or 0.0, self.country or "", self.decision, rules)
 
     def past(self) -> PastTransaction:
-        a = self.automated
-        return PastTransaction(self.amount, self.merchant_category, self.country, a.decision, self.event_time_ms)
+        return PastTransaction(self.amount, self.merchant_category, self.country, self.decision, self.event_time_ms)
 
 
 def _str(obj: dict[str, Any], key: str, max_len: int = 128, required: bool = True) -> str | None:
@@ -165,12 +167,22 @@ def parse_decision(raw: bytes | None, *, skip_approved: bool = False) -> Decisio
         raise InvalidEvent("field 'decision' must be approve, review or decline")
     if skip_approved and decision == "approve":
         return None
+    flagged = decision != "approve"
+    facts = DecisionFacts(
+        event_id=str(_str(obj, "event_id")),
+        card_id=str(_str(obj, "card_id", 64)),
+        decision=decision,
+        amount=_num(obj, "amount", 0.0, 1e12, required=flagged),
+        country=_str(obj, "country", 2, required=flagged),
+        merchant_category=_str(obj, "merchant_category", 64, required=flagged),
+        event_time_ms=int(_num(obj, "event_time", MIN_TIME_MS, MAX_TIME_MS) or 0),
+    )
+    if not flagged:
+        return facts
     features = obj.get("features", {})
     if not isinstance(features, dict):
         raise InvalidEvent("field 'features' must be an object")
     feats = tuple((name, float(v)) for name in FEATURE_NAMES if isinstance(v := features.get(name), int | float))
-    flagged = decision != "approve"
-    event_time = _num(obj, "event_time", MIN_TIME_MS, MAX_TIME_MS)
     rationale = obj.get("rationale")
     automated = Automated(
         decision=decision,
@@ -181,15 +193,8 @@ def parse_decision(raw: bytes | None, *, skip_approved: bool = False) -> Decisio
         features=feats,
         decided_at_ms=float(_num(obj, "decided_at", MIN_TIME_MS, MAX_TIME_MS) or 0.0),
     )
-    return DecisionFacts(
-        event_id=str(_str(obj, "event_id")),
-        card_id=str(_str(obj, "card_id", 64)),
-        automated=automated,
-        amount=_num(obj, "amount", 0.0, 1e12, required=flagged),
-        country=_str(obj, "country", 2, required=flagged),
-        merchant_category=_str(obj, "merchant_category", 64, required=flagged),
-        event_time_ms=int(event_time or 0),
-        rationale=rationale[:4000] if isinstance(rationale, str) and rationale else None,
+    return replace(
+        facts, automated=automated, rationale=rationale[:4000] if isinstance(rationale, str) and rationale else None
     )
 
 
@@ -264,6 +269,7 @@ def case_file(
     facts: DecisionFacts, tokens: CardTokenizer, history: tuple[PastTransaction, ...], raw_hash: str
 ) -> CaseFile:
     """The case file of a decision that needs people (the card id becomes a token and a mask here)."""
+    assert facts.automated is not None, "only flagged decisions open cases"
     return CaseFile(
         case_id=case_id_for(facts.event_id),
         event_id=facts.event_id,
