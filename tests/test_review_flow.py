@@ -5,18 +5,25 @@ fraud flow's flagged decisions becoming cases."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
 
 import orjson
+import pytest
 
 from models.review_policy import DEFAULT_POLICY
 from operators.kafka.admin import read_all
 from operators.kafka.records import header_value
 from sluice.audit import verify_topic
+from sluice.cli import main
 from tests.helpers import produce, produce_txns, start_flow, txn
 from tests.review_support import (
+    REVIEW_FLOW,
     bodies,
     decision,
     eventually,
@@ -263,3 +270,38 @@ def test_the_fraud_flows_flagged_decisions_become_cases(settings, stack, tmp_pat
     assert case["chain"]["name"] == "analyst-then-senior"  # a high-risk country
     assert [p["decision"] for p in case["card_history"]] == ["approve"]
     assert "high_risk_country" in case["automated"]["rules"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"SLUICE_REVIEW_PRODUCTION": "1", "SLUICE_REVIEW_TOKEN_KEY": ""},
+            "SLUICE_REVIEW_TOKEN_KEY must hold at least",
+        ),
+        ({"SLUICE_REVIEW_POLICY_FILE": "{policy}"}, "chains[0].steps[0].role 'boss' is not one of the policy's roles"),
+    ],
+    ids=["no-token-key-in-production", "bad-policy-file"],
+)
+def test_misconfiguration_stops_the_flow_with_one_line(stack, tmp_path, env, expected):
+    settings = review_settings(stack)
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps({**DEFAULT_POLICY, "chains": [{"name": "x", "steps": [{"role": "boss", "sla_s": 5}]}]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", REVIEW_FLOW],
+        env={**os.environ, **settings.to_env(), **{k: v.replace("{policy}", str(bad)) for k, v in env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sluice: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
+
+
+def test_secrets_are_never_printed_by_sluice_settings(monkeypatch, capsys):
+    monkeypatch.setenv("SLUICE_REVIEW_TOKEN_KEY", "k" * 40)
+    monkeypatch.setenv("SLUICE_REVIEW_SESSION_SECRET", "s" * 40)
+    assert main(["settings", "review"]) == 0
+    out = capsys.readouterr().out
+    assert "SLUICE_REVIEW_TOKEN_KEY=(set)" in out and "SLUICE_REVIEW_SESSION_SECRET=(set)" in out
+    assert "k" * 40 not in out and "s" * 40 not in out
