@@ -305,7 +305,9 @@ def test_in_a_browser_an_analyst_then_a_senior_approve_and_the_final_decision_is
 
     _sign_in(driver, base, "ann")
     assert case_id in driver.find_element(By.ID, "queue").text
+    driver.set_window_size(1280, 560)  # the queue is short: no empty page below it in the docs
     _shot(driver, "queue.png", tmp_path)
+    driver.set_window_size(1280, 1600)
     text = _approve(driver, base, case_id, "Holder confirmed the purchase by phone.", "accepted", "case.png", tmp_path)
     assert "accepted (step approved)" in text
     driver.find_element(By.ID, "sign-out").click()
