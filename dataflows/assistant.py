@@ -36,7 +36,7 @@ import orjson
 import torch
 from bytewax.dataflow import Dataflow, Stream
 
-from dataflows.runtime import flow_from_env
+from dataflows.runtime import flow_from_env, kafka_source
 from models.answering import Answer, extract_answer, verify_generated
 from models.chat import AnswerNote, ChatRequest, parse_answer_note, parse_chat_request, reply_address
 from models.document import DocumentEvent, parse_document_event
@@ -49,7 +49,6 @@ from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
-from operators.kafka.source import KafkaPartitionSource
 from operators.live_index import Answered, IndexOut, live_index
 from operators.microbatch import micro_batch
 from operators.routing import split_by_route
@@ -348,16 +347,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         shared_generator(settings.device, settings.llm_path)
     conn = settings.connection()
     flow = Dataflow(name)
-
-    def source(topic: str, start: str) -> KafkaPartitionSource:
-        return KafkaPartitionSource(
-            conn,
-            [topic],
-            start=start,
-            tail=not settings.stop_at_end,
-            batch_size=settings.source_batch_size,
-            give_up_after_s=settings.outage_timeout_s,
-        )
+    source = functools.partial(kafka_source, settings)
 
     # Knowledge in
     doc_records = op.input("documents", flow, source(settings.documents_topic, settings.start_from))

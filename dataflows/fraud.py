@@ -148,6 +148,10 @@ def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Pol
             "event_time": txn.event_time_ms,
             "sent_at": txn.sent_at_ms,
             "decided_at": decided_ms,
+            # what the review chain (dataflows/review.py) needs to pick a chain without the transaction
+            "amount": txn.amount,
+            "country": txn.country,
+            "merchant_category": txn.merchant_category,
         }
         if item.profile_problem is not None:
             decision["profile_problem"] = item.profile_problem

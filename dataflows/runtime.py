@@ -22,6 +22,7 @@ from bytewax.dataflow import Dataflow
 
 from models.devices import DeviceUnavailable, pick_device
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
+from operators.kafka.source import KafkaPartitionSource
 from operators.lifecycle import exit_process, request_stop, set_failure_handler, stop_requested
 from sluice.settings import FlowSettings, SettingsError
 from state.feature_store import RedisUnavailable, check_redis
@@ -74,6 +75,19 @@ def install_process_handlers() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     set_failure_handler(exit_process)
+
+
+def kafka_source(settings: FlowSettings, topic: str, start: str) -> KafkaPartitionSource:
+    """A flow's checkpointed source for ``topic`` from ``start``, on the flow's connection, batch size,
+    outage timeout, and tailing unless ``SLUICE_STOP_AT_END``."""
+    return KafkaPartitionSource(
+        settings.connection(),
+        [topic],
+        start=start,
+        tail=not settings.stop_at_end,
+        batch_size=settings.source_batch_size,
+        give_up_after_s=settings.outage_timeout_s,
+    )
 
 
 def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redis: bool) -> Dataflow:

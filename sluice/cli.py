@@ -2,11 +2,13 @@
 
     sluice run fraud -- -r .recovery -s 1 -b 0     # python -m bytewax.run "dataflows.fraud:from_env()" ...
     sluice stack up | down | topics
-    sluice demo fraud | assistant | personalize
+    sluice demo fraud | assistant | personalize | review
     sluice produce transactions | profiles | corpus | shop
     sluice replay list | backup | run
     sluice train fraud
     sluice settings fraud [--markdown]
+    sluice review serve | add-reviewer | policy
+    sluice audit verify --topic audit
 
 Also ``python -m sluice``. Every subcommand has ``--help``.
 """
@@ -25,7 +27,9 @@ from sluice.settings import (
     FlowSettings,
     FraudSettings,
     PersonalizeSettings,
+    ReviewSettings,
     SettingsError,
+    env_name,
     settings_table,
     update_readme_tables,
 )
@@ -34,6 +38,7 @@ FLOWS: dict[str, tuple[str, type[FlowSettings]]] = {
     "fraud": ("dataflows.fraud:from_env()", FraudSettings),
     "assistant": ("dataflows.assistant:from_env()", AssistantSettings),
     "personalize": ("dataflows.personalize:from_env()", PersonalizeSettings),
+    "review": ("dataflows.review:from_env()", ReviewSettings),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -76,8 +81,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(settings_table(cls, None if cls is FlowSettings else FlowSettings))
         return 0
     settings = cls.from_env()
+    secret = {env_name(f.name) for f in cls.settings_fields() if f.metadata.get("secret")}
     for name, value in settings.to_env().items():
-        print(f"{name}={value}")
+        print(f"{name}={'(set)' if name in secret and value else value}")
     return 0
 
 
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stack)
 
     demo = sub.add_parser("demo", help="a workflow end to end on a local stack").add_subparsers(
-        dest="demo", required=True, metavar="{fraud,assistant,personalize}"
+        dest="demo", required=True, metavar="{fraud,assistant,personalize,review}"
     )
     p = demo.add_parser("fraud", help="stack, model, profiles, the fraud flow, 200k events, a summary")
     _transaction_arguments(p, count=200_000, rate=10_000, malformed=0.0005)
@@ -163,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = demo.add_parser("assistant", help="stack, corpus, the assistant flow, a scripted conversation")
     p.add_argument("--generate", action="store_true", help="LLM answers (checked against the passages) even on a CPU")
     p.set_defaults(fn=_lazy("sluice.local.demo_assistant"))
+    add_review_demo(demo)
 
     produce = sub.add_parser("produce", help="send data to Kafka or Redis").add_subparsers(
         dest="what", required=True, metavar="{transactions,profiles,corpus,shop}"
@@ -195,7 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-llm", help="convert the SmolLM2 GGUF to safetensors once (the assistant's LLM)")
     p.set_defaults(fn=cmd_convert_llm)
+    add_review_commands(sub)
     return parser
+
+
+def add_review_demo(demo: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = demo.add_parser("review", help="stack, fraud + review flows, the reviewer web app, traffic; prints logins")
+    p.add_argument("--rate", type=float, default=300, help="transactions per second, open-loop")
+    p.add_argument("--port", type=int, default=8700, help="the web app's port")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: at Ctrl-C)")
+    p.add_argument("--sla-s", type=float, default=300, help="SLA of every step in the demo policy")
+    p.set_defaults(fn=_lazy("sluice.local.demo_review"))
+
+
+def add_review_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sluice import review_tools
+
+    review_tools.add_arguments(sub.add_parser("review", help="the reviewer web app, reviewers' credentials, policies"))
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="{verify}"
+    )
+    p = audit.add_parser(
+        "verify", help="re-read a hash-chained topic; report the first changed/removed/reordered record"
+    )
+    p.add_argument("--topic", default="", help="default: $SLUICE_AUDIT_TOPIC (audit)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to read each partition to its end")
+    p.set_defaults(fn=_lazy("sluice.audit"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

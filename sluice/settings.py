@@ -438,3 +438,106 @@ class PersonalizeSettings(FlowSettings):
     def topics(self) -> dict[str, int]:
         single = {self.rules_topic: 1, self.catalog_changes_topic: 1}
         return super().topics() | {self.heldout_topic: self.topic_partitions} | single
+
+
+# --- Review chains (human in the loop): dataflows/review.py and the reviewer web app (sluice/review_web) ---
+
+DEVELOPMENT_TOKEN_KEY = b"sluice-development-token-key-not-for-production"
+MIN_SECRET_CHARS = 32
+
+
+def _secret(doc: str) -> Any:
+    """A setting that holds a secret: empty by default, never printed by ``sluice settings``."""
+    return field(default="", metadata={**setting("", doc).metadata, "secret": True})
+
+
+def _optional_topic(name: str) -> None:
+    if name:
+        _topic(name)
+
+
+def _port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError("a TCP port is 1-65535")
+
+
+@dataclass(frozen=True)
+class ReviewSettings(FlowSettings):
+    """Runtime configuration of the review chain flow (:mod:`dataflows.review`) and of the reviewer
+    web app (``sluice review serve``)."""
+
+    broker_profile: str = setting(
+        "throughput", "client batching and fetching: people wait seconds, so fewer, fuller fetches spare the broker",
+        choices=tuple(PROFILES),
+    )  # fmt: skip
+    decisions_topic: str = setting("fraud-decisions", "the fraud flow's decisions in", check=_topic)
+    decisions_start_from: str = setting(
+        "", "where fraud decisions start without a checkpoint (empty: like START_FROM)", check=_optional_start
+    )
+    verdicts_topic: str = setting("review-verdicts", "reviewers' verdicts in (the web app writes them)", check=_topic)
+    policies_topic: str = setting("review-policies", "versioned chain policies in (one partition)", check=_topic)
+    cases_topic: str = setting(
+        "review-cases", "case snapshots out: opened, each verdict, escalation, close", check=_topic
+    )
+    rejections_topic: str = setting("review-rejections", "refused verdicts out, with the reason", check=_topic)
+    final_decisions_topic: str = setting("final-decisions", "one final decision per case out", check=_topic)
+    audit_topic: str = setting("audit", "hash-chained audit records out", check=_topic)
+    rationale_topic: str = setting(
+        "", "optional: model rationales keyed by event id, shown on case pages (empty: none)", check=_optional_topic
+    )
+    dlq_topic: str = setting("review-dead-letters", "dead-letter topic", check=_topic)
+    exactly_once: bool = setting(True, "transactional output, one transaction per epoch (needs -r)")
+    transactional_id_prefix: str = setting(
+        "sluice-review", "prefix of the transactional ids (one per output partition)"
+    )
+    review_decline_above: float = setting(500.0, "declines of at least this amount also go to people", minimum=0.0)
+    review_policy_file: str = setting("", "policy used until one is published (empty: the built-in policy)")
+    review_history_size: int = setting(10, "earlier decisions of the card shown on a case (0: none)", minimum=0)
+    review_history_idle_s: float = setting(86_400.0, "a card's history is forgotten after this idle time", minimum=1.0)
+    review_closed_retention_s: float = setting(
+        7 * 86_400.0, "a closed case is remembered this long (late verdicts are told it is closed)", minimum=1.0
+    )
+    review_token_key: str = _secret("key of the card tokens (HMAC); at least 32 characters in production")
+    review_production: bool = setting(False, "refuse development defaults: token key, session secret, credentials")
+    review_session_secret: str = _secret("key that signs reviewers' session cookies (at least 32 characters)")
+    review_credentials_file: str = setting("", "reviewers' hashed credentials (`sluice review add-reviewer`)")
+    review_host: str = setting("127.0.0.1", "address the web app listens on")
+    review_port: int = setting(8700, "port the web app listens on", check=_port)
+    review_session_hours: float = setting(8.0, "a sign-in lasts this long", minimum=0.01)
+
+    def input_topics(self) -> list[str]:
+        return [self.decisions_topic, self.verdicts_topic, self.policies_topic]
+
+    def output_topics(self) -> list[str]:
+        return [
+            self.cases_topic,
+            self.rejections_topic,
+            self.final_decisions_topic,
+            self.audit_topic,
+            self.dlq_topic,
+        ]
+
+    def topics(self) -> dict[str, int]:
+        extra = {self.rationale_topic: self.topic_partitions} if self.rationale_topic else {}
+        return super().topics() | {self.policies_topic: 1} | extra
+
+    def with_own_topics(self, tag: str) -> ReviewSettings:
+        """These settings with every topic the review chain owns, and its transactional ids, suffixed by
+        ``-tag`` (tests, benchmarks, a second chain beside the first); the fraud decisions it reads are kept."""
+        import dataclasses
+
+        owned = [f.name for f in self.settings_fields() if f.name.endswith("_topic") and f.name != "decisions_topic"]
+        renamed: dict[str, Any] = {name: f"{getattr(self, name)}-{tag}" for name in owned if getattr(self, name)}
+        return dataclasses.replace(self, transactional_id_prefix=f"{self.transactional_id_prefix}-{tag}", **renamed)
+
+    def token_key(self) -> bytes:
+        """The card-token key; a development key (with a warning) unless in production."""
+        if len(self.review_token_key) >= MIN_SECRET_CHARS:
+            return self.review_token_key.encode()
+        if self.review_production or self.review_token_key:
+            raise SettingsError(
+                f"SLUICE_REVIEW_TOKEN_KEY must hold at least {MIN_SECRET_CHARS} characters"
+                + (" (SLUICE_REVIEW_PRODUCTION=1)" if self.review_production else "")
+            )
+        log.warning("SLUICE_REVIEW_TOKEN_KEY is not set: card tokens use the development key")
+        return DEVELOPMENT_TOKEN_KEY

@@ -159,6 +159,28 @@ def read_to_end(
         consumer.close()
 
 
+def last_record(conn: KafkaConnection, topic: str, partition: int, timeout_s: float = 30.0) -> Message | None:
+    """The last committed record of ``topic[partition]`` (None when it has none).
+
+    Reads backwards in growing steps from the listed high watermark: the last
+    offsets may be transaction markers, which hold no record.
+    """
+    consumer = reader(conn, "sluice-last-record")
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    finally:
+        consumer.close()
+    back = 1
+    while True:
+        start = max(low, high - back)
+        msgs, _ = read_to_end(conn, topic, {partition: start}, timeout_s)
+        if msgs:
+            return msgs[-1]
+        if start <= low:
+            return None
+        back *= 8
+
+
 def read_all(conn: KafkaConnection, topic: str, timeout_s: float = 30.0) -> list[Message]:
     """Every committed message currently in ``topic`` (all partitions), read to the end."""
     return read_to_end(conn, topic, dict.fromkeys(list_partitions(conn, topic), 0), timeout_s)[0]

@@ -23,13 +23,15 @@ def kafka_output(
     *,
     exactly_once: bool = False,
     transactional_id_prefix: str = "sluice",
+    chained_topics: Iterable[str] = (),
 ) -> None:
     """Write records to ``topics`` (every record's topic must be one of them).
 
     Records without a partition go to ``crc32(key) % partitions``. At-least-once:
     nothing a checkpoint counted is lost (:mod:`operators.kafka.sink`).
     ``exactly_once``: one transaction per epoch, records need a ``sluice.id``
-    header (:mod:`operators.kafka.transactional`).
+    header (:mod:`operators.kafka.transactional`). Records of ``chained_topics`` are
+    hash-chained per partition as they are written (:mod:`state.hash_chain`).
 
     ```python
     kafka_output("out", decisions, settings.connection(), ["fraud-decisions", "dead-letters"])
@@ -37,7 +39,8 @@ def kafka_output(
     """
     topics = list(topics)
     routed = op.map("route", up, Partitioner(lambda topic: len(list_partitions(connection, topic))))
+    chained = list(chained_topics)
     if exactly_once:
-        op.output("write", routed, TransactionalKafkaSink(connection, topics, transactional_id_prefix))
+        op.output("write", routed, TransactionalKafkaSink(connection, topics, transactional_id_prefix, chained))
     else:
-        op.output("write", routed, KafkaProducerSink(connection, topics))
+        op.output("write", routed, KafkaProducerSink(connection, topics, chained_topics=chained))

@@ -15,6 +15,11 @@ never losses). One producer serves every partition a process owns.
 
 The transactional variant (:mod:`operators.kafka.transactional`) uses the same
 partitioning and adds one transaction per epoch for exactly-once output.
+
+Chained topics (``chained_topics``): each record written to one of them gets
+hash-chain headers (:mod:`state.hash_chain`) as the sink partition writes it,
+continuing from the last record already in the Kafka partition, so the chain
+follows the partition's real order across restarts, replays and rescaling.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from typing import Any, Generic, TypeVar
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.kafka.admin import list_partitions, log
+from operators.kafka.admin import last_record, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import KafkaRecord
 from operators.lifecycle import fail
+from state.hash_chain import ChainHead, Link
 
 S = TypeVar("S")
 Routed = tuple[str, KafkaRecord]  # ("topic:partition", record)
@@ -92,14 +98,47 @@ class Partitioner:
         return names[part], rec
 
 
-class TopicPartitionedSink(FixedPartitionedSink[KafkaRecord, S], Generic[S]):
-    """One sink partition per ``topic:partition`` of ``topics``; items are ``(\"topic:partition\", record)``."""
+class Sealer:
+    """Adds hash-chain headers to the records of one chained partition, in write order.
 
-    def __init__(self, connection: KafkaConnection, topics: Iterable[str]) -> None:
+    >>> sealer = Sealer(ChainHead(None))
+    >>> [name for name, _ in sealer.seal([KafkaRecord("audit", b"k", b"{}")])[0].headers]
+    ['chain.seq', 'chain.prev', 'chain.hash']
+    """
+
+    def __init__(self, head: ChainHead) -> None:
+        self.head = head
+
+    @classmethod
+    def continuing(cls, conn: KafkaConnection, topic: str, partition: int) -> Sealer:
+        """A sealer that extends the chain of the partition's last record."""
+        last = last_record(conn, topic, partition)
+        return cls(ChainHead(Link.from_headers(last.headers()) if last is not None else None))
+
+    def seal(self, items: list[KafkaRecord]) -> list[KafkaRecord]:
+        out = []
+        for rec in items:
+            link = self.head.seal(rec.key, rec.value)
+            out.append(KafkaRecord(rec.topic, rec.key, rec.value, [*rec.headers, *link.headers()], rec.partition))
+        return out
+
+
+class TopicPartitionedSink(FixedPartitionedSink[KafkaRecord, S], Generic[S]):
+    """One sink partition per ``topic:partition`` of ``topics``; items are ``(\"topic:partition\", record)``.
+    Records of ``chained_topics`` are hash-chained per partition (see the module docstring)."""
+
+    def __init__(self, connection: KafkaConnection, topics: Iterable[str], chained_topics: Iterable[str] = ()) -> None:
         self._connection = connection
         self._topics = sorted(set(topics))
+        self._chained = frozenset(chained_topics)
+        if not self._chained <= set(self._topics):
+            raise ValueError(f"chained topics {sorted(self._chained - set(self._topics))} are not output topics")
         self._parts: list[str] | None = None
         self._index: dict[str, int] = {}
+
+    def sealer(self, topic: str, partition: int) -> Sealer | None:
+        """The partition's sealer when its topic is chained (built once its earlier records are settled)."""
+        return Sealer.continuing(self._connection, topic, partition) if topic in self._chained else None
 
     def list_parts(self) -> list[str]:
         if self._parts is None:
@@ -154,12 +193,17 @@ class _SharedProducer:
 
 
 class _AtLeastOncePartition(StatefulSinkPartition[KafkaRecord, None]):
-    def __init__(self, shared: _SharedProducer, partition: int, flush_timeout_s: float) -> None:
+    def __init__(
+        self, shared: _SharedProducer, partition: int, flush_timeout_s: float, sealer: Sealer | None = None
+    ) -> None:
         self._shared = shared
         self._partition = partition
         self._flush_timeout_s = flush_timeout_s
+        self._sealer = sealer
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
+        if self._sealer is not None:
+            items = self._sealer.seal(items)
         try:
             self._shared.raise_if_failed()
             produce_all(self._shared.producer, items, self._shared.on_delivery, self._partition)
@@ -185,11 +229,22 @@ class KafkaProducerSink(TopicPartitionedSink[None]):
     >>> sink = KafkaProducerSink(KafkaConnection("127.0.0.1:9092"), ["fraud-decisions"])
     """
 
-    def __init__(self, connection: KafkaConnection, topics: Iterable[str], flush_timeout_s: float = 30.0) -> None:
-        super().__init__(connection, topics)
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topics: Iterable[str],
+        flush_timeout_s: float = 30.0,
+        chained_topics: Iterable[str] = (),
+    ) -> None:
+        super().__init__(connection, topics, chained_topics)
         self._config = connection.producer_config(logger=log)
         self._flush_timeout_s = flush_timeout_s
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _AtLeastOncePartition:
-        partition = int(for_part.rpartition(":")[2])
-        return _AtLeastOncePartition(_SharedProducer.get(self._config), partition, self._flush_timeout_s)
+        topic, _, partition = for_part.rpartition(":")
+        return _AtLeastOncePartition(
+            _SharedProducer.get(self._config),
+            int(partition),
+            self._flush_timeout_s,
+            self.sealer(topic, int(partition)),
+        )

@@ -28,11 +28,17 @@ On a broker that does not hide aborted records from read_committed readers
 (Tansu 0.6 lists no aborted transactions), an aborted record stays visible; the
 resume scan sees it too and does not write it again, so readers of that broker
 still see each input once.
+
+A chained topic's partition (:class:`operators.kafka.sink.Sealer`) continues its
+hash chain from the last record a reader can see after the fencing: on Kafka the
+aborted records are gone and the replay writes them again as the next links; on
+Tansu they stay, are skipped on replay, and the chain continues after them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bytewax.outputs import StatefulSinkPartition
@@ -41,7 +47,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from operators.kafka.admin import log, read_to_end
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
-from operators.kafka.sink import DeliveryFailed, TopicPartitionedSink, produce_all
+from operators.kafka.sink import DeliveryFailed, Sealer, TopicPartitionedSink, produce_all
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,13 @@ class SkipList:
 
 class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]):
     def __init__(
-        self, conn: KafkaConnection, topic: str, partition: int, transactional_id: str, resume: PartitionState | None
+        self,
+        conn: KafkaConnection,
+        topic: str,
+        partition: int,
+        transactional_id: str,
+        resume: PartitionState | None,
+        chain: Callable[[], Sealer | None] = lambda: None,
     ):
         self.topic, self.partition = topic, partition
         config = conn.producer_config(**{"transactional.id": transactional_id, "linger.ms": 5, "logger": log})
@@ -114,6 +126,7 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
                 partition,
                 len(skip),
             )
+        self._sealer = chain()  # after the fencing: the chain continues from what stays in the partition
         self._in_txn = False
         self._errors: list[str] = []
 
@@ -127,6 +140,8 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
         items = self._skip.fresh(items)
         if not items:
             return
+        if self._sealer is not None:
+            items = self._sealer.seal(items)
         if not self._in_txn:
             self._producer.begin_transaction()
             self._in_txn = True
@@ -154,11 +169,24 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
 class TransactionalKafkaSink(TopicPartitionedSink[PartitionState]):
     """Exactly-once sink for ``(\"topic:partition\", KafkaRecord)`` items; see the module docstring."""
 
-    def __init__(self, connection: KafkaConnection, topics: Iterable[str], transactional_id_prefix: str) -> None:
-        super().__init__(connection, topics)
+    def __init__(
+        self,
+        connection: KafkaConnection,
+        topics: Iterable[str],
+        transactional_id_prefix: str,
+        chained_topics: Iterable[str] = (),
+    ) -> None:
+        super().__init__(connection, topics, chained_topics)
         self._prefix = transactional_id_prefix
 
     def build_part(self, step_id: str, for_part: str, resume_state: PartitionState | None) -> _TransactionalPartition:
         topic, _, partition = for_part.rpartition(":")
         txn_id = f"{self._prefix}-{topic}-{partition}"
-        return _TransactionalPartition(self._connection, topic, int(partition), txn_id, resume_state)
+        return _TransactionalPartition(
+            self._connection,
+            topic,
+            int(partition),
+            txn_id,
+            resume_state,
+            functools.partial(self.sealer, topic, int(partition)),
+        )

@@ -1,0 +1,103 @@
+"""``sluice review ...``: serve the web app, manage reviewers' credentials, check and publish chain policies.
+
+sluice review serve
+sluice review add-reviewer --file reviewers.json --id ann --role analyst   # asks for the password
+sluice review policy check policy.json | publish policy.json | default
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+from models.review_policy import DEFAULT_POLICY, parse_policy
+from models.wire import InvalidEvent
+from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, log, require_topics
+from sluice.review_web.auth import CredentialsError, Reviewers
+from sluice.settings import ReviewSettings
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sluice.review_web.app import serve as run_server
+
+    settings = ReviewSettings.from_env()
+    try:
+        check_broker(settings.connection(), settings.connect_timeout_s)
+        return run_server(settings)
+    except (BrokerUnreachable, TopicsMissing) as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"password for {args.id}: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def add_reviewer(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        reviewers = Reviewers.load(path) if path.exists() else Reviewers()
+        reviewers.add(args.id, args.role, _password(args), args.name or "")
+    except (CredentialsError, ValueError) as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    reviewers.save(path)
+    print(f"{args.id} ({args.role}) saved in {path} ({len(reviewers)} reviewer(s))")
+    return 0
+
+
+def policy(args: argparse.Namespace) -> int:
+    if args.action == "default":
+        print(json.dumps(DEFAULT_POLICY, indent=1))
+        return 0
+    if not args.file:
+        print(f"sluice: error: `sluice review policy {args.action}` needs a policy file", file=sys.stderr)
+        return 2
+    raw = Path(args.file).read_bytes()
+    try:
+        parsed = parse_policy(raw)
+    except InvalidEvent as exc:
+        print(f"sluice: error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    chains = ", ".join(f"{c.name} ({' -> '.join(s.role for s in c.steps)})" for c in parsed.chains)
+    print(f"policy {parsed.version}: roles {' < '.join(parsed.roles)}; chains {chains}")
+    if args.action == "check":
+        return 0
+    settings = ReviewSettings.from_env()
+    require_topics(settings.connection(), [settings.policies_topic])
+    producer = Producer(settings.connection().producer_config(logger=log))
+    producer.produce(settings.policies_topic, key=b"policy", value=orjson.dumps(orjson.loads(raw)))
+    if producer.flush(10):
+        print("sluice: error: the policy was not delivered within 10 s", file=sys.stderr)
+        return 1
+    print(f"published to {settings.policies_topic}: applies to cases opened from now on")
+    return 0
+
+
+def add_arguments(review: argparse.ArgumentParser) -> None:
+    """The ``review`` subcommands."""
+    sub = review.add_subparsers(dest="review_command", required=True, metavar="{serve,add-reviewer,policy}")
+    p = sub.add_parser("serve", help="the reviewer web app (SLUICE_REVIEW_HOST:SLUICE_REVIEW_PORT)")
+    p.set_defaults(fn=serve)
+    p = sub.add_parser("add-reviewer", help="add or update a reviewer in a credentials file (scrypt-hashed)")
+    p.add_argument("--file", required=True, help="credentials file (created with mode 0600)")
+    p.add_argument("--id", required=True)
+    p.add_argument("--role", required=True, help="one of the policy's roles, e.g. analyst, senior, head")
+    p.add_argument("--name", default="", help="shown in the page header")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line)")
+    p.set_defaults(fn=add_reviewer)
+    p = sub.add_parser("policy", help="check or publish a chain policy, or print the built-in one")
+    p.add_argument("action", choices=["check", "publish", "default"])
+    p.add_argument("file", nargs="?", default="", help="policy JSON (check, publish)")
+    p.set_defaults(fn=policy)
