@@ -4,48 +4,63 @@
     python -m bytewax.run "dataflows.fraud:from_env()" -r .recovery -s 1 -b 0   # recoverable
     sluice run fraud -- -r .recovery -s 1 -b 0                              # the same
 
-transactions -> parse (bad -> DLQ) -> key by card -> sliding window features
-(duplicate ids -> DLQ; late and far-future events decided from the window without
-moving it, the latter also copied to the DLQ) -> Redis profiles (batched, cached,
-validated) -> micro-batched model -> rules -> fraud-decisions. Every decision
-lists in ``flags`` what it was made without (profile, store, in-order time). Configuration comes from ``SLUICE_*`` variables
-(:class:`sluice.settings.FraudSettings`); the flow is built by :func:`from_env`
-(importing this module loads no model).
+transactions -> parse (bad -> DLQ) -> key by card -> sliding window features and
+the card's last 32 events (duplicate ids -> DLQ; late and far-future events
+decided from the window without moving it, the latter also copied to the DLQ)
+-> Redis profiles (batched, cached, validated) -> **stage 1**: trees (or the
+MLP) score every event -> route: events in the uncertain band or with a fired
+rule go to **stage 2**, a GRU over the card's recent events; the rest are final
+-> rules and thresholds -> fraud-decisions, plus the feature log (the exact
+inputs of every decision) -> **stage 3**, off the decision path: a note for the
+analyst for every review and large decline (fraud-rationales).
+
+Models come from the registry (:mod:`models.registry`): each shard of stage 1
+pins the served version and looks for a newly promoted one at checkpoints only
+(:mod:`operators.versioned_batch`), so a promotion needs no restart, loses no
+event, and a crash mid-swap resumes on the version its checkpoint names. A
+shadowed candidate scores the same events into shadow-decisions. Every decision
+names the stages that ran, each model's version and score, and in ``flags``
+what it was made without (profile, store, in-order time). Configuration comes
+from ``SLUICE_*`` variables (:class:`sluice.settings.FraudSettings`); the flow is
+built by :func:`from_env` (importing this module loads no model).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
-from dataflows.runtime import flow_from_env
-from models.fraud_features import (
-    HIGH_RISK_COUNTRIES,
-    RISKY_CATEGORIES,
-    CardProfile,
-    feature_matrix,
-    feature_row,
-    local_hour,
-    parse_profile,
-)
-from models.fraud_model import FraudScorer, load_scorer
+from dataflows.runtime import flow_from_env, kafka_source
+from models.devices import pick_device
+from models.fraud_feature_log import feature_log_body
+from models.fraud_features import CardProfile, feature_matrix, feature_row, parse_profile, sequence_rows
+from models.fraud_model import FraudCascade, combine_scores, load_cascade
+from models.fraud_policy import Policy
+from models.fraud_rationale import Case, choose_notes, note_messages
+from models.registry import ModelRegistry
 from models.transaction import Transaction, parse_transaction
+from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.enrich import FetchMany, enrich_batch
 from operators.event_windows import Features, Windowed, WindowSpec, WindowStatus, sliding_features
 from operators.kafka.output import kafka_output
-from operators.kafka.records import KafkaRecord, SourceRecord
-from operators.kafka.source import KafkaPartitionSource
+from operators.kafka.records import Headers, KafkaRecord, SourceRecord
 from operators.microbatch import micro_batch
+from operators.routing import split_by_route
+from operators.versioned_batch import VersionedModels, versioned_batch
 from sluice.settings import FraudSettings
 from state.feature_store import FeatureStore, Unreadable
+
+RECENT_EVENTS = 32  # what the sequence model sees (models.fraud_features.SEQUENCE_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +73,7 @@ class CardEvent:
 
 @dataclass(frozen=True, slots=True)
 class EnrichedEvent:
-    """What the model step gets: the event, its window features and status, and the card's profile."""
+    """What stage 1 gets: the event, its window features, status and recent events, and the card's profile."""
 
     event: CardEvent
     features: Features
@@ -66,6 +81,7 @@ class EnrichedEvent:
     profile: CardProfile | None
     profile_problem: str | None  # why a profile that exists could not be used
     store_down: bool
+    recent: list[tuple[float, float, Any]] | None = None  # (time, amount, (category, country)), this event last
 
     def flags(self) -> list[str]:
         """Why this decision was made with less than the full picture (empty when it was not)."""
@@ -80,95 +96,251 @@ class EnrichedEvent:
             out.append("profile_missing")
         return out
 
-
-@dataclass(frozen=True)
-class Policy:
-    """Score thresholds and the rules that can raise a decision to review."""
-
-    decline_at: float = 0.9
-    review_at: float = 0.5
-    review_with_rule_at: float = 0.2
-    velocity_1m: int = 5
-    amount_multiple: float = 8.0
-
-    def rules(self, txn: Transaction, feats: Features, profile: CardProfile | None) -> list[str]:
-        """Names of the rules this event breaks."""
-        fired = []
-        home = (profile.home_country if profile else None) or txn.country
-        if feats[0] >= self.velocity_1m:
-            fired.append("velocity_burst")
-        if profile and txn.amount >= self.amount_multiple * profile.avg_amount:
-            fired.append("amount_far_above_usual")
-        if txn.country != home and txn.country in HIGH_RISK_COUNTRIES:
-            fired.append("high_risk_country")
-        if txn.merchant_category in RISKY_CATEGORIES and 0 <= local_hour(txn.event_time_ms, home) < 5:
-            fired.append("risky_category_at_night")
-        return fired
-
-    def decide(self, score: float, rules: Sequence[str]) -> str:
-        if score >= self.decline_at:
-            return "decline"
-        if score >= self.review_at or (rules and score >= self.review_with_rule_at):
-            return "review"
-        return "approve"
+    def sequence(self) -> np.ndarray:
+        """The stage-2 input: the card's recent events as the sequence model sees them."""
+        recent = [(t, v, e[0], e[1]) for t, v, e in self.recent or []]
+        return sequence_rows(recent, self.profile)
 
 
-@functools.cache
-def _scorer(model_path: str, device: str) -> FraudScorer:
-    return load_scorer(model_path, device)
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """An event after the stages that ran: its scores, the versions that made them, and the decision."""
+
+    item: EnrichedEvent
+    row: np.ndarray  # the stage-1 feature row, exactly as scored
+    rules: list[str]
+    version: str
+    stage1_kind: str
+    stage1: float
+    escalate: bool
+    stage2: float | None = None
+    sequence: np.ndarray | None = None
+    score: float = 0.0
+    decision: str = ""
 
 
-def score_batch(items: list[EnrichedEvent], settings: FraudSettings, policy: Policy) -> list[KafkaRecord]:
-    """Score a micro-batch with one model call and turn each result into a decision record."""
-    scorer = _scorer(settings.model_path, settings.device)
-    rows = [feature_row(e.event.txn, e.features, e.profile) for e in items]
-    scores = scorer.score(feature_matrix(rows))
+def _finish(s: Scored, policy: Policy, stage2: float | None = None, sequence: np.ndarray | None = None) -> Scored:
+    score = s.stage1 if stage2 is None else float(combine_scores(np.array([s.stage1]), np.array([stage2]))[0])
+    return Scored(
+        s.item, s.row, s.rules, s.version, s.stage1_kind, s.stage1, s.escalate, stage2, sequence, score,
+        policy.decide(score, s.rules),
+    )  # fmt: skip
+
+
+def stage1_batch(
+    cascade: FraudCascade | None, version: str | None, items: list[EnrichedEvent], policy: Policy
+) -> list[Scored]:
+    """Score a micro-batch with the pinned version's stage-1 model (one call) and mark what to escalate."""
+    assert cascade is not None and version is not None, "the served model is loaded before the flow starts"
+    rules = [policy.rules(e.event.txn, e.features, e.profile) for e in items]
+    rows = feature_matrix([feature_row(e.event.txn, e.features, e.profile) for e in items])
+    scores = cascade.stage1(rows).tolist()
+    band, kind = cascade.band, cascade.stage1_kind
+    return [
+        Scored(item, row, fired, version, kind, score, band.wants(score, bool(fired)))
+        for item, row, fired, score in zip(items, rows, rules, scores, strict=True)
+    ]
+
+
+def stage2_batch(served: VersionedModels[FraudCascade], items: list[Scored], policy: Policy) -> list[Scored]:
+    """Score escalated events with the sequence model of the version that scored their stage 1."""
+    out: list[Scored | None] = [None] * len(items)
+    by_version: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(items):
+        by_version[s.version].append(i)
+    for version, idx in by_version.items():
+        cascade = served.get(version)
+        assert cascade is not None
+        seqs = np.stack([items[i].item.sequence() for i in idx])
+        rows = np.stack([items[i].row for i in idx])
+        stage2 = cascade.stage2(seqs, rows, np.array([items[i].stage1 for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = _finish(items[i], policy, float(stage2[j]), seqs[j])
+    return [s for s in out if s is not None]
+
+
+def _decision_body(s: Scored) -> dict[str, Any]:
+    txn, feats, item = s.item.event.txn, s.item.features, s.item
+    stages = [s.stage1_kind] if s.stage2 is None else [s.stage1_kind, "gru"]
+    scores = {s.stage1_kind: round(s.stage1, 4)} | ({} if s.stage2 is None else {"gru": round(s.stage2, 4)})
+    body: dict[str, Any] = {
+        "event_id": txn.event_id,
+        "card_id": txn.card_id,
+        "decision": s.decision,
+        "score": round(s.score, 4),
+        "rules": s.rules,
+        "model_version": s.version,
+        "stages": stages,
+        "models": {kind: f"{s.version}/{kind}" for kind in stages},
+        "scores": scores,
+        "flags": item.flags(),
+        "profile_fallback": item.profile is None,
+        "feature_store_down": item.store_down,
+        "features": {
+            "count_1m": feats[0],
+            "count_1h": feats[2],
+            "distinct_1h": feats[4],
+            "secs_since_prev": feats[5],
+        },
+        # what the review chain (dataflows/review.py) needs to pick a chain without the transaction
+        "amount": txn.amount,
+        "country": txn.country,
+        "merchant_category": txn.merchant_category,
+        "event_time": txn.event_time_ms,
+        "sent_at": txn.sent_at_ms,
+    }
+    if item.profile_problem is not None:
+        body["profile_problem"] = item.profile_problem
+    return body
+
+
+def _headers(s: Scored, processed_at: bytes) -> Headers:
+    txn = s.item.event.txn
+    return [
+        *s.item.event.source.position.headers(),
+        ("event.id", txn.event_id.encode()),
+        ("event.time", str(txn.event_time_ms).encode()),
+        ("processed.at", processed_at),
+    ]
+
+
+def decision_records(batch: list[Scored], settings: FraudSettings) -> list[KafkaRecord]:
+    """Each decision, and its feature-log record when the log is on."""
     decided_ms = time.time() * 1000.0
     processed_at = str(int(decided_ms)).encode()
     out = []
-    for item, score in zip(items, scores.tolist(), strict=True):
-        txn, feats, profile = item.event.txn, item.features, item.profile
-        rules = policy.rules(txn, feats, profile)
-        decision = {
-            "event_id": txn.event_id,
-            "card_id": txn.card_id,
-            "decision": policy.decide(score, rules),
-            "score": round(score, 4),
-            "rules": rules,
-            "model_version": scorer.version,
-            "flags": item.flags(),
-            "profile_fallback": profile is None,
-            "feature_store_down": item.store_down,
-            "features": {
-                "count_1m": feats[0],
-                "count_1h": feats[2],
-                "distinct_1h": feats[4],
-                "secs_since_prev": feats[5],
-            },
-            "event_time": txn.event_time_ms,
-            "sent_at": txn.sent_at_ms,
-            "decided_at": decided_ms,
-            # what the review chain (dataflows/review.py) needs to pick a chain without the transaction
-            "amount": txn.amount,
-            "country": txn.country,
-            "merchant_category": txn.merchant_category,
-        }
-        if item.profile_problem is not None:
-            decision["profile_problem"] = item.profile_problem
-        out.append(
-            KafkaRecord(
-                topic=settings.decisions_topic,
-                key=txn.card_id.encode(),
-                value=orjson.dumps(decision),
-                headers=[
-                    *item.event.source.position.headers(),
-                    ("event.id", txn.event_id.encode()),
-                    ("event.time", str(txn.event_time_ms).encode()),
-                    ("processed.at", processed_at),
-                ],
+    for s in batch:
+        txn = s.item.event.txn
+        body = _decision_body(s)
+        body["decided_at"] = decided_ms
+        headers = _headers(s, processed_at)
+        out.append(KafkaRecord(settings.decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
+        if settings.features_topic:
+            logged = feature_log_body(
+                txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
-        )
+            out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, headers))
     return out
+
+
+# --- stage 3: notes for the analysts, off the decision path ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingNote:
+    """A case waiting for its note: the facts, and what the record needs."""
+
+    case: Case
+    card_id: str
+    decided_ms: float
+    headers: Headers
+
+
+def needs_note(s: Scored, settings: FraudSettings) -> bool:
+    """Reviews always get a note; declines when the amount is at least the configured one."""
+    return s.decision == "review" or (
+        s.decision == "decline" and s.item.event.txn.amount >= settings.rationale_min_decline_amount
+    )
+
+
+def pending_note(s: Scored, policy: Policy) -> PendingNote:
+    txn, item = s.item.event.txn, s.item
+    scores = ((s.stage1_kind, s.stage1),) + (() if s.stage2 is None else (("gru", s.stage2),))
+    recent = tuple((txn.event_time_s - t, v, e[0]) for t, v, e in (item.recent or [])[-6:-1])
+    case = Case(
+        event_id=txn.event_id,
+        decision=s.decision,
+        amount=txn.amount,
+        currency=txn.currency,
+        usual_amount=item.profile.avg_amount if item.profile else None,
+        merchant=txn.merchant_name or txn.merchant_id,
+        category=txn.merchant_category,
+        country=txn.country,
+        home_country=item.profile.home_country if item.profile else None,
+        signals=tuple(policy.explain(r, txn, item.features, item.profile) for r in s.rules),
+        scores=scores,
+        recent=recent,
+    )
+    headers = [*item.event.source.position.headers(), ("event.id", txn.event_id.encode())]
+    return PendingNote(case, txn.card_id, time.time() * 1000.0, headers)
+
+
+def note_records(batch: list[PendingNote], settings: FraudSettings, use_llm: bool) -> list[KafkaRecord]:
+    """Notes for a batch of cases: the LLM's where it passes the checks in time, the template's otherwise."""
+    from models.llm import plan_batch, shared_generator
+
+    cases = [p.case for p in batch]
+    generated: list[str | None] = [None] * len(batch)
+    model = "template"
+    if use_llm:
+        llm = shared_generator(settings.device)
+        model = llm.name
+        deadlines = [p.decided_ms / 1000.0 + settings.rationale_deadline_s for p in batch]
+        conversations = [note_messages(c) for c in cases]
+        rows, max_new = plan_batch(
+            deadlines, time.time(), llm.prompt_tokens(conversations), llm.speed, min_new=16, max_new=48
+        )
+        if rows:
+            texts = llm.generate([conversations[i] for i in rows], max_new, [deadlines[i] for i in rows])
+            for i, g in zip(rows, texts, strict=True):
+                generated[i] = None if g.truncated else g.text
+    out = []
+    written_ms = time.time() * 1000.0
+    for p, (note, source, problem) in zip(batch, choose_notes(cases, generated), strict=True):
+        body = {
+            "event_id": p.case.event_id,
+            "card_id": p.card_id,
+            "decision": p.case.decision,
+            "rationale": note,
+            "source": source,
+            "model": model if source == "llm" else "template",
+            "not_generated_because": problem,
+            "facts": p.case.facts(),
+            "decided_at": p.decided_ms,
+            "written_at": written_ms,
+        }
+        out.append(KafkaRecord(settings.rationales_topic, p.case.event_id.encode(), orjson.dumps(body), p.headers))
+    return out
+
+
+def use_llm_notes(settings: FraudSettings) -> bool:
+    """``auto`` writes LLM notes on a GPU only: on a CPU the LLM would take the cores the decisions need."""
+    if settings.rationale_mode == "auto":
+        return pick_device(settings.device).type == "cuda"
+    return settings.rationale_mode == "llm"
+
+
+# --- shadow scoring ----------------------------------------------------------------------------------------------
+
+
+def cascade_batch(cascade: FraudCascade, version: str, items: list[EnrichedEvent], policy: Policy) -> list[Scored]:
+    """Both stages in one call (the shadow's path, and tests): what the two steps of the flow compute."""
+    first = stage1_batch(cascade, version, items, policy)
+    up = [s for s in first if s.escalate]
+    if not up:
+        return [_finish(s, policy) for s in first]
+    seqs = np.stack([s.item.sequence() for s in up])
+    stage2 = cascade.stage2(seqs, np.stack([s.row for s in up]), np.array([s.stage1 for s in up]))
+    done = iter(_finish(s, policy, float(p), q) for s, p, q in zip(up, stage2, seqs, strict=True))
+    return [next(done) if s.escalate else _finish(s, policy) for s in first]
+
+
+def shadow_batch(
+    cascade: FraudCascade | None, version: str | None, items: list[EnrichedEvent], policy: Policy, topic: str
+) -> list[KafkaRecord | None]:
+    """The candidate's whole cascade on the same events (``None`` each when nothing is shadowed)."""
+    if cascade is None or version is None:
+        return [None] * len(items)
+    decided_ms = time.time() * 1000.0
+    out: list[KafkaRecord | None] = []
+    for s in cascade_batch(cascade, version, items, policy):
+        body = _decision_body(s) | {"decided_at": decided_ms, "shadow": True}
+        txn = s.item.event.txn
+        out.append(KafkaRecord(topic, txn.card_id.encode(), orjson.dumps(body), _headers(s, b"%d" % decided_ms)))
+    return out
+
+
+# --- wiring ------------------------------------------------------------------------------------------------------
 
 
 def profile_reader(settings: FraudSettings) -> FetchMany[str, CardProfile | Unreadable | None]:
@@ -181,6 +353,20 @@ def profile_reader(settings: FraudSettings) -> FetchMany[str, CardProfile | Unre
         parse=parse_profile,
     )
     return store.get_many
+
+
+def model_sources(settings: FraudSettings) -> tuple[VersionedModels[FraudCascade], VersionedModels[FraudCascade]]:
+    """The served and the shadowed versions, loaded on demand from the registry (one pair per process)."""
+    registry = ModelRegistry(settings.model_path)
+
+    def load(version: str) -> FraudCascade:
+        return load_cascade(registry.folder(version), settings.device, stage1=settings.stage1_model)
+
+    served = VersionedModels(registry.served, load, settings.model_check_s)
+    shadowed = VersionedModels(registry.candidate, load, settings.model_check_s)
+    if served.ready_version() is None:
+        raise FileNotFoundError(f"no served fraud model in {registry.root}: train one with `sluice train fraud`")
+    return served, shadowed
 
 
 def _card_of(item: tuple[str, Windowed[CardEvent]]) -> str:
@@ -198,9 +384,9 @@ def _enriched(
     w = item[1]
     assert w.features is not None, "duplicates are not scored"
     if isinstance(lookup, Unreadable):
-        return EnrichedEvent(w.event, w.features, w.status, None, lookup.reason, False)
+        return EnrichedEvent(w.event, w.features, w.status, None, lookup.reason, False, w.recent)
     # "store down" only for the events it left without a profile: cached profiles still served
-    return EnrichedEvent(w.event, w.features, w.status, lookup, None, down and lookup is None)
+    return EnrichedEvent(w.event, w.features, w.status, lookup, None, down and lookup is None, w.recent)
 
 
 def _is_duplicate(item: tuple[str, Windowed[CardEvent]]) -> bool:
@@ -221,20 +407,17 @@ def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
     return DeadLetter(reason, "window", w.event.source)
 
 
+def _card_id(x: EnrichedEvent | Scored) -> str:
+    return x.event.txn.card_id if isinstance(x, EnrichedEvent) else x.item.event.txn.card_id
+
+
 def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
     """The fraud dataflow for ``settings`` (see the module docstring)."""
-    _scorer(settings.model_path, settings.device)  # load now: a missing model fails at start, not mid-stream
-    conn = settings.connection()
+    served, shadowed = model_sources(settings)  # a missing model fails at start, not mid-stream
     flow = Dataflow(name)
-    source = KafkaPartitionSource(
-        conn,
-        [settings.transactions_topic],
-        start=settings.start_from,
-        tail=not settings.stop_at_end,
-        batch_size=settings.source_batch_size,
-        give_up_after_s=settings.outage_timeout_s,
+    records: Stream[SourceRecord] = op.input(
+        "transactions", flow, kafka_source(settings, settings.transactions_topic, settings.start_from)
     )
-    records: Stream[SourceRecord] = op.input("transactions", flow, source)
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
     windows = sliding_features(
         "window",
@@ -246,27 +429,63 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         idle_timeout=timedelta(seconds=settings.card_idle_timeout_s),
         id_getter=lambda ev: ev.txn.event_id,
         max_ahead=timedelta(seconds=settings.max_event_ahead_s),
+        extra_getter=lambda ev: (ev.txn.merchant_category, ev.txn.country),
+        recent=RECENT_EVENTS,
     )
     split = op.branch("duplicates", windows, _is_duplicate)
     enriched: Stream[EnrichedEvent] = enrich_batch(
         "profiles", split.falses, functools.partial(profile_reader, settings), _card_of, _enriched
     )
-    decisions = micro_batch(
-        "score",
-        enriched,
-        functools.partial(score_batch, settings=settings, policy=policy),
-        shard_key=lambda e: e.event.txn.card_id,
-        max_batch=settings.max_batch,
-        max_wait=timedelta(milliseconds=settings.max_wait_ms),
-        shards=settings.inference_shards,
+    max_wait = timedelta(milliseconds=settings.max_wait_ms)
+    shards = settings.inference_shards
+    stage1_fn = functools.partial(stage1_batch, policy=policy)
+    stage1 = versioned_batch("stage1", enriched, stage1_fn, served, _card_id, settings.max_batch, max_wait, shards)
+    routes = split_by_route("cascade", stage1, lambda s: "escalate" if s.escalate else "final", ["escalate", "final"])
+    stage2 = micro_batch(
+        "stage2",
+        routes["escalate"],
+        functools.partial(stage2_batch, served, policy=policy),
+        shard_key=_card_id,
+        max_batch=settings.stage2_max_batch,
+        max_wait=timedelta(milliseconds=settings.stage2_max_wait_ms),
+        shards=shards,
     )
+    final = op.map("stage1_final", routes["final"], functools.partial(_finish, policy=policy))
+    decided = op.merge("decided", final, stage2)
+    outputs = [op.flat_map_batch("decisions", decided, functools.partial(decision_records, settings=settings))]
+
+    shadow = versioned_batch(
+        "shadow",
+        op.filter("shadowing", enriched, lambda _: shadowed.ready_version() is not None),
+        functools.partial(shadow_batch, policy=policy, topic=settings.shadow_topic),
+        shadowed,
+        _card_id,
+        settings.max_batch,
+        max_wait,
+        shards,
+    )
+    outputs.append(op.filter_map("shadow_decisions", shadow, lambda r: r))
+
+    if settings.rationales_topic:
+        cases = op.map("case", op.filter("needs_note", decided, lambda s: needs_note(s, settings)),
+                       functools.partial(pending_note, policy=policy))  # fmt: skip
+        notes = async_micro_batch(
+            "rationale",
+            cases,
+            functools.partial(note_records, settings=settings, use_llm=use_llm_notes(settings)),
+            shard_key=lambda p: p.card_id,
+            max_batch=settings.rationale_max_batch,
+            max_wait=timedelta(milliseconds=50),
+        )
+        outputs.append(notes)
+
     for_inspection = op.merge("window_letters", split.trues, op.filter("ahead", split.falses, _is_ahead))
     dead = op.merge("dead", parsed.dead, op.map("window_dead", for_inspection, _window_letter))
-    dead_records = op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic))
+    outputs.append(op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic)))
     kafka_output(
         "out",
-        op.merge("all_out", decisions, dead_records),
-        conn,
+        op.merge("all_out", *outputs),
+        settings.connection(),
         settings.output_topics(),
         exactly_once=settings.exactly_once,
         transactional_id_prefix=settings.transactional_id_prefix,

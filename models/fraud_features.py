@@ -151,3 +151,37 @@ def feature_row(txn: Transaction, window: tuple[float, ...], profile: CardProfil
 
 def feature_matrix(rows: list[list[float]]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(-1, N_FEATURES)
+
+
+# The stage-2 sequence model's view of a card's recent events (oldest first, the current event last).
+SEQUENCE_LENGTH = 32
+SEQUENCE_FEATURES = ("log_amount", "log_amount_vs_usual", "log_gap", "risky_category", "high_risk_country", "foreign")
+RecentEvent = tuple[float, float, str, str]  # event time (s), amount, merchant category, country
+
+
+def sequence_rows(recent: list[RecentEvent], profile: CardProfile | None) -> np.ndarray:
+    """A card's last :data:`SEQUENCE_LENGTH` events as a ``(SEQUENCE_LENGTH, len(SEQUENCE_FEATURES))`` array,
+    left-padded with zeros (a padded step is all zeros; a real one has ``log_amount > 0``).
+
+    >>> m = sequence_rows([(0.0, 10.0, "grocery", "US"), (60.0, 500.0, "crypto", "NG")], None)
+    >>> m.shape, m[-1, 3:].tolist(), float(m[0].sum())
+    ((32, 6), [1.0, 1.0, 0.0], 0.0)
+    """
+    out = np.zeros((SEQUENCE_LENGTH, len(SEQUENCE_FEATURES)), dtype=np.float32)
+    events = recent[-SEQUENCE_LENGTH:]
+    avg = profile.avg_amount if profile is not None else DEFAULT_PROFILE["avg_amount"]
+    offset = SEQUENCE_LENGTH - len(events)
+    previous = None
+    for i, (t, amount, category, country) in enumerate(events):
+        home = (profile.home_country if profile is not None else None) or country
+        gap = 3600.0 if previous is None else min(max(t - previous, 0.0), 3600.0)
+        out[offset + i] = (
+            math.log1p(amount),
+            math.log(amount / max(avg, 0.01)),
+            math.log1p(gap),
+            float(category in RISKY_CATEGORIES),
+            float(country in HIGH_RISK_COUNTRIES),
+            float(country != home),
+        )
+        previous = t
+    return out

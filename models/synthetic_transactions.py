@@ -1,8 +1,11 @@
 """Seeded synthetic card transactions with realistic fraud patterns (training data and load).
 
-The stream mixes ordinary spending with four fraud patterns: velocity bursts on
+The stream mixes ordinary spending with five fraud patterns: velocity bursts on
 one card, purchases far from the card's home country, amounts far above the
-card's usual, and risky merchant categories at night (card-local time). The same
+card's usual, risky merchant categories at night (card-local time), and card
+testing: a few tiny online charges, then a purchase a few times the card's usual.
+The last one's evidence is in the *order* of events (the purchase alone looks
+like a generous but ordinary one), which is what the sequence model is for. The same
 seed always yields the same cards, events and labels, whatever the send rate.
 Training (:mod:`models.train_fraud`) and the load generator (``sluice produce
 transactions``) iterate the same stream.
@@ -38,7 +41,8 @@ HIGH_RISK = tuple(sorted(HIGH_RISK_COUNTRIES))
 CURRENCY = {"US": "USD", "GB": "GBP", "CA": "CAD", "BR": "BRL", "IN": "INR", "JP": "JPY", "AU": "AUD", "MX": "MXN"}
 NORMAL_CATEGORIES = ("grocery", "restaurant", "fuel", "retail", "travel", "online", "pharmacy", "entertainment")
 RISKY = tuple(sorted(RISKY_CATEGORIES))
-PATTERNS = ("velocity", "foreign", "amount_spike", "night_risky")
+PATTERNS = ("velocity", "foreign", "amount_spike", "night_risky", "card_testing")
+TESTED_PURCHASE = "card_testing_purchase"  # the purchase that follows a card's test charges
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
@@ -100,6 +104,7 @@ class TransactionStream:
         rng = random.Random(f"merchants-{seed}")
         self.merchants = [(f"m{i:05d}", rng.choice(NORMAL_CATEGORIES)) for i in range(3000)]
         self.risky_merchants = [(f"r{i:04d}", rng.choice(RISKY)) for i in range(200)]
+        self.online_merchants = [m for m in self.merchants if m[1] == "online"]
 
     def __iter__(self) -> Iterator[tuple[Transaction, str | None]]:
         """Yield ``(transaction, fraud pattern or None)`` forever."""
@@ -121,13 +126,22 @@ class TransactionStream:
             pattern = rng.choice(PATTERNS)
             if pattern == "night_risky" and not 0 <= local_hour(int(clock), card.home) < 5:
                 pattern = "amount_spike"
-            burst = rng.randint(6, 10) if pattern == "velocity" else rng.randint(1, 3)
             at = clock
-            for k in range(burst - 1):
-                at += rng.uniform(2_000, 8_000) if pattern == "velocity" else rng.uniform(20_000, 600_000)
-                heapq.heappush(pending, (at, seq * 16 + k, card, pattern))
+            for k, (gap, later) in enumerate(self._pattern_plan(rng, pattern)):
+                at += gap
+                heapq.heappush(pending, (at, seq * 16 + k, card, later))
             yield self._fraud_event(rng, seq, card, pattern, int(clock)), pattern
             seq += 1
+
+    @staticmethod
+    def _pattern_plan(rng: random.Random, pattern: str) -> list[tuple[float, str]]:
+        """The events that follow a pattern's first one: (gap before it in ms, its pattern)."""
+        if pattern == "velocity":
+            return [(rng.uniform(2_000, 8_000), pattern) for _ in range(rng.randint(5, 9))]
+        if pattern == "card_testing":
+            tests = [(rng.uniform(20_000, 120_000), pattern) for _ in range(rng.randint(1, 3))]
+            return [*tests, (rng.uniform(30_000, 300_000), TESTED_PURCHASE)]
+        return [(rng.uniform(20_000, 600_000), pattern) for _ in range(rng.randint(0, 2))]
 
     def _event_id(self, seq: int) -> str:
         return f"{self.seed}-{seq}"
@@ -158,6 +172,11 @@ class TransactionStream:
         elif pattern == "night_risky":
             merchant, category = rng.choice(self.risky_merchants)
             amount = card.avg_amount * rng.uniform(1.5, 5.0)
+        elif pattern == "card_testing":
+            merchant, category = rng.choice(self.online_merchants)
+            amount = rng.uniform(0.5, 2.0)
+        elif pattern == TESTED_PURCHASE:
+            amount = card.avg_amount * rng.uniform(2.0, 4.0)
         return self._txn(seq, card, amount, merchant, category, country, event_ms)
 
     def _txn(

@@ -29,6 +29,7 @@ class Transaction:
     country: str
     event_time_ms: int
     sent_at_ms: float
+    merchant_name: str | None = None  # free text from the merchant: data for people, never instructions
 
     @property
     def event_time_s(self) -> float:
@@ -41,19 +42,20 @@ class Transaction:
         ...     .to_json(sent_at_ms=5.0)).sent_at_ms
         5.0
         """
-        return orjson.dumps(
-            {
-                "event_id": self.event_id,
-                "card_id": self.card_id,
-                "amount": self.amount,
-                "currency": self.currency,
-                "merchant_id": self.merchant_id,
-                "merchant_category": self.merchant_category,
-                "country": self.country,
-                "event_time": self.event_time_ms,
-                "sent_at": self.sent_at_ms if sent_at_ms is None else sent_at_ms,
-            }
-        )
+        body = {
+            "event_id": self.event_id,
+            "card_id": self.card_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "merchant_id": self.merchant_id,
+            "merchant_category": self.merchant_category,
+            "country": self.country,
+            "event_time": self.event_time_ms,
+            "sent_at": self.sent_at_ms if sent_at_ms is None else sent_at_ms,
+        }
+        if self.merchant_name is not None:  # before sent_at: a sender stamps the time last
+            body = {"merchant_name": self.merchant_name} | body
+        return orjson.dumps(body)
 
 
 def _text(obj: dict[str, Any], name: str, max_len: int = 64) -> str:
@@ -63,6 +65,10 @@ def _text(obj: dict[str, Any], name: str, max_len: int = 64) -> str:
     if len(value) > max_len:
         raise InvalidEvent(f"field '{name}' is longer than {max_len} characters")
     return value
+
+
+def _optional_text(obj: dict[str, Any], name: str, max_len: int) -> str | None:
+    return None if obj.get(name) is None else _text(obj, name, max_len)
 
 
 def parse_transaction(raw: bytes | None) -> Transaction:
@@ -101,4 +107,5 @@ def parse_transaction(raw: bytes | None) -> Transaction:
         country=country,
         event_time_ms=event_time,
         sent_at_ms=float(sent_at),
+        merchant_name=_optional_text(obj, "merchant_name", 128),
     )

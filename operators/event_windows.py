@@ -13,7 +13,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -43,6 +43,7 @@ class Windowed(Generic[E]):
     event: E
     features: Features | None
     status: WindowStatus
+    recent: list[tuple[float, float, Any]] | None = None  # the key's latest (time, value, extra), this event last
 
 
 class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
@@ -55,10 +56,14 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         idle_timeout: timedelta,
         resume_state: WindowState | None,
         now_getter: Clock,
+        extra_getter: Callable[[E], Any] | None = None,
+        recent: int = 0,
     ) -> None:
         self.agg = SlidingAggregates(spec, resume_state)
         self.ts_getter, self.value_getter, self.tag_getter = getters
         self.id_getter = id_getter
+        self.extra_getter = extra_getter
+        self.recent = recent
         self.max_ahead_s = max_ahead.total_seconds() if max_ahead is not None else None
         self.idle_timeout = idle_timeout
         self.now = now_getter
@@ -66,22 +71,24 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
 
     def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
         agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
+        extra_of, n = self.extra_getter, self.recent
         now = self.now()
         horizon = now.timestamp() + self.max_ahead_s if self.max_ahead_s is not None else float("inf")
         out: list[Windowed[E]] = []
         for ev in values:
             t = ts(ev)
             event_id = ident(ev) if ident is not None else None
+            extra = extra_of(ev) if extra_of is not None else None
             if event_id is not None and agg.seen(event_id):
                 out.append(Windowed(ev, None, WindowStatus.DUPLICATE))
-            elif t > horizon:
-                out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.AHEAD))
-            else:
-                feats = agg.add(t, value(ev), tag(ev), event_id)
-                if feats is None:
-                    out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.LATE))
-                else:
-                    out.append(Windowed(ev, feats, WindowStatus.OK))
+                continue
+            feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
+            if feats is not None:
+                out.append(Windowed(ev, feats, WindowStatus.OK, agg.recent(t, n) if n else None))
+                continue
+            status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
+            recent = [*agg.recent(t, n - 1), (t, value(ev), extra)] if n else None  # as if it were there
+            out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent))
         self.expires_at = now + self.idle_timeout
         return out, StatefulBatchLogic.RETAIN
 
@@ -107,6 +114,8 @@ def sliding_features(
     id_getter: Callable[[E], Hashable] | None = None,
     max_ahead: timedelta | None = None,
     now_getter: Clock = utc_now,
+    extra_getter: Callable[[E], Any] | None = None,
+    recent: int = 0,
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
@@ -117,7 +126,9 @@ def sliding_features(
     than ``max_ahead`` after the clock): both get features computed from the events
     the window holds but do not move it, so one event dated 2035 cannot make every
     later real event late; ``duplicate`` (``id_getter`` gave an id already in the
-    window): not counted twice.
+    window): not counted twice. With ``recent`` > 0, each event also comes with the
+    key's last ``recent`` events ``(time, value, extra)`` (``extra_getter`` picks what is
+    kept of each), itself last: the input of a sequence model.
 
     A key whose events stop for ``idle_timeout`` (system time) is dropped, which
     keeps state bounded; a key with no events left inside ``spec.horizon_s`` gives
@@ -134,6 +145,8 @@ def sliding_features(
     getters = (ts_getter, value_getter, tag_getter)
 
     def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
-        return _SlidingLogic(spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter)
+        return _SlidingLogic(
+            spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter, extra_getter, recent
+        )
 
     return op.stateful_batch("aggregate", up, builder)

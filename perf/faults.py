@@ -40,7 +40,8 @@ import redis
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
-from models.fraud_model import load_scorer
+from models.fraud_model import load_cascade
+from models.registry import ModelRegistry
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, read_all
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     (REPORTS / f"faults-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(report, indent=1))
     if not wanted:
         healthy = next(o for o in outcomes if o.scenario == "healthy")
-        metrics = load_scorer(model).metrics
+        metrics = load_cascade(ModelRegistry(model).folder(ModelRegistry(model).served() or "")).metrics
         record(
             "faults",
             {

@@ -126,6 +126,11 @@ def _topic(name: str) -> None:
         raise ValueError("a Kafka topic name is 1-249 characters of letters, digits, '.', '_' and '-'")
 
 
+def _optional_topic(name: str) -> None:
+    if name:
+        _topic(name)
+
+
 def _start(spec: str) -> None:
     StartAt.parse(spec)
 
@@ -263,12 +268,39 @@ class FraudSettings(FlowSettings):
     )
     redis_timeout_ms: float = setting(500.0, "Redis socket timeout for profile lookups", minimum=1.0)
     transactional_id_prefix: str = setting("sluice-fraud", "prefix of the transactional ids (one per output partition)")
+    stage1_model: str = setting(
+        "best", "stage-1 model: gbt (trees), mlp, or best (what training found better)", choices=("best", "gbt", "mlp")
+    )
+    stage2_max_batch: int = setting(256, "stage-2 (sequence model) micro-batch size", minimum=1)
+    stage2_max_wait_ms: float = setting(2.0, "stage-2 micro-batch deadline", minimum=0.0)
+    model_check_s: float = setting(
+        2.0, "how often the flow looks for a newly promoted or shadowed model (swapped at a checkpoint)", minimum=0.0
+    )
+    features_topic: str = setting(
+        "fraud-features", "feature log: each decision's exact model inputs (empty: not logged)", check=_optional_topic
+    )
+    shadow_topic: str = setting("shadow-decisions", "decisions of the shadowed candidate model", check=_topic)
+    rationales_topic: str = setting(
+        "fraud-rationales", "analyst notes for reviews and large declines (empty: none)", check=_optional_topic
+    )
+    rationale_mode: str = setting(
+        "auto", "llm (checked, template when it fails), template, or auto (llm on a GPU, else template)",
+        choices=("auto", "llm", "template"),
+    )  # fmt: skip
+    rationale_min_decline_amount: float = setting(
+        500.0, "declines of at least this amount get a rationale (reviews always do)", minimum=0.0
+    )
+    rationale_deadline_s: float = setting(
+        5.0, "an LLM note not ready this long after its decision is replaced by the template note", minimum=0.1
+    )
+    rationale_max_batch: int = setting(16, "LLM rationale micro-batch size", minimum=1)
 
     def input_topics(self) -> list[str]:
         return [self.transactions_topic]
 
     def output_topics(self) -> list[str]:
-        return [self.decisions_topic, self.dlq_topic]
+        optional = [t for t in (self.features_topic, self.rationales_topic) if t]
+        return [self.decisions_topic, self.dlq_topic, self.shadow_topic, *optional]
 
     def topics(self) -> dict[str, int]:
         return super().topics() | {self.labels_topic: self.topic_partitions}
@@ -449,11 +481,6 @@ MIN_SECRET_CHARS = 32
 def _secret(doc: str) -> Any:
     """A setting that holds a secret: empty by default, never printed by ``sluice settings``."""
     return field(default="", metadata={**setting("", doc).metadata, "secret": True})
-
-
-def _optional_topic(name: str) -> None:
-    if name:
-        _topic(name)
 
 
 def _port(port: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 Features = tuple[float, ...]
 
@@ -50,7 +51,7 @@ class WindowSpec:
         return max([w for _, w in self.windows] + [self.distinct_window_s, self.gap_cap_s])
 
 
-WindowState = tuple[list[float], list[float], list[Hashable], list[Hashable], float]
+WindowState = tuple[list[float], list[float], list[Hashable], list[Hashable], list[Any], float]
 
 
 class SlidingAggregates:
@@ -67,10 +68,12 @@ class SlidingAggregates:
     ((2.0, 3.0, 4.0, 18.0, 3.0, 10.0), 100.0)
 
     Events may carry an id (``add(..., event_id=...)``); :meth:`seen` answers whether an
-    event with that id is still in the window, so a re-sent event is recognised.
+    event with that id is still in the window, so a re-sent event is recognised. They
+    may also carry an ``extra`` (any small value kept with the event), which
+    :meth:`recent` returns with the key's latest events, e.g. for a sequence model.
     """
 
-    __slots__ = ("spec", "times", "values", "tags", "ids", "newest", "keep_s", "_id_set")
+    __slots__ = ("spec", "times", "values", "tags", "ids", "extras", "newest", "keep_s", "_id_set")
 
     def __init__(self, spec: WindowSpec, state: WindowState | None = None):
         self.spec = spec
@@ -80,10 +83,12 @@ class SlidingAggregates:
             self.values: list[float] = []
             self.tags: list[Hashable] = []
             self.ids: list[Hashable] = []
+            self.extras: list[Any] = []
             self.newest = float("-inf")
         else:
-            times, values, tags, ids, self.newest = state
+            times, values, tags, ids, extras, self.newest = state
             self.times, self.values, self.tags, self.ids = list(times), list(values), list(tags), list(ids)
+            self.extras = list(extras)
         self._id_set = {i for i in self.ids if i is not None}
 
     def is_late(self, t: float) -> bool:
@@ -93,11 +98,13 @@ class SlidingAggregates:
         """Whether an event with this id is held (within the window's horizon)."""
         return event_id in self._id_set
 
-    def add(self, t: float, value: float, tag: Hashable, event_id: Hashable = None) -> Features | None:
+    def add(
+        self, t: float, value: float, tag: Hashable, event_id: Hashable = None, extra: Any = None
+    ) -> Features | None:
         """Add an event at ``t`` seconds; return its features, or None if it is late."""
         if self.is_late(t):
             return None
-        i = self._insert(t, value, tag, event_id)
+        i = self._insert(t, value, tag, event_id, extra)
         if t > self.newest:
             self.newest = t
         feats = self._features(t, i)
@@ -107,13 +114,25 @@ class SlidingAggregates:
     def peek(self, t: float, value: float, tag: Hashable) -> Features:
         """The features an event at ``t`` gets from the events held, without keeping it
         (for events that must not move the window: late, or dated too far ahead)."""
-        i = self._insert(t, value, tag, None)
+        i = self._insert(t, value, tag, None, None)
         try:
             return self._features(t, i)
         finally:
-            del self.times[i], self.values[i], self.tags[i], self.ids[i]
+            del self.times[i], self.values[i], self.tags[i], self.ids[i], self.extras[i]
 
-    def _insert(self, t: float, value: float, tag: Hashable, event_id: Hashable) -> int:
+    def recent(self, t: float, n: int) -> list[tuple[float, float, Any]]:
+        """The key's last ``n`` events at or before ``t`` as ``(time, value, extra)``, oldest first.
+
+        >>> agg = SlidingAggregates(WindowSpec())
+        >>> for t in (0.0, 10.0, 20.0): _ = agg.add(t, t + 1, "m", extra=f"x{t:g}")
+        >>> agg.recent(20.0, 2)
+        [(10.0, 11.0, 'x10'), (20.0, 21.0, 'x20')]
+        """
+        hi = bisect_right(self.times, t)
+        lo = max(0, hi - n)
+        return list(zip(self.times[lo:hi], self.values[lo:hi], self.extras[lo:hi], strict=True))
+
+    def _insert(self, t: float, value: float, tag: Hashable, event_id: Hashable, extra: Any) -> int:
         times = self.times
         if not times or t >= times[-1]:
             i = len(times)
@@ -121,12 +140,14 @@ class SlidingAggregates:
             self.values.append(value)
             self.tags.append(tag)
             self.ids.append(event_id)
+            self.extras.append(extra)
         else:
             i = bisect_right(times, t)
             times.insert(i, t)
             self.values.insert(i, value)
             self.tags.insert(i, tag)
             self.ids.insert(i, event_id)
+            self.extras.insert(i, extra)
         if event_id is not None:
             self._id_set.add(event_id)
         return i
@@ -151,8 +172,8 @@ class SlidingAggregates:
         if drop > 0:
             for event_id in self.ids[:drop]:
                 self._id_set.discard(event_id)
-            del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop]
+            del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.extras[:drop]
 
     def state(self) -> WindowState:
         """Copies of the key's events (a snapshot must not change when :meth:`add` runs later)."""
-        return (list(self.times), list(self.values), list(self.tags), list(self.ids), self.newest)
+        return (list(self.times), list(self.values), list(self.tags), list(self.ids), list(self.extras), self.newest)

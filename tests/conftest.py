@@ -27,9 +27,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model trained on a short generated stream (a few seconds)."""
+    """A real model (trees, MLP and GRU) trained on a generated stream (about a minute: the sequence model needs that much to learn)."""
     out = tmp_path_factory.mktemp("model")
-    train_main(["--events", "120000", "--seed", "3", "--out", str(out)])
+    train_main(["--events", "400000", "--seed", "3", "--out", str(out)])
     return out
 
 
@@ -45,6 +45,9 @@ def settings(stack: LocalStack, model_dir: Path) -> FraudSettings:
         decisions_topic=f"decisions-{tag}",
         dlq_topic=f"dlq-{tag}",
         labels_topic=f"labels-{tag}",
+        features_topic=f"features-{tag}",
+        shadow_topic=f"shadow-{tag}",
+        rationales_topic=f"rationales-{tag}",
         model_path=str(model_dir),
         topic_partitions=3,
     )

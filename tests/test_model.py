@@ -5,47 +5,92 @@ import pytest
 
 from models.devices import pick_device
 from models.fraud_features import FEATURE_NAMES, N_FEATURES, feature_row
-from models.fraud_model import load_scorer
-from models.train_fraud import build_dataset, roc_auc
+from models.fraud_model import Band, combine_scores, load_cascade
+from models.registry import ModelRegistry
+from models.train_fraud import build_dataset, pr_auc, roc_auc
 from tests.helpers import txn
 
 
-def test_trained_artifact_is_versioned_and_good(model_dir):
-    version = (model_dir / "LATEST").read_text().strip()
+def _served(model_dir):  # type: ignore[no-untyped-def]
+    return load_cascade(ModelRegistry(model_dir).folder(ModelRegistry(model_dir).served() or ""), device="cpu")
+
+
+def test_trained_artifact_has_every_model_its_metrics_and_its_provenance(model_dir):
+    version = ModelRegistry(model_dir).served()
+    assert version is not None
     folder = model_dir / version
-    metrics = json.loads((folder / "metrics.json").read_text())
+    for name in ("mlp.pt", "gbt.txt", "gru.pt", "schema.json", "metrics.json", "reference.json", "manifest.json"):
+        assert (folder / name).exists(), name
     schema = json.loads((folder / "schema.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert schema["features"] == list(FEATURE_NAMES)
-    assert metrics["roc_auc"] > 0.9 and metrics["recall"] > 0.6 and metrics["precision"] > 0.5
-    # trained with profiles dropped: without a profile the model still ranks fraud well
+    assert manifest["training_data"]["events"] > 100_000 and manifest["code_version"]
+    first, last = manifest["training_data"]["event_time_ms"]
+    assert first < last
+    # both stage-1 models are reported, and the better one is served
+    for kind in ("gbt", "mlp"):
+        assert metrics[f"{kind}_roc_auc"] > 0.9 and metrics[f"{kind}_pr_auc"] > 0.7
+        assert metrics[f"{kind}_us_per_event_batched"] > 0
+    best = schema["best_stage1"]
+    assert metrics[f"{best}_pr_auc"] == max(metrics["gbt_pr_auc"], metrics["mlp_pr_auc"])
+    # trained with profiles dropped: without a profile stage 1 still ranks fraud well
     assert metrics["no_profile_roc_auc"] > 0.9 and metrics["with_profile_roc_auc"] > 0.9
+    assert 0.0 < metrics["escalated_share"] < 0.1
+
+
+def test_the_sequence_model_improves_the_band_it_sees(model_dir):
+    """Stage 2 must earn its latency: on held-out events of the band, it ranks fraud better than stage 1."""
+    cascade = _served(model_dir)
+    data = build_dataset(60_000, seed=21, n_cards=3000)
+    s1 = cascade.stage1(data.rows)
+    band = np.array([cascade.band.wants(s, f) for s, f in zip(s1, data.rules_fired, strict=True)])
+    assert band.sum() > 300
+    s2 = cascade.stage2(data.sequences[band], data.rows[band], s1[band])
+    combined = combine_scores(s1[band], s2)
+    assert pr_auc(data.labels[band], combined) > pr_auc(data.labels[band], s1[band])
 
 
 def test_the_fallback_is_never_a_constant(model_dir):
     """Every event scored without its profile (Redis down, a new card): the scores still separate fraud."""
-    scorer = load_scorer(model_dir, device="cpu")
+    cascade = _served(model_dir)
     data = build_dataset(20_000, seed=12, n_cards=2000)
-    bare = scorer.score(data.without_profile)
+    assert data.without_profile is not None
+    bare = cascade.stage1(data.without_profile)
     assert np.std(bare) > 0.05 and len(np.unique(np.round(bare, 3))) > 100
     assert roc_auc(data.labels, bare) > 0.85
     assert 0.0 < float(np.mean(bare >= 0.9)) < 0.2  # neither "decline everything" nor "approve everything"
 
 
-def test_scorer_scores_a_batch_in_one_call(model_dir):
-    scorer = load_scorer(model_dir, device="auto")
-    assert scorer.device == pick_device("auto")
+@pytest.mark.parametrize("kind", ["gbt", "mlp"])
+def test_either_stage1_model_scores_a_batch_the_same_as_one_row_at_a_time(model_dir, kind):
+    folder = ModelRegistry(model_dir).folder(ModelRegistry(model_dir).served() or "")
+    cascade = load_cascade(folder, device="auto", stage1=kind)
+    assert cascade.device == pick_device("auto") and cascade.stage1_kind == kind
     data = build_dataset(20_000, seed=11, n_cards=2000)
-    x, y = data.with_profile, data.labels
-    scores = scorer.score(x)
-    assert scores.shape == (len(x),) and np.all((scores >= 0) & (scores <= 1))
-    assert roc_auc(y, scores) > 0.85  # unseen seed: it generalises
-    # one row scored alone equals the same row scored in a batch (within float noise)
-    assert abs(scorer.score(x[:1])[0] - scores[0]) < 1e-5
+    scores = cascade.stage1(data.rows)
+    assert scores.shape == (len(data.rows),) and np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc(data.labels, scores) > 0.85  # unseen seed: it generalises
+    # an event's score does not depend on its batch (trees: bit for bit; float64 matmuls: to 1e-12), so a
+    # replay after a crash reproduces its decision
+    alone = np.array([cascade.stage1(data.rows[i : i + 1])[0] for i in range(5)])
+    assert np.abs(alone - scores[:5]).max() <= (0 if kind == "gbt" else 1e-12)
+    seqs, rows = data.sequences[:64], data.rows[:64]
+    both = cascade.stage2(seqs, rows, scores[:64])
+    assert cascade.stage2(seqs[3:4], rows[3:4], scores[3:4])[0] == pytest.approx(both[3], abs=1e-12)
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
+def test_missing_model_and_unknown_stage1_are_clear_errors(tmp_path, model_dir):
     with pytest.raises(FileNotFoundError, match="sluice train fraud"):
-        load_scorer(tmp_path)
+        load_cascade(tmp_path)
+    with pytest.raises(ValueError, match="gbt, mlp or best"):
+        load_cascade(ModelRegistry(model_dir).folder(ModelRegistry(model_dir).served() or ""), stage1="xgb")
+
+
+def test_band_routes_uncertain_scores_and_fired_rules():
+    band = Band(0.2, 0.9)
+    assert [band.wants(s, False) for s in (0.1, 0.2, 0.5, 0.9)] == [False, True, True, False]
+    assert band.wants(0.01, True) and band.wants(0.99, True)
 
 
 def test_profile_fallback_sets_the_flag():

@@ -16,8 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.fraud import CardEvent, EnrichedEvent, Policy, score_batch
+from dataflows.fraud import (
+    CardEvent,
+    EnrichedEvent,
+    cascade_batch,
+    decision_records,
+    needs_note,
+    note_records,
+    pending_note,
+)
+from models.fraud_feature_log import parse_feature_log
 from models.fraud_features import parse_profile
+from models.fraud_model import FraudCascade, load_cascade
+from models.fraud_policy import Policy
 from models.transaction import parse_transaction
 from models.wire import InvalidEvent
 from operators.event_windows import WindowStatus
@@ -94,9 +105,14 @@ def fraud_settings(model_dir) -> FraudSettings:  # type: ignore[no-untyped-def]
     return replace(FraudSettings(), model_path=str(model_dir), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def cascade(model_dir) -> FraudCascade:  # type: ignore[no-untyped-def]
+    return load_cascade(model_dir / (model_dir / "LATEST").read_text().strip(), device="cpu")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(raw_values, profile_replies, st.booleans()), min_size=1, max_size=12))
-def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, cases):
+def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, cascade, cases):
     window = SlidingAggregates(WindowSpec())
     items: list[EnrichedEvent] = []
     for offset, (raw, reply, store_down) in enumerate(cases):
@@ -104,18 +120,30 @@ def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, c
             txn = parse_transaction(raw)
         except InvalidEvent:
             continue  # becomes a dead letter with its reason
-        feats = window.add(txn.event_time_s, txn.amount, txn.merchant_id, txn.event_id)
-        status = WindowStatus.OK
+        extra = (txn.merchant_category, txn.country)
+        feats = window.add(txn.event_time_s, txn.amount, txn.merchant_id, txn.event_id, extra)
+        status, recent = WindowStatus.OK, window.recent(txn.event_time_s, 32)
         if feats is None:
             feats, status = window.peek(txn.event_time_s, txn.amount, txn.merchant_id), WindowStatus.LATE
+            recent = [*window.recent(txn.event_time_s, 31), (txn.event_time_s, txn.amount, extra)]
         lookup = decode_reply(reply, parse_profile)
         problem = lookup.reason if isinstance(lookup, Unreadable) else None
         profile = None if isinstance(lookup, Unreadable) else lookup
         event = CardEvent(SourceRecord("tx", 0, offset, b"k", raw), txn)
-        items.append(EnrichedEvent(event, feats, status, profile, problem, store_down))
-    records = score_batch(items, fraud_settings, Policy()) if items else []
+        items.append(EnrichedEvent(event, feats, status, profile, problem, store_down, recent))
+    scored = cascade_batch(cascade, cascade.version, items, Policy()) if items else []
+    records = [r for r in decision_records(scored, fraud_settings) if r.topic == fraud_settings.decisions_topic]
     assert len(records) == len(items)
     for record in records:
         decision: dict[str, Any] = orjson.loads(record.value or b"")
         assert decision["decision"] in {"approve", "review", "decline"}
         assert isinstance(decision["score"], float) and math.isfinite(decision["score"])
+    logged = [
+        parse_feature_log(r.value)
+        for r in decision_records(scored, fraud_settings)
+        if r.topic != fraud_settings.decisions_topic
+    ]
+    assert [x.event_id for x in logged] == [s.item.event.txn.event_id for s in scored]
+    cases = [pending_note(s, Policy()) for s in scored if needs_note(s, fraud_settings)]
+    for note in note_records(cases, fraud_settings, use_llm=False):
+        assert orjson.loads(note.value or b"")["rationale"]

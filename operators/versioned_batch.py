@@ -1,0 +1,223 @@
+"""Micro-batching with a versioned resource (a model) that changes only at checkpoints: hot swap.
+
+A running flow must pick up a newly promoted model without a restart and
+without making its output depend on timing. Here each shard *pins* one version:
+every batch between two checkpoints is computed with it, and only at a
+checkpoint (``snapshot``) does the shard look for a newer one and switch. The
+pinned version is part of the snapshot, so after a crash the replayed epoch is
+computed with the version that was pinned when its checkpoint was taken: a
+``kill -9`` in the middle of a swap resumes on one consistent version, and the
+replayed decisions equal the ones the exactly-once sink aborted.
+
+Loading a model can take a while (hundreds of milliseconds for trees and
+networks), longer than a latency budget. :class:`VersionedModels` therefore
+loads a new version on a background thread and offers it to the shards only
+once it is ready: the swap itself costs nothing on the dataflow thread.
+
+A shard that sees no item in an epoch is not snapshotted by Bytewax, so it keeps
+its version until it next works; its output still names the version that made
+it. Versions stay loaded while any shard may use them (the last ``keep``
+versions), so a later step can ask for the version an item was scored with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import StatefulBatchLogic
+
+from operators.batching import BatchBuffer
+from operators.clock import Clock, utc_now
+from operators.microbatch import call_batch, per_shard
+
+X = TypeVar("X")
+Y = TypeVar("Y")
+M = TypeVar("M")
+
+VersionedState = tuple[list[X], str | None]  # buffered items, pinned version
+
+
+class VersionedModels(Generic[M]):
+    """Which version should be served (``current``), loaded ahead of use and cached by version.
+
+    ``current`` names the version to serve (it reads a registry pointer, say) and
+    is asked at most every ``check_every`` seconds; ``load`` builds the resource
+    for a version. ``None`` as a version means "nothing" (no shadow candidate):
+    :meth:`get` returns ``None`` for it.
+
+    >>> models = VersionedModels(lambda: "v1", lambda v: f"model {v}", check_every_s=0)
+    >>> models.ready_version(), models.get("v1")
+    ('v1', 'model v1')
+    """
+
+    def __init__(
+        self,
+        current: Callable[[], str | None],
+        load: Callable[[str], M],
+        check_every_s: float = 2.0,
+        keep: int = 3,
+        background: bool = True,
+    ) -> None:
+        self._current, self._load = current, load
+        self.check_every_s, self.keep = check_every_s, keep
+        self._loaded: OrderedDict[str, M] = OrderedDict()
+        self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._wanted: str | None = None
+        self._loading: Future[M] | None = None
+        self._loading_version: str | None = None
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-model-load") if background else None
+        )
+        self.load_errors: list[str] = []
+
+    def get(self, version: str | None) -> M | None:
+        """The resource for ``version``, loading it now if needed (a restored shard's version)."""
+        if version is None:
+            return None
+        with self._lock:
+            if version in self._loaded:
+                self._loaded.move_to_end(version)
+                return self._loaded[version]
+        model = self._load(version)
+        self._remember(version, model)
+        return model
+
+    def _remember(self, version: str, model: M) -> None:
+        with self._lock:
+            self._loaded[version] = model
+            self._loaded.move_to_end(version)
+            while len(self._loaded) > self.keep:
+                self._loaded.popitem(last=False)
+
+    def ready_version(self) -> str | None:
+        """The version to serve now, if it is loaded; otherwise the newest one that is (a swap waits for its
+        load). Looks at ``current`` at most every ``check_every_s``."""
+        now = time.monotonic()
+        if now - self._checked_at >= self.check_every_s:
+            self._checked_at = now
+            self._wanted = self._current()
+        wanted = self._wanted
+        if wanted is None:
+            return None
+        with self._lock:
+            if wanted in self._loaded:
+                return wanted
+            nothing_loaded = not self._loaded
+        if self._executor is None or nothing_loaded:  # the first version: nothing to serve meanwhile
+            self.get(wanted)
+            return wanted
+        self._start_loading(wanted)
+        with self._lock:
+            return next(reversed(self._loaded), None)
+
+    def _start_loading(self, version: str) -> None:
+        assert self._executor is not None
+        if self._loading is not None and self._loading_version == version:
+            if not self._loading.done():
+                return
+            error = self._loading.exception()
+            self._loading = None
+            if error is None:
+                return
+            self.load_errors.append(f"{version}: {error}")  # keep serving the old version; try again later
+            return
+        self._loading_version = version
+        self._loading = self._executor.submit(self._load_and_remember, version)
+
+    def _load_and_remember(self, version: str) -> M:
+        model = self._load(version)
+        self._remember(version, model)
+        return model
+
+
+class VersionedBatchLogic(StatefulBatchLogic[X, Y, VersionedState[X]]):
+    """One shard's buffer and pinned version."""
+
+    def __init__(
+        self,
+        fn: Callable[[M | None, str | None, list[X]], Sequence[Y]],
+        models: VersionedModels[M],
+        max_batch: int,
+        max_wait: timedelta,
+        resume: VersionedState[X] | None,
+        now_getter: Clock,
+    ) -> None:
+        self.fn, self.models, self.now = fn, models, now_getter
+        buffered, version = resume if resume is not None else ([], models.ready_version())
+        self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, buffered, now_getter())
+        self._pin(version)
+
+    def _pin(self, version: str | None) -> None:
+        self.version = version
+        self.model = self.models.get(version)
+
+    def _call(self, items: list[X]) -> list[Y]:
+        return call_batch(lambda xs: self.fn(self.model, self.version, xs), items)
+
+    def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
+        self.buffer.add(values, self.now())
+        out: list[Y] = []
+        while self.buffer.full():
+            out.extend(self._call(self.buffer.take()))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Y], bool]:
+        out: list[Y] = []
+        now = self.now()
+        while self.buffer.due(now):
+            out.extend(self._call(self.buffer.take()))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Y], bool]:
+        out: list[Y] = []
+        while len(self.buffer):
+            out.extend(self._call(self.buffer.take()))
+        return out, StatefulBatchLogic.DISCARD
+
+    def notify_at(self) -> datetime | None:
+        return self.buffer.deadline
+
+    def snapshot(self) -> VersionedState[X]:
+        ready = self.models.ready_version()
+        if ready != self.version:
+            self._pin(ready)  # the epoch boundary: items from here on, replayed or not, use the new version
+        return self.buffer.snapshot(), self.version
+
+
+@operator
+def versioned_batch(
+    step_id: str,
+    up: Stream[X],
+    fn: Callable[[M | None, str | None, list[X]], Sequence[Y]],
+    models: VersionedModels[M],
+    shard_key: Callable[[X], str],
+    max_batch: int = 256,
+    max_wait: timedelta = timedelta(milliseconds=5),
+    shards: int = 8,
+    now_getter: Clock = utc_now,
+) -> Stream[Y]:
+    """Run ``fn(model, version, batch)`` on micro-batches of ``up`` with the version pinned by each shard;
+    a newly served version is picked up at the next checkpoint (see the module docstring).
+
+    ```python
+    served = VersionedModels(registry.served, load_cascade)
+    scored = versioned_batch("stage1", events, score_stage1, served, lambda e: e.card_id)
+    ```
+    """
+    if max_batch < 1:
+        raise ValueError("max_batch must be >= 1")
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+
+    def builder(resume: VersionedState[X] | None) -> VersionedBatchLogic[X, Y]:
+        return VersionedBatchLogic(fn, models, max_batch, max_wait, resume, now_getter)
+
+    return per_shard(up, shard_key, shards, builder)
