@@ -110,6 +110,11 @@ class LabelBook:
         if decision in ("approve", "decline") and "event_id" in obj:
             self.verdicts[str(obj["event_id"])] = (decision == "decline", int(obj.get("decided_at", 0)))
 
+    def known_until(self) -> int | None:
+        """When the newest chargeback was reported: the chargeback stream, the slow one, is complete up to
+        about here (the default "as of" of a training run, on the events' clock)."""
+        return max(self.chargebacks.values(), default=None)
+
     def label(self, event_id: str, event_time_ms: int, as_of_ms: int, maturity_ms: int) -> float | None:
         """1.0 fraud, 0.0 legitimate, ``None`` not known yet as of ``as_of_ms``.
 

@@ -5,7 +5,8 @@
     sluice demo fraud | assistant | personalize | review
     sluice produce transactions | profiles | corpus | shop
     sluice replay list | backup | run
-    sluice train fraud
+    sluice train fraud [--from-log]
+    sluice model list | promote | rollback | shadow | unshadow | shadow-report
     sluice settings fraud [--markdown]
     sluice review serve | add-reviewer | policy
     sluice audit verify --topic audit
@@ -53,12 +54,17 @@ def _lazy(module: str, function: str = "run") -> Handler:
     return call
 
 
-def _transaction_arguments(parser: argparse.ArgumentParser, count: int, rate: float, malformed: float) -> None:
+def _transaction_arguments(
+    parser: argparse.ArgumentParser, count: int, rate: float, malformed: float, label_delay_s: float
+) -> None:
     parser.add_argument("--rate", type=float, default=rate, help="events per second, open-loop")
     parser.add_argument("--count", type=int, default=count)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cards", type=int, default=20_000)
     parser.add_argument("--malformed-rate", type=float, default=malformed, help="share of broken payloads (DLQ)")
+    parser.add_argument(
+        "--label-delay-s", type=float, default=label_delay_s, help="chargebacks arrive this long after their event"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -102,6 +108,10 @@ def cmd_produce_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_train_fraud(args: argparse.Namespace) -> int:
+    if args.from_log:
+        from sluice.model_lifecycle import cmd_train_from_log
+
+        return cmd_train_from_log(args)
     from models.train_fraud import main as train
 
     argv = ["--events", str(args.events), "--seed", str(args.seed)]
@@ -163,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="demo", required=True, metavar="{fraud,assistant,personalize,review}"
     )
     p = demo.add_parser("fraud", help="stack, model, profiles, the fraud flow, 200k events, a summary")
-    _transaction_arguments(p, count=200_000, rate=10_000, malformed=0.0005)
+    _transaction_arguments(p, count=200_000, rate=10_000, malformed=0.0005, label_delay_s=0.0)
     p.add_argument("--warmup-s", type=float, default=3.0, help="events sent in the first seconds are not timed")
     p.set_defaults(fn=_lazy("sluice.local.demo_fraud"))
     p = demo.add_parser("assistant", help="stack, corpus, the assistant flow, a scripted conversation")
@@ -175,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="what", required=True, metavar="{transactions,profiles,corpus,shop}"
     )
     p = produce.add_parser("transactions", help="synthetic card transactions, open-loop at a fixed rate")
-    _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0)
+    _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0, label_delay_s=600.0)
     p.set_defaults(fn=_lazy("sluice.local.transactions"))
     p = produce.add_parser("profiles", help="the synthetic cards' profiles into Redis")
     p.add_argument("--seed", type=int, default=7)
@@ -189,16 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _personalize_arguments(demo, produce)
 
-    from sluice import replay
+    from sluice import model_lifecycle, replay
 
     replay.add_arguments(sub.add_parser("replay", help="checkpoints, backups and backfills"))
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True, metavar="{fraud}")
-    p = train.add_parser("fraud", help="the fraud model, on generated transactions")
+    p = train.add_parser("fraud", help="the fraud cascade, on generated transactions or the feature log")
     p.add_argument("--events", type=int, default=400_000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", default=None, help="artifact folder (default: $SLUICE_MODEL_PATH)")
+    p.add_argument("--out", default=None, help="registry folder (default: $SLUICE_MODEL_PATH)")
+    model_lifecycle.add_train_from_log_arguments(p)
     p.set_defaults(fn=cmd_train_fraud)
+    model_lifecycle.add_arguments(sub.add_parser("model", help="the fraud model registry: list, promote, shadow"))
 
     p = sub.add_parser("convert-llm", help="convert the SmolLM2 GGUF to safetensors once (the assistant's LLM)")
     p.set_defaults(fn=cmd_convert_llm)

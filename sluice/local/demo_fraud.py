@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {version}; loaded {load_profiles(settings, args.seed, args.cards)} card profiles")
         flow.start()
         print(f"flow answering after {wait_until_deciding(settings, flow):.1f}s")
-        records = event_records(TransactionStream(args.seed, n_cards=args.cards), settings, args.malformed_rate)
+        stream = TransactionStream(args.seed, n_cards=args.cards)
+        records = event_records(stream, settings, args.malformed_rate, args.label_delay_s)
         collector = BackgroundCollector(
             connection=settings.connection(),
             topic=settings.decisions_topic,

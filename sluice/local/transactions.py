@@ -1,14 +1,16 @@
 """Send the synthetic transaction stream to Kafka, open-loop: ``sluice produce transactions``.
 
 Events go to the transactions topic keyed by card (one card's events stay in
-order on one partition); fraud labels go to the labels topic, which the flow
-never reads. The stream itself (cards, patterns, labels) is
+order on one partition); fraud labels go to the labels topic as chargebacks,
+late (``--label-delay-s`` on the events' clock); the flow never reads them, a
+retraining run does (``sluice train fraud --from-log``). The stream itself (cards, patterns, labels) is
 :class:`models.synthetic_transactions.TransactionStream`.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import random
 from collections.abc import Iterator
 
@@ -39,25 +41,30 @@ class PreparedEvent:
         return [KafkaRecord(self.topic, self.key, value), *self.extra]
 
 
-def prepare(txn: Transaction, pattern: str | None, settings: FraudSettings) -> PreparedEvent:
-    """The event (and, for fraud, its label record) ready to send."""
+def prepare(txn: Transaction, settings: FraudSettings, extra: list[KafkaRecord] | None = None) -> PreparedEvent:
+    """The event ready to send, with ``extra`` records (labels) sent alongside it."""
     key = txn.card_id.encode()
     head = txn.to_json(sent_at_ms=0.0)
     head = head[: head.rindex(b'"sent_at":') + len(b'"sent_at":')]
-    extra = []
-    if pattern is not None:
-        label = orjson.dumps({"event_id": txn.event_id, "fraud": True, "pattern": pattern})
-        extra.append(KafkaRecord(settings.labels_topic, key, label))
-    return PreparedEvent(settings.transactions_topic, key, head, extra)
+    return PreparedEvent(settings.transactions_topic, key, head, extra or [])
+
+
+def chargeback(txn: Transaction, pattern: str, reported_at_ms: int, settings: FraudSettings) -> KafkaRecord:
+    """The label of a fraudulent event, as a chargeback reported at ``reported_at_ms`` (event clock)."""
+    body = {"event_id": txn.event_id, "fraud": True, "pattern": pattern, "reported_at": reported_at_ms}
+    return KafkaRecord(settings.labels_topic, txn.event_id.encode(), orjson.dumps(body))
 
 
 def event_records(
-    stream: TransactionStream, settings: FraudSettings, malformed_rate: float = 0.0
+    stream: TransactionStream, settings: FraudSettings, malformed_rate: float = 0.0, label_delay_s: float = 0.0
 ) -> Iterator[PreparedEvent]:
-    """Record builders for the stream: the event, plus its label when it is fraud.
+    """Record builders for the stream: each event, and the labels that are due by its time.
 
-    A ``malformed_rate`` share of events is replaced by a broken payload (for DLQ demos);
-    those carry no label and expect no decision.
+    A fraudulent event's label is a chargeback reported ``label_delay_s`` after it
+    (on the events' clock): it is sent with the first event at or after that time,
+    so labels arrive late, as they do from card issuers (0: with the event itself).
+    A ``malformed_rate`` share of events is replaced by a broken payload (for DLQ
+    demos); those carry no label and expect no decision.
 
     >>> s = FraudSettings()
     >>> first = next(event_records(TransactionStream(7, n_cards=10), s))
@@ -65,12 +72,20 @@ def event_records(
     1234.5
     """
     rng = random.Random(f"malformed-{stream.seed}")
+    delay_ms = int(label_delay_s * 1000)
+    due: list[tuple[int, str, KafkaRecord]] = []  # heap of (reported at, event id, label)
     for txn, pattern in stream:
         if malformed_rate and rng.random() < malformed_rate:
             bad = b'{"event_id": "' + txn.event_id.encode() + b'", "amount": "lots"'
             yield PreparedEvent(settings.transactions_topic, b"malformed", bad, [])
-        else:
-            yield prepare(txn, pattern, settings)
+            continue
+        if pattern is not None:
+            reported = txn.event_time_ms + delay_ms
+            heapq.heappush(due, (reported, txn.event_id, chargeback(txn, pattern, reported, settings)))
+        labels = []
+        while due and due[0][0] <= txn.event_time_ms:
+            labels.append(heapq.heappop(due)[2])
+        yield prepare(txn, settings, labels)
 
 
 def sender(settings: FraudSettings) -> Producer:
@@ -82,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
     stream = TransactionStream(args.seed, n_cards=args.cards)
     report = send_open_loop(
-        sender(settings), event_records(stream, settings, args.malformed_rate), args.rate, args.count, progress=None
+        sender(settings),
+        event_records(stream, settings, args.malformed_rate, args.label_delay_s),
+        args.rate,
+        args.count,
+        progress=None,
     )
     print(
         f"sent {report.sent} events in {report.seconds:.1f}s ({report.rate:.0f}/s); "
