@@ -267,12 +267,12 @@ def pending_note(s: Scored, policy: Policy) -> PendingNote:
 
 def note_records(batch: list[PendingNote], settings: FraudSettings, use_llm: bool) -> list[KafkaRecord]:
     """Notes for a batch of cases: the LLM's where it passes the checks in time, the template's otherwise."""
-    from models.llm import plan_batch, shared_generator
-
     cases = [p.case for p in batch]
     generated: list[str | None] = [None] * len(batch)
     model = "template"
     if use_llm:
+        from models.llm import plan_batch, shared_generator  # transformers: imported only where notes are generated
+
         llm = shared_generator(settings.device)
         model = llm.name
         deadlines = [p.decided_ms / 1000.0 + settings.rationale_deadline_s for p in batch]
@@ -407,6 +407,10 @@ def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
     return DeadLetter(reason, "window", w.event.source)
 
 
+def _route(cascade: bool, s: Scored) -> str:
+    return "escalate" if cascade and s.escalate else "final"
+
+
 def _card_id(x: EnrichedEvent | Scored) -> str:
     return x.event.txn.card_id if isinstance(x, EnrichedEvent) else x.item.event.txn.card_id
 
@@ -440,7 +444,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
     shards = settings.inference_shards
     stage1_fn = functools.partial(stage1_batch, policy=policy)
     stage1 = versioned_batch("stage1", enriched, stage1_fn, served, _card_id, settings.max_batch, max_wait, shards)
-    routes = split_by_route("cascade", stage1, lambda s: "escalate" if s.escalate else "final", ["escalate", "final"])
+    routes = split_by_route("cascade", stage1, functools.partial(_route, settings.cascade), ["escalate", "final"])
     stage2 = micro_batch(
         "stage2",
         routes["escalate"],

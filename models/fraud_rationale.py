@@ -109,7 +109,7 @@ def template_note(case: Case) -> str:
     'Sent to review: paid in high-risk country NG (home US); 1240.00 USD at ACME (electronics), usual 85.00 USD; scores: trees 0.62, sequence 0.81.'
     """
     verb = {"review": "Sent to review", "decline": "Declined"}.get(case.decision, case.decision.capitalize())
-    why = "; ".join(case.signals) if case.signals else "the models' score"
+    why = "; ".join(case.signals) if case.signals else "no rule fired, the models' scores alone"
     usual = f", usual {_money(case.usual_amount, case.currency)}" if case.usual_amount is not None else ""
     payment = f"{_money(case.amount, case.currency)} at {safe_text(case.merchant)} ({case.category}){usual}"
     return f"{verb}: {why}; {payment}; scores: {_scores_text(case)}."

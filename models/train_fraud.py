@@ -383,14 +383,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-drop-rate", type=float, default=0.05, help="share of training events without a profile"
     )
-    parser.add_argument("--no-promote", action="store_true", help="register the new version without serving it")
+    parser.add_argument(
+        "--promote", action="store_true", help="serve the new version (default: only when none is served yet)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
     data = build_dataset(args.events, args.seed, args.cards, args.profile_drop_rate)
     source = {"kind": "synthetic", "seed": args.seed, "cards": args.cards, "profile_drop_rate": args.profile_drop_rate}
-    version, metrics = train_cascade(data, args.seed, resolve(args.out), source, promote=not args.no_promote)
-    print(f"trained {version} in {time.time() - started:.1f}s -> {resolve(args.out) / version}")
+    promote = args.promote or ModelRegistry(args.out).served() is None
+    version, metrics = train_cascade(data, args.seed, resolve(args.out), source, promote=promote)
+    state = "served" if promote else "registered, not served: `sluice model shadow|promote` it"
+    print(f"trained {version} in {time.time() - started:.1f}s -> {resolve(args.out) / version} ({state})")
     print(" ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict)))
     return 0
 
@@ -402,7 +406,7 @@ def ensure_trained(path: str | Path) -> str:
     if served is not None and served in registry.versions():
         return served
     print("no fraud model yet: training one")
-    main(["--out", str(resolve(path))])
+    main(["--out", str(resolve(path)), "--promote"])
     served = registry.served()
     assert served is not None
     return served

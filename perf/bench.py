@@ -16,7 +16,9 @@ import itertools
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -54,6 +56,9 @@ class RunConfig:
     max_batch: int = 256
     max_wait_ms: float = 5.0
     partitions: int = field(default_factory=lambda: DEFAULT_PARTITIONS)
+    env: dict[str, str] = field(default_factory=dict)  # SLUICE_* overrides for the system under test
+    # (name, seconds after sending starts, action): e.g. promoting a model mid-run
+    hooks: list[tuple[str, float, Callable[[], None]]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class RunResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     latency_over_time: list[tuple[float, float]] = field(default_factory=list)
+    marks_s: dict[str, float] = field(default_factory=dict)  # when each hook ran, on latency_over_time's clock
 
     @property
     def p99(self) -> float:
@@ -115,7 +121,7 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
     raw = [sys.executable, "-m", "perf.limit_raw"] if SYSTEMS[cfg.system] is None else None
     flow = FlowProcesses(
         SYSTEMS[cfg.system] or "",
-        settings.to_env(),
+        {**settings.to_env(), **cfg.env},
         processes=cfg.processes,
         workers=cfg.workers,
         log_dir=log_dir,
@@ -145,7 +151,13 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
                 "generator": [os.getpid()],
             }
         )
+        marks_ms: dict[str, float] = {}
+        timers = [threading.Timer(at_s, _mark, (marks_ms, name, action)) for name, at_s, action in cfg.hooks]
+        for timer in timers:
+            timer.start()
         sent = send_open_loop(sender(settings), iter(events), cfg.rate, count)
+        for timer in timers:
+            timer.join()
         got = collector.result(timeout_s=cfg.duration_s + cfg.warmup_s + 120)
         result.cpu_s = {**cpu.stop(), "collector": round(got.cpu_s, 2)}
         result.sent, result.decided, result.duplicates = sent.sent, len(got.by_event), got.duplicates
@@ -155,10 +167,16 @@ def run_one(cfg: RunConfig, model_path: str, log_dir: Path) -> RunResult:
         result.latency_ms = {k: round(v, 2) for k, v in got.latency_ms.items()}
         t0 = got.latency_over_time[0][0] if got.latency_over_time else 0
         result.latency_over_time = [(round((t - t0) / 1000, 3), round(lat, 2)) for t, lat in got.latency_over_time]
+        result.marks_s = {name: round((at - t0) / 1000, 3) for name, at in marks_ms.items()}
     finally:
         flow.stop()
         stack.stop()
     return result
+
+
+def _mark(marks_ms: dict[str, float], name: str, action: Callable[[], None]) -> None:
+    marks_ms[name] = time.time() * 1000
+    action()
 
 
 def describe(r: RunResult) -> str:
@@ -251,7 +269,9 @@ BENCHMARKS = {
 
 def to_json(obj: object) -> object:
     if isinstance(obj, RunResult):
-        return {**asdict(obj), "sustained_p99_35ms": obj.sustained()}
+        out = asdict(replace(obj, config=replace(obj.config, hooks=[])))
+        out["config"]["hooks"] = [(name, at_s) for name, at_s, _ in obj.config.hooks]
+        return {**out, "sustained_p99_35ms": obj.sustained()}
     if isinstance(obj, dict):
         return {k: to_json(v) for k, v in obj.items()}
     if isinstance(obj, list):

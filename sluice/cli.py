@@ -114,7 +114,7 @@ def cmd_train_fraud(args: argparse.Namespace) -> int:
         return cmd_train_from_log(args)
     from models.train_fraud import main as train
 
-    argv = ["--events", str(args.events), "--seed", str(args.seed)]
+    argv = ["--events", str(args.events), "--seed", str(args.seed)] + (["--promote"] if args.promote else [])
     if args.out:
         argv += ["--out", args.out]
     return train(argv)
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=400_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="registry folder (default: $SLUICE_MODEL_PATH)")
+    p.add_argument(
+        "--promote", action="store_true", help="serve the new version (default: only when none is served yet)"
+    )
     model_lifecycle.add_train_from_log_arguments(p)
     p.set_defaults(fn=cmd_train_fraud)
     model_lifecycle.add_arguments(sub.add_parser("model", help="the fraud model registry: list, promote, shadow"))

@@ -169,8 +169,9 @@ def cmd_train_from_log(args: argparse.Namespace) -> int:
         "maturity_s": args.maturity_s,
     }
     out = ModelRegistry(args.out or settings.model_path).root
-    version, metrics = train_cascade(data, args.seed, out, source, promote=args.promote)
-    print(f"trained {version} -> {out / version} ({'served' if args.promote else 'registered; not served'})")
+    promote = args.promote or ModelRegistry(out).served() is None
+    version, metrics = train_cascade(data, args.seed, out, source, promote=promote)
+    print(f"trained {version} -> {out / version} ({'served' if promote else 'registered; not served'})")
     print(" ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict)))
     return 0
 
@@ -205,4 +206,3 @@ def add_train_from_log_arguments(p: argparse.ArgumentParser) -> None:
         "--as-of-ms", type=int, default=0, help="labels known by this time only (default: the newest label's time)"
     )
     p.add_argument("--min-events", type=int, default=2000)
-    p.add_argument("--promote", action="store_true", help="serve the new version at once (default: register only)")

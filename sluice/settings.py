@@ -271,6 +271,7 @@ class FraudSettings(FlowSettings):
     stage1_model: str = setting(
         "best", "stage-1 model: gbt (trees), mlp, or best (what training found better)", choices=("best", "gbt", "mlp")
     )
+    cascade: bool = setting(True, "escalate the uncertain band to the sequence model (false: stage 1 decides alone)")
     stage2_max_batch: int = setting(256, "stage-2 (sequence model) micro-batch size", minimum=1)
     stage2_max_wait_ms: float = setting(2.0, "stage-2 micro-batch deadline", minimum=0.0)
     model_check_s: float = setting(

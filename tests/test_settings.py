@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,11 @@ def test_an_unknown_variable_is_warned_about_with_a_suggestion(caplog):
 
 def test_every_workflow_owns_its_topics():
     fraud, assistant = FraudSettings(), AssistantSettings()
-    assert set(fraud.topics()) == {"transactions", "fraud-decisions", "fraud-labels", "dead-letters"}
+    assert set(fraud.topics()) == {
+        "transactions", "fraud-decisions", "fraud-labels", "dead-letters", "fraud-features", "shadow-decisions",
+        "fraud-rationales",
+    }  # fmt: skip
+    assert "fraud-features" not in replace(fraud, features_topic="").topics()  # optional outputs can be off
     assert assistant.topics()["documents"] == 1  # one partition: versions stay ordered
     assert set(assistant.input_topics()) == {"documents", "chat-requests"}
 
