@@ -5,6 +5,11 @@ features *of this event* now. The per-key core is
 :class:`state.windows.SlidingAggregates` (counts and sums over several windows,
 distinct values, seconds since the previous event); this module runs one per
 key as checkpointed state and routes events that are too late.
+
+Instrumented as stage ``step_id``: every event is counted, and those that did
+not simply join their window by status (``sluice_window_events_total``). A call
+handles one key, about one event, so its time (and, given an ``origin``, the
+events' age) is recorded for one call in ``TIMED_EVERY`` only.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from operators.clock import Clock, utc_now
+from operators.metrics import PROCESS, STAGE_ITEMS, WINDOW_EVENTS
+from operators.probes import Origin, StageProbe
 from state.windows import Features, SlidingAggregates, WindowSpec, WindowState
 
 E = TypeVar("E")
+TIMED_EVERY = 32
 
 __all__ = ["Features", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
 
@@ -55,6 +63,7 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         idle_timeout: timedelta,
         resume_state: WindowState | None,
         now_getter: Clock,
+        probe: StageProbe[E] | None = None,
     ) -> None:
         self.agg = SlidingAggregates(spec, resume_state)
         self.ts_getter, self.value_getter, self.tag_getter = getters
@@ -63,8 +72,16 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         self.idle_timeout = idle_timeout
         self.now = now_getter
         self.expires_at = now_getter() + idle_timeout
+        self.probe: StageProbe[E] = probe or StageProbe("window", every=TIMED_EVERY)
+        # this worker thread's counters (a logic runs on one worker), or None with metrics off
+        self._counts = STAGE_ITEMS.local() if PROCESS.on else None
+
+    def _odd(self, status: WindowStatus) -> None:
+        if PROCESS.on:
+            WINDOW_EVENTS.add((self.probe.stage, status.value))
 
     def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
+        started = self.probe.sampled_start()
         agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
         now = self.now()
         horizon = now.timestamp() + self.max_ahead_s if self.max_ahead_s is not None else float("inf")
@@ -74,15 +91,23 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
             event_id = ident(ev) if ident is not None else None
             if event_id is not None and agg.seen(event_id):
                 out.append(Windowed(ev, None, WindowStatus.DUPLICATE))
+                self._odd(WindowStatus.DUPLICATE)
             elif t > horizon:
                 out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.AHEAD))
+                self._odd(WindowStatus.AHEAD)
             else:
                 feats = agg.add(t, value(ev), tag(ev), event_id)
                 if feats is None:
                     out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), WindowStatus.LATE))
+                    self._odd(WindowStatus.LATE)
                 else:
                     out.append(Windowed(ev, feats, WindowStatus.OK))
         self.expires_at = now + self.idle_timeout
+        counts = self._counts
+        if counts is not None:
+            key = self.probe.key
+            counts[key] = counts.get(key, 0) + len(values)
+        self.probe.done(values, started, count=False)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Windowed[E]], bool]:
@@ -107,6 +132,7 @@ def sliding_features(
     id_getter: Callable[[E], Hashable] | None = None,
     max_ahead: timedelta | None = None,
     now_getter: Clock = utc_now,
+    origin: Origin[E] | None = None,
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
@@ -124,7 +150,8 @@ def sliding_features(
     the same features as a dropped one, so expiry does not change results once the
     timeout is at least the horizon. Apart from ``ahead`` (which reads the clock),
     results depend only on the key's events in arrival order, so a replay
-    reproduces them exactly.
+    reproduces them exactly. ``origin`` (the input record an event came from)
+    adds event ages and spans to the metrics.
 
     ```python
     win = sliding_features("window", keyed, lambda e: e.t, lambda e: e.amount, lambda e: e.merchant)
@@ -132,8 +159,9 @@ def sliding_features(
     ```
     """
     getters = (ts_getter, value_getter, tag_getter)
+    probe: StageProbe[E] = StageProbe(step_id, origin, every=TIMED_EVERY)
 
     def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
-        return _SlidingLogic(spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter)
+        return _SlidingLogic(spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter, probe)
 
     return op.stateful_batch("aggregate", up, builder)

@@ -72,7 +72,8 @@ def test_an_unknown_variable_is_warned_about_with_a_suggestion(caplog):
 
 def test_every_workflow_owns_its_topics():
     fraud, assistant = FraudSettings(), AssistantSettings()
-    assert set(fraud.topics()) == {"transactions", "fraud-decisions", "fraud-labels", "dead-letters"}
+    assert set(fraud.topics()) == {"transactions", "fraud-decisions", "fraud-labels", "dead-letters", "alarms"}
+    assert fraud.topics()["alarms"] == 1
     assert assistant.topics()["documents"] == 1  # one partition: versions stay ordered
     assert set(assistant.input_topics()) == {"documents", "chat-requests"}
 
