@@ -191,12 +191,16 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
     def on_notify(self) -> tuple[list[Alarm], bool]:
         return self._close_if_due(), StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[Alarm], bool]:
+        """A bounded run (a backfill, a test) ends: judge the window it was in."""
+        return self._close_if_due(force=True), StatefulBatchLogic.DISCARD
+
     def notify_at(self) -> datetime | None:
         return self.window_end if self.counts is not None else None
 
-    def _close_if_due(self) -> list[Alarm]:
+    def _close_if_due(self, force: bool = False) -> list[Alarm]:
         now = self.now()
-        if now < self.window_end or self.counts is None or self.model is None:
+        if (now < self.window_end and not force) or self.counts is None or self.model is None:
             return []
         while self.window_end <= now:
             self.window_end += self.settings.window

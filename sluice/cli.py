@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = produce.add_parser("transactions", help="synthetic card transactions, open-loop at a fixed rate")
     _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0)
+    p.add_argument("--shift-amounts", type=float, default=1.0, help="multiply every amount (a drift test)")
+    p.add_argument("--shift-foreign", type=float, default=0.0, help="share of events moved abroad (a drift test)")
     p.set_defaults(fn=_lazy("sluice.local.transactions"))
     p = produce.add_parser("profiles", help="the synthetic cards' profiles into Redis")
     p.add_argument("--seed", type=int, default=7)
