@@ -3,6 +3,7 @@ shifted and an unshifted stream, and the health rules on snapshot series."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_drift_that_goes_away_is_resolved_once(scorer):
     assert score == ["firing", "resolved"]
 
 
-def _snapshots(points: list[tuple[float, float, int, int, int, int]]) -> list[HealthSnapshot]:
+def _snapshots(points: Sequence[tuple[float, float, int, int, int, int]]) -> list[HealthSnapshot]:
     """(time, lag, input, dead letters, lookups, fallbacks) -> snapshots of process fraud/0."""
     return [HealthSnapshot("fraud/0", t, lag, inp, dead, look, fall, 0, 0) for t, lag, inp, dead, look, fall in points]
 

@@ -8,12 +8,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
 
 import bytewax.operators as op
 import numpy as np
 import pytest
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import TestingSink, TestingSource, run_main
 from rich.console import Console
 
@@ -22,7 +21,7 @@ from operators import metrics, tracing
 from operators.alarms import take_snapshot
 from operators.dead_letter import parse_or_dead_letter
 from operators.enrich import enrich_batch
-from operators.event_windows import sliding_features
+from operators.event_windows import Windowed, sliding_features
 from operators.kafka.records import SourceRecord, header_value
 from operators.microbatch import micro_batch
 from operators.tracing import TRACEPARENT
@@ -32,6 +31,13 @@ from sluice.top import Scrape, View, parse
 from state.feature_store import FeatureStore
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def number(value: bytes | None) -> int:
+    """The test parser: an int, or ValueError (a dead letter)."""
+    return int(value or b"")
+
+
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
 
 
@@ -77,7 +83,7 @@ def test_the_generic_operators_record_their_stages(observed):
     good = [SourceRecord("tx", 0, i, None, b"%d" % (i % 7), now - 40) for i in range(300)]
     bad = [SourceRecord("tx", 0, 300 + i, None, b"not a number", now - 40) for i in range(5)]
     flow = Dataflow("ops")
-    parsed = parse_or_dead_letter("m_parse", op.input("in", flow, TestingSource(good + bad, batch_size=50)), int)
+    parsed = parse_or_dead_letter("m_parse", op.input("in", flow, TestingSource(good + bad, batch_size=50)), number)
     keyed = op.key_on("key", parsed.ok, lambda rv: str(rv[1]))
     windows = sliding_features(
         "m_window",
@@ -88,7 +94,7 @@ def test_the_generic_operators_record_their_stages(observed):
         id_getter=lambda rv: rv[0].offset % 287,  # offsets 287..299 repeat the ids of 0..12, on the same keys
         origin=lambda rv: rv[0],
     )
-    looked = enrich_batch(
+    looked: Stream[tuple[Windowed[tuple[SourceRecord, int]], int | None, bool]] = enrich_batch(
         "m_lookup",
         op.map("unkey", windows, lambda kv: kv[1]),
         lambda: lambda keys: ({k: k for k in keys}, False),
@@ -120,7 +126,7 @@ def test_nothing_is_recorded_while_metrics_are_off():
     metrics.configure("sluice", enabled=False)
     flow = Dataflow("off")
     src = op.input("in", flow, TestingSource([SourceRecord("tx", 0, 1, None, b"1", 1)]))
-    op.output("out", parse_or_dead_letter("off_parse", src, int).ok, TestingSink([]))
+    op.output("out", parse_or_dead_letter("off_parse", src, number).ok, TestingSink([]))
     run_main(flow)
     assert ("off_parse",) not in metrics.STAGE_ITEMS.values()
 
@@ -164,7 +170,7 @@ def test_traced_inputs_get_a_span_per_stage_and_their_header_on_dead_letters(tra
         SourceRecord("tx", 0, 3, None, b"3", 0, [(TRACEPARENT, unsampled)]),
     ]
     flow = Dataflow("tr")
-    parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(records)), int)
+    parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(records)), number)
     scored = micro_batch("score", parsed.ok, lambda b: b, lambda x: "k", origin=lambda x: x[0])
     op.output("out", scored, TestingSink([]))
     dead: list[object] = []

@@ -82,12 +82,14 @@ def run(stack, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     traced_ok = {t.event_id: traceparent(i + 1) for i, t in enumerate(txns[:3])}
     producer = Producer(settings.connection().producer_config())
     for t in txns:
-        headers = [(TRACEPARENT, traced_ok[t.event_id])] if t.event_id in traced_ok else None
+        headers: list[tuple[str, str | bytes | None]] | None = None
+        if t.event_id in traced_ok:
+            headers = [(TRACEPARENT, traced_ok[t.event_id])]
         producer.produce(settings.transactions_topic, key=t.card_id.encode(), value=t.to_json(now), headers=headers)
     traced_bad = traceparent(99)
     for i in range(BAD):
-        headers = [(TRACEPARENT, traced_bad)] if i == 0 else None
-        producer.produce(settings.transactions_topic, key=b"bad", value=b'{"event_id": "broken', headers=headers)
+        bad_headers: list[tuple[str, str | bytes | None]] | None = [(TRACEPARENT, traced_bad)] if i == 0 else None
+        producer.produce(settings.transactions_topic, key=b"bad", value=b'{"event_id": "broken', headers=bad_headers)
     assert producer.flush(30) == 0
     flow = start_flow(settings, work)
     try:
