@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -53,20 +54,19 @@ def stage_name(step_id: str) -> str:
 class StageProbe(Generic[X]):
     """The instrumentation of one stage (see the module docstring).
 
-    ``every`` > 1 times only one call in ``every`` (:meth:`sampled_start`): for steps
-    that run once per key, where a call is about one event. ``headers`` finds an
+    Steps that run once per key (a call is about one event) count items and time
+    one call in N themselves (:meth:`cells`). ``headers`` finds an
     item's trace headers when it is not its origin's (output records). Stages are
     numbered in the order they are built (``order`` overrides it), which is how a
     flow is written, upstream first.
     """
 
-    __slots__ = ("stage", "origin", "headers", "key", "_calls", "_every")
+    __slots__ = ("stage", "origin", "headers", "key", "_local")
 
     def __init__(
         self,
         stage: str,
         origin: Origin[X] | None = None,
-        every: int = 1,
         headers: Callable[[X], AnyHeaders] | None = None,
         order: int | None = None,
     ) -> None:
@@ -76,8 +76,7 @@ class StageProbe(Generic[X]):
             headers = functools.partial(_origin_headers, origin)
         self.headers = headers
         self.key = (stage,)
-        self._calls = itertools.count()
-        self._every = every
+        self._local = threading.local()
         if STAGE_ORDER.value(self.key) is None or order is not None:
             STAGE_ORDER.set(self.key, next(_built) if order is None else order)
 
@@ -85,12 +84,14 @@ class StageProbe(Generic[X]):
         """A start mark for :meth:`done` (0 when nothing is recorded)."""
         return time.perf_counter_ns() if PROCESS.on or tracing.enabled() else 0
 
-    def sampled_start(self) -> int:
-        """Like :meth:`start`, for one call in ``every`` only; :meth:`done` then leaves the item count
-        to the caller (who counts every call)."""
-        if next(self._calls) % self._every:
-            return 0
-        return self.start()
+    def cells(self) -> tuple[list[int], list[int]]:
+        """This thread's (items, calls) cells, for steps that run once per key and so count items and time one
+        call in N themselves (``items[0] += n``, ``calls[0] += 1``). One lookup, as a new key's logic is built
+        for about every new key's first event; shared by every key the thread runs."""
+        mine: tuple[list[int], list[int]] | None = getattr(self._local, "cells", None)
+        if mine is None:
+            mine = self._local.cells = (STAGE_ITEMS.cell(self.key), [0])
+        return mine
 
     def done(self, items: Sequence[X], started: int, count: bool = True) -> None:
         """Record a call that began at ``started`` and processed ``items``."""

@@ -162,7 +162,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
         self._tail = tail
         self._eof = False
         self._metric_key = (self._topic, str(partition))
-        self._counts = SOURCE_RECORDS.local() if PROCESS.on else None  # this worker thread's counters
+        self._read = SOURCE_RECORDS.cell(self._metric_key) if PROCESS.on else None  # this worker thread's count
         self._lag_due = 0.0
         self._last_ts_ms = 0
 
@@ -228,15 +228,14 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
             )
         if batch:
             self._offset = batch[-1].offset + 1
-        if self._counts is not None:
-            self._observe(batch)
+        if self._read is not None:
+            self._observe(batch, self._read)
         return batch
 
-    def _observe(self, batch: list[SourceRecord]) -> None:
-        counts, key = self._counts, self._metric_key
-        assert counts is not None
+    def _observe(self, batch: list[SourceRecord], read: list[int]) -> None:
+        key = self._metric_key
         if batch:
-            counts[key] = counts.get(key, 0) + len(batch)
+            read[0] += len(batch)
             self._last_ts_ms = batch[-1].timestamp_ms
         now = time.monotonic()
         if now < self._lag_due:
