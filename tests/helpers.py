@@ -33,15 +33,19 @@ def txn(
 
 
 def produce(
-    settings: FlowSettings, values: Sequence[tuple[bytes | None, bytes | None]], topic: str | None = None
+    settings: FlowSettings,
+    values: Sequence[tuple[bytes | None, bytes | None]],
+    topic: str | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> None:
-    """Produce ``(key, value)`` pairs to ``topic`` (default: the fraud flow's transactions) and wait for them."""
+    """Produce ``(key, value)`` pairs (each with ``headers``) to ``topic`` (default: the fraud flow's
+    transactions) and wait for them."""
     if topic is None:
         assert isinstance(settings, FraudSettings), "name the topic for flows other than fraud"
         topic = settings.transactions_topic
     producer = Producer(settings.connection().producer_config(**{"message.max.bytes": 10_000_000}))
     for key, value in values:
-        producer.produce(topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value, headers=headers)
     assert producer.flush(30) == 0
 
 
