@@ -42,7 +42,7 @@ from operators.alarms import (
 )
 from operators.kafka.records import KafkaRecord
 from sluice.settings import FlowSettings, SettingsError
-from state.drift import REFERENCE_FILE, ModelReference
+from state.drift import ModelReference, reference_file
 
 
 class MetricsPortBusy(SettingsError):
@@ -135,12 +135,15 @@ def _alarm_record(topic: str, alarm: Alarm) -> KafkaRecord:
 
 
 def artifact_references(root: str | Path) -> References:
-    """References saved with model artifacts: ``<root>/<version>/drift_reference.json`` (``None`` where a
-    version has none); each is read once."""
+    """References saved with model artifacts: ``<root>/<version>/drift_reference.<model>.json`` or else
+    ``<root>/<version>/drift_reference.json`` (``None`` where a version has neither); each is read once."""
 
     @functools.cache
     def load(model: str, version: str) -> ModelReference | None:
-        path = resolve(root) / version / REFERENCE_FILE
-        return ModelReference.load(path) if path.exists() else None
+        folder = resolve(root) / version
+        for name in (reference_file(model), reference_file()):
+            if (folder / name).exists():
+                return ModelReference.load(folder / name)
+        return None
 
     return load

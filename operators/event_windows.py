@@ -9,7 +9,8 @@ key as checkpointed state and routes events that are too late.
 Instrumented as stage ``step_id``: every event is counted, and those that did
 not simply join their window by status (``sluice_window_events_total``). A call
 handles one key, about one event, so its time (and, given an ``origin``, the
-events' age) is recorded for one call in ``TIMED_EVERY`` only.
+events' age) is recorded for one call in ``TIMED_EVERY`` only (every call while tracing is on,
+so that each traced event gets its span).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
+from operators import tracing
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
 from operators.probes import Origin, StageProbe
@@ -76,6 +78,7 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         # this worker thread's cells (a logic runs on one worker): events seen, calls made; None with metrics off.
         # Inlined in on_batch (no method calls): this runs once per key, about once per event.
         self._cells = self.probe.cells() if PROCESS.on else None
+        self._traced = tracing.enabled()  # then every call is recorded: each traced event gets its window span
 
     def _odd(self, status: WindowStatus) -> None:
         if PROCESS.on:
@@ -89,6 +92,8 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
             cells[1][0] += 1
             if not cells[1][0] % TIMED_EVERY:
                 started = self.probe.start()
+        if self._traced and not started:
+            started = self.probe.start()
         agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
         now = self.now()
         horizon = now.timestamp() + self.max_ahead_s if self.max_ahead_s is not None else float("inf")

@@ -33,6 +33,11 @@ FLOOR = 1e-4  # share given to an empty bin (about "1 in 10,000") so that ln() s
 REFERENCE_FILE = "drift_reference.json"  # the name a model artifact stores its reference under
 
 
+def reference_file(model: str | None = None) -> str:
+    """``drift_reference.json``, or ``drift_reference.<model>.json`` for one model of several in an artifact."""
+    return REFERENCE_FILE if model is None else f"drift_reference.{model}.json"
+
+
 def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, floor: float = FLOOR) -> float:
     """Population stability index of ``actual`` against ``expected`` (counts or shares over the same bins).
 
@@ -199,9 +204,10 @@ class ModelReference:
         }
         return cls(str(raw["model"]), Reference.from_dict(raw["score"]), features)
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``folder/drift_reference.json`` (next to the model's weights)."""
-        path = Path(folder) / REFERENCE_FILE
+    def save(self, folder: str | Path, per_model: bool = False) -> Path:
+        """Write ``folder/drift_reference.json`` next to the model's weights (``drift_reference.<model>.json``
+        with ``per_model``: an artifact holding several models, a cascade's stages)."""
+        path = Path(folder) / reference_file(self.model if per_model else None)
         path.write_text(self.to_json())
         return path
 

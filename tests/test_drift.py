@@ -130,3 +130,17 @@ def test_feature_store_fallbacks_fire_their_own_alarm():
     points = [(t, 0.0, 1000 * t, 0, 100 * t, 0 if t < 5 else 30 * (t - 5)) for t in range(0, 12)]
     got = [(a.alarm, a.state) for a in _health(_snapshots(points), rules)]
     assert got == [("store_fallback", "firing")]
+
+
+def test_references_are_found_next_to_the_model_version_they_belong_to(tmp_path: Path):
+    from dataflows.observability import artifact_references
+
+    rows = np.random.default_rng(2).normal(size=(500, 2))
+    whole = ModelReference.build("fraud", rows[:, 0], rows, ["a", "b"], top=["b"])
+    stage = ModelReference.build("stage2", rows[:, 1])
+    (tmp_path / "v1").mkdir()
+    whole.save(tmp_path / "v1")
+    stage.save(tmp_path / "v1", per_model=True)
+    found = artifact_references(tmp_path)
+    assert found("fraud", "v1") == whole and found("stage2", "v1") == stage
+    assert found("fraud", "v2") is None
