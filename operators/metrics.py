@@ -529,7 +529,10 @@ REPLAY_SKIPPED = Counter("sluice_exactly_once_skipped_total", "replayed records 
 INDEX_SIZE = Gauge("sluice_index_size", "what a live index holds", ["index", "unit"])
 INDEX_BACKLOG = Gauge("sluice_index_backlog", "document events waiting to be indexed", ["index"])
 INDEX_FRESHNESS = Gauge(
-    "sluice_index_freshness_seconds", "age of the oldest document event not indexed yet (0: up to date)", ["index"]
+    "sluice_index_freshness_seconds",
+    "how far an index is behind its input: the oldest document event not indexed yet (live index, 0: up to date), "
+    "or the producer-to-searchable delay of the last update (replicas)",
+    ["index"],
 )
 
 ASYNC_QUEUE = Watched(

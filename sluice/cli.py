@@ -136,7 +136,11 @@ def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._
 def _observability_arguments(sub: argparse._SubParsersAction) -> None:
     """``sluice top`` (the live terminal view of running flows, :mod:`sluice.top`)."""
     p = sub.add_parser("top", help="live view of running flows: rates, P50/P99 per stage, lag, DLQ, alarms")
-    p.add_argument("targets", nargs="*", help="ports, host:port or URLs (default: $SLUICE_METRICS_PORT or 9100, +3)")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        help="ports, host:port or URLs (default: $SLUICE_METRICS_PORT..+3, else 9100/9110/9120..+3)",
+    )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
     p.add_argument("--window", type=float, default=10.0, help="seconds of history behind P50/P99")
     p.add_argument("--once", action="store_true", help="print one frame (after two scrapes) and exit")

@@ -1,6 +1,6 @@
 """``sluice top``: a live terminal view of running flows, read from their ``/metrics`` endpoints.
 
-    sluice top                      # 127.0.0.1:$SLUICE_METRICS_PORT .. +3 (default 9100-9103)
+    sluice top                      # 127.0.0.1:$SLUICE_METRICS_PORT .. +3, else 9100, 9110, 9120 .. +3
     sluice top 9100 host2:9100      # ports, host:port or full URLs
     sluice top --once --svg top.svg # one frame (after two scrapes), also saved as an SVG screenshot
 
@@ -182,7 +182,8 @@ class View:
             parts.append(Text("no flow answers yet: start one with SLUICE_METRICS_PORT set", style="yellow"))
         parts += [self._flow_panel(flow) for flow in flows]
         if frame.down:
-            parts.append(Text("not answering: " + " ".join(frame.down), style="dim"))
+            shown = " ".join(frame.down[:3]) + (f" and {len(frame.down) - 3} more" if len(frame.down) > 3 else "")
+            parts.append(Text(f"not answering: {shown}", style="dim"))
         return Group(*parts)
 
     def _flow_panel(self, flow: str) -> Panel:
@@ -281,11 +282,21 @@ class View:
         return Text(f"ALARMS FIRING: {names}" + (f"   drift PSI {drift}" if drift else ""), style="bold red")
 
 
+CONVENTION = (9100, 9110, 9120)  # fraud, assistant, personalization (deploy/prometheus/prometheus.yml)
+
+
 def default_targets(env: dict[str, str] | None = None) -> list[str]:
-    """127.0.0.1 ports ``SLUICE_METRICS_PORT`` (9100 when unset) to +3: a flow of up to four processes."""
+    """Local ports ``SLUICE_METRICS_PORT`` to +3 when it is set, else the conventional base ports of the
+    three flows (9100, 9110, 9120) to +3 each: flows of up to four processes.
+
+    >>> default_targets({"SLUICE_METRICS_PORT": "9300"})
+    ['9300', '9301', '9302', '9303']
+    >>> len(default_targets({}))
+    12
+    """
     env = dict(os.environ) if env is None else env
-    base = int(env.get("SLUICE_METRICS_PORT") or 0) or 9100
-    return [str(base + i) for i in range(4)]
+    bases = [int(env["SLUICE_METRICS_PORT"])] if int(env.get("SLUICE_METRICS_PORT") or 0) else list(CONVENTION)
+    return [str(base + i) for base in bases for i in range(4)]
 
 
 def frames(view: View, interval_s: float, count: int | None = None) -> Iterable[Group]:

@@ -69,3 +69,9 @@ def test_compose_provisions_prometheus_and_grafana_from_the_repo():
     uid = datasource["datasources"][0]["uid"]
     board = json.loads(DASHBOARD.read_text())
     assert all(p["datasource"]["uid"] == uid for p in board["panels"] if p["type"] != "row")
+
+
+def test_every_metric_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in FAMILIES if f"`{name}`" not in readme]
+    assert not missing, f"document these in README.md (Observability): {missing}"
