@@ -100,7 +100,6 @@ def health_rules(settings: FlowSettings) -> HealthRules:
         lag_growing_s=settings.alarm_lag_s,
         dlq_rate=settings.alarm_dlq_rate,
         fallback_rate=settings.alarm_fallback_rate,
-        slo_ms=settings.slo_ms,
         slo_burn=settings.alarm_slo_burn,
         window_s=settings.alarm_window_s,
     )

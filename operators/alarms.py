@@ -352,7 +352,6 @@ class HealthRules:
     min_lag_records: int = 1000
     dlq_rate: float = 0.01
     fallback_rate: float = 0.05
-    slo_ms: float = 35.0
     slo_burn: float = 0.01
     window_s: float = 10.0
     min_events: int = 100

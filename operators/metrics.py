@@ -11,8 +11,9 @@ worker threads), and one collector sums the threads when ``/metrics`` is scraped
 * :class:`Histogram`: bucket counts per thread; :meth:`Histogram.observe_many`
   bins a numpy array of values in one call (a batch's event ages).
 * :class:`Gauge`: one process-wide value per label set (last write wins).
-* :func:`register_callback`: live objects (feature stores, async batchers)
-  read at scrape time, so their hot paths only bump their own ints.
+* :class:`Watched` and :class:`CallbackFamily`: live objects (asynchronous
+  batchers, feature stores) read at scrape time, so their hot paths only bump
+  their own ints.
 
 Label conventions: every metric carries ``flow`` (the dataflow's name, set once
 per process by :func:`configure`); the others are ``stage`` (the step id that
@@ -52,9 +53,10 @@ from prometheus_client.utils import floatToGoString
 
 from state.feature_store import FeatureStore
 
+# 35, 80 and 110 ms: the fraud, personalization and assistant latency targets (exact "share over the target")
 MS_BUCKETS: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 35, 50, 80, 100, 110, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000,
-)  # fmt: skip  # 35, 80, 110: the fraud, personalization and assistant latency targets
+)  # fmt: skip
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 Key = tuple[str, ...]
@@ -70,16 +72,11 @@ class _Process:
 PROCESS = _Process()
 REGISTRY = CollectorRegistry(auto_describe=False)
 FAMILIES: dict[str, Family] = {}  # the catalogue: every metric name this code can export
-_callbacks: list[Callable[[], Iterable[Metric]]] = []
 
 
 def configure(flow: str, *, enabled: bool = True, process: int = 0) -> None:
     """Name this process's flow (the ``flow`` label) and turn recording on or off."""
     PROCESS.flow, PROCESS.process, PROCESS.on = flow, process, enabled
-
-
-def enabled() -> bool:
-    return PROCESS.on
 
 
 class Family:
@@ -96,6 +93,14 @@ class Family:
 
     def collect(self) -> Metric:
         raise NotImplementedError
+
+    def _scalars(self, kind: str, samples: Iterable[tuple[Key, float]]) -> Metric:
+        """A counter or gauge family of ``samples`` (label values without ``flow``, value)."""
+        make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        fam = make(self.name, self.doc, labels=("flow", *self.labels))
+        for key, value in sorted(samples):
+            fam.add_metric((PROCESS.flow, *key), value)
+        return fam
 
 
 class _PerThread:
@@ -163,10 +168,7 @@ class Counter(Family):
         return self.values().get(key, 0)
 
     def collect(self) -> Metric:
-        fam = CounterMetricFamily(self.name, self.doc, labels=("flow", *self.labels))
-        for key, n in sorted(self.values().items()):
-            fam.add_metric((PROCESS.flow, *key), n)
-        return fam
+        return self._scalars("counter", self.values().items())
 
 
 class _Buckets:
@@ -302,10 +304,7 @@ class Gauge(Family):
         return self._values.get(key)
 
     def collect(self) -> Metric:
-        fam = GaugeMetricFamily(self.name, self.doc, labels=("flow", *self.labels))
-        for key, value in sorted(self.values().items()):
-            fam.add_metric((PROCESS.flow, *key), value)
-        return fam
+        return self._scalars("gauge", self.values().items())
 
 
 class CallbackFamily(Family):
@@ -318,11 +317,7 @@ class CallbackFamily(Family):
         self.kind, self._read = kind, read
 
     def collect(self) -> Metric:
-        make = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        fam = make(self.name, self.doc, labels=("flow", *self.labels))
-        for key, value in sorted(self._read()):
-            fam.add_metric((PROCESS.flow, *key), value)
-        return fam
+        return self._scalars(self.kind, self._read())
 
 
 class Watched(Family):
@@ -361,24 +356,13 @@ class Watched(Family):
         return out
 
     def collect(self) -> Metric:
-        make = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        fam = make(self.name, self.doc, labels=("flow", *self.labels))
-        for key, value in sorted(self.values().items()):
-            fam.add_metric((PROCESS.flow, *key), value)
-        return fam
-
-
-def register_callback(collect: Callable[[], Iterable[Metric]]) -> None:
-    """Also export what ``collect`` returns at every scrape."""
-    _callbacks.append(collect)
+        return self._scalars(self.kind, self.values().items())
 
 
 class _Collector:
     def collect(self) -> Iterator[Metric]:
         for fam in list(FAMILIES.values()):
             yield fam.collect()
-        for extra in list(_callbacks):
-            yield from extra()
 
 
 REGISTRY.register(_Collector())

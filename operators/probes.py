@@ -37,11 +37,6 @@ AGE_SAMPLE = 128
 _built = itertools.count()
 
 
-def observing() -> bool:
-    """Whether anything is recorded (metrics or tracing on)."""
-    return PROCESS.on or tracing.enabled()
-
-
 def stage_name(step_id: str) -> str:
     """The stage label of a step: its id inside the flow (Bytewax hands operators ``<flow>.<step>``).
 

@@ -136,6 +136,7 @@ def configure(flow: str, exporter: str = "console", sample: float = 1.0) -> None
     )
     provider.add_span_processor(processor)
     _STATE.provider, _STATE.tracer, _STATE.flow = provider, provider.get_tracer("sluice"), flow
+    atexit.unregister(shutdown)  # once, however often tracing is configured
     atexit.register(shutdown)
 
 

@@ -13,14 +13,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from models.synthetic_transactions import TransactionStream
-from operators.kafka.admin import create_topics, read_all
+from operators.kafka.admin import read_all
 from operators.kafka.records import header_value
 from operators.tracing import TRACEPARENT
 from sluice.harness.loadgen import send_open_loop
@@ -28,7 +28,7 @@ from sluice.local.transactions import event_records, sender
 from sluice.processes import FlowProcesses, free_port
 from sluice.settings import FraudSettings
 from sluice.top import Sample, parse
-from tests.helpers import start_flow, txn, wait_for, wait_for_decisions
+from tests.helpers import fraud_settings, start_flow, txn, wait_for, wait_for_decisions
 
 VALID, BAD = 400, 6
 
@@ -57,26 +57,16 @@ class Run:
 @pytest.fixture(scope="module")
 def run(stack, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """The fraud flow with metrics and tracing on, after it decided VALID events and dead-lettered BAD ones."""
-    tag = uuid.uuid4().hex[:8]
     work = tmp_path_factory.mktemp("observed")
     port = free_port()
-    settings = replace(
-        FraudSettings(),
-        brokers=stack.brokers,
-        redis_url=stack.redis_url,
-        transactions_topic=f"tx-{tag}",
-        decisions_topic=f"decisions-{tag}",
-        dlq_topic=f"dlq-{tag}",
-        labels_topic=f"labels-{tag}",
-        alarms_topic=f"alarms-{tag}",
-        model_path=str(model_dir),
-        topic_partitions=3,
+    settings = fraud_settings(
+        stack,
+        model_dir,
         metrics_port=port,
         metrics_addr="127.0.0.1",
         tracing=True,
         trace_exporter=f"jsonl:{work / 'spans.jsonl'}",
     )
-    create_topics(settings.connection(), settings.topics())
     now = time.time() * 1000
     txns = [txn(f"o-{i}", f"card-{i % 23}", 10.0 + i % 50, t_s=43_200 + i) for i in range(VALID)]
     traced_ok = {t.event_id: traceparent(i + 1) for i, t in enumerate(txns[:3])}
