@@ -4,8 +4,9 @@
     python -m perf.observe_overhead --count 20000 --runs 1      # a smoke run (summary.json untouched)
 
 Each pair runs :func:`perf.drain.drain_once` plain (``SLUICE_METRICS_PORT=0``:
-nothing recorded) and then with metrics on and ``/metrics`` scraped every
-second, on a fresh stack each, so slow drifts of the machine hit both sides.
+nothing recorded) and with metrics on and ``/metrics`` scraped every second, on
+a fresh stack each, in alternating order (without-with, with-without, ...), so
+slow drifts of the machine and the position in a pair hit both sides alike.
 ``observe.metrics_overhead_share`` is the drain throughput lost,
 ``1 - median(with) / median(without)`` (floored at 0; the raw value and the
 CPU per event of both sides are in ``perf/reports/observe-overhead-<date>.json``).
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     plain: list[DrainRun] = []
     metered: list[DrainRun] = []
     for i in range(args.runs):
-        for metrics, runs in ((False, plain), (True, metered)):
+        order = ((False, plain), (True, metered)) if i % 2 == 0 else ((True, metered), (False, plain))
+        for metrics, runs in order:  # ABBA: the second run of a pair is often slower on a busy machine
             r = drain_once(argparse.Namespace(**common, exactly_once=False, metrics=metrics), 2 * i + int(metrics))
             runs.append(r)
             print(f"pair {i + 1} {'with' if metrics else 'without'} metrics: {r.events_per_s:,.0f} events/s, "
