@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo assistant-demo personalize-demo review-demo test lint install redis-server browser stack-up stack-down train profiles produce bench chaos llm corpus clean
+.PHONY: demo assistant-demo personalize-demo review-demo test lint install redis-server browser stack-up stack-down train profiles produce bench chaos llm corpus clean top dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -79,6 +79,13 @@ profiles: $(STAMP)
 
 produce: $(STAMP)
 	$(BIN)/sluice produce transactions --rate 5000 --count 100000
+
+# Observability: the live view of running flows (SLUICE_METRICS_PORT set on them), and the Grafana JSON from code.
+top: $(STAMP)
+	$(BIN)/sluice top
+
+dashboard: $(STAMP)
+	$(BIN)/python -m sluice.dashboard
 
 clean:
 	rm -rf .stack .recovery

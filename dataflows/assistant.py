@@ -19,6 +19,10 @@ the conversation's subject -> route:
     handoff    -> handoff (with the conversation so far)
     small_talk -> canned reply
 Configuration: ``SLUICE_*`` variables (:class:`sluice.settings.AssistantSettings`).
+Observability (:mod:`dataflows.observability`): every stage records the age of
+its turns, the encoder, intent head and LLM their call times, the LLM its
+tokens/s; replies carry the request's ``traceparent``; SLO burn is measured
+when a question has been searched (``kb_search``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import orjson
 import torch
 from bytewax.dataflow import Dataflow, Stream
 
+from dataflows.observability import alarm_records
 from dataflows.runtime import flow_from_env, kafka_source
 from models.answering import Answer, extract_answer, verify_generated
 from models.chat import AnswerNote, ChatRequest, parse_answer_note, parse_chat_request, reply_address
@@ -50,9 +55,11 @@ from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceRecord
 from operators.live_index import Answered, IndexOut, live_index
+from operators.metrics import model_call, record_generation
 from operators.microbatch import micro_batch
 from operators.routing import split_by_route
 from operators.session_memory import session_memory
+from operators.tracing import trace_headers
 from sluice.settings import AssistantSettings
 from state.index_events import IndexChange, IndexReady
 from state.knowledge_index import Retrieved
@@ -83,6 +90,7 @@ class Turn:
     intent: Intent | None = None
     follow_up: bool = False
     embedded_at: float = 0.0
+    source: SourceRecord | None = None  # the request record (its Kafka timestamp and trace headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +109,25 @@ class Grounded:
 
 def _received(item: tuple[SourceRecord, ChatRequest]) -> Turn:
     src, req = item
-    return Turn(req, src.position, (), req.text, time.time())
+    return Turn(req, src.position, (), req.text, time.time(), source=src)
+
+
+def _turn_source(turn: Turn) -> SourceRecord:
+    assert turn.source is not None, "turns are made from records"
+    return turn.source
+
+
+def _grounded_source(g: Grounded) -> SourceRecord:
+    return _turn_source(g.turn)
 
 
 def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> list[Turn]:
     """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
-    vectors = shared_encoder(device, int8).encode([t.request.text for t in turns])
-    intents = shared_intent_router().classify(vectors)
+    encoder, router = shared_encoder(device, int8), shared_intent_router()
+    with model_call("text-encoder", encoder.name, str(encoder.device), len(turns)):
+        vectors = encoder.encode([t.request.text for t in turns])
+    with model_call("intent", router.name, "cpu", len(turns)):
+        intents = router.classify(vectors)
     now = time.time()
     return [
         replace(t, vector=v, own_vector=v, intent=i, embedded_at=now)
@@ -146,9 +166,12 @@ def _route_of(turn: Turn) -> str:
     return turn.intent.route.value
 
 
-def _record(topic: str, key: str, position: Position, body: dict[str, Any]) -> KafkaRecord:
-    """An output record whose ``sluice.id`` is the position of the input it answers."""
-    return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, position.id)])
+def _record(
+    topic: str, key: str, position: Position, body: dict[str, Any], source: SourceRecord | None = None
+) -> KafkaRecord:
+    """An output record whose ``sluice.id`` is the position of the input it answers (and its trace headers)."""
+    headers = [(ID_HEADER, position.id), *trace_headers(source)]
+    return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=headers)
 
 
 def ground(answered: Answered[Turn, list[Retrieved]]) -> Grounded:
@@ -181,8 +204,10 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
     out = list(items)
     if keep:
         started = time.time()
-        outs = gen.generate([prompts[i] for i in keep], budget, [deadlines[i] for i in keep])
+        with model_call("llm", gen.name, str(gen.device), len(keep)):
+            outs = gen.generate([prompts[i] for i in keep], budget, [deadlines[i] for i in keep])
         finished = time.time()
+        record_generation(gen.name, sum(o.new_tokens for o in outs), finished - started)
         for i, generated in zip(keep, outs, strict=True):
             checked = verify_generated(generated.text, items[i].passages, encoder.encode, generated.truncated)
             info = {
@@ -256,7 +281,7 @@ def knowledge_response(settings: AssistantSettings, g: Grounded) -> KafkaRecord:
         "sent_at": turn.request.sent_at_ms,
         "responded_at": done * 1000.0,
     }
-    return _record(settings.responses_topic, turn.request.session_id, turn.position, body)
+    return _record(settings.responses_topic, turn.request.session_id, turn.position, body, turn.source)
 
 
 def small_talk_reply(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
@@ -272,7 +297,7 @@ def small_talk_reply(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
         "sent_at": turn.request.sent_at_ms,
         "responded_at": done * 1000.0,
     }
-    return _record(settings.responses_topic, turn.request.session_id, turn.position, body)
+    return _record(settings.responses_topic, turn.request.session_id, turn.position, body, turn.source)
 
 
 def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
@@ -289,7 +314,7 @@ def handoff_record(settings: AssistantSettings, turn: Turn) -> KafkaRecord:
         "sent_at": turn.request.sent_at_ms,
         "handed_off_at": time.time() * 1000.0,
     }
-    return _record(settings.handoff_topic, turn.request.session_id, turn.position, body)
+    return _record(settings.handoff_topic, turn.request.session_id, turn.position, body, turn.source)
 
 
 def error_reply(settings: AssistantSettings, dead: DeadLetter) -> KafkaRecord | None:
@@ -308,7 +333,7 @@ def error_reply(settings: AssistantSettings, dead: DeadLetter) -> KafkaRecord | 
         "citations": [],
         "responded_at": time.time() * 1000.0,
     }
-    return _record(settings.responses_topic, session, dead.source.position, body)
+    return _record(settings.responses_topic, session, dead.source.position, body, dead.source)
 
 
 def index_record(settings: AssistantSettings, tagged: tuple[Position | None, IndexChange | IndexReady]) -> KafkaRecord:
@@ -371,6 +396,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
         shards=settings.embed_shards,
+        origin=_turn_source,
     )
     said = parse_or_dead_letter(
         "parse_answers", op.input("answers", flow, source(settings.responses_topic, "latest")), parse_answer_note
@@ -401,6 +427,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         knowledge,
         budget=settings.index_budget_chars,
         max_query_wait=timedelta(milliseconds=settings.index_max_wait_ms),
+        origin=_turn_source,
     )
     grounded = op.map("ground", index.answered, ground)
     if generate:
@@ -412,6 +439,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
             max_batch=settings.gen_max_batch,
             max_wait=timedelta(milliseconds=settings.gen_max_wait_ms),
             shards=settings.gen_shards,
+            origin=_grounded_source,
         )
     answers = op.map("respond", grounded, functools.partial(knowledge_response, settings))
     chatter = op.map("small_talk", routes[Route.SMALL_TALK.value], functools.partial(small_talk_reply, settings))
@@ -419,9 +447,10 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     changes = op.map("change_records", index.changes, functools.partial(index_record, settings))
     errors = op.filter_map("error_replies", reqs.dead, functools.partial(error_reply, settings))
     dead = op.map("dlq_records", op.merge("dead", docs.dead, reqs.dead), lambda d: d.to_record(settings.dlq_topic))
+    alarms = alarm_records(settings, req_records, slo_stage="kb_search")
     kafka_output(
         "out",
-        op.merge("all_out", answers, chatter, handoffs, changes, errors, dead),
+        op.merge("all_out", answers, chatter, handoffs, changes, errors, dead, alarms),
         conn,
         settings.output_topics(),
         exactly_once=settings.exactly_once,

@@ -39,23 +39,28 @@ import numpy as np
 import orjson
 from bytewax.dataflow import Dataflow, Stream
 
+from dataflows.observability import alarm_records, artifact_references
 from dataflows.runtime import flow_from_env, kafka_source
 from models.devices import pick_device
 from models.fraud_feature_log import feature_log_body
 from models.fraud_features import CardProfile, feature_matrix, feature_row, parse_profile, sequence_rows
-from models.fraud_model import FraudCascade, combine_scores, load_cascade
+from models.fraud_model import FraudCascade, combine_scores, load_cascade, model_name
 from models.fraud_policy import Policy
 from models.fraud_rationale import Case, choose_notes, note_messages
 from models.registry import ModelRegistry
 from models.transaction import Transaction, parse_transaction
+from operators.alarms import ScoreSample
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.enrich import FetchMany, enrich_batch
 from operators.event_windows import Features, Windowed, WindowSpec, WindowStatus, sliding_features
 from operators.kafka.output import kafka_output
 from operators.kafka.records import Headers, KafkaRecord, SourceRecord
+from operators.metrics import model_call, record_outcomes
 from operators.microbatch import micro_batch
 from operators.routing import split_by_route
+from operators.taps import BatchTap, tap_stream
+from operators.tracing import trace_headers
 from operators.versioned_batch import VersionedModels, versioned_batch
 from sluice.settings import FraudSettings
 from state.feature_store import FeatureStore, Unreadable
@@ -128,21 +133,35 @@ def _finish(s: Scored, policy: Policy, stage2: float | None = None, sequence: np
 
 
 def stage1_batch(
-    cascade: FraudCascade | None, version: str | None, items: list[EnrichedEvent], policy: Policy
+    cascade: FraudCascade | None,
+    version: str | None,
+    items: list[EnrichedEvent],
+    policy: Policy,
+    samples: BatchTap[ScoreSample] | None = None,
 ) -> list[Scored]:
-    """Score a micro-batch with the pinned version's stage-1 model (one call) and mark what to escalate."""
+    """Score a micro-batch with the pinned version's stage-1 model (one call) and mark what to escalate;
+    the scores and rows go to ``samples`` (the drift alarms) when metrics are on."""
     assert cascade is not None and version is not None, "the served model is loaded before the flow starts"
     rules = [policy.rules(e.event.txn, e.features, e.profile) for e in items]
     rows = feature_matrix([feature_row(e.event.txn, e.features, e.profile) for e in items])
-    scores = cascade.stage1(rows).tolist()
     band, kind = cascade.band, cascade.stage1_kind
+    with model_call(model_name(kind), version, str(cascade.device), len(rows)):
+        array = cascade.stage1(rows)
+    if samples is not None:
+        samples.put(ScoreSample(model_name(kind), version, array, rows))
+    scores = array.tolist()
     return [
         Scored(item, row, fired, version, kind, score, band.wants(score, bool(fired)))
         for item, row, fired, score in zip(items, rows, rules, scores, strict=True)
     ]
 
 
-def stage2_batch(served: VersionedModels[FraudCascade], items: list[Scored], policy: Policy) -> list[Scored]:
+def stage2_batch(
+    served: VersionedModels[FraudCascade],
+    items: list[Scored],
+    policy: Policy,
+    samples: BatchTap[ScoreSample] | None = None,
+) -> list[Scored]:
     """Score escalated events with the sequence model of the version that scored their stage 1."""
     out: list[Scored | None] = [None] * len(items)
     by_version: dict[str, list[int]] = defaultdict(list)
@@ -153,7 +172,10 @@ def stage2_batch(served: VersionedModels[FraudCascade], items: list[Scored], pol
         assert cascade is not None
         seqs = np.stack([items[i].item.sequence() for i in idx])
         rows = np.stack([items[i].row for i in idx])
-        stage2 = cascade.stage2(seqs, rows, np.array([items[i].stage1 for i in idx]))
+        with model_call(model_name("gru"), version, str(cascade.device), len(idx)):
+            stage2 = cascade.stage2(seqs, rows, np.array([items[i].stage1 for i in idx]))
+        if samples is not None:
+            samples.put(ScoreSample(model_name("gru"), version, stage2))
         for j, i in enumerate(idx):
             out[i] = _finish(items[i], policy, float(stage2[j]), seqs[j])
     return [s for s in out if s is not None]
@@ -198,6 +220,7 @@ def _headers(s: Scored, processed_at: bytes) -> Headers:
     txn = s.item.event.txn
     return [
         *s.item.event.source.position.headers(),
+        *trace_headers(s.item.event.source),
         ("event.id", txn.event_id.encode()),
         ("event.time", str(txn.event_time_ms).encode()),
         ("processed.at", processed_at),
@@ -220,6 +243,7 @@ def decision_records(batch: list[Scored], settings: FraudSettings) -> list[Kafka
                 txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
             out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, headers))
+    record_outcomes(s.decision for s in batch)
     return out
 
 
@@ -407,6 +431,10 @@ def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
     return DeadLetter(reason, "window", w.event.source)
 
 
+def _source_of(x: EnrichedEvent | Scored) -> SourceRecord:
+    return x.event.source if isinstance(x, EnrichedEvent) else x.item.event.source
+
+
 def _route(cascade: bool, s: Scored) -> str:
     return "escalate" if cascade and s.escalate else "final"
 
@@ -435,28 +463,53 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         max_ahead=timedelta(seconds=settings.max_event_ahead_s),
         extra_getter=lambda ev: (ev.txn.merchant_category, ev.txn.country),
         recent=RECENT_EVENTS,
+        origin=lambda ev: ev.source,
     )
     split = op.branch("duplicates", windows, _is_duplicate)
     enriched: Stream[EnrichedEvent] = enrich_batch(
-        "profiles", split.falses, functools.partial(profile_reader, settings), _card_of, _enriched
+        "profiles",
+        split.falses,
+        functools.partial(profile_reader, settings),
+        _card_of,
+        _enriched,
+        origin=lambda item: item[1].event.source,
     )
     max_wait = timedelta(milliseconds=settings.max_wait_ms)
     shards = settings.inference_shards
-    stage1_fn = functools.partial(stage1_batch, policy=policy)
-    stage1 = versioned_batch("stage1", enriched, stage1_fn, served, _card_id, settings.max_batch, max_wait, shards)
+    samples: BatchTap[ScoreSample] = BatchTap()  # every model call's scores, for the drift alarms
+    stage1 = versioned_batch(
+        "stage1",
+        enriched,
+        functools.partial(stage1_batch, policy=policy, samples=samples),
+        served,
+        _card_id,
+        settings.max_batch,
+        max_wait,
+        shards,
+        origin=_source_of,
+    )
     routes = split_by_route("cascade", stage1, functools.partial(_route, settings.cascade), ["escalate", "final"])
     stage2 = micro_batch(
         "stage2",
         routes["escalate"],
-        functools.partial(stage2_batch, served, policy=policy),
+        functools.partial(stage2_batch, served, policy=policy, samples=samples),
         shard_key=_card_id,
         max_batch=settings.stage2_max_batch,
         max_wait=timedelta(milliseconds=settings.stage2_max_wait_ms),
         shards=shards,
+        origin=_source_of,
     )
     final = op.map("stage1_final", routes["final"], functools.partial(_finish, policy=policy))
     decided = op.merge("decided", final, stage2)
-    outputs = [op.flat_map_batch("decisions", decided, functools.partial(decision_records, settings=settings))]
+    out = op.flat_map_batch("decisions", decided, functools.partial(decision_records, settings=settings))
+    alarms = alarm_records(
+        settings,
+        records,
+        slo_stage="stage1",
+        drift=tap_stream("score_samples", out, samples),
+        references=artifact_references(settings.model_path),
+    )
+    outputs = [out, alarms]
 
     shadow = versioned_batch(
         "shadow",

@@ -20,6 +20,10 @@ of MB a second): each replica bulk-loads the items Redis holds when it starts,
 then follows the catalogue stream. Redis writes are versioned, so a replay
 after a crash converges on what a crash-free run holds. Configuration:
 ``SLUICE_*`` variables (:class:`sluice.settings.PersonalizeSettings`).
+Observability (:mod:`dataflows.observability`): stage metrics with request ages,
+the encoder's call times, each replica's size and update delay; recommendations
+carry the request's ``traceparent``; SLO burn is measured when a request has been
+answered (``catalogue_query``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import redis
 import torch
 from bytewax.dataflow import Dataflow, Stream
 
+from dataflows.observability import alarm_records
 from dataflows.runtime import flow_from_env
 from models.rules import Candidate, Ranked, RuleSet, Shopper, parse_rule_set, rank
 from models.shopping import (
@@ -61,8 +66,10 @@ from operators.kafka.records import ID_HEADER, KafkaRecord, Position, SourceReco
 from operators.kafka.source import KafkaPartitionSource
 from operators.keyed_fold import fold_latest
 from operators.lifecycle import fail
+from operators.metrics import model_call, record_index
 from operators.microbatch import micro_batch
 from operators.replicated import replicated
+from operators.tracing import trace_headers
 from operators.write_through import write_through
 from sluice.settings import PersonalizeSettings
 from state.ann_index import AnnIndex, Change
@@ -124,7 +131,9 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 def embed_items(batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8: bool) -> list[ItemUpdate]:
     """One encoder call for the batch's upserts that came without a vector; precomputed ones are normalised."""
     to_embed = [item for _, item in batch if not item.deleted and item.embedding is None]
-    vectors = iter(shared_encoder(device, int8).encode([item.text() for item in to_embed]) if to_embed else [])
+    encoder = shared_encoder(device, int8)
+    with model_call("text-encoder", encoder.name, str(encoder.device), len(to_embed)):
+        vectors = iter(encoder.encode([item.text() for item in to_embed]) if to_embed else [])
     now = time.time()
     out = []
     for src, item in batch:
@@ -163,9 +172,21 @@ def _with_profile(ask: Ask, lookup: UserProfile | Unreadable | None, down: bool)
     return replace(ask, profile=lookup, store_down=down and lookup is None, looked_up_at=now)
 
 
-def _record(topic: str, key: str, ident: bytes, body: dict[str, Any]) -> KafkaRecord:
-    """An output record whose ``sluice.id`` is ``ident`` (the input it answers, per replica where it matters)."""
-    return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=[(ID_HEADER, ident)])
+def _record(
+    topic: str, key: str, ident: bytes, body: dict[str, Any], source: SourceRecord | None = None
+) -> KafkaRecord:
+    """An output record whose ``sluice.id`` is ``ident`` (the input it answers, per replica where it matters),
+    with the trace headers of the input ``source``."""
+    headers = [(ID_HEADER, ident), *trace_headers(source)]
+    return KafkaRecord(topic=topic, key=key.encode(), value=orjson.dumps(body), headers=headers)
+
+
+def _first(item: tuple[SourceRecord, Any]) -> SourceRecord:
+    return item[0]
+
+
+def _ask_source(ask: Ask) -> SourceRecord:
+    return ask.source
 
 
 class CatalogueReplica:
@@ -220,6 +241,9 @@ class CatalogueReplica:
         applied = self.index.apply([_change(u.item_id, u.record) for u in items])
         self._popular_candidates.clear()  # stock and deletes may have changed
         now = time.time()
+        # freshness: how long the newest update took from its producer to being searchable here
+        sent = items[-1].sent_at_ms / 1000.0
+        record_index(f"items-{self.name}", {"items": self.index.count}, 0, max(0.0, now - sent) if sent > 0 else 0.0)
         return [self._change_record(u, ok, now) for u, ok in zip(items, applied, strict=True)]
 
     def _change_record(self, u: ItemUpdate, applied: bool, now: float) -> KafkaRecord:
@@ -318,7 +342,7 @@ class CatalogueReplica:
         }
         if ask.problem is not None:
             body["user_problem"] = ask.problem
-        return _record(self.settings.recommendations_topic, req.user_id, ask.source.position.id, body)
+        return _record(self.settings.recommendations_topic, req.user_id, ask.source.position.id, body, ask.source)
 
     def snapshot(self) -> dict[str, Any]:
         return {"rules": self.rules, "popular": dict(self.popular)}
@@ -425,6 +449,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
         shards=1,
+        origin=_first,
     )
     stored_items = write_through(
         "items_to_redis",
@@ -445,6 +470,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         functools.partial(item_reader, settings, dim),
         lambda si: si[1].item_id,
         _counted,
+        origin=_first,
     )
     known = op.branch("known_items", looked_up, _is_dead)
     counted = cast(Stream[Counted], known.falses)
@@ -486,10 +512,9 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
     )
 
     # Requests: the user's vector from Redis, then one replica
+    request_records = op.input("requests", flow, source(settings.requests_topic))
     requests = parse_or_dead_letter(
-        "parse_requests",
-        op.input("requests", flow, source(settings.requests_topic)),
-        functools.partial(parse_recommend_request, max_k=settings.max_k),
+        "parse_requests", request_records, functools.partial(parse_recommend_request, max_k=settings.max_k)
     )
     asks = enrich_batch(
         "users",
@@ -497,6 +522,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         functools.partial(user_reader, settings, dim),
         lambda a: a.request.user_id,
         _with_profile,
+        origin=_ask_source,
     )
     updates: Stream[Update] = op.merge(
         "updates",
@@ -511,6 +537,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         settings.index_replicas,
         lambda a: a.request.request_id,
         functools.partial(CatalogueReplica.build, settings, dim),
+        origin=_ask_source,
     )
     unusable = op.filter_map(
         "unusable_users",
@@ -526,9 +553,10 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         unknown_items,
         unusable,
     )
+    alarms = alarm_records(settings, request_records, slo_stage="catalogue_query")
     kafka_output(
         "out",
-        op.merge("all_out", answers, op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic))),
+        op.merge("all_out", answers, op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic)), alarms),
         conn,
         settings.output_topics(),
         exactly_once=settings.exactly_once,

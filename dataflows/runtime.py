@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from bytewax.dataflow import Dataflow
 
+from dataflows import observability
 from models.devices import DeviceUnavailable, pick_device
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
 from operators.kafka.source import KafkaPartitionSource
@@ -93,13 +94,15 @@ def kafka_source(settings: FlowSettings, topic: str, start: str) -> KafkaPartiti
 def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redis: bool) -> Dataflow:
     """Read the settings, check the world, build the flow; on a start-up error print one line and exit 2.
 
-    Also installs the process handlers: a clean stop on Ctrl-C / SIGTERM, one-line failures.
+    Also installs the process handlers (a clean stop on Ctrl-C / SIGTERM, one-line failures) and starts
+    the flow's observability (:mod:`dataflows.observability`: metrics server, tracing).
     """
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_cls.from_env()
         preflight(settings, redis=redis)
         flow = build(settings)
+        observability.start(settings, flow.flow_id)
     except STARTUP_ERRORS as exc:
         for line in str(exc).splitlines():
             print(f"sluice: error: {line}", file=sys.stderr)

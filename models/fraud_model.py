@@ -9,8 +9,9 @@ the band's limits or that broke a rule.
 
 An artifact is a folder ``<root>/<version>/`` holding ``mlp.pt``, ``gbt.txt``,
 ``gru.pt``, ``schema.json`` (features, band, which stage 1 is best),
-``metrics.json`` (held-out quality), ``reference.json`` (score and feature
-histograms at training time, the baseline for drift) and ``manifest.json``
+``metrics.json`` (held-out quality), ``drift_reference.<model>.json`` (each
+model's held-out score and top-feature distributions, the baseline the drift
+alarms compare live traffic with: :mod:`state.drift`) and ``manifest.json``
 (training data range, code version, creation time). Which version is served is
 the registry's business (:mod:`models.registry`).
 
@@ -87,6 +88,11 @@ class FraudGRU(nn.Module):
         return (logit_1 + self.head(torch.cat([last[-1], rows, logit_1], dim=-1))).squeeze(-1)
 
 
+def model_name(kind: str) -> str:
+    """A cascade model's name in metrics, drift references and alarms: ``fraud-gbt``, ``fraud-mlp``, ``fraud-gru``."""
+    return f"fraud-{kind}"
+
+
 @dataclass(frozen=True)
 class Band:
     """Which stage-1 outcomes go to stage 2: a score in [low, high), or any fired rule."""
@@ -126,7 +132,6 @@ class FraudCascade:
     band: Band
     device: torch.device
     metrics: dict[str, Any]
-    reference: dict[str, Any]
 
     @property
     def stage1_version(self) -> str:
@@ -167,7 +172,6 @@ def save_cascade(
     gru: FraudGRU,
     schema: dict[str, Any],
     metrics: dict[str, Any],
-    reference: dict[str, Any],
     manifest: dict[str, Any],
 ) -> Path:
     """Write an artifact folder (the registry decides whether it is served)."""
@@ -182,7 +186,7 @@ def save_cascade(
         "mlp_hidden": mlp.net[0].out_features,
         **schema,
     }
-    for name, body in (("schema", full_schema), ("metrics", metrics), ("reference", reference), ("manifest", manifest)):
+    for name, body in (("schema", full_schema), ("metrics", metrics), ("manifest", manifest)):
         (folder / f"{name}.json").write_text(json.dumps(body, indent=2))
     return folder
 
@@ -218,5 +222,4 @@ def load_cascade(folder: str | Path, device: str = "auto", stage1: str = "best",
         band=Band(**schema["band"]),
         device=dev,
         metrics=json.loads((folder / "metrics.json").read_text()),
-        reference=json.loads((folder / "reference.json").read_text()),
     )

@@ -46,6 +46,19 @@ TESTED_PURCHASE = "card_testing_purchase"  # the purchase that follows a card's 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
+@dataclass(frozen=True)
+class Shift:
+    """A change in the population the stream draws from (drift tests): every amount times ``amount_scale``,
+    and a ``foreign_share`` of events moved to another country than the card's home.
+
+    The shifted stream keeps the same events, cards and labels; the shift has its own random numbers, so
+    the unshifted stream of a seed is the same with or without this feature.
+    """
+
+    amount_scale: float = 1.0
+    foreign_share: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Card:
     card_id: str
@@ -95,8 +108,11 @@ class TransactionStream:
         fraud_rate: float = 0.004,
         mean_gap_ms: float = 50.0,
         disorder_rate: float = 0.01,
+        shift: Shift | None = None,
     ) -> None:
         self.seed = seed
+        self.shift = shift
+        self._shift_rng = random.Random(f"shift-{seed}")
         self.cards = make_cards(n_cards, seed)
         self.fraud_rate = fraud_rate
         self.mean_gap_ms = mean_gap_ms
@@ -109,6 +125,7 @@ class TransactionStream:
     def __iter__(self) -> Iterator[tuple[Transaction, str | None]]:
         """Yield ``(transaction, fraud pattern or None)`` forever."""
         rng = random.Random(f"events-{self.seed}")
+        self._shift_rng = random.Random(f"shift-{self.seed}")
         clock = float(START_MS)
         pending: list[tuple[float, int, Card, str]] = []  # scheduled events of running fraud patterns
         seq = 0
@@ -182,6 +199,10 @@ class TransactionStream:
     def _txn(
         self, seq: int, card: Card, amount: float, merchant: str, category: str, country: str, event_ms: int
     ) -> Transaction:
+        if self.shift is not None:
+            amount *= self.shift.amount_scale
+            if self._shift_rng.random() < self.shift.foreign_share:
+                country = self._shift_rng.choice([c for c in (*HOME_COUNTRIES, *HIGH_RISK) if c != card.home])
         return Transaction(
             event_id=self._event_id(seq),
             card_id=card.card_id,

@@ -44,16 +44,17 @@ from models.fraud_features import (
     parse_profile,
     sequence_rows,
 )
-from models.fraud_model import Band, FraudGRU, FraudMLP, combine_scores, save_cascade
+from models.fraud_model import Band, FraudGRU, FraudMLP, combine_scores, model_name, save_cascade
 from models.fraud_policy import Policy
 from models.registry import ModelRegistry
 from models.synthetic_transactions import TransactionStream
+from state.drift import ModelReference
 from state.windows import SlidingAggregates, WindowSpec
 
 POLICY = Policy()
 TRAIN_BAND_LOW = 0.01
 GRU_MAX_EXAMPLES = 30_000
-TOP_FEATURES = ("log_amount", "log_amount_vs_usual", "count_1m", "foreign", "high_risk_country")
+DRIFT_WATCHED = ("log_amount", "log_amount_vs_usual", "foreign", "high_risk_country")  # features drift alarms watch
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -273,27 +274,6 @@ def _profile_quality(test: Dataset, stage1: Any) -> dict[str, float]:
     }
 
 
-def histogram(values: np.ndarray, edges: np.ndarray) -> list[float]:
-    """Proportions of ``values`` in the bins ``edges`` describes (outer bins open-ended)."""
-    counts = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0]
-    return (counts / max(1, counts.sum())).round(6).tolist()
-
-
-def reference_distributions(stage1_scores: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
-    """What the model saw at training time: its score histogram and the top features' histograms."""
-    score_edges = np.linspace(0.0, 1.0, 11)
-    out: dict[str, Any] = {
-        "score": {"edges": score_edges.tolist(), "proportions": histogram(stage1_scores, score_edges)}
-    }
-    for name in TOP_FEATURES:
-        column = rows[:, FEATURE_NAMES.index(name)]
-        edges = np.unique(np.quantile(column, np.linspace(0, 1, 11)))
-        if len(edges) < 3:
-            edges = np.array([column.min() - 0.5, column.min() + 0.5, column.max() + 1.0])
-        out[name] = {"edges": edges.tolist(), "proportions": histogram(column, edges)}
-    return out
-
-
 def _code_version() -> str:
     try:
         return subprocess.run(
@@ -368,7 +348,13 @@ def train_cascade(
         },
     }
     schema = {"best_stage1": best, "band": {"low": band.low, "high": band.high}, "gru_hidden": 32}
-    save_cascade(out / version, mlp, gbt, gru, schema, metrics, reference_distributions(test_s1, test.rows), manifest)
+    folder = save_cascade(out / version, mlp, gbt, gru, schema, metrics, manifest)
+    # drift baselines: each model's held-out scores (and, for stage 1, the watched features' values)
+    for kind, score in scorers.items():
+        ModelReference.build(model_name(kind), score(test.rows), test.rows, FEATURE_NAMES, DRIFT_WATCHED).save(
+            folder, per_model=True
+        )
+    ModelReference.build(model_name("gru"), stage2_scores).save(folder, per_model=True)
     if promote:
         ModelRegistry(out).promote(version, reason="trained")
     return version, metrics

@@ -11,6 +11,9 @@ The buffer is the same :class:`operators.batching.BatchBuffer` the synchronous
 batcher uses; this logic only adds "one call in flight". Items in flight are
 part of the snapshot with the buffer: after a crash they are computed again,
 never lost.
+
+Instrumented like the synchronous batcher (the call is timed on the background
+thread), plus the queue depth (buffered and in flight, ``sluice_async_queue_depth``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.batching import BatchBuffer
 from operators.clock import Clock, utc_now
-from operators.microbatch import call_batch, per_shard
+from operators.metrics import ASYNC_QUEUE
+from operators.microbatch import observed_call, per_shard
+from operators.probes import Origin, StageProbe
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -50,6 +55,7 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         poll: timedelta,
         resume: list[X] | None,
         now_getter: Clock = utc_now,
+        probe: StageProbe[X] | None = None,
     ) -> None:
         self.fn = fn
         self.executor = executor
@@ -57,6 +63,14 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         self.now = now_getter
         self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, resume, now_getter())
         self.inflight: tuple[list[X], Future[list[Y]]] | None = None
+        self.probe: StageProbe[X] = probe or StageProbe("async_micro_batch")
+        ASYNC_QUEUE.watch(self, _queue_depth)
+
+    @property
+    def depth(self) -> int:
+        """Items buffered plus the batch in flight (read by the metrics collector from another thread)."""
+        inflight = self.inflight
+        return len(self.buffer) + (len(inflight[0]) if inflight else 0)
 
     def _collect(self) -> list[Y]:
         if self.inflight is None or not self.inflight[1].done():
@@ -66,9 +80,11 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         return fut.result()  # an exception in the batch function fails the flow, as a sync step would
 
     def _maybe_submit(self, force: bool = False) -> None:
-        if self.inflight is None and len(self.buffer) and (force or self.buffer.due(self.now())):
+        now = self.now()
+        if self.inflight is None and len(self.buffer) and (force or self.buffer.due(now)):
+            waited = self.buffer.waited(now)
             items = self.buffer.take()
-            self.inflight = (items, self.executor.submit(call_batch, self.fn, items))
+            self.inflight = (items, self.executor.submit(observed_call, self.fn, items, self.probe, waited))
 
     def _step(self) -> list[Y]:
         out = self._collect()
@@ -100,6 +116,10 @@ class AsyncBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
         return (list(self.inflight[0]) if self.inflight else []) + self.buffer.snapshot()
 
 
+def _queue_depth(logic: AsyncBatchLogic[X, Y]) -> list[tuple[tuple[str, ...], float]]:
+    return [(logic.probe.key, logic.depth)]
+
+
 @operator
 def async_micro_batch(
     step_id: str,
@@ -111,8 +131,10 @@ def async_micro_batch(
     shards: int = 1,
     poll: timedelta = timedelta(milliseconds=2),
     now_getter: Clock = utc_now,
+    origin: Origin[X] | None = None,
 ) -> Stream[Y]:
-    """Like :func:`operators.microbatch.micro_batch`, but ``fn`` runs on a background thread.
+    """Like :func:`operators.microbatch.micro_batch`, but ``fn`` runs on a background thread
+    (``origin``: the input record an item came from, for event ages and spans).
 
     ```python
     answers = async_micro_batch("generate", prompts, llm.answer_batch, lambda p: p.session, max_batch=16)
@@ -121,7 +143,9 @@ def async_micro_batch(
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1")
 
+    probe: StageProbe[X] = StageProbe(step_id, origin)
+
     def builder(resume: list[X] | None) -> AsyncBatchLogic[X, Y]:
-        return AsyncBatchLogic(fn, _executor(step_id), max_batch, max_wait, poll, resume, now_getter)
+        return AsyncBatchLogic(fn, _executor(step_id), max_batch, max_wait, poll, resume, now_getter, probe)
 
     return per_shard(up, shard_key, shards, builder)

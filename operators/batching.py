@@ -61,6 +61,11 @@ class BatchBuffer(Generic[X]):
         """When the oldest item is due (None when empty)."""
         return self._runs[0][1] if self._runs else None
 
+    def waited(self, now: datetime) -> float:
+        """Seconds the oldest item has been waiting (0 when empty; restored items count from the restore,
+        as if they had waited ``max_wait``)."""
+        return (now - self._runs[0][1] + self.max_wait).total_seconds() if self._runs else 0.0
+
     def full(self) -> bool:
         return len(self._items) >= self.max_batch
 

@@ -6,6 +6,9 @@ value too large to be written again (the broker accepted it once, but the
 dead-letter topic's limit, or the producer's, is lower) is replaced by a
 reference: its position, size, SHA-256 and first bytes, so nothing about it is
 lost except what the original topic still holds.
+
+Every dead letter is counted when its record is made (``sluice_dead_letters_total``
+by step and reason class) and keeps the input's ``traceparent``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import orjson
 from bytewax.dataflow import Stream, operator
 
 from operators.kafka.records import KafkaRecord, SourceRecord
+from operators.metrics import DEAD_LETTERS, PROCESS, reason_class
+from operators.probes import StageProbe, stage_name
+from operators.tracing import trace_headers
 
 T = TypeVar("T")
 
@@ -36,7 +42,7 @@ class DeadLetter:
     source: SourceRecord
 
     def to_record(self, topic: str, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> KafkaRecord:
-        """The original bytes (or a reference to them when too large), reason and position in headers.
+        """The original bytes (or a reference to them when too large), reason, position and trace in headers.
 
         >>> src = SourceRecord("tx", 0, 7, b"k", b"x" * 50)
         >>> rec = DeadLetter("too big", "parse", src).to_record("dlq", max_bytes=10)
@@ -44,7 +50,14 @@ class DeadLetter:
         (50, b'1')
         """
         src = self.source
-        headers = [("dlq.reason", self.reason.encode()), ("dlq.step", self.step.encode()), *src.position.headers()]
+        if PROCESS.on:
+            DEAD_LETTERS.add((stage_name(self.step), reason_class(self.reason)))
+        headers = [
+            ("dlq.reason", self.reason.encode()),
+            ("dlq.step", self.step.encode()),
+            *src.position.headers(),
+            *trace_headers(src),
+        ]
         value = src.value
         if value is not None and len(value) > max_bytes:
             value = orjson.dumps(
@@ -60,6 +73,10 @@ class DeadLetter:
         return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
 
 
+def _itself(rec: SourceRecord) -> SourceRecord:
+    return rec
+
+
 @dataclass(frozen=True)
 class ParseOut(Generic[T]):
     """Streams out of :func:`parse_or_dead_letter`."""
@@ -73,16 +90,20 @@ def parse_or_dead_letter(step_id: str, up: Stream[SourceRecord], parser: Callabl
     """Parse each record's value; records the parser rejects go to ``dead`` with the reason.
 
     ``parser`` raises ``ValueError`` (e.g. :class:`models.wire.InvalidEvent`) for bad
-    input. Any other exception is a bug and still fails the flow.
+    input. Any other exception is a bug and still fails the flow. Instrumented as
+    stage ``step_id`` (:mod:`operators.probes`: items, time, the records' age, spans).
     """
+    probe: StageProbe[SourceRecord] = StageProbe(step_id, _itself)
 
     def parse_batch(batch: list[SourceRecord]) -> list[tuple[SourceRecord, T] | DeadLetter]:
+        started = probe.start()
         out: list[tuple[SourceRecord, T] | DeadLetter] = []
         for rec in batch:
             try:
                 out.append((rec, parser(rec.value)))
             except ValueError as exc:
                 out.append(DeadLetter(str(exc) or type(exc).__name__, step_id, rec))
+        probe.done(batch, started)
         return out
 
     parsed = op.flat_map_batch("parse", up, parse_batch)

@@ -5,6 +5,12 @@ features *of this event* now. The per-key core is
 :class:`state.windows.SlidingAggregates` (counts and sums over several windows,
 distinct values, seconds since the previous event); this module runs one per
 key as checkpointed state and routes events that are too late.
+
+Instrumented as stage ``step_id``: every event is counted, and those that did
+not simply join their window by status (``sluice_window_events_total``). A call
+handles one key, about one event, so its time (and, given an ``origin``, the
+events' age) is recorded for one call in ``TIMED_EVERY`` only (every call while tracing is on,
+so that each traced event gets its span).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
+from operators import tracing
 from operators.clock import Clock, utc_now
+from operators.metrics import PROCESS, WINDOW_EVENTS
+from operators.probes import Origin, StageProbe
 from state.windows import Features, SlidingAggregates, WindowSpec, WindowState
 
 E = TypeVar("E")
+TIMED_EVERY = 32
 
 __all__ = ["Features", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
 
@@ -58,6 +68,7 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         now_getter: Clock,
         extra_getter: Callable[[E], Any] | None = None,
         recent: int = 0,
+        probe: StageProbe[E] | None = None,
     ) -> None:
         self.agg = SlidingAggregates(spec, resume_state)
         self.ts_getter, self.value_getter, self.tag_getter = getters
@@ -68,8 +79,26 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         self.idle_timeout = idle_timeout
         self.now = now_getter
         self.expires_at = now_getter() + idle_timeout
+        self.probe: StageProbe[E] = probe or StageProbe("window")
+        # this worker thread's cells (a logic runs on one worker): events seen, calls made; None with metrics off.
+        # Inlined in on_batch (no method calls): this runs once per key, about once per event.
+        self._cells = self.probe.cells() if PROCESS.on else None
+        self._traced = tracing.enabled()  # then every call is recorded: each traced event gets its window span
+
+    def _odd(self, status: WindowStatus) -> None:
+        if PROCESS.on:
+            WINDOW_EVENTS.add((self.probe.stage, status.value))
 
     def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
+        started = 0
+        cells = self._cells
+        if cells is not None:
+            cells[0][0] += len(values)
+            cells[1][0] += 1
+            if not cells[1][0] % TIMED_EVERY:
+                started = self.probe.start()
+        if self._traced and not started:
+            started = self.probe.start()
         agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
         extra_of, n = self.extra_getter, self.recent
         now = self.now()
@@ -81,6 +110,7 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
             extra = extra_of(ev) if extra_of is not None else None
             if event_id is not None and agg.seen(event_id):
                 out.append(Windowed(ev, None, WindowStatus.DUPLICATE))
+                self._odd(WindowStatus.DUPLICATE)
                 continue
             feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
             if feats is not None:
@@ -89,7 +119,10 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
             status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
             recent = [*agg.recent(t, n - 1), (t, value(ev), extra)] if n else None  # as if it were there
             out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent))
+            self._odd(status)
         self.expires_at = now + self.idle_timeout
+        if started:
+            self.probe.done(values, started, count=False)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Windowed[E]], bool]:
@@ -116,6 +149,7 @@ def sliding_features(
     now_getter: Clock = utc_now,
     extra_getter: Callable[[E], Any] | None = None,
     recent: int = 0,
+    origin: Origin[E] | None = None,
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
@@ -135,7 +169,8 @@ def sliding_features(
     the same features as a dropped one, so expiry does not change results once the
     timeout is at least the horizon. Apart from ``ahead`` (which reads the clock),
     results depend only on the key's events in arrival order, so a replay
-    reproduces them exactly.
+    reproduces them exactly. ``origin`` (the input record an event came from)
+    adds event ages and spans to the metrics.
 
     ```python
     win = sliding_features("window", keyed, lambda e: e.t, lambda e: e.amount, lambda e: e.merchant)
@@ -143,10 +178,11 @@ def sliding_features(
     ```
     """
     getters = (ts_getter, value_getter, tag_getter)
+    probe: StageProbe[E] = StageProbe(step_id, origin)
 
     def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
         return _SlidingLogic(
-            spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter, extra_getter, recent
+            spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter, extra_getter, recent, probe
         )
 
     return op.stateful_batch("aggregate", up, builder)

@@ -35,6 +35,8 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from operators.clock import Clock, utc_now
+from operators.metrics import record_index
+from operators.probes import Origin, StageProbe
 from state.index_events import IndexChange, IndexReady
 
 D = TypeVar("D")
@@ -86,8 +88,10 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         budget: int,
         max_query_wait: timedelta,
         now_getter: Clock,
+        probes: tuple[StageProbe[D], StageProbe[Q], str] | None = None,
     ) -> None:
         self.index = build(resume["index"] if resume else None)
+        self.apply_probe, self.search_probe, self.name = probes or (StageProbe("index"), StageProbe("search"), "index")
         self.pending: list[tuple[D, Any, float]] = list(resume["pending"]) if resume else []  # doc, tag, arrived
         self.waiting: list[tuple[Q, float]] = list(resume["waiting"]) if resume else []  # query, arrived
         self.budget = budget
@@ -97,7 +101,10 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
     def _answer(self, queries: list[tuple[Q, float]], now: float, warming: bool) -> list[tuple[str, Any]]:
         if not queries:
             return []
-        results = self.index.answer([q for q, _ in queries])
+        asked = [q for q, _ in queries]
+        started = self.search_probe.start()
+        results = self.index.answer(asked)
+        self.search_probe.done(asked, started)
         return [
             ("answered", Answered(q, r, round((now - t) * 1000.0, 2), warming))
             for (q, t), r in zip(queries, results, strict=True)
@@ -114,7 +121,10 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
                 spent += self.index.cost(self.pending[take][0])
                 take += 1
             batch, self.pending = self.pending[:take], self.pending[take:]
-            changes = self.index.apply([doc for doc, _, _ in batch])
+            docs = [doc for doc, _, _ in batch]
+            started = self.apply_probe.start()
+            changes = self.index.apply(docs)
+            self.apply_probe.done(docs, started)
             out += [("change", (tag, change)) for (_, tag, _), change in zip(batch, changes, strict=True)]
             if not self.pending:
                 now = self.now().timestamp()
@@ -130,6 +140,9 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
             overdue = [(q, t) for q, t in self.waiting if now - t >= self.max_wait_s]
             self.waiting = [(q, t) for q, t in self.waiting if now - t < self.max_wait_s]
             out += self._answer(overdue, now, warming=True)
+        oldest = now - self.pending[0][2] if self.pending else 0.0
+        sizes = {"documents": self.index.doc_count, "chunks": self.index.chunk_count}
+        record_index(self.name, sizes, len(self.pending), oldest)
         return out
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], bool]:
@@ -175,13 +188,15 @@ def live_index(
     max_query_wait: timedelta = timedelta(seconds=10),
     name: str = "kb",
     now_getter: Clock = utc_now,
+    origin: Origin[Q] | None = None,
 ) -> IndexOut[Q, R]:
     """Keep an index of ``documents`` and answer ``queries`` from it (see the module docstring).
 
     ``documents`` carry a tag each (e.g. their Kafka position) that comes back with
     the :class:`IndexChange` they caused. ``build(state or None)`` makes the index
     (restoring it from a snapshot's ``state()``); ``budget`` is in the index's
-    ``cost`` units per step.
+    ``cost`` units per step. ``origin`` (the input record a query came from) adds
+    the queries' age and spans to the metrics.
 
     ```python
     out = live_index("kb", docs, questions, lambda state: MyIndex.from_state(state) if state else MyIndex())
@@ -192,8 +207,14 @@ def live_index(
     asks = op.map("query_in", queries, lambda q: (name, ("query", q)))
     merged = op.merge("in", docs, asks)
 
+    probes: tuple[StageProbe[D], StageProbe[Q], str] = (
+        StageProbe(f"{step_id}_index"),
+        StageProbe(f"{step_id}_search", origin),
+        name,
+    )
+
     def builder(resume: dict[str, Any] | None) -> _LiveIndexLogic[D, Q, R]:
-        return _LiveIndexLogic(build, resume, budget, max_query_wait, now_getter)
+        return _LiveIndexLogic(build, resume, budget, max_query_wait, now_getter, probes)
 
     results = op.stateful_batch("index", merged, builder)
     split = op.branch("is_answer", results, lambda kv: kv[1][0] == "answered")

@@ -8,6 +8,11 @@ timeout restarts on every item, so a steady trickle never flushes on time.
 Items are spread over ``shards`` keys so that every worker batches its share;
 the buffer is part of the snapshot, so items waiting at a checkpoint survive a
 crash.
+
+Instrumented as stage ``step_id`` (:mod:`operators.probes`), once per batch call:
+items, the call's time, the batch's size and how long its oldest item waited
+(``sluice_batch_size``, ``sluice_batch_wait_ms``) and, given an ``origin``, the
+age of the events when their results are ready.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.batching import BatchBuffer
 from operators.clock import Clock, utc_now
+from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
+from operators.probes import Origin, StageProbe
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -48,28 +55,52 @@ def call_batch(fn: BatchFn[X, Y], items: list[X]) -> list[Y]:
     return results
 
 
+def observed_call(fn: BatchFn[X, Y], items: list[X], probe: StageProbe[X], waited_s: float) -> list[Y]:
+    """:func:`call_batch`, recorded as one batch of ``probe``'s stage whose oldest item waited ``waited_s``."""
+    started = probe.start()
+    if started and PROCESS.on:
+        key = probe.key
+        BATCH_SIZE.observe(key, len(items))
+        BATCH_WAIT.observe(key, waited_s * 1000.0)
+    results = call_batch(fn, items)
+    probe.done(items, started)
+    return results
+
+
 class MicroBatchLogic(StatefulBatchLogic[X, Y, list[X]]):
     """Buffer of one shard; flushes by size, by deadline, and at EOF."""
 
     def __init__(
-        self, fn: BatchFn[X, Y], max_batch: int, max_wait: timedelta, buffered: list[X] | None, now_getter: Clock
+        self,
+        fn: BatchFn[X, Y],
+        max_batch: int,
+        max_wait: timedelta,
+        buffered: list[X] | None,
+        now_getter: Clock,
+        probe: StageProbe[X] | None = None,
     ) -> None:
         self.fn = fn
         self.now = now_getter
         self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, buffered, now_getter())
+        self.probe: StageProbe[X] = probe or StageProbe("micro_batch")
+
+    def _call(self, now: datetime) -> list[Y]:
+        waited = self.buffer.waited(now)
+        return observed_call(self.fn, self.buffer.take(), self.probe, waited)
 
     def _flush_due(self, everything: bool = False) -> list[Y]:
         out: list[Y] = []
         now = self.now()
         while self.buffer.due(now) or (everything and len(self.buffer)):
-            out.extend(call_batch(self.fn, self.buffer.take()))
+            out.extend(self._call(now))
         return out
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
-        self.buffer.add(values, self.now())
+        now = self.now()
+        self.buffer.add(values, now)
         out: list[Y] = []
         while self.buffer.full():
-            out.extend(call_batch(self.fn, self.buffer.take()))
+            out.extend(self._call(now))
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Y], bool]:
@@ -95,8 +126,10 @@ def micro_batch(
     max_wait: timedelta = timedelta(milliseconds=5),
     shards: int = 8,
     now_getter: Clock = utc_now,
+    origin: Origin[X] | None = None,
 ) -> Stream[Y]:
     """Run ``fn`` on micro-batches of ``up``; ``fn`` returns one result per item, in order.
+    ``origin`` (the input record an item came from) adds event ages and spans to the metrics.
 
     ```python
     scores = micro_batch("score", events, model.score_batch, lambda e: e.card_id, max_batch=256)
@@ -107,8 +140,10 @@ def micro_batch(
     if shards < 1:
         raise ValueError("shards must be >= 1")
 
+    probe: StageProbe[X] = StageProbe(step_id, origin)
+
     def builder(resume_state: list[X] | None) -> MicroBatchLogic[X, Y]:
-        return MicroBatchLogic(fn, max_batch, max_wait, resume_state, now_getter)
+        return MicroBatchLogic(fn, max_batch, max_wait, resume_state, now_getter, probe)
 
     return per_shard(up, shard_key, shards, builder)
 

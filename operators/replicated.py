@@ -31,6 +31,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from operators.microbatch import shard_of
+from operators.probes import Origin, StageProbe
 
 U = TypeVar("U")
 Q = TypeVar("Q")
@@ -50,10 +51,24 @@ class Replica(Protocol[U, Q, Y, S_co]):
 
 
 class _ReplicaLogic(StatefulBatchLogic[tuple[str, Tagged], Y, S], Generic[U, Q, Y, S]):
-    def __init__(self, make: Callable[[str, S | None], Replica[U, Q, Y, S]], resume: S | None) -> None:
+    def __init__(
+        self,
+        make: Callable[[str, S | None], Replica[U, Q, Y, S]],
+        resume: S | None,
+        probes: tuple[StageProbe[U], StageProbe[Q]] | None = None,
+    ) -> None:
         self.make = make
         self.resume = resume
         self.replica: Replica[U, Q, Y, S] | None = None
+        self.update_probe, self.query_probe = probes or (StageProbe("update"), StageProbe("query"))
+
+    def _run(self, kind: str, run: list[Any]) -> list[Y]:
+        assert self.replica is not None
+        probe = self.update_probe if kind == "u" else self.query_probe
+        started = probe.start()
+        out = self.replica.update(run) if kind == "u" else self.replica.answer(run)
+        probe.done(run, started)
+        return out
 
     def on_batch(self, values: list[tuple[str, Tagged]]) -> tuple[list[Y], bool]:
         if self.replica is None:
@@ -63,7 +78,7 @@ class _ReplicaLogic(StatefulBatchLogic[tuple[str, Tagged], Y, S], Generic[U, Q, 
         kind = ""
         for _, (tag, value) in [*values, ("", ("end", None))]:
             if tag != kind and run:
-                out.extend(self.replica.update(run) if kind == "u" else self.replica.answer(run))
+                out.extend(self._run(kind, run))
                 run = []
             kind = tag
             run.append(value)
@@ -84,8 +99,13 @@ def replicated(
     replicas: int,
     query_key: Callable[[Q], str],
     make: Callable[[str, S | None], Replica[U, Q, Y, S]],
+    origin: Origin[Q] | None = None,
 ) -> Stream[Y]:
     """Keep ``replicas`` copies built by ``make(name, resume)``; broadcast ``updates``, route ``queries``.
+
+    Instrumented as stages ``<step_id>_update`` and ``<step_id>_query`` (one call per
+    run of updates or queries); ``origin`` (the record a query came from) adds the
+    queries' age and spans.
 
     ```python
     answers = replicated("catalogue", item_changes, requests, 2, lambda r: r.request_id, CatalogueReplica.build)
@@ -104,7 +124,12 @@ def replicated(
 
     merged = op.merge("in", op.flat_map("broadcast", updates, broadcast), op.map("route", queries, route))
 
+    probes: tuple[StageProbe[U], StageProbe[Q]] = (
+        StageProbe(f"{step_id}_update"),
+        StageProbe(f"{step_id}_query", origin),
+    )
+
     def builder(resume: S | None) -> _ReplicaLogic[U, Q, Y, S]:
-        return _ReplicaLogic(make, resume)
+        return _ReplicaLogic(make, resume, probes)
 
     return op.map("out", op.stateful_batch("replica", merged, builder), lambda kv: kv[1])

@@ -33,9 +33,9 @@ from typing import Generic, TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer
 from operators.clock import Clock, utc_now
-from operators.microbatch import call_batch, per_shard
+from operators.microbatch import MicroBatchLogic, per_shard
+from operators.probes import Origin, StageProbe
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -139,7 +139,8 @@ class VersionedModels(Generic[M]):
 
 
 class VersionedBatchLogic(StatefulBatchLogic[X, Y, VersionedState[X]]):
-    """One shard's buffer and pinned version."""
+    """One shard: a :class:`operators.microbatch.MicroBatchLogic` whose batch function sees the pinned version,
+    and the pin, moved only at checkpoints."""
 
     def __init__(
         self,
@@ -149,47 +150,39 @@ class VersionedBatchLogic(StatefulBatchLogic[X, Y, VersionedState[X]]):
         max_wait: timedelta,
         resume: VersionedState[X] | None,
         now_getter: Clock,
+        probe: StageProbe[X] | None = None,
     ) -> None:
-        self.fn, self.models, self.now = fn, models, now_getter
+        self.fn, self.models = fn, models
         buffered, version = resume if resume is not None else ([], models.ready_version())
-        self.buffer: BatchBuffer[X] = BatchBuffer(max_batch, max_wait, buffered, now_getter())
         self._pin(version)
+        self.batches: MicroBatchLogic[X, Y] = MicroBatchLogic(
+            self._call, max_batch, max_wait, buffered, now_getter, probe
+        )
 
     def _pin(self, version: str | None) -> None:
         self.version = version
         self.model = self.models.get(version)
 
-    def _call(self, items: list[X]) -> list[Y]:
-        return call_batch(lambda xs: self.fn(self.model, self.version, xs), items)
+    def _call(self, items: list[X]) -> Sequence[Y]:
+        return self.fn(self.model, self.version, items)
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
-        self.buffer.add(values, self.now())
-        out: list[Y] = []
-        while self.buffer.full():
-            out.extend(self._call(self.buffer.take()))
-        return out, StatefulBatchLogic.RETAIN
+        return self.batches.on_batch(values)
 
     def on_notify(self) -> tuple[list[Y], bool]:
-        out: list[Y] = []
-        now = self.now()
-        while self.buffer.due(now):
-            out.extend(self._call(self.buffer.take()))
-        return out, StatefulBatchLogic.RETAIN
+        return self.batches.on_notify()
 
     def on_eof(self) -> tuple[list[Y], bool]:
-        out: list[Y] = []
-        while len(self.buffer):
-            out.extend(self._call(self.buffer.take()))
-        return out, StatefulBatchLogic.DISCARD
+        return self.batches.on_eof()
 
     def notify_at(self) -> datetime | None:
-        return self.buffer.deadline
+        return self.batches.notify_at()
 
     def snapshot(self) -> VersionedState[X]:
         ready = self.models.ready_version()
         if ready != self.version:
             self._pin(ready)  # the epoch boundary: items from here on, replayed or not, use the new version
-        return self.buffer.snapshot(), self.version
+        return self.batches.snapshot(), self.version
 
 
 @operator
@@ -203,9 +196,11 @@ def versioned_batch(
     max_wait: timedelta = timedelta(milliseconds=5),
     shards: int = 8,
     now_getter: Clock = utc_now,
+    origin: Origin[X] | None = None,
 ) -> Stream[Y]:
     """Run ``fn(model, version, batch)`` on micro-batches of ``up`` with the version pinned by each shard;
-    a newly served version is picked up at the next checkpoint (see the module docstring).
+    a newly served version is picked up at the next checkpoint (see the module docstring). Instrumented
+    like :func:`operators.microbatch.micro_batch`.
 
     ```python
     served = VersionedModels(registry.served, load_cascade)
@@ -216,8 +211,9 @@ def versioned_batch(
         raise ValueError("max_batch must be >= 1")
     if shards < 1:
         raise ValueError("shards must be >= 1")
+    probe: StageProbe[X] = StageProbe(step_id, origin)
 
     def builder(resume: VersionedState[X] | None) -> VersionedBatchLogic[X, Y]:
-        return VersionedBatchLogic(fn, models, max_batch, max_wait, resume, now_getter)
+        return VersionedBatchLogic(fn, models, max_batch, max_wait, resume, now_getter, probe)
 
     return per_shard(up, shard_key, shards, builder)

@@ -7,6 +7,11 @@ cost from the sender's and the collector's. Each run is a fresh stack; the
 figures are the median of the runs (spread beside them), written to
 ``perf/reports/drain-<date>.json`` and, for the default at-least-once fraud
 flow, to ``summary.json`` (``fraud.drain_events_per_s``, ``fraud.drain_cpu_us_per_event``).
+
+``--metrics`` runs the flow with its metrics on (``SLUICE_METRICS_PORT``) and
+scrapes ``/metrics`` every second while it drains, as a Prometheus would
+(a shorter interval than usual: an upper bound on the scrape cost); such runs
+only write their report (``perf.observe_overhead`` compares them with plain ones).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 
 import orjson
@@ -74,6 +81,10 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
     state = PROJECT_ROOT / ".stack" / "drain" / f"run-{run}"
     stack = LocalStack(free_port(), free_port(), state, topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url, exactly_once=args.exactly_once)
+    metrics = getattr(args, "metrics", False)
+    if metrics:
+        settings = replace(settings, metrics_port=free_port(), metrics_addr="127.0.0.1")
+    scraping: Scraper | None = None
     recovery = None
     if args.exactly_once:
         recovery = state / "recovery"
@@ -84,6 +95,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
         send_open_loop(sender(settings), event_records(TransactionStream(3, n_cards=20_000), settings), 1e9, args.count)
         counter = OutputCounter(settings.connection(), settings.decisions_topic, args.partitions)
         flow.start()
+        scraping = Scraper(settings.metrics_port) if metrics else None
         proc = psutil.Process(flow.pids[0])
         shown = Progress(args.count, "decided", enabled=None)
         samples: list[tuple[float, float]] = []  # (epoch ms, flow CPU seconds)
@@ -104,8 +116,36 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
             round(1e6 * (cpu_at_last - cpu_at_first) / counter.count, 2),
         )
     finally:
+        if scraping is not None:
+            scraping.stop()
         flow.stop()
         stack.stop()
+
+
+class Scraper:
+    """Reads ``/metrics`` every ``every_s`` from a background thread, as Prometheus would (errors ignored:
+    the server is not up during the flow's first second)."""
+
+    def __init__(self, port: int, every_s: float = 1.0) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.every_s = every_s
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as resp:  # noqa: S310 - our own flow
+                    resp.read()
+                self.scrapes += 1
+            except OSError:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="latency", help="broker profile (latency, throughput, kafka)")
     parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
+    parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
     runs = []
@@ -127,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               f"flow CPU {r.cpu_us_per_event:.1f} us/event", flush=True)  # fmt: skip
     rate, rate_lo, rate_hi = median_and_spread([r.events_per_s for r in runs])
     cpu, cpu_lo, cpu_hi = median_and_spread([r.cpu_us_per_event for r in runs])
-    mode = "exactly-once" if args.exactly_once else "at-least-once"
+    mode = ("exactly-once" if args.exactly_once else "at-least-once") + (" + metrics" if args.metrics else "")
     print(f"{args.flow} ({mode}, {args.profile}): median {rate:,.0f} events/s ({rate_lo:,.0f}-{rate_hi:,.0f}), "
           f"{cpu:.1f} us/event ({cpu_lo:.1f}-{cpu_hi:.1f})")  # fmt: skip
     report = {
@@ -146,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     name = f"drain-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}.json"
     (REPORTS / name).write_text(json.dumps(report, indent=1))
-    if args.flow == DEFAULT_FLOW and not args.exactly_once and args.profile == "latency":
+    headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics  # metrics: a variant
+    if headline and not args.exactly_once:
         record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})
-    elif args.flow == DEFAULT_FLOW and args.exactly_once and args.profile == "latency":
+    elif headline:
         record("fraud", {"drain_exactly_once_events_per_s": rate})
     return 0
 

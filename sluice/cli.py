@@ -10,6 +10,7 @@
     sluice settings fraud [--markdown]
     sluice review serve | add-reviewer | policy
     sluice audit verify --topic audit
+    sluice top [PORT|HOST:PORT|URL ...]
 
 Also ``python -m sluice``. Every subcommand has ``--help``.
 """
@@ -148,6 +149,22 @@ def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._
     p.set_defaults(fn=_lazy("sluice.local.shopping"))
 
 
+def _observability_arguments(sub: argparse._SubParsersAction) -> None:
+    """``sluice top`` (the live terminal view of running flows, :mod:`sluice.top`)."""
+    p = sub.add_parser("top", help="live view of running flows: rates, P50/P99 per stage, lag, DLQ, alarms")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        help="ports, host:port or URLs (default: $SLUICE_METRICS_PORT..+3, else 9100/9110/9120..+3)",
+    )
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    p.add_argument("--window", type=float, default=10.0, help="seconds of history behind P50/P99")
+    p.add_argument("--once", action="store_true", help="print one frame (after two scrapes) and exit")
+    p.add_argument("--svg", default=None, help="with --once: also save the frame as an SVG screenshot")
+    p.add_argument("--width", type=int, default=120, help="with --once: the frame's width in columns")
+    p.set_defaults(fn=_lazy("sluice.top"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = produce.add_parser("transactions", help="synthetic card transactions, open-loop at a fixed rate")
     _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0, label_delay_s=600.0)
+    p.add_argument("--shift-amounts", type=float, default=1.0, help="multiply every amount (a drift test)")
+    p.add_argument("--shift-foreign", type=float, default=0.0, help="share of events moved abroad (a drift test)")
     p.set_defaults(fn=_lazy("sluice.local.transactions"))
     p = produce.add_parser("profiles", help="the synthetic cards' profiles into Redis")
     p.add_argument("--seed", type=int, default=7)
@@ -218,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert-llm", help="convert the SmolLM2 GGUF to safetensors once (the assistant's LLM)")
     p.set_defaults(fn=cmd_convert_llm)
     add_review_commands(sub)
+    _observability_arguments(sub)
     return parser
 
 

@@ -43,11 +43,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
-    """Environment for a backfill flow: its own output topics and transactional ids, stop at the end."""
+    """Environment for a backfill flow: its own output topics and transactional ids, stop at the end
+    (no metrics server: the live flow's port is taken, and a backfill's alarms go to its own topic)."""
     return {
         **settings.to_env(),
         "SLUICE_DECISIONS_TOPIC": output_topic,
         "SLUICE_DLQ_TOPIC": f"{output_topic}-dlq",
+        "SLUICE_ALARMS_TOPIC": f"{output_topic}-alarms",
+        "SLUICE_METRICS_PORT": "0",
         "SLUICE_TRANSACTIONAL_ID_PREFIX": f"replay-{output_topic}",
         "SLUICE_START_FROM": start_from,
         "SLUICE_STOP_AT_END": "1",
@@ -66,7 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.from_time is not None:
         start = f"time:{args.from_time}"
     partitions = settings.topic_partitions
-    create_topics(settings.connection(), {args.output_topic: partitions, f"{args.output_topic}-dlq": 1})
+    create_topics(
+        settings.connection(),
+        {args.output_topic: partitions, f"{args.output_topic}-dlq": 1, f"{args.output_topic}-alarms": 1},
+    )
     scratch = Path(tempfile.mkdtemp(prefix="sluice-replay-"))
     try:
         recovery: Path | None = None

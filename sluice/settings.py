@@ -29,6 +29,7 @@ from operators.kafka.connection import PROFILES, KafkaConnection
 from operators.kafka.source import StartAt
 
 KAFKA_PREFIX = "SLUICE_KAFKA_"
+OBSERVABILITY = "observability"  # the group of the metrics, tracing and alarm settings (their own README table)
 # Variables read by tools rather than by a settings class (not flagged as unknown).
 TOOL_VARIABLES = frozenset({"SLUICE_REDIS_SERVER", "SLUICE_STACK_KAFKA_PORT", "SLUICE_STACK_REDIS_PORT"})
 S = TypeVar("S", bound="FlowSettings")
@@ -47,10 +48,12 @@ def setting(
     maximum: float | None = None,
     choices: tuple[str, ...] | Mapping[str, Any] | None = None,
     check: Callable[[Any], object] | None = None,
+    group: str = "",
 ) -> Any:
     """A settings field: its default, one line of documentation, and the rule its value must follow.
 
-    ``check`` raises ``ValueError`` with a message saying what is accepted.
+    ``check`` raises ``ValueError`` with a message saying what is accepted. ``group``
+    puts the field in its own README table (``<!-- settings:Class/group -->``).
     """
     meta: dict[str, Any] = {
         "doc": doc,
@@ -58,6 +61,7 @@ def setting(
         "maximum": maximum,
         "choices": tuple(choices) if choices else None,
         "check": check,
+        "group": group,
     }
     return field(default=default, metadata=meta)
 
@@ -140,6 +144,11 @@ def _optional_start(spec: str) -> None:
         StartAt.parse(spec)
 
 
+def _exporter(spec: str) -> None:
+    if spec not in ("console", "otlp", "memory") and not (spec.startswith("jsonl:") and len(spec) > 6):
+        raise ValueError("use console, otlp, jsonl:PATH or memory")
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     """What every Sluice flow needs: where Kafka and Redis are, the dead-letter topic,
@@ -166,6 +175,49 @@ class FlowSettings:
     connect_timeout_s: float = setting(15.0, "how long start-up waits for Kafka and Redis before failing", minimum=0.1)
     outage_timeout_s: float = setting(
         60.0, "a running flow whose broker or input topic stays gone this long exits (code 3)", minimum=1.0
+    )
+    # observability (dataflows/observability.py): metrics, tracing, alarms; their own README table
+    metrics_port: int = setting(
+        0, "serve Prometheus /metrics on this port (process i of a flow: port + i); 0: metrics and alarms off",
+        minimum=0, maximum=65535, group=OBSERVABILITY,
+    )  # fmt: skip
+    metrics_addr: str = setting("0.0.0.0", "address the /metrics server listens on", group=OBSERVABILITY)
+    tracing: bool = setting(
+        False, "record a span per stage for inputs that carry a W3C traceparent header", group=OBSERVABILITY
+    )
+    trace_exporter: str = setting(
+        "console", "where spans go: console, otlp, jsonl:PATH or memory", check=_exporter, group=OBSERVABILITY
+    )
+    trace_sample: float = setting(
+        1.0, "share of the producer-sampled traces recorded", minimum=0.0, maximum=1.0, group=OBSERVABILITY
+    )
+    alarms_topic: str = setting(
+        "alarms", "drift and health alarms out (one partition)", check=_topic, group=OBSERVABILITY
+    )
+    slo_ms: float = setting(
+        35.0, "latency target: events older than this at the SLO stage burn the SLO", minimum=0.1,
+        group=OBSERVABILITY,
+    )  # fmt: skip
+    alarm_slo_burn: float = setting(
+        0.01, "alarm when more than this share of events misses the SLO", minimum=0.0, group=OBSERVABILITY
+    )
+    alarm_lag_s: float = setting(
+        30.0, "alarm when the input lag has grown for this long", minimum=1.0, group=OBSERVABILITY
+    )
+    alarm_dlq_rate: float = setting(
+        0.01, "alarm when more than this share of input is dead-lettered", minimum=0.0, group=OBSERVABILITY
+    )
+    alarm_fallback_rate: float = setting(
+        0.05, "alarm when more than this share of feature-store lookups falls back", minimum=0.0,
+        group=OBSERVABILITY,
+    )  # fmt: skip
+    alarm_window_s: float = setting(
+        10.0, "the rates above are over this many seconds", minimum=1.0, group=OBSERVABILITY
+    )
+    drift_psi: float = setting(0.2, "drift alarm when a window's PSI is over this", minimum=0.0, group=OBSERVABILITY)
+    drift_window_s: float = setting(300.0, "drift windows (processing time)", minimum=1.0, group=OBSERVABILITY)
+    drift_min_count: int = setting(
+        500, "scores a window needs before its drift is judged", minimum=1, group=OBSERVABILITY
     )
     kafka: Mapping[str, str] = field(default_factory=dict)
 
@@ -236,7 +288,8 @@ class FlowSettings:
 
     def topics(self) -> dict[str, int]:
         """Every topic of the workflow with the partition count `sluice stack topics` gives it."""
-        return {t: self.topic_partitions for t in [*self.input_topics(), *self.output_topics()]} | {self.dlq_topic: 1}
+        every = {t: self.topic_partitions for t in [*self.input_topics(), *self.output_topics()]}
+        return every | {self.dlq_topic: 1, self.alarms_topic: 1}
 
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
@@ -301,7 +354,7 @@ class FraudSettings(FlowSettings):
 
     def output_topics(self) -> list[str]:
         optional = [t for t in (self.features_topic, self.rationales_topic) if t]
-        return [self.decisions_topic, self.dlq_topic, self.shadow_topic, *optional]
+        return [self.decisions_topic, self.dlq_topic, self.shadow_topic, self.alarms_topic, *optional]
 
     def topics(self) -> dict[str, int]:
         return super().topics() | {self.labels_topic: self.topic_partitions}
@@ -362,24 +415,28 @@ class AssistantSettings(FlowSettings):
         "sluice-assistant", "prefix of the transactional ids (one per output partition)"
     )
     source_batch_size: int = setting(500, "records a source partition hands over per poll", minimum=1)
+    slo_ms: float = setting(110.0, "latency target of the retrieval path (question age when searched)", minimum=0.1)
 
     def input_topics(self) -> list[str]:
         return [self.documents_topic, self.requests_topic]
 
     def output_topics(self) -> list[str]:
-        return [self.responses_topic, self.handoff_topic, self.index_changes_topic, self.dlq_topic]
+        return [self.responses_topic, self.handoff_topic, self.index_changes_topic, self.dlq_topic, self.alarms_topic]
 
     def topics(self) -> dict[str, int]:
         single = {self.documents_topic: 1, self.handoff_topic: 1, self.index_changes_topic: 1}
         return super().topics() | single
 
 
-def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = None) -> str:
-    """A Markdown table of ``cls``'s variables, defaults and meanings (fields of ``base`` left out)."""
+def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = None, group: str | None = None) -> str:
+    """A Markdown table of ``cls``'s variables, defaults and meanings (fields of ``base`` left out; only
+    those of ``group`` when given)."""
     inherited = {f.name for f in base.settings_fields()} if base else set()
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in cls.settings_fields():
         if f.name in inherited and getattr(cls, f.name) == getattr(base, f.name):
+            continue
+        if group is not None and f.metadata.get("group", "") != group:
             continue
         default = getattr(cls, f.name)
         shown = str(int(default)) if isinstance(default, bool) else (str(default) if default != "" else "(empty)")
@@ -388,17 +445,19 @@ def settings_table(cls: type[FlowSettings], base: type[FlowSettings] | None = No
 
 
 def update_readme_tables(text: str) -> str:
-    """``text`` (the README) with every ``<!-- settings:Class -->`` ... ``<!-- /settings -->`` block regenerated."""
+    """``text`` (the README) with every ``<!-- settings:Class -->`` (or ``Class/group``) ... ``<!-- /settings -->``
+    block regenerated."""
     known: list[type[FlowSettings]] = [FlowSettings]
     known += FlowSettings.all_classes
     classes = {c.__name__: c for c in known}
 
     def table(match: re.Match[str]) -> str:
         cls = classes[match.group(1)]
-        body = settings_table(cls, None if cls is FlowSettings else FlowSettings)
-        return f"<!-- settings:{match.group(1)} -->\n{body}\n<!-- /settings -->"
+        body = settings_table(cls, None if cls is FlowSettings else FlowSettings, match.group(2) or "")
+        name = match.group(1) + (f"/{match.group(2)}" if match.group(2) else "")
+        return f"<!-- settings:{name} -->\n{body}\n<!-- /settings -->"
 
-    return re.sub(r"<!-- settings:(\w+) -->\n.*?<!-- /settings -->", table, text, flags=re.S)
+    return re.sub(r"<!-- settings:(\w+)(?:/(\w+))? -->\n.*?<!-- /settings -->", table, text, flags=re.S)
 
 
 # --- personalization (dataflows/personalize.py) -------------------------------------------------------------------
@@ -461,12 +520,13 @@ class PersonalizeSettings(FlowSettings):
         1000.0, "how often a category's popularity is re-sent to the replicas", minimum=1.0
     )
     source_batch_size: int = setting(1000, "records a source partition hands over per poll", minimum=1)
+    slo_ms: float = setting(80.0, "latency target of a recommendation (request age when ranked)", minimum=0.1)
 
     def input_topics(self) -> list[str]:
         return [self.catalog_topic, self.interactions_topic, self.requests_topic, self.rules_topic]
 
     def output_topics(self) -> list[str]:
-        return [self.recommendations_topic, self.catalog_changes_topic, self.dlq_topic]
+        return [self.recommendations_topic, self.catalog_changes_topic, self.dlq_topic, self.alarms_topic]
 
     def topics(self) -> dict[str, int]:
         single = {self.rules_topic: 1, self.catalog_changes_topic: 1}

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeAlias, TypeVar
+from typing import ClassVar, Generic, TypeAlias, TypeVar
 
 import redis
 
@@ -134,7 +135,13 @@ class FeatureStore(Generic[V]):
     ``parse`` turns a raw hash into what the caller wants (validated once per
     cache fill, not per event); a ``ValueError`` from it makes that profile
     :class:`Unreadable`.
+
+    Lookups are counted in plain attributes (``hits``: served from the cache,
+    ``misses``: read from Redis, ``down``: answered "store down"), which the
+    metrics collector reads from every live store (:meth:`live`) at scrape time.
     """
+
+    _live: ClassVar[weakref.WeakSet[FeatureStore[object]]] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -171,6 +178,15 @@ class FeatureStore(Generic[V]):
         self._open_until = 0.0
         self.round_trips = 0
         self.failures = 0
+        self.hits = 0
+        self.misses = 0
+        self.down = 0
+        FeatureStore._live.add(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def live(cls) -> list[FeatureStore[object]]:
+        """Every store of this process that is still in use (for the metrics collector)."""
+        return list(cls._live)
 
     def key(self, entity_id: str) -> str:
         return f"{self.namespace}:{entity_id}"
@@ -193,9 +209,11 @@ class FeatureStore(Generic[V]):
             else:
                 found[entity_id] = None
                 missing.append(entity_id)
+        self.hits += len(found) - len(missing)
         if not missing:
             return found, False
         if now < self._open_until:
+            self.down += len(missing)
             return found, True
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -205,18 +223,22 @@ class FeatureStore(Generic[V]):
             self.round_trips += 1
         except redis.RedisError as exc:
             self._failed(exc)
+            self.down += len(missing)
             return found, True
         self._failed_in_a_row = 0
         if len(self._cache) + len(missing) > self.max_cached:
             self._cache.clear()
-        for entity_id, reply in zip(missing, replies, strict=True):
+        for i, (entity_id, reply) in enumerate(zip(missing, replies, strict=True)):
             if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
                 self._failed(reply)
+                self.misses += i
+                self.down += len(missing) - i
                 return found, True
             value = self._decode(reply)
             found[entity_id] = value
             fresh_for = self.negative_ttl_s if value is None or isinstance(value, Unreadable) else self.ttl_s
             self._cache[entity_id] = (now + fresh_for, value)
+        self.misses += len(missing)
         return found, False
 
     def _failed(self, exc: Exception) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from models.train_fraud import main as train_main
-from operators.kafka.admin import create_topics
 from sluice.local.stack import LocalStack
 from sluice.processes import free_port
 from sluice.settings import FraudSettings
+from tests.helpers import fraud_settings
 
 
 @pytest.fixture(scope="session")
@@ -36,20 +34,4 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def settings(stack: LocalStack, model_dir: Path) -> FraudSettings:
     """Settings pointing at the session stack, with topics of this test's own."""
-    tag = uuid.uuid4().hex[:8]
-    s = replace(
-        FraudSettings(),
-        brokers=stack.brokers,
-        redis_url=stack.redis_url,
-        transactions_topic=f"tx-{tag}",
-        decisions_topic=f"decisions-{tag}",
-        dlq_topic=f"dlq-{tag}",
-        labels_topic=f"labels-{tag}",
-        features_topic=f"features-{tag}",
-        shadow_topic=f"shadow-{tag}",
-        rationales_topic=f"rationales-{tag}",
-        model_path=str(model_dir),
-        topic_partitions=3,
-    )
-    create_topics(s.connection(), s.topics())
-    return s
+    return fraud_settings(stack, model_dir)

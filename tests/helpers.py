@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ from confluent_kafka import Message, Producer
 
 from models.synthetic_transactions import START_MS
 from models.transaction import Transaction
-from operators.kafka.admin import read_all
+from operators.kafka.admin import create_topics, read_all
+from sluice.local.stack import LocalStack
 from sluice.processes import FlowProcesses
 from sluice.settings import FlowSettings, FraudSettings
 
@@ -33,15 +36,19 @@ def txn(
 
 
 def produce(
-    settings: FlowSettings, values: Sequence[tuple[bytes | None, bytes | None]], topic: str | None = None
+    settings: FlowSettings,
+    values: Sequence[tuple[bytes | None, bytes | None]],
+    topic: str | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> None:
-    """Produce ``(key, value)`` pairs to ``topic`` (default: the fraud flow's transactions) and wait for them."""
+    """Produce ``(key, value)`` pairs (each with ``headers``) to ``topic`` (default: the fraud flow's
+    transactions) and wait for them."""
     if topic is None:
         assert isinstance(settings, FraudSettings), "name the topic for flows other than fraud"
         topic = settings.transactions_topic
     producer = Producer(settings.connection().producer_config(**{"message.max.bytes": 10_000_000}))
     for key, value in values:
-        producer.produce(topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value, headers=headers)
     assert producer.flush(30) == 0
 
 
@@ -89,3 +96,26 @@ def start_flow(
 ) -> FlowProcesses:
     env = {**settings.to_env(), **(extra_env or {})}
     return FlowProcesses(flow, env, log_dir=log_dir, **kwargs).start()
+
+
+def fraud_settings(stack: LocalStack, model_dir: Path, **overrides: Any) -> FraudSettings:
+    """Fraud settings on the test stack with topics of their own (created), the test model and ``overrides``."""
+    tag = uuid.uuid4().hex[:8]
+    s = replace(
+        FraudSettings(),
+        brokers=stack.brokers,
+        redis_url=stack.redis_url,
+        transactions_topic=f"tx-{tag}",
+        decisions_topic=f"decisions-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        labels_topic=f"labels-{tag}",
+        alarms_topic=f"alarms-{tag}",
+        features_topic=f"features-{tag}",
+        shadow_topic=f"shadow-{tag}",
+        rationales_topic=f"rationales-{tag}",
+        model_path=str(model_dir),
+        topic_partitions=3,
+    )
+    s = replace(s, **overrides)
+    create_topics(s.connection(), s.topics())
+    return s

@@ -242,6 +242,20 @@ def test_bad_requests_get_an_error_reply_and_a_dead_letter_and_the_flow_keeps_an
     assert _answer(settings, "s-after", "1", flow)["route"] == "small_talk"
 
 
+def test_answers_carry_the_trace_of_their_question(running):
+    settings, flow = running
+    parent = b"00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01"
+    req = ChatRequest("s-traced", "1", "What does the global statement do?", time.time() * 1000.0)
+    produce(settings, [(b"s-traced", req.to_json())], settings.requests_topic, headers=[("traceparent", parent)])
+    _answer(settings, "s-traced", "1", flow)
+    [msg] = [
+        m
+        for m in read_all(settings.connection(), settings.responses_topic)
+        if orjson.loads(m.value() or b"{}").get("session_id") == "s-traced"
+    ]
+    assert header_value(msg.headers(), "traceparent") == parent
+
+
 def test_injections_in_the_users_text_do_not_leak_the_prompt_end_to_end(running):
     settings, flow = running
     for n, injection in enumerate(INJECTIONS[:6]):

@@ -19,7 +19,8 @@ def test_trained_artifact_has_every_model_its_metrics_and_its_provenance(model_d
     version = ModelRegistry(model_dir).served()
     assert version is not None
     folder = model_dir / version
-    for name in ("mlp.pt", "gbt.txt", "gru.pt", "schema.json", "metrics.json", "reference.json", "manifest.json"):
+    references = [f"drift_reference.fraud-{kind}.json" for kind in ("gbt", "mlp", "gru")]
+    for name in ("mlp.pt", "gbt.txt", "gru.pt", "schema.json", "metrics.json", "manifest.json", *references):
         assert (folder / name).exists(), name
     schema = json.loads((folder / "schema.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())

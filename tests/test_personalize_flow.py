@@ -18,6 +18,7 @@ import redis
 from models.shopping import CatalogItem, RecommendRequest
 from models.synthetic_shopping import HOUR_MS
 from operators.kafka.admin import create_topics, read_all
+from operators.kafka.records import header_value
 from sluice.local.shopping import (
     Shop,
     bulk_load_catalogue,
@@ -126,6 +127,20 @@ def test_a_known_user_gets_similar_unseen_items_and_their_vector_is_in_redis(run
     favourite = set(list(orjson.loads(stored[b"affinity"]))[:2])
     categories = {i.item_id: i.category for i in shop.items}
     assert sum(categories[i] in favourite for i in ids) >= 5
+
+
+def test_a_recommendation_carries_the_trace_of_its_request(running):
+    settings, flow, _ = running
+    parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    req = RecommendRequest("r-traced", "u5", 5, "home", "", "web", time.time() * 1000)
+    produce(settings, [(b"u5", req.to_json())], settings.requests_topic, headers=[("traceparent", parent)])
+    _wait(settings, settings.recommendations_topic, lambda bs: any(b["request_id"] == "r-traced" for b in bs), flow)
+    [msg] = [
+        m
+        for m in read_all(settings.connection(), settings.recommendations_topic)
+        if orjson.loads(m.value() or b"{}")["request_id"] == "r-traced"
+    ]
+    assert header_value(msg.headers(), "traceparent") == parent
 
 
 def test_a_cold_start_user_gets_what_is_popular_in_the_context_category(running):

@@ -75,8 +75,9 @@ def test_every_workflow_owns_its_topics():
     fraud, assistant = FraudSettings(), AssistantSettings()
     assert set(fraud.topics()) == {
         "transactions", "fraud-decisions", "fraud-labels", "dead-letters", "fraud-features", "shadow-decisions",
-        "fraud-rationales",
+        "fraud-rationales", "alarms",
     }  # fmt: skip
+    assert fraud.topics()["alarms"] == 1
     assert "fraud-features" not in replace(fraud, features_topic="").topics()  # optional outputs can be off
     assert assistant.topics()["documents"] == 1  # one partition: versions stay ordered
     assert set(assistant.input_topics()) == {"documents", "chat-requests"}

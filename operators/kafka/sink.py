@@ -20,11 +20,15 @@ Chained topics (``chained_topics``): each record written to one of them gets
 hash-chain headers (:mod:`state.hash_chain`) as the sink partition writes it,
 continuing from the last record already in the Kafka partition, so the chain
 follows the partition's real order across restarts, replays and rescaling.
+Both count what they hand to Kafka per topic (``sluice_sink_records_total``),
+time each write as stage ``sink`` (with a span for every record carrying a
+``traceparent``) and time the checkpoint's flush or commit.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -36,6 +40,8 @@ from operators.kafka.admin import last_record, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import KafkaRecord
 from operators.lifecycle import fail
+from operators.metrics import PROCESS, SINK_FLUSH, SINK_RECORDS
+from operators.probes import StageProbe
 from state.hash_chain import ChainHead, Link
 
 S = TypeVar("S")
@@ -192,6 +198,24 @@ class _SharedProducer:
         self.raise_if_failed()
 
 
+def _record_headers(rec: KafkaRecord) -> list[tuple[str, bytes]]:
+    return rec.headers
+
+
+SINK_PROBE: StageProbe[KafkaRecord] = StageProbe("sink", headers=_record_headers, order=1_000_000)  # always last
+
+
+def count_written(topic: str, items: list[KafkaRecord], started: int) -> None:
+    """Record a write of ``items`` to ``topic`` that began at ``started`` (:meth:`StageProbe.start`)."""
+    if started and PROCESS.on:
+        SINK_RECORDS.add((topic,), len(items))
+    SINK_PROBE.done(items, started)
+
+
+def ms_since(started_ns: int) -> float:
+    return (time.perf_counter_ns() - started_ns) / 1e6
+
+
 class _AtLeastOncePartition(StatefulSinkPartition[KafkaRecord, None]):
     def __init__(
         self, shared: _SharedProducer, partition: int, flush_timeout_s: float, sealer: Sealer | None = None
@@ -202,6 +226,7 @@ class _AtLeastOncePartition(StatefulSinkPartition[KafkaRecord, None]):
         self._sealer = sealer
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
+        started = SINK_PROBE.start()
         if self._sealer is not None:
             items = self._sealer.seal(items)
         try:
@@ -211,13 +236,18 @@ class _AtLeastOncePartition(StatefulSinkPartition[KafkaRecord, None]):
             fail(f"writing to Kafka failed: {exc}")
         except DeliveryFailed as exc:
             fail(str(exc))
+        if items:
+            count_written(items[0].topic, items, started)
 
     def snapshot(self) -> None:
         # Bytewax calls this at the end of each epoch, before the epoch can commit.
+        started = time.perf_counter_ns()
         try:
             self._shared.flush(self._flush_timeout_s)
         except DeliveryFailed as exc:
             fail(f"{exc}; the epoch was not committed, so a restart resends it")
+        if PROCESS.on:
+            SINK_FLUSH.observe((), ms_since(started))
 
     def close(self) -> None:
         self.snapshot()

@@ -12,6 +12,11 @@ data: its topic id changed, see :class:`TopicGuard`), and an offset that is no
 longer in the log stop the flow through :func:`operators.lifecycle.fail` with one
 line saying what happened. A requested stop
 (:func:`operators.lifecycle.request_stop`) ends every partition cleanly.
+
+With metrics on, each partition counts the records it reads and, once a second,
+its lag: records not read yet (the high watermark the last fetch reported minus
+the next offset; no extra broker call) and the age of the last record read while
+behind (``sluice_source_lag_records`` / ``sluice_source_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from operators.kafka.admin import admin_client, end_offset, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import SourceRecord
 from operators.lifecycle import fail, stop_requested
+from operators.metrics import PROCESS, SOURCE_LAG_RECORDS, SOURCE_LAG_SECONDS, SOURCE_RECORDS
+
+LAG_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,10 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
         self._batch_size = batch_size
         self._tail = tail
         self._eof = False
+        self._metric_key = (self._topic, str(partition))
+        self._read = SOURCE_RECORDS.cell(self._metric_key) if PROCESS.on else None  # this worker thread's count
+        self._lag_due = 0.0
+        self._last_ts_ms = 0
 
     @property
     def _where(self) -> str:
@@ -216,7 +228,26 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
             )
         if batch:
             self._offset = batch[-1].offset + 1
+        if self._read is not None:
+            self._observe(batch, self._read)
         return batch
+
+    def _observe(self, batch: list[SourceRecord], read: list[int]) -> None:
+        key = self._metric_key
+        if batch:
+            read[0] += len(batch)
+            self._last_ts_ms = batch[-1].timestamp_ms
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + LAG_EVERY_S
+        high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), cached=True)[1]
+        if high < 0:  # no fetch response yet
+            return
+        behind = max(0, high - self._offset)
+        SOURCE_LAG_RECORDS.set(key, behind)
+        age = time.time() - self._last_ts_ms / 1000.0 if behind and self._last_ts_ms > 0 else 0.0
+        SOURCE_LAG_SECONDS.set(key, max(0.0, age))
 
     def _on_error(self, err: KafkaError) -> None:
         code = err.code()

@@ -38,6 +38,7 @@ Tansu they stay, are skipped on replay, and the chain continues after them.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -47,7 +48,16 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from operators.kafka.admin import log, read_to_end
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
-from operators.kafka.sink import DeliveryFailed, Sealer, TopicPartitionedSink, produce_all
+from operators.kafka.sink import (
+    SINK_PROBE,
+    DeliveryFailed,
+    Sealer,
+    TopicPartitionedSink,
+    count_written,
+    ms_since,
+    produce_all,
+)
+from operators.metrics import COMMIT_DURATION, PROCESS, REPLAY_SKIPPED, TRANSACTIONS
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,11 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
             self._next_offset = max(self._next_offset, (msg.offset() or 0) + 1)
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
-        items = self._skip.fresh(items)
-        if not items:
+        started = SINK_PROBE.start()
+        fresh = self._skip.fresh(items)
+        if started and PROCESS.on and len(fresh) < len(items):
+            REPLAY_SKIPPED.add((), len(items) - len(fresh))
+        if not fresh:
             return
         if self._sealer is not None:
             items = self._sealer.seal(items)
@@ -146,20 +159,37 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
             self._producer.begin_transaction()
             self._in_txn = True
         try:
-            produce_all(self._producer, items, self._on_delivery, self.partition)
+            produce_all(self._producer, fresh, self._on_delivery, self.partition)
         except KafkaException as exc:
             raise DeliveryFailed(str(exc)) from exc
+        count_written(self.topic, fresh, started)
 
     def snapshot(self) -> PartitionState:
         if self._in_txn:
+            started = time.perf_counter_ns()
             try:
                 self._producer.commit_transaction(60)
             except KafkaException as exc:
+                self._abort()
                 raise DeliveryFailed(f"commit of {self.topic}[{self.partition}] failed: {exc}") from exc
             self._in_txn = False
+            if PROCESS.on:
+                COMMIT_DURATION.observe((), ms_since(started))
+                TRANSACTIONS.add(("committed",))
             if self._errors:
                 raise DeliveryFailed(f"{len(self._errors)} record(s) failed: {self._errors[0]}")
         return PartitionState(self._next_offset)
+
+    def _abort(self) -> None:
+        """Abort the open transaction after a failed commit (the flow then stops; a restart replays the
+        epoch). Counted, so aborted transactions show on the dashboard."""
+        if PROCESS.on:
+            TRANSACTIONS.add(("aborted",))
+        try:
+            self._producer.abort_transaction(10)
+        except KafkaException as exc:
+            log.warning("%s[%d]: aborting the failed transaction failed too: %s", self.topic, self.partition, exc)
+        self._in_txn = False
 
     def close(self) -> None:
         if self._in_txn:

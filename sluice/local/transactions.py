@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import orjson
 from confluent_kafka import Producer
 
-from models.synthetic_transactions import TransactionStream
+from models.synthetic_transactions import Shift, TransactionStream
 from models.transaction import Transaction
 from operators.kafka.records import KafkaRecord
 from sluice.harness.loadgen import send_open_loop
@@ -95,7 +95,9 @@ def sender(settings: FraudSettings) -> Producer:
 
 def run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
-    stream = TransactionStream(args.seed, n_cards=args.cards)
+    shifted = args.shift_amounts != 1.0 or args.shift_foreign > 0
+    shift = Shift(args.shift_amounts, args.shift_foreign) if shifted else None
+    stream = TransactionStream(args.seed, n_cards=args.cards, shift=shift)
     report = send_open_loop(
         sender(settings),
         event_records(stream, settings, args.malformed_rate, args.label_delay_s),

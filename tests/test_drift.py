@@ -1,0 +1,151 @@
+"""Drift and health alarms: the PSI core (properties), the drift operator on the real fraud scorer with a
+shifted and an unshifted stream, and the health rules on snapshot series."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import orjson
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.fraud_model import load_cascade, model_name
+from models.registry import ModelRegistry
+from operators.alarms import Alarm, DriftSettings, HealthRules, HealthSnapshot, health_alarms
+from perf.observe_drift import SHIFT, reference_of, run_drift, scored_batches
+from state.drift import ModelReference, Reference, psi
+
+counts = st.lists(st.integers(min_value=0, max_value=1000), min_size=2, max_size=12).filter(lambda c: sum(c) > 0)
+
+
+@given(counts)
+def test_psi_of_a_distribution_with_itself_is_zero(c):
+    assert psi(c, c) == pytest.approx(0.0, abs=1e-12)
+
+
+@given(st.integers(min_value=2, max_value=12).flatmap(lambda n: st.tuples(*(st.lists(
+    st.integers(min_value=0, max_value=1000), min_size=n, max_size=n).filter(lambda c: sum(c) > 0) for _ in range(2)))))  # fmt: skip
+def test_psi_is_non_negative_symmetric_and_ignores_scale(pair):
+    a, b = pair
+    assert psi(a, b) >= 0.0
+    assert psi(a, b) == pytest.approx(psi(b, a), rel=1e-9, abs=1e-12)
+    assert psi([3 * x for x in a], b) == pytest.approx(psi(a, b), rel=1e-9, abs=1e-12)
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=400), st.integers(2, 20))
+@settings(max_examples=60)
+def test_a_reference_bins_its_own_sample_into_its_proportions(values, bins):
+    ref = Reference.from_values(values, bins)
+    assert sum(ref.proportions) == pytest.approx(1.0)
+    got = ref.counts(np.asarray(values))
+    assert int(got.sum()) == len(values)
+    assert np.allclose(got / got.sum(), ref.proportions)
+    assert ref.psi(got) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_model_reference_round_trips_through_its_file(tmp_path: Path):
+    rows = np.random.default_rng(1).normal(size=(1000, 3))
+    ref = ModelReference.build("m", rows[:, 1], rows, ["a", "b", "c"], top=["c"])
+    ref.save(tmp_path)
+    assert ModelReference.load(tmp_path) == ref
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir: Path):
+    return load_cascade(ModelRegistry(model_dir).folder(ModelRegistry(model_dir).served() or ""), "cpu")
+
+
+def test_a_shifted_stream_fires_drift_alarms_and_the_normal_stream_does_not(scorer):
+    """The real fraud scorer on the generator's streams: a held-out normal stream is the reference; another
+    normal stream stays under the threshold in every 5-minute window; the same stream with amounts x3 and
+    30% of events abroad fires (scores and the amount and country features), as alarm records."""
+    reference = reference_of(scorer, seed=101, events=12_000)
+    settings = DriftSettings(threshold=0.2, window=timedelta(minutes=5), min_count=500)
+    normal = run_drift(list(scored_batches(scorer, 202, 12_000)), reference, settings)
+    shifted = run_drift(list(scored_batches(scorer, 202, 12_000, SHIFT)), reference, settings)
+
+    assert len(normal.window_psi) >= 2 and not normal.alarms
+    assert all(v < settings.threshold for w in normal.window_psi for v in w.values()), normal.window_psi
+    firing = {a.subject.rsplit(":", 1)[1]: a for a in shifted.alarms if a.state == "firing"}
+    assert {"score", "log_amount", "foreign"} <= set(firing), shifted.alarms
+    assert firing["score"].alarm == "score_drift" and firing["log_amount"].alarm == "feature_drift"
+    assert all(a.value > settings.threshold for a in firing.values())
+    body = orjson.loads(firing["score"].to_record("alarms").value or b"{}")
+    assert (
+        body["state"] == "firing"
+        and body["model"] == model_name(scorer.stage1_kind)
+        and body["version"] == scorer.version
+    )
+
+
+def test_drift_that_goes_away_is_resolved_once(scorer):
+    reference = reference_of(scorer, seed=101, events=8_000)
+    settings = DriftSettings(threshold=0.2, window=timedelta(minutes=2), min_count=500)
+    normal = list(scored_batches(scorer, 303, 4_096))
+    shifted = list(scored_batches(scorer, 303, 4_096, SHIFT))
+    run = run_drift(normal + shifted + shifted + normal + normal, reference, settings)
+    score = [a.state for a in run.alarms if a.subject.endswith(":score")]
+    assert score == ["firing", "resolved"]
+
+
+def _snapshots(points: Sequence[tuple[float, float, int, int, int, int]]) -> list[HealthSnapshot]:
+    """(time, lag, input, dead letters, lookups, fallbacks) -> snapshots of process fraud/0."""
+    return [HealthSnapshot("fraud/0", t, lag, inp, dead, look, fall, 0, 0) for t, lag, inp, dead, look, fall in points]
+
+
+def _health(snaps: list[HealthSnapshot], rules: HealthRules) -> list[Alarm]:
+    flow = Dataflow("health_check")
+    out: list[Alarm] = []
+    op.output(
+        "out", health_alarms("health", op.input("in", flow, TestingSource(snaps)), rules, "fraud"), TestingSink(out)
+    )
+    run_main(flow)
+    return out
+
+
+def test_health_alarms_fire_on_growing_lag_and_dead_letters_and_resolve():
+    rules = HealthRules(lag_growing_s=6, min_lag_records=100, dlq_rate=0.05, window_s=4, min_events=50)
+    healthy = [(t, 0.0, 1000 * t, t, 100 * t, 0) for t in range(0, 10)]
+    lagging = [(t, 50.0 * (t - 9), 1000 * t, 9 + 200 * (t - 9), 100 * t, 0) for t in range(10, 20)]
+    recovered = [(t, 0.0, 1000 * t, 1809, 100 * t, 0) for t in range(20, 30)]
+    alarms = _health(_snapshots(healthy + lagging + recovered), rules)
+    got = [(a.alarm, a.state) for a in alarms]
+    assert got.count(("lag_growing", "firing")) == 1 and got.count(("lag_growing", "resolved")) == 1
+    assert got.count(("dlq_rate", "firing")) == 1 and got.count(("dlq_rate", "resolved")) == 1
+    assert not [a for a in alarms if a.alarm in ("store_fallback", "slo_burn")]
+    fired = next(a for a in alarms if a.alarm == "dlq_rate" and a.state == "firing")
+    assert fired.value > rules.dlq_rate and fired.subject == "fraud/0"
+
+
+def test_a_healthy_process_raises_no_alarm():
+    rules = HealthRules(lag_growing_s=6, min_lag_records=100, window_s=4, min_events=50)
+    steady = [(t, 20.0 + (t % 3), 1000 * t, t // 5, 100 * t, t // 10) for t in range(0, 60)]
+    assert _health(_snapshots(steady), rules) == []
+
+
+def test_feature_store_fallbacks_fire_their_own_alarm():
+    rules = HealthRules(fallback_rate=0.05, window_s=4, min_events=50)
+    points = [(t, 0.0, 1000 * t, 0, 100 * t, 0 if t < 5 else 30 * (t - 5)) for t in range(0, 12)]
+    got = [(a.alarm, a.state) for a in _health(_snapshots(points), rules)]
+    assert got == [("store_fallback", "firing")]
+
+
+def test_references_are_found_next_to_the_model_version_they_belong_to(tmp_path: Path):
+    from dataflows.observability import artifact_references
+
+    rows = np.random.default_rng(2).normal(size=(500, 2))
+    whole = ModelReference.build("fraud", rows[:, 0], rows, ["a", "b"], top=["b"])
+    stage = ModelReference.build("stage2", rows[:, 1])
+    (tmp_path / "v1").mkdir()
+    whole.save(tmp_path / "v1")
+    stage.save(tmp_path / "v1", per_model=True)
+    found = artifact_references(tmp_path)
+    assert found("fraud", "v1") == whole and found("stage2", "v1") == stage
+    assert found("fraud", "v2") is None
