@@ -73,13 +73,25 @@ def process_index(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     return 0
 
 
+def metrics_port_offset(index: int, env: Mapping[str, str] | None = None) -> int:
+    """How far above ``SLUICE_METRICS_PORT`` this process serves: its index where the processes of a
+    cluster share one host (``-i/-a`` on one machine), 0 in a Kubernetes pod, which has an address of its
+    own, so that one scrape annotation on the StatefulSet's template fits every pod.
+
+    >>> metrics_port_offset(2, {}), metrics_port_offset(2, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    (2, 0)
+    """
+    env = os.environ if env is None else env
+    return 0 if env.get("KUBERNETES_SERVICE_HOST") else index
+
+
 def start(settings: FlowSettings, flow_name: str) -> None:
     """Metrics on (and served) when ``metrics_port`` is set, tracing on when ``tracing`` is; raises
     :class:`SettingsError` naming the setting when either cannot start."""
     index = process_index()
     metrics.configure(flow_name, enabled=settings.metrics_port > 0, process=index)
     if settings.metrics_port:
-        port = settings.metrics_port + index
+        port = settings.metrics_port + metrics_port_offset(index)
         try:
             metrics.serve(port, settings.metrics_addr)
         except OSError as exc:

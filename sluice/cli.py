@@ -11,6 +11,7 @@
     sluice review serve | add-reviewer | policy
     sluice audit verify --topic audit
     sluice top [PORT|HOST:PORT|URL ...]
+    sluice deploy render | topics
 
 Also ``python -m sluice``. Every subcommand has ``--help``.
 """
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_convert_llm)
     add_review_commands(sub)
     _observability_arguments(sub)
+    add_deploy_commands(sub)
     return parser
 
 
@@ -263,6 +265,15 @@ def add_review_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--topic", default="", help="default: $SLUICE_AUDIT_TOPIC (audit)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to read each partition to its end")
     p.set_defaults(fn=_lazy("sluice.audit"))
+
+
+# --- Past one machine (#16): Kubernetes manifests and real-cluster topics (sluice/deploy.py) ---
+
+
+def add_deploy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sluice import deploy
+
+    deploy.add_arguments(sub.add_parser("deploy", help="Kubernetes manifests (an N-process cluster per flow), topics"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,20 @@ KAFKA_PREFIX = "SLUICE_KAFKA_"
 OBSERVABILITY = "observability"  # the group of the metrics, tracing and alarm settings (their own README table)
 # Variables read by tools rather than by a settings class (not flagged as unknown).
 TOOL_VARIABLES = frozenset({"SLUICE_REDIS_SERVER", "SLUICE_STACK_KAFKA_PORT", "SLUICE_STACK_REDIS_PORT"})
+# Read by the container entrypoint (deploy/entrypoint.sh, README "Running on Kubernetes"), not by a flow.
+DEPLOY_VARIABLES = frozenset(
+    {
+        "SLUICE_FLOW",
+        "SLUICE_CLUSTER_SERVICE",
+        "SLUICE_CLUSTER_NAMESPACE",
+        "SLUICE_CLUSTER_DOMAIN",
+        "SLUICE_CLUSTER_PORT",
+        "SLUICE_RECOVERY_DIR",
+        "SLUICE_RECOVERY_PARTITIONS",
+        "SLUICE_START_WAIT_S",
+        "SLUICE_DRY_RUN",
+    }
+)
 S = TypeVar("S", bound="FlowSettings")
 log = logging.getLogger("sluice.settings")
 
@@ -178,7 +192,7 @@ class FlowSettings:
     )
     # observability (dataflows/observability.py): metrics, tracing, alarms; their own README table
     metrics_port: int = setting(
-        0, "serve Prometheus /metrics on this port (process i of a flow: port + i); 0: metrics and alarms off",
+        0, "serve Prometheus /metrics on this port (process i: port + i, but in a Kubernetes pod); 0: metrics and alarms off",
         minimum=0, maximum=65535, group=OBSERVABILITY,
     )  # fmt: skip
     metrics_addr: str = setting("0.0.0.0", "address the /metrics server listens on", group=OBSERVABILITY)
@@ -293,7 +307,8 @@ class FlowSettings:
 
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
-    known = {env_name(f.name) for c in FlowSettings.all_classes for f in c.settings_fields()} | TOOL_VARIABLES
+    known = {env_name(f.name) for c in FlowSettings.all_classes for f in c.settings_fields()}
+    known |= TOOL_VARIABLES | DEPLOY_VARIABLES
     for name in env:
         if name.startswith("SLUICE_") and not name.startswith(KAFKA_PREFIX) and name not in known:
             close = difflib.get_close_matches(name, known, n=1)
