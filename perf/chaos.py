@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
+
+import psutil
 
 from models.train_fraud import ensure_trained
 from perf.summary import REPORTS, record
@@ -30,21 +35,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=99)
+    parser.add_argument("--profile", default="throughput", help="broker profile of every client (the local broker"
+                        " keeps up with 1M stored events only with throughput)")  # fmt: skip
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
     work = PROJECT_ROOT / ".stack" / "chaos"
-    base = replace(FraudSettings(), topic_partitions=args.partitions)
+    base = replace(FraudSettings(), topic_partitions=args.partitions, broker_profile=args.profile)
     stack = LocalStack(free_port(), free_port(), work / "stack", topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
+    phases: dict[str, dict[str, float]] = {}
+    broker = psutil.Process(stack.procs["tansu"].pid)
     try:
-        started = time.monotonic()
-        sender = start_sending(settings, args.seed, args.events, args.rate)
-        kills = chaos_run(
-            settings, work, sender, [{"processes": args.processes}], args.kills, args.seed, timeout_s=3600
-        )
-        chaos_s = time.monotonic() - started
-        reference = reference_run(settings, work, timeout_s=3600)
-        verdict = judge(settings, reference, kills)
+        with phase(phases, "send_and_kill_then_drain", broker):
+            sender = start_sending(settings, args.seed, args.events, args.rate)
+            kills = chaos_run(
+                settings, work, sender, [{"processes": args.processes}], args.kills, args.seed, timeout_s=3600
+            )
+        with phase(phases, "reference_run", broker):
+            reference = reference_run(settings, work, timeout_s=3600)
+        with phase(phases, "compare", broker):
+            verdict = judge(settings, reference, kills)
     finally:
         stack.stop()
     report = {
@@ -52,24 +62,41 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m perf.chaos " + " ".join(sys.argv[1:] if argv is None else argv),
         "events": args.events,
         "send_rate": args.rate,
-        "chaos_wall_s": round(chaos_s, 1),
+        "processes": args.processes,
+        "profile": args.profile,
+        "chaos_wall_s": phases["send_and_kill_then_drain"]["wall_s"],
+        "phases": phases,
         "verdict": asdict(verdict),
         "exactly_once": verdict.exactly_once,
     }
-    out = REPORTS / f"chaos-{time.strftime('%Y-%m-%d')}.json"
+    label = "" if args.processes == 1 else f"-{args.processes}proc"
+    out = REPORTS / f"chaos-{time.strftime('%Y-%m-%d')}{label}.json"
     out.write_text(json.dumps(report, indent=1))
-    record(
-        "chaos",
-        {
-            "events": args.events,
-            "kills": kills,
-            "lost": verdict.missing,
-            "duplicated": verdict.duplicated,
-            "differing": verdict.differing,
-        },
-    )
+    figures = {"lost": verdict.missing, "duplicated": verdict.duplicated, "differing": verdict.differing}
+    if args.processes == 1:
+        record("chaos", {"events": args.events, "kills": kills, **figures})
+    else:
+        record("chaos", {f"{k}_{args.processes}proc": v for k, v in {"events": args.events, "kills": kills,
+                                                                      **figures}.items()})  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0 if verdict.exactly_once else 1
+
+
+@contextmanager
+def phase(phases: dict[str, dict[str, float]], name: str, broker: psutil.Process) -> Iterator[None]:
+    """Wall time and CPU of a phase: the flow processes that ended in it (waited-for children), this
+    process (sending, reading, comparing) and the broker."""
+    wall, me = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+    children, tansu = resource.getrusage(resource.RUSAGE_CHILDREN), sum(broker.cpu_times()[:2])
+    yield
+    me2, children2 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    phases[name] = {
+        "wall_s": round(time.monotonic() - wall, 1),
+        "flow_cpu_s": round(children2.ru_utime + children2.ru_stime - children.ru_utime - children.ru_stime, 1),
+        "harness_cpu_s": round(me2.ru_utime + me2.ru_stime - me.ru_utime - me.ru_stime, 1),
+        "broker_cpu_s": round(sum(broker.cpu_times()[:2]) - tansu, 1),
+    }
+    print(f"{name}: {phases[name]}", flush=True)
 
 
 if __name__ == "__main__":

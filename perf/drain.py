@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -85,6 +88,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
     if metrics:
         settings = replace(settings, metrics_port=free_port(), metrics_addr="127.0.0.1")
     scraping: Scraper | None = None
+    profiler: subprocess.Popen[bytes] | None = None
     recovery = None
     if args.exactly_once:
         recovery = state / "recovery"
@@ -97,6 +101,9 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
         flow.start()
         scraping = Scraper(settings.metrics_port) if metrics else None
         proc = psutil.Process(flow.pids[0])
+        flame = getattr(args, "flame", "")  # perf.observe_overhead's arguments have none
+        if flame and run == 0:
+            profiler = flame_graph(flow.pids[0], REPORTS / flame)
         shown = Progress(args.count, "decided", enabled=None)
         samples: list[tuple[float, float]] = []  # (epoch ms, flow CPU seconds)
         while counter.poll() < args.count * 0.99:
@@ -116,10 +123,20 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
             round(1e6 * (cpu_at_last - cpu_at_first) / counter.count, 2),
         )
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes the graph when interrupted
+            profiler.wait(60)
         if scraping is not None:
             scraping.stop()
         flow.stop()
         stack.stop()
+
+
+def flame_graph(pid: int, out: object) -> subprocess.Popen[bytes]:
+    """py-spy sampling the flow process (native frames off, 100 Hz: ~1% of a core) into an SVG flame graph."""
+    spy = shutil.which("py-spy") or str(PROJECT_ROOT / ".venv" / "bin" / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 class Scraper:
@@ -158,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
+    parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
     runs = []
@@ -187,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     name = f"drain-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}.json"
     (REPORTS / name).write_text(json.dumps(report, indent=1))
-    headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics  # metrics: a variant
+    # metrics and the profiler: variants (the profiler's sampling costs a little CPU)
+    headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics and not args.flame
     if headline and not args.exactly_once:
         record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})
     elif headline:

@@ -154,7 +154,7 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
         if not fresh:
             return
         if self._sealer is not None:
-            items = self._sealer.seal(items)
+            fresh = self._sealer.seal(fresh)
         if not self._in_txn:
             self._producer.begin_transaction()
             self._in_txn = True

@@ -92,6 +92,8 @@ def reference_run(settings: FraudSettings, work: Path, timeout_s: float = 1800) 
         dlq_topic=f"{settings.dlq_topic}-ref",
         transactional_id_prefix=f"ref-{settings.decisions_topic}",
         stop_at_end=True,
+        features_topic="",  # only decisions and dead letters are compared: the side outputs would share
+        rationales_topic="",  # the chaos run's topics and only load the broker
     )
     create_topics(settings.connection(), {ref.decisions_topic: settings.topic_partitions, ref.dlq_topic: 1})
     flow = _flow(ref, work / "reference", {})
