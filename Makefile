@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo assistant-demo personalize-demo review-demo test lint install redis-server browser stack-up stack-down train profiles produce bench chaos llm corpus clean top dashboard
+.PHONY: demo assistant-demo personalize-demo review-demo test test-slow lint install redis-server browser stack-up stack-down train profiles produce bench chaos llm corpus clean top dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +59,10 @@ corpus: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest
+
+# The long chaos runs (kill -9 ten times, two processes, rescaling): about 2.5 minutes more.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

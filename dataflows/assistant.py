@@ -41,7 +41,7 @@ import torch
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.observability import alarm_records
-from dataflows.runtime import flow_from_env, kafka_source
+from dataflows.runtime import flow_from_env, kafka_source, limit_threads
 from models.answering import Answer, extract_answer, verify_generated
 from models.chat import AnswerNote, ChatRequest, parse_answer_note, parse_chat_request, reply_address
 from models.document import DocumentEvent, parse_document_event
@@ -362,8 +362,7 @@ def answer_mode(settings: AssistantSettings) -> str:
 
 def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow:
     """The assistant dataflow for ``settings`` (see the module docstring)."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    limit_threads(settings.torch_threads)
     # load the models now: a missing one fails at start, not mid-stream
     encoder = shared_encoder(settings.device, settings.encoder_int8)
     shared_intent_router()

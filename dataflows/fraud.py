@@ -53,7 +53,7 @@ from operators.alarms import ScoreSample
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.enrich import FetchMany, enrich_batch
-from operators.event_windows import Features, Windowed, WindowSpec, WindowStatus, sliding_features
+from operators.event_windows import Features, Recent, Windowed, WindowSpec, WindowStatus, sliding_features
 from operators.kafka.output import kafka_output
 from operators.kafka.records import Headers, KafkaRecord, SourceRecord
 from operators.metrics import model_call, record_outcomes
@@ -68,7 +68,9 @@ from state.feature_store import FeatureStore, Unreadable
 RECENT_EVENTS = 32  # what the sequence model sees (models.fraud_features.SEQUENCE_LENGTH)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
+# this is made for every event; treat it as immutable
+@dataclass(slots=True)
 class CardEvent:
     """A parsed transaction and the record it came from (its bytes and position)."""
 
@@ -76,7 +78,9 @@ class CardEvent:
     txn: Transaction
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
+# this is made for every event; treat it as immutable
+@dataclass(slots=True)
 class EnrichedEvent:
     """What stage 1 gets: the event, its window features, status and recent events, and the card's profile."""
 
@@ -86,7 +90,7 @@ class EnrichedEvent:
     profile: CardProfile | None
     profile_problem: str | None  # why a profile that exists could not be used
     store_down: bool
-    recent: list[tuple[float, float, Any]] | None = None  # (time, amount, (category, country)), this event last
+    recent: Recent | None = None  # (time, amount, (category, country)) columns, this event last
 
     def flags(self) -> list[str]:
         """Why this decision was made with less than the full picture (empty when it was not)."""
@@ -103,11 +107,13 @@ class EnrichedEvent:
 
     def sequence(self) -> np.ndarray:
         """The stage-2 input: the card's recent events as the sequence model sees them."""
-        recent = [(t, v, e[0], e[1]) for t, v, e in self.recent or []]
+        recent = [] if self.recent is None else [(t, v, e[0], e[1]) for t, v, e in self.recent.rows()]
         return sequence_rows(recent, self.profile)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
+# this is made for every event; treat it as immutable
+@dataclass(slots=True)
 class Scored:
     """An event after the stages that ran: its scores, the versions that made them, and the decision."""
 
@@ -242,7 +248,9 @@ def decision_records(batch: list[Scored], settings: FraudSettings) -> list[Kafka
             logged = feature_log_body(
                 txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
-            out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, headers))
+            # its identity (exactly-once) and trace only: every header costs the producer a conversion
+            ids = [s.item.event.source.identity(), *trace_headers(s.item.event.source)]
+            out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, ids))
     record_outcomes(s.decision for s in batch)
     return out
 
@@ -270,7 +278,8 @@ def needs_note(s: Scored, settings: FraudSettings) -> bool:
 def pending_note(s: Scored, policy: Policy) -> PendingNote:
     txn, item = s.item.event.txn, s.item
     scores = ((s.stage1_kind, s.stage1),) + (() if s.stage2 is None else (("gru", s.stage2),))
-    recent = tuple((txn.event_time_s - t, v, e[0]) for t, v, e in (item.recent or [])[-6:-1])
+    rows = [] if item.recent is None else item.recent.rows()
+    recent = tuple((txn.event_time_s - t, v, e[0]) for t, v, e in rows[-6:-1])
     case = Case(
         event_id=txn.event_id,
         decision=s.decision,
@@ -397,9 +406,12 @@ def _card_of(item: tuple[str, Windowed[CardEvent]]) -> str:
     return item[0]
 
 
-def _card_event(parsed: tuple[SourceRecord, Transaction]) -> tuple[str, CardEvent]:
-    src, txn = parsed
-    return txn.card_id, CardEvent(src, txn)
+def _card_events(parsed: list[tuple[SourceRecord, Transaction]]) -> list[tuple[str, CardEvent]]:
+    return [(txn.card_id, CardEvent(src, txn)) for src, txn in parsed]
+
+
+def _final(policy: Policy, batch: list[Scored]) -> list[Scored]:
+    return [_finish(s, policy) for s in batch]
 
 
 def _enriched(
@@ -413,12 +425,16 @@ def _enriched(
     return EnrichedEvent(w.event, w.features, w.status, lookup, None, down and lookup is None, w.recent)
 
 
-def _is_duplicate(item: tuple[str, Windowed[CardEvent]]) -> bool:
-    return item[1].status is WindowStatus.DUPLICATE
+_FOR_INSPECTION = (WindowStatus.DUPLICATE, WindowStatus.AHEAD)
 
 
-def _is_ahead(item: tuple[str, Windowed[CardEvent]]) -> bool:
-    return item[1].status is WindowStatus.AHEAD
+def _to_score(batch: list[tuple[str, Windowed[CardEvent]]]) -> list[tuple[str, Windowed[CardEvent]]]:
+    """Every windowed event but duplicates (decided once already)."""
+    return [x for x in batch if x[1].status is not WindowStatus.DUPLICATE]
+
+
+def _window_letters(batch: list[tuple[str, Windowed[CardEvent]]]) -> list[DeadLetter]:
+    return [_window_letter(x) for x in batch if x[1].status in _FOR_INSPECTION]
 
 
 def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
@@ -453,7 +469,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
     windows = sliding_features(
         "window",
-        op.map("by_card", parsed.ok, _card_event),
+        op.flat_map_batch("by_card", parsed.ok, _card_events),
         ts_getter=lambda ev: ev.txn.event_time_s,
         value_getter=lambda ev: ev.txn.amount,
         tag_getter=lambda ev: ev.txn.merchant_id,
@@ -465,10 +481,10 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         recent=RECENT_EVENTS,
         origin=lambda ev: ev.source,
     )
-    split = op.branch("duplicates", windows, _is_duplicate)
+    to_score = op.flat_map_batch("not_duplicates", windows, _to_score)  # batch steps: no call per item
     enriched: Stream[EnrichedEvent] = enrich_batch(
         "profiles",
-        split.falses,
+        to_score,
         functools.partial(profile_reader, settings),
         _card_of,
         _enriched,
@@ -499,7 +515,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         shards=shards,
         origin=_source_of,
     )
-    final = op.map("stage1_final", routes["final"], functools.partial(_finish, policy=policy))
+    final = op.flat_map_batch("stage1_final", routes["final"], functools.partial(_final, policy))
     decided = op.merge("decided", final, stage2)
     out = op.flat_map_batch("decisions", decided, functools.partial(decision_records, settings=settings))
     alarms = alarm_records(
@@ -513,7 +529,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
 
     shadow = versioned_batch(
         "shadow",
-        op.filter("shadowing", enriched, lambda _: shadowed.ready_version() is not None),
+        op.flat_map_batch("shadowing", enriched, lambda xs: xs if shadowed.ready_version() is not None else []),
         functools.partial(shadow_batch, policy=policy, topic=settings.shadow_topic),
         shadowed,
         _card_id,
@@ -524,8 +540,9 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
     outputs.append(op.filter_map("shadow_decisions", shadow, lambda r: r))
 
     if settings.rationales_topic:
-        cases = op.map("case", op.filter("needs_note", decided, lambda s: needs_note(s, settings)),
-                       functools.partial(pending_note, policy=policy))  # fmt: skip
+        cases = op.flat_map_batch(
+            "cases", decided, lambda xs: [pending_note(s, policy) for s in xs if needs_note(s, settings)]
+        )
         notes = async_micro_batch(
             "rationale",
             cases,
@@ -536,8 +553,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         )
         outputs.append(notes)
 
-    for_inspection = op.merge("window_letters", split.trues, op.filter("ahead", split.falses, _is_ahead))
-    dead = op.merge("dead", parsed.dead, op.map("window_dead", for_inspection, _window_letter))
+    dead = op.merge("dead", parsed.dead, op.flat_map_batch("window_letters", windows, _window_letters))
     outputs.append(op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic)))
     kafka_output(
         "out",

@@ -40,11 +40,10 @@ import bytewax.operators as op
 import numpy as np
 import orjson
 import redis
-import torch
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.observability import alarm_records
-from dataflows.runtime import flow_from_env
+from dataflows.runtime import flow_from_env, limit_threads
 from models.rules import Candidate, Ranked, RuleSet, Shopper, parse_rule_set, rank
 from models.shopping import (
     CatalogItem,
@@ -416,8 +415,7 @@ def _is_dead(x: object) -> bool:
 
 def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Dataflow:
     """The personalization dataflow for ``settings`` (see the module docstring)."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    limit_threads(settings.torch_threads)
     encoder = shared_encoder(settings.device, settings.encoder_int8)  # load now: fail at start, not mid-stream
     dim = encoder.dim
     weights = parse_kind_weights(settings.kind_weights)

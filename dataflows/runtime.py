@@ -52,6 +52,23 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def limit_threads(threads: int) -> None:
+    """Intra-op threads of torch and faiss (0: leave their defaults, one per core).
+
+    A flow process is one of several busy processes on its machine (the broker, Redis, other flow
+    processes), and its model and search calls are small: OpenMP threads that wait for each other by
+    spinning take cores from the rest. Measured on the 2-core box with the personalization flow under
+    load: 70% of its samples in faiss's IVF search with the default threads (perf/REPORT.md).
+    """
+    if threads <= 0:
+        return
+    import faiss  # imported here: the fraud flow does not need it
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 def preflight(settings: FlowSettings, *, redis: bool) -> None:
     """Check the broker, the topics, Redis (when the flow uses it) and the device; raise one clear error."""
     conn = settings.connection()

@@ -16,7 +16,9 @@ MIN_EVENT_TIME_MS = 946_684_800_000
 MAX_EVENT_TIME_MS = 4_102_444_800_000
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
+# this is made for every event; treat it as immutable
+@dataclass(slots=True)
 class Transaction:
     """A validated card transaction."""
 

@@ -107,5 +107,7 @@ def parse_or_dead_letter(step_id: str, up: Stream[SourceRecord], parser: Callabl
         return out
 
     parsed = op.flat_map_batch("parse", up, parse_batch)
-    split = op.branch("split", parsed, lambda x: isinstance(x, DeadLetter))
-    return ParseOut(ok=split.falses, dead=split.trues)  # type: ignore[arg-type]
+    # split per batch (one list comprehension each), not with a branch that calls a predicate per item
+    ok = op.flat_map_batch("ok", parsed, lambda xs: [x for x in xs if not isinstance(x, DeadLetter)])
+    dead = op.flat_map_batch("dead", parsed, lambda xs: [x for x in xs if isinstance(x, DeadLetter)])
+    return ParseOut(ok=ok, dead=dead)  # type: ignore[arg-type]

@@ -29,12 +29,12 @@ from operators import tracing
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
 from operators.probes import Origin, StageProbe
-from state.windows import Features, SlidingAggregates, WindowSpec, WindowState
+from state.windows import Features, Recent, SlidingAggregates, WindowSpec, WindowState
 
 E = TypeVar("E")
 TIMED_EVERY = 32
 
-__all__ = ["Features", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
+__all__ = ["Features", "Recent", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
 
 
 class WindowStatus(StrEnum):
@@ -46,14 +46,16 @@ class WindowStatus(StrEnum):
     DUPLICATE = "duplicate"  # an event with the same id is already in the window: no features, not added
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
+# this is made for every event; treat it as immutable
+@dataclass(slots=True)
 class Windowed(Generic[E]):
     """An event, the features the window gives it, and how it met the window."""
 
     event: E
     features: Features | None
     status: WindowStatus
-    recent: list[tuple[float, float, Any]] | None = None  # the key's latest (time, value, extra), this event last
+    recent: Recent | None = None  # the key's latest events (time, value, extra), this event last
 
 
 class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
@@ -114,10 +116,10 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
                 continue
             feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
             if feats is not None:
-                out.append(Windowed(ev, feats, WindowStatus.OK, agg.recent(t, n) if n else None))
+                out.append(Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None))
                 continue
             status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
-            recent = [*agg.recent(t, n - 1), (t, value(ev), extra)] if n else None  # as if it were there
+            recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if there
             out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent))
             self._odd(status)
         self.expires_at = now + self.idle_timeout

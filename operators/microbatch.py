@@ -158,5 +158,7 @@ def per_shard(
 
     Call it inside an ``@operator`` (its steps are named ``shard``, ``batch`` and ``unshard``).
     """
-    keyed = op.key_on("shard", up, lambda x: shard_of(shard_key(x), shards))
-    return op.map("unshard", op.stateful_batch("batch", keyed, builder), lambda kv: kv[1])
+    # batch steps with list comprehensions rather than per-item key_on/map: two Python calls fewer per item
+    keyed = op.flat_map_batch("shard", up, lambda xs: [(shard_of(shard_key(x), shards), x) for x in xs])
+    done = op.stateful_batch("batch", keyed, builder)  # type: ignore[arg-type]
+    return op.flat_map_batch("unshard", done, lambda kvs: [v for _, v in kvs])

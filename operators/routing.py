@@ -12,8 +12,8 @@ from bytewax.dataflow import Stream
 X = TypeVar("X")
 
 
-def _has_route(name: str, tagged: tuple[str, object]) -> bool:
-    return tagged[0] == name
+def _of_route(name: str, tagged: list[tuple[str, X]]) -> list[X]:
+    return [x for route, x in tagged if route == name]
 
 
 def split_by_route(
@@ -21,7 +21,7 @@ def split_by_route(
 ) -> dict[str, Stream[X]]:
     """Send each item to the stream of its route; an unknown route is a bug and fails loudly.
 
-    A composition of ``map`` and ``branch`` steps named ``<step_id>_...`` (a
+    A composition of batch steps named ``<step_id>_...`` (a
     Bytewax ``@operator`` cannot return a variable number of streams).
 
     ```python
@@ -39,14 +39,10 @@ def split_by_route(
             raise ValueError(f"route {route!r} is not one of {sorted(known)}")
         return route
 
-    tagged = op.map(f"{step_id}_tag", up, lambda x: (checked(x), x))
+    # One route call per item, then one list comprehension per route and batch: per-item map and branch
+    # steps would cost four Python calls per item (measured on the fraud flow's drain profile).
+    tagged = op.flat_map_batch(f"{step_id}_tag", up, lambda xs: [(checked(x), x) for x in xs])
     out: dict[str, Stream[X]] = {}
-    rest: Stream[tuple[str, X]] = tagged
-    for name in routes[:-1]:
-        b: op.BranchOut[tuple[str, X], tuple[str, X]] = op.branch(
-            f"{step_id}_is_{name}", rest, functools.partial(_has_route, name)
-        )
-        out[name] = op.map(f"{step_id}_{name}", b.trues, lambda rx: rx[1])
-        rest = b.falses
-    out[routes[-1]] = op.map(f"{step_id}_{routes[-1]}", rest, lambda rx: rx[1])
+    for name in routes:
+        out[name] = op.flat_map_batch(f"{step_id}_{name}", tagged, functools.partial(_of_route, name))
     return out

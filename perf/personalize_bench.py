@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"p99_ms_at_5k": at_5k["p99_ms"], "achieved_req_per_s_at_5k": at_5k["achieved_per_s"]}
         if at_5k["freshness_p99_ms"] is not None:
             figures["freshness_p99_ms"] = at_5k["freshness_p99_ms"]
-        record("personalize", figures)
+        suffix = f"_{args.label}" if args.label else ""  # a variant (e.g. 2proc) keeps the headline figures
+        record("personalize", {k + suffix: v for k, v in figures.items()})
     return 0
 
 

@@ -51,3 +51,78 @@ def median_and_spread(values: Sequence[float]) -> tuple[float, float, float]:
     if not values:
         raise ValueError("no measurements")
     return float(statistics.median(values)), float(min(values)), float(max(values))
+
+
+# (section, key, what it is, the seed's target or "") in the README's benchmark table
+HEADLINES: tuple[tuple[str, str, str, str], ...] = (
+    ("fraud", "drain_events_per_s", "fraud: drain of a 200k backlog, events/s", ""),
+    ("fraud", "drain_cpu_us_per_event", "fraud: CPU per event on that drain, µs", ""),
+    ("fraud", "sustained_events_per_s", "fraud: highest rate with every event out and P99 < 1 s (throughput profile)", "20,000/s"),
+    ("fraud", "p99_ms_at_20k", "fraud: P99 at 20k/s offered, ms (throughput profile)", "35"),
+    ("fraud", "added_p99_ms_at_20k", "fraud: P99 the flow adds to the raw passthrough at 20k/s, ms", "30"),
+    ("chaos", "events", "exactly-once chaos run: events", ""),
+    ("chaos", "kills", "exactly-once chaos run: kill -9s", "≥ 10"),
+    ("chaos", "lost", "exactly-once chaos run: lost / duplicated / differing decisions", "0"),
+    ("cascade", "pr_auc_cascade", "cascade PR-AUC (held out)", ""),
+    ("cascade", "escalated_share", "cascade: share of events sent to the sequence model", ""),
+    ("cascade", "p99_ms_at_10k", "cascade: P99 at 10k/s, ms", ""),
+    ("cascade", "single_model_p99_ms_at_10k", "single model: P99 at 10k/s, ms", ""),
+    ("cascade", "swap_p99_ms", "hot swap: P99 in the 3 s after a promotion, ms", ""),
+    ("assistant", "retrieval_p99_ms_1500_sessions", "assistant: retrieval-path P99 at 1,500 sessions, ms", "110"),
+    ("assistant", "recall_at_3", "assistant: recall@3 on user-style questions", "0.95"),
+    ("assistant", "answer_correct_share", "assistant: correct answers (judged)", "0.80"),
+    ("assistant", "burst200_within_deadline_share", "assistant: 200-question burst answered within deadline", "1.0"),
+    ("personalize", "p99_ms_at_5k", "personalization: P99 at 5,000 requests/s, ms", "80"),
+    ("personalize", "achieved_req_per_s_at_5k", "personalization: requests/s answered at 5,000 offered", "5,000"),
+    ("personalize", "hit_rate_at_10", "personalization: HitRate@10 (popularity: see its section)", ""),
+    ("review", "added_p99_ms_decision_path", "review chains: P99 added to the decision path, ms", "5"),
+    ("review", "verdict_to_final_p99_ms", "review chains: verdict to final decision P99, ms", ""),
+    ("observe", "metrics_overhead_share", "observability: drain throughput lost to metrics", "< 0.03"),
+)  # fmt: skip
+
+
+def readme_table(summary: Mapping[str, Mapping[str, float | int]]) -> str:
+    """The README's benchmark table: each headline figure of ``summary`` that was measured.
+
+    >>> print(readme_table({"chaos": {"lost": 0, "duplicated": 0, "differing": 0}}))
+    | figure | target | measured |
+    |---|---|---|
+    | exactly-once chaos run: lost / duplicated / differing decisions | 0 | 0 / 0 / 0 |
+    """
+    rows = ["| figure | target | measured |", "|---|---|---|"]
+    for section, key, what, target in HEADLINES:
+        figures = summary.get(section, {})
+        if key not in figures:
+            continue
+        value = figures[key]
+        shown = _number(value)
+        if section == "chaos" and key == "lost":
+            shown = f"{figures['lost']} / {figures.get('duplicated', '?')} / {figures.get('differing', '?')}"
+        rows.append(f"| {what} | {target or '—'} | {shown} |")
+    return "\n".join(rows)
+
+
+def _number(value: float | int) -> str:
+    """
+    >>> _number(11227.4), _number(90.25), _number(0.9211), _number(3)
+    ('11,227', '90.2', '0.9211', '3')
+    """
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.4g}"
+
+
+def update_readme(readme: Path, summary_path: Path = SUMMARY) -> None:
+    """Replace the table between ``<!-- benchmarks -->`` and ``<!-- /benchmarks -->`` in ``readme``."""
+    text = readme.read_text()
+    start, end = "<!-- benchmarks -->\n", "<!-- /benchmarks -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start.strip()} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    table = readme_table(json.loads(summary_path.read_text()))
+    readme.write_text(f"{head}{start}{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python -m perf.summary README.md
+    update_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

@@ -400,7 +400,7 @@ class AssistantSettings(FlowSettings):
     embed_max_batch: int = setting(64, "embedding micro-batch size", minimum=1)
     embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)
     embed_shards: int = setting(1, "shard keys for embedding (raise to the worker count)", minimum=1)
-    torch_threads: int = setting(1, "intra-op threads per process (0: torch default)", minimum=0)
+    torch_threads: int = setting(1, "intra-op threads of torch and faiss per process (0: their default)", minimum=0)
     encoder_int8: bool = setting(
         False,
         "row-wise int8 encoder on CPU (batch-independent; faster only where int8 matmuls are; needs a fresh index)",
@@ -505,7 +505,7 @@ class PersonalizeSettings(FlowSettings):
     )
     redis_namespace: str = setting("shop", "prefix of the Redis hashes: <ns>-item:<id>, <ns>-user:<id>", check=_topic)
     encoder_int8: bool = setting(True, "int8 item encoder on CPU (changing it needs re-embedded items)")
-    torch_threads: int = setting(1, "intra-op threads per process (0: torch default)", minimum=0)
+    torch_threads: int = setting(1, "intra-op threads of torch and faiss per process (0: their default)", minimum=0)
     embed_max_batch: int = setting(256, "item embedding micro-batch size", minimum=1)
     embed_max_wait_ms: float = setting(20.0, "item embedding micro-batch deadline", minimum=0.0)
     kind_weights: str = setting(

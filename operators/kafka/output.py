@@ -38,7 +38,7 @@ def kafka_output(
     ```
     """
     topics = list(topics)
-    routed = op.map("route", up, Partitioner(lambda topic: len(list_partitions(connection, topic))))
+    routed = op.flat_map_batch("route", up, Partitioner(lambda topic: len(list_partitions(connection, topic))).batch)
     chained = list(chained_topics)
     if exactly_once:
         op.output("write", routed, TransactionalKafkaSink(connection, topics, transactional_id_prefix, chained))

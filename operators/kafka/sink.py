@@ -103,6 +103,10 @@ class Partitioner:
         part = rec.partition if rec.partition is not None else zlib.crc32(rec.key or b"") % len(names)
         return names[part], rec
 
+    def batch(self, records: list[KafkaRecord]) -> list[Routed]:
+        """Every record of a batch (one step call per batch, not one per record)."""
+        return [self(rec) for rec in records]
+
 
 class Sealer:
     """Adds hash-chain headers to the records of one chained partition, in write order.
