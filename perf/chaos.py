@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
     work = PROJECT_ROOT / ".stack" / "chaos"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh recovery store and logs: an old run's would be resumed
     base = replace(FraudSettings(), topic_partitions=args.partitions, broker_profile=args.profile)
     stack = LocalStack(free_port(), free_port(), work / "stack", topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
