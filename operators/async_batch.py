@@ -27,7 +27,7 @@ from typing import TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer
+from operators.batching import BatchBuffer, check_batching
 from operators.clock import Clock, utc_now
 from operators.metrics import ASYNC_QUEUE
 from operators.microbatch import observed_call, per_shard
@@ -140,8 +140,7 @@ def async_micro_batch(
     answers = async_micro_batch("generate", prompts, llm.answer_batch, lambda p: p.session, max_batch=16)
     ```
     """
-    if max_batch < 1:
-        raise ValueError("max_batch must be >= 1")
+    check_batching(max_batch)
 
     probe: StageProbe[X] = StageProbe(step_id, origin)
 

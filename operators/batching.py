@@ -17,6 +17,21 @@ from typing import Generic, TypeVar
 X = TypeVar("X")
 
 
+def check_batching(max_batch: int, shards: int = 1) -> None:
+    """The bounds every batching operator checks when its dataflow is built (a worker builds its buffer
+    only later, when the flow runs).
+
+    >>> check_batching(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_batch must be >= 1
+    """
+    if max_batch < 1:
+        raise ValueError("max_batch must be >= 1")
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+
+
 class BatchBuffer(Generic[X]):
     """Items waiting for a batch call.
 
@@ -37,8 +52,7 @@ class BatchBuffer(Generic[X]):
     def __init__(
         self, max_batch: int, max_wait: timedelta, restored: list[X] | None = None, now: datetime | None = None
     ):
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        check_batching(max_batch)
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._items: list[X] = list(restored or [])

@@ -26,7 +26,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer
+from operators.batching import BatchBuffer, check_batching
 from operators.clock import Clock, utc_now
 from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
 from operators.probes import Origin, StageProbe
@@ -135,10 +135,7 @@ def micro_batch(
     scores = micro_batch("score", events, model.score_batch, lambda e: e.card_id, max_batch=256)
     ```
     """
-    if max_batch < 1:
-        raise ValueError("max_batch must be >= 1")
-    if shards < 1:
-        raise ValueError("shards must be >= 1")
+    check_batching(max_batch, shards)
 
     probe: StageProbe[X] = StageProbe(step_id, origin)
 

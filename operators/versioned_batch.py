@@ -33,6 +33,7 @@ from typing import Generic, TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from operators.batching import check_batching
 from operators.clock import Clock, utc_now
 from operators.microbatch import MicroBatchLogic, per_shard
 from operators.probes import Origin, StageProbe
@@ -207,10 +208,7 @@ def versioned_batch(
     scored = versioned_batch("stage1", events, score_stage1, served, lambda e: e.card_id)
     ```
     """
-    if max_batch < 1:
-        raise ValueError("max_batch must be >= 1")
-    if shards < 1:
-        raise ValueError("shards must be >= 1")
+    check_batching(max_batch, shards)
     probe: StageProbe[X] = StageProbe(step_id, origin)
 
     def builder(resume: VersionedState[X] | None) -> VersionedBatchLogic[X, Y]:
