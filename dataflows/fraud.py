@@ -222,11 +222,11 @@ def _decision_body(s: Scored) -> dict[str, Any]:
     return body
 
 
-def _headers(s: Scored, processed_at: bytes) -> Headers:
+def _headers(s: Scored, processed_at: bytes, trace: Headers) -> Headers:
     txn = s.item.event.txn
     return [
         *s.item.event.source.position.headers(),
-        *trace_headers(s.item.event.source),
+        *trace,
         ("event.id", txn.event_id.encode()),
         ("event.time", str(txn.event_time_ms).encode()),
         ("processed.at", processed_at),
@@ -242,14 +242,16 @@ def decision_records(batch: list[Scored], settings: FraudSettings) -> list[Kafka
         txn = s.item.event.txn
         body = _decision_body(s)
         body["decided_at"] = decided_ms
-        headers = _headers(s, processed_at)
+        source = s.item.event.source
+        trace = trace_headers(source)  # once: the decision and its feature-log record both carry it
+        headers = _headers(s, processed_at, trace)
         out.append(KafkaRecord(settings.decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
         if settings.features_topic:
             logged = feature_log_body(
                 txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
             # its identity (exactly-once) and trace only: every header costs the producer a conversion
-            ids = [s.item.event.source.identity(), *trace_headers(s.item.event.source)]
+            ids = [source.identity(), *trace]
             out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, ids))
     record_outcomes(s.decision for s in batch)
     return out
@@ -369,7 +371,14 @@ def shadow_batch(
     for s in cascade_batch(cascade, version, items, policy):
         body = _decision_body(s) | {"decided_at": decided_ms, "shadow": True}
         txn = s.item.event.txn
-        out.append(KafkaRecord(topic, txn.card_id.encode(), orjson.dumps(body), _headers(s, b"%d" % decided_ms)))
+        out.append(
+            KafkaRecord(
+                topic,
+                txn.card_id.encode(),
+                orjson.dumps(body),
+                _headers(s, b"%d" % decided_ms, trace_headers(s.item.event.source)),
+            )
+        )
     return out
 
 
