@@ -99,7 +99,8 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
         send_open_loop(sender(settings), event_records(TransactionStream(3, n_cards=20_000), settings), 1e9, args.count)
         counter = OutputCounter(settings.connection(), settings.decisions_topic, args.partitions)
         flow.start()
-        scraping = Scraper(settings.metrics_port) if metrics else None
+        scrape_every = getattr(args, "scrape_every", 1.0)
+        scraping = Scraper(settings.metrics_port, scrape_every) if metrics and scrape_every > 0 else None
         proc = psutil.Process(flow.pids[0])
         flame = getattr(args, "flame", "")  # perf.observe_overhead's arguments have none
         if flame and run == 0:
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
+    parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
     parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)

@@ -34,7 +34,7 @@ from operators.kafka.admin import admin_client, end_offset, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import SourceRecord
 from operators.lifecycle import fail, stop_requested
-from operators.metrics import PROCESS, SOURCE_LAG_RECORDS, SOURCE_LAG_SECONDS, SOURCE_RECORDS
+from operators.metrics import PROCESS, SCRAPES, SOURCE_LAG_RECORDS, SOURCE_LAG_SECONDS, SOURCE_RECORDS
 
 LAG_EVERY_S = 1.0
 
@@ -230,6 +230,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
             self._offset = batch[-1].offset + 1
         if self._read is not None:
             self._observe(batch, self._read)
+            SCRAPES.render_if_asked()  # a waiting scrape is rendered here, by a thread holding the GIL anyway
         return batch
 
     def _observe(self, batch: list[SourceRecord], read: list[int]) -> None:
