@@ -43,7 +43,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
@@ -453,12 +453,15 @@ class ScrapeHandoff:
 SCRAPES = ScrapeHandoff()
 
 
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # what exposition() writes
+
+
 def _metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics\n"]
     body = SCRAPES.body()
-    start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+    start_response("200 OK", [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))])
     return [body]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -195,6 +197,49 @@ def test_a_taken_metrics_port_is_one_line_naming_the_setting():
             observability.start(replace(FraudSettings(), metrics_port=port, metrics_addr="127.0.0.1"), "fraud")
     assert str(err.value).startswith(f"SLUICE_METRICS_PORT={port}: cannot serve metrics on 127.0.0.1:{port}")
     metrics.configure("sluice", enabled=False)
+
+
+def test_a_scrape_is_rendered_by_a_flow_thread_and_parses_as_the_text_format(observed):
+    """The server thread asks and a flow thread (here: one polling like the Kafka source) renders; what it
+    serves is the text format Prometheus parses, label values escaped."""
+    metrics.STAGE_ITEMS.add(('odd "stage"\\x',), 7)
+    rendered_by: list[str] = []
+
+    def render() -> bytes:
+        rendered_by.append(threading.current_thread().name)
+        return metrics.exposition()
+
+    handoff = metrics.ScrapeHandoff(render, wait_s=5.0)
+    stop = threading.Event()
+
+    def flow_thread() -> None:
+        while not stop.is_set():
+            handoff.render_if_asked()
+            time.sleep(0.001)
+
+    poller = threading.Thread(target=flow_thread, name="flow-worker")
+    poller.start()
+    try:
+        body = handoff.body().decode()
+    finally:
+        stop.set()
+        poller.join()
+    assert rendered_by == ["flow-worker"]
+    items = {s.labels["stage"]: s.value for s in parse(body) if s.name == "sluice_stage_items_total"}
+    assert items['odd "stage"\\x'] == 7
+
+
+def test_the_metrics_server_answers_metrics_and_nothing_else(observed):
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    metrics.STAGE_ITEMS.add(("served",), 3)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        body = resp.read().decode()
+    assert any(s.name == "sluice_stage_items_total" and s.labels["stage"] == "served" for s in parse(body))
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)  # noqa: S310 - loopback
+    assert err.value.code == 404
 
 
 def _exposition(at_items: int, flow: str = "fraud") -> str:
