@@ -121,9 +121,9 @@ def _grounded_source(g: Grounded) -> SourceRecord:
     return _turn_source(g.turn)
 
 
-def embed_and_classify(turns: list[Turn], device: str, int8: bool = False) -> list[Turn]:
+def embed_and_classify(turns: list[Turn], device: str, int8: bool = False, bf16: bool | None = None) -> list[Turn]:
     """One encoder call for the micro-batch; the same vectors feed the intent head and, later, search."""
-    encoder, router = shared_encoder(device, int8), shared_intent_router()
+    encoder, router = shared_encoder(device, int8, bf16), shared_intent_router()
     with model_call("text-encoder", encoder.name, str(encoder.device), len(turns)):
         vectors = encoder.encode([t.request.text for t in turns])
     with model_call("intent", router.name, "cpu", len(turns)):
@@ -194,7 +194,7 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
     which is already grounded and cited.
     """
     gen = shared_generator(settings.device, settings.llm_path)
-    encoder = shared_encoder(settings.device, settings.encoder_int8)
+    encoder = shared_encoder(settings.device, settings.encoder_int8, settings.bf16)
     prompts = [build_messages(g.turn.request.text, g.turn.history, g.passages, settings.context_chars) for g in items]
     deadlines = [g.turn.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for g in items]
     now = time.time()
@@ -364,7 +364,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     """The assistant dataflow for ``settings`` (see the module docstring)."""
     limit_threads(settings.torch_threads)
     # load the models now: a missing one fails at start, not mid-stream
-    encoder = shared_encoder(settings.device, settings.encoder_int8)
+    encoder = shared_encoder(settings.device, settings.encoder_int8, settings.bf16)
     shared_intent_router()
     generate = answer_mode(settings) == "generate"
     if generate:
@@ -390,7 +390,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     embedded = micro_batch(
         "embed",
         op.map("turn", reqs.ok, _received),
-        functools.partial(embed_and_classify, device=settings.device, int8=settings.encoder_int8),
+        functools.partial(embed_and_classify, device=settings.device, int8=settings.encoder_int8, bf16=settings.bf16),
         shard_key=lambda t: t.request.session_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),

@@ -105,7 +105,9 @@ class Family:
 
     def _label_set(self, key: Key) -> str:
         """``flow="..",stage=".."`` for a key's label values (escaped as the text format requires)."""
-        return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(("flow", *self.labels), (PROCESS.flow, *key), strict=True))
+        return ",".join(
+            f'{n}="{_escape(v)}"' for n, v in zip(("flow", *self.labels), (PROCESS.flow, *key), strict=True)
+        )
 
     def _scalars(self, kind: str, samples: Iterable[tuple[Key, float]], out: list[str]) -> None:
         """A counter or gauge family of ``samples`` (label values without ``flow``, value)."""

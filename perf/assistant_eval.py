@@ -232,7 +232,7 @@ def batch_independence(encoder: TextEncoder, questions: list[str], others: int =
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     encoder = shared_encoder("cpu", int8=args.int8)
-    fp32 = shared_encoder("cpu", int8=False)  # the judge always uses the full-precision encoder
+    fp32 = shared_encoder("cpu", int8=False, bf16=False)  # the judge always uses the full-precision encoder
     kb, index_s = build_knowledge(encoder, args.top_k)
     questions = json.loads(QUESTIONS.read_text())[: args.limit or None]
     asked = []

@@ -405,6 +405,12 @@ class AssistantSettings(FlowSettings):
         False,
         "row-wise int8 encoder on CPU (batch-independent; faster only where int8 matmuls are; needs a fresh index)",
     )
+    encoder_bf16: str = setting(
+        "auto",
+        "bf16 encoder on CPU: auto (where the CPU multiplies bf16 natively: AMX or AVX512-BF16; half the CPU of "
+        "fp32), on, or off (fp32); bf16 and fp32 vectors share an index",
+        choices=("auto", "on", "off"),
+    )
     answer_mode: str = setting(
         "auto",
         "extractive (the passages' best sentences), generate (LLM rewrite, kept where supported) or auto "
@@ -431,6 +437,11 @@ class AssistantSettings(FlowSettings):
     )
     source_batch_size: int = setting(500, "records a source partition hands over per poll", minimum=1)
     slo_ms: float = setting(110.0, "latency target of the retrieval path (question age when searched)", minimum=0.1)
+
+    @property
+    def bf16(self) -> bool | None:
+        """``encoder_bf16`` as :class:`models.text_encoder.TextEncoder` takes it (``None``: decide by the CPU)."""
+        return {"auto": None, "on": True, "off": False}[self.encoder_bf16]
 
     def input_topics(self) -> list[str]:
         return [self.documents_topic, self.requests_topic]

@@ -19,7 +19,7 @@ from models.intent import Route, shared_intent_router
 from models.knowledge import DocumentKnowledge
 from models.llm import shared_generator
 from models.prompting import SYSTEM_PROMPT, Remembered, build_messages, is_instruction_like, redact, resolve_query
-from models.text_encoder import shared_encoder
+from models.text_encoder import TextEncoder, shared_encoder
 from operators.kafka.records import Position
 from operators.live_index import Answered, _LiveIndexLogic
 from sluice.local.corpus import load_corpus
@@ -53,6 +53,20 @@ INJECTIONS = [
 ]
 SCAFFOLD = [SYSTEM_PROMPT[:40], "<context>", "</context>", "Earlier in this conversation", "numbered context"]
 
+PRECISIONS = ["fp32", "bf16", "int8-rowwise"]  # bf16 runs emulated (slowly) where the CPU lacks it: same results
+
+
+def encoder_in(precision: str) -> TextEncoder:
+    return shared_encoder("cpu", int8=precision == "int8-rowwise", bf16=precision == "bf16")
+
+
+def test_bf16_vectors_stay_within_0_9999_of_fp32_so_they_share_an_index():
+    texts = ["How do I read and write JSON?", "What does the with statement do?", "hi there!", "heapq merge"]
+    fp32, bf16 = encoder_in("fp32"), encoder_in("bf16")
+    cosines = (fp32.encode(texts) * bf16.encode(texts)).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    assert (bf16.name, bf16.precision, fp32.precision) == (fp32.name, "bf16", "fp32")
+
 
 @pytest.mark.parametrize(
     ("text", "route"),
@@ -73,15 +87,15 @@ SCAFFOLD = [SYSTEM_PROMPT[:40], "<context>", "</context>", "Earlier in this conv
         ("Why does my function not see the global variable?", Route.KNOWLEDGE),
     ],
 )
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-def test_routing_of_hand_picked_turns(text, route, int8):
-    [intent] = shared_intent_router().classify(shared_encoder("cpu", int8).encode([text]))
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISIONS)
+def test_routing_of_hand_picked_turns(text, route, precision):
+    [intent] = shared_intent_router().classify(encoder_in(precision).encode([text]))
     assert intent.route == route, intent
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8-rowwise"])
-def test_a_text_gets_the_same_vector_alone_and_inside_a_batch(int8):
-    encoder = shared_encoder("cpu", int8)
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISIONS)
+def test_a_text_gets_the_same_vector_alone_and_inside_a_batch(precision):
+    encoder = encoder_in(precision)
     rng = np.random.default_rng(3)
     words = [
         "with",
