@@ -61,6 +61,7 @@ _KIND_CUES = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the index's own sentences come back turn after turn
 def not_prose(sentence: str) -> float:
     """1 for grammar productions, code, signatures, PEP references, lead-ins ending with a colon, fragments.
 
@@ -74,6 +75,12 @@ def not_prose(sentence: str) -> float:
     if letters < 0.75 * len(text) or text.endswith(":") or len(text.split()) < 5:
         return 1.0
     return 0.0
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def sentence_terms(sentence: str) -> frozenset[str]:
+    """A passage sentence's BM25 terms (cached like :func:`not_prose`: both cost more than the scoring)."""
+    return frozenset(terms(sentence))
 
 
 def fits_question_kind(question: str, sentence: str) -> float:
@@ -103,7 +110,7 @@ def candidates(query_vector: np.ndarray, question: str, query_text: str, passage
     best = max((float(c.max()) for c in cosines_all if len(c)), default=0.0)
     for p, (passage, cosines) in enumerate(zip(passages, cosines_all, strict=True)):
         for s, (sentence, cosine) in enumerate(zip(passage.sentences, cosines.tolist(), strict=True)):
-            found = set(terms(sentence))
+            found = sentence_terms(sentence)
             rows.append(
                 [
                     cosine,

@@ -15,6 +15,7 @@ import torch
 
 from models.devices import pick_device
 from models.int8_linear import quantize_rowwise
+from models.packed_linear import pack_bf16_linears
 
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
@@ -66,6 +67,7 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.name = self.path.name if path else "all-MiniLM-L6-v2"
         self.precision = "fp32"
+        self.packed_layers = 0
         if self.device.type == "cuda":
             self.model = self.model.half()
             self.name += "-fp16"
@@ -73,6 +75,7 @@ class TextEncoder:
         elif not int8 and (native_bf16() if bf16 is None else bf16):
             self.model = self.model.to(torch.bfloat16)
             self.precision = "bf16"
+            self.packed_layers = pack_bf16_linears(self.model)  # weights reordered once, not per call
         elif int8:
             # Row-wise int8 Linear layers (models/int8_linear.py): int8 matrix products, but each token is
             # quantized on its own, so a text's vector does not depend on the rest of its batch.

@@ -15,6 +15,8 @@ import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 # Words and identifiers, numbers, and operator symbols ("//", "**", "+=", "~", ">>"): questions about
 # Python are often about an operator, which a word-only tokenizer would drop.
 _TOKEN = re.compile(r"[a-z_][a-z0-9_]*|\d+|[-+*/%@&|^~<>=!]+")
@@ -44,6 +46,12 @@ def terms(text: str) -> list[str]:
 class LexicalIndex:
     """Okapi BM25 (k1=1.2, b=0.75) over chunks, with per-chunk add and remove.
 
+    Postings are dicts (cheap to change a chunk at a time); a query scores each of
+    its terms' postings as numpy arrays, compiled on first use after the term last
+    changed. Profiled under load (2026-11-30) the dict loop over the postings of
+    common terms ("with", "statement", "and": thousands of chunks each) took 14%
+    of the assistant flow's CPU; the arrays score the same postings ~20x faster.
+
     >>> idx = LexicalIndex()
     >>> idx.add(1, "the with statement calls __enter__ and __exit__")
     >>> idx.add(2, "the for statement iterates over a sequence")
@@ -59,11 +67,15 @@ class LexicalIndex:
         self.lengths: dict[int, int] = {}  # chunk id -> number of terms
         self._chunk_terms: dict[int, list[str]] = {}  # chunk id -> its distinct terms (for removal)
         self._total_length = 0
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # term -> (ids, tfs, lengths)
 
     def add(self, chunk_id: int, text: str) -> None:
+        if chunk_id in self.lengths:
+            self.remove(chunk_id)  # a chunk id is added once; re-adding replaces it
         counts = Counter(terms(text))
         for term, tf in counts.items():
             self.postings.setdefault(term, {})[chunk_id] = tf
+            self._arrays.pop(term, None)
         length = sum(counts.values())
         self.lengths[chunk_id] = length
         self._chunk_terms[chunk_id] = list(counts)
@@ -75,6 +87,7 @@ class LexicalIndex:
             return
         self._total_length -= length
         for term in self._chunk_terms.pop(chunk_id):
+            self._arrays.pop(term, None)
             posting = self.postings[term]
             del posting[chunk_id]
             if not posting:
@@ -92,16 +105,36 @@ class LexicalIndex:
         if not n:
             return []
         avg = self._total_length / n
-        scores: dict[int, float] = {}
-        for term in set(terms(query)):
+        ids: list[np.ndarray] = []
+        parts: list[np.ndarray] = []
+        for term in dict.fromkeys(terms(query)):
+            found = self._posting_arrays(term)
+            if found is None:
+                continue
+            cids, tfs, lengths = found
+            idf = math.log(1.0 + (n - len(cids) + 0.5) / (len(cids) + 0.5))
+            norm = tfs + self.k1 * (1.0 - self.b + self.b * lengths / avg)
+            ids.append(cids)
+            parts.append(idf * tfs * (self.k1 + 1.0) / norm)
+        if not ids:
+            return []
+        chunk_ids, at = np.unique(np.concatenate(ids), return_inverse=True)
+        scores = np.bincount(at, weights=np.concatenate(parts), minlength=len(chunk_ids))
+        best = np.lexsort((chunk_ids, -scores))[:k]  # best first, ties by chunk id
+        return [(int(chunk_ids[i]), float(scores[i])) for i in best]
+
+    def _posting_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``term``'s posting as arrays (chunk ids, term frequencies, chunk lengths), cached until it changes."""
+        found = self._arrays.get(term)
+        if found is None:
             posting = self.postings.get(term)
             if not posting:
-                continue
-            idf = math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
-            for cid, tf in posting.items():
-                norm = tf + self.k1 * (1.0 - self.b + self.b * self.lengths[cid] / avg)
-                scores[cid] = scores.get(cid, 0.0) + idf * tf * (self.k1 + 1.0) / norm
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+                return None
+            cids = np.fromiter(posting.keys(), dtype=np.int64, count=len(posting))
+            tfs = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
+            lengths = np.fromiter((self.lengths[c] for c in posting), dtype=np.float64, count=len(posting))
+            found = self._arrays[term] = (cids, tfs, lengths)
+        return found
 
     def state(self) -> dict[str, Any]:
         return {"postings": {t: dict(p) for t, p in self.postings.items()}, "lengths": dict(self.lengths)}
