@@ -387,7 +387,10 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
     reqs = parse_or_dead_letter(
         "parse_requests", req_records, functools.partial(parse_chat_request, max_chars=settings.max_request_chars)
     )
-    embedded = micro_batch(
+    # On a background thread by default: torch computes without the GIL, so parsing, memory, search and the
+    # answers of earlier turns go on meanwhile, and the next batch holds everything that arrived during the call.
+    batcher = async_micro_batch if settings.embed_async else micro_batch
+    embedded: Stream[Turn] = batcher(
         "embed",
         op.map("turn", reqs.ok, _received),
         functools.partial(embed_and_classify, device=settings.device, int8=settings.encoder_int8, bf16=settings.bf16),

@@ -400,6 +400,9 @@ class AssistantSettings(FlowSettings):
     embed_max_batch: int = setting(64, "embedding micro-batch size", minimum=1)
     embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)
     embed_shards: int = setting(1, "shard keys for embedding (raise to the worker count)", minimum=1)
+    embed_async: bool = setting(
+        True, "embed turns on a background thread (the encoder computes without the GIL while the flow goes on)"
+    )
     torch_threads: int = setting(1, "intra-op threads of torch and faiss per process (0: their default)", minimum=0)
     encoder_int8: bool = setting(
         False,
