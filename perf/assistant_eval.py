@@ -325,7 +325,7 @@ def summarize(
     return {
         "benchmark": "assistant_eval",
         "command": "python -m perf.assistant_eval " + " ".join(sys.argv[1:]),
-        "encoder": "int8 row-wise" if args.int8 else "fp32",
+        "encoder": shared_encoder("cpu", int8=args.int8).precision,  # what the flow serves on this CPU
         "answer_ranker": "out-of-fold (5-fold)" if args.fit_ranker else "shipped",
         "top_k": args.top_k,
         "answer_mode": args.mode,
