@@ -264,11 +264,10 @@ class CatalogueReplica:
         return _record(self.settings.catalog_changes_topic, u.item_id, ident, body)
 
     def _candidate(self, item_id: str, score: float, found_by: str) -> Candidate | None:
-        payload = cast(Payload | None, self.index.payload(item_id))
+        payload: Payload | None = self.index.payloads.get(item_id)  # type: ignore[assignment]
         if payload is None:
             return None
-        category, brand, price, in_stock = payload
-        return Candidate(item_id, score, category, brand, price, in_stock, found_by)
+        return Candidate(item_id, score, *payload, found_by)
 
     def popular_in(self, category: str) -> list[Candidate]:
         """The popularity ranking of ``category`` (or of everything) as candidates, scores in (0, 1]."""
@@ -289,8 +288,8 @@ class CatalogueReplica:
         fetch = [min(s.max_fetch, a.request.k * s.overfetch + len(p.seen)) for a, p in personal]
         found: dict[str, list[tuple[str, float]]] = {}
         if personal:
-            hits = self.index.search(np.stack([p.vector for _, p in personal if p.vector is not None]), max(fetch))
-            found = {a.request.request_id: h[:n] for (a, _), h, n in zip(personal, hits, fetch, strict=True)}
+            hits = self.index.search(np.stack([p.vector for _, p in personal if p.vector is not None]), fetch)
+            found = {a.request.request_id: h for (a, _), h in zip(personal, hits, strict=True)}
         searched = time.time()
         return [self._recommend(a, found.get(a.request.request_id), started, searched) for a in asks]
 

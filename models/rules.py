@@ -180,9 +180,12 @@ def parse_rule_set(raw: bytes | None) -> RuleSet:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__ (~5x the cost)
 class Candidate:
-    """An item found for a request, with what the rules need to know about it and how it was found."""
+    """An item found for a request, with what the rules need to know about it and how it was found.
+
+    Hundreds are made per request (every hit of the over-fetched search), so it is a plain slotted class;
+    treat it as immutable."""
 
     item_id: str
     score: float

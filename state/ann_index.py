@@ -137,9 +137,13 @@ class AnnIndex:
             self.index.add_with_ids(np.ascontiguousarray(vectors), labels)
         self.changes += sum(applied)
         self._gpu = None
-        if not self.trained and self.count >= self.train_at:
-            self._train()
-        elif self.trained and self.nlist < self.max_nlist and self.count >= RETRAIN_GROWTH * self.trained_count:
+        if (
+            not self.trained
+            and self.count >= self.train_at
+            or self.trained
+            and self.nlist < self.max_nlist
+            and self.count >= RETRAIN_GROWTH * self.trained_count
+        ):
             self._train()
         return applied
 
@@ -190,17 +194,25 @@ class AnnIndex:
             self._gpu = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
         return self._gpu
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """The ``k`` nearest items of each query row, best first, as (item id, inner product)."""
+    def search(self, queries: np.ndarray, k: int | Sequence[int]) -> list[list[tuple[str, float]]]:
+        """The ``k`` nearest items of each query row, best first, as (item id, inner product).
+
+        ``k`` may be one per row: the batch is one faiss call for the largest, and each row keeps its own
+        (turning faiss's arrays into tuples costs more than the search for the rows that need few).
+        """
         if len(queries) == 0:
             return []
-        if self.count == 0 or k < 1:
+        wants = [k] * len(queries) if isinstance(k, int) else list(k)
+        if len(wants) != len(queries):
+            raise ValueError(f"{len(wants)} values of k for {len(queries)} queries")
+        most = min(max(wants), self.count)
+        if most < 1:
             return [[] for _ in range(len(queries))]
-        scores, labels = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.count))
+        scores, labels = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), most)
         items = self.items
         return [
-            [(items[label], score) for label, score in zip(row_labels, row_scores, strict=True) if label >= 0]
-            for row_labels, row_scores in zip(labels.tolist(), scores.tolist(), strict=True)
+            [(items[label], score) for label, score in zip(row_labels[:n], row_scores[:n], strict=True) if label >= 0]
+            for row_labels, row_scores, n in zip(labels.tolist(), scores.tolist(), wants, strict=True)
         ]
 
     def state(self) -> dict[str, Any]:

@@ -200,6 +200,27 @@ def test_the_ivf_index_finds_what_exact_search_finds_and_deletes_for_good():
     )
 
 
+def test_the_ivf_cells_are_retrained_as_the_index_grows_and_each_query_keeps_its_own_k():
+    x = _clustered(6000)
+    idx = AnnIndex(32, nlist=128, nprobe=8, train_at=1000, use_gpu=False)
+    idx.apply([Change(f"i{n}", 1, x[n]) for n in range(1000)])  # trained on 1,000 items: 1000 // 39 = 25 cells
+    assert (idx.trained, idx.nlist, idx.trained_count) == (True, 25, 1000)
+    for start in range(1000, 6000, 500):  # grows in pages, as a replica loads from Redis
+        idx.apply([Change(f"i{n}", 1, x[n]) for n in range(start, start + 500)])
+    assert (idx.nlist, idx.trained_count) == (102, 4000)  # re-trained once at 4x: 4000 // 39 cells
+    exact = AnnIndex(32, train_at=10**9, use_gpu=False)
+    exact.apply([Change(f"i{n}", 1, x[n]) for n in range(6000)])
+    queries = _clustered(100, seed=5)
+    got, want = idx.search(queries, [10] * 100), exact.search(queries, 10)
+    recall = np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want, strict=True)])
+    assert recall >= 0.95
+    copy = AnnIndex.from_state(idx.state(), use_gpu=False)
+    assert (copy.nlist, copy.max_nlist, copy.trained_count) == (102, 128, 4000)
+    rows = idx.search(queries[:3], [1, 5, 20])
+    assert [len(r) for r in rows] == [1, 5, 20]
+    assert rows[1] == idx.search(queries[1:2], 5)[0] and rows[2][:5] == idx.search(queries[2:3], 5)[0]
+
+
 def test_the_index_state_round_trips_with_its_centroids():
     x = _clustered(2000)
     idx = AnnIndex(32, nlist=16, nprobe=4, train_at=1000, use_gpu=False)
