@@ -1,6 +1,7 @@
 """Review chains under load: ``python -m perf.review_bench``.
 
-What it measures, on one local stack with the fraud flow running throughout:
+What it measures, on a fresh local stack per run (broker, Redis, the fraud flow) with the `throughput`
+broker profile by default:
 
 * **added P99 on the automated decision path**: each run sends the same
   offered rate twice through the fraud flow, first with nothing else running
@@ -299,6 +300,7 @@ def one_run(
         brokers=stack.brokers,
         decisions_topic=fraud.decisions_topic,
         decisions_start_from="latest",
+        broker_profile=fraud.broker_profile,
         topic_partitions=fraud.topic_partitions,
         review_token_key=secrets.token_urlsafe(32),
         review_session_secret=secrets.token_urlsafe(32),
@@ -419,6 +421,26 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
     }
 
 
+def fresh_run(base: FraudSettings, args: argparse.Namespace, n: int) -> RunResult:
+    """One run on a stack of its own: a broker that carried earlier runs' records is slower (Tansu's cost grows
+    with what it stores), and a flow that stalled in an earlier run cannot spoil this one."""
+    shutil.rmtree(args.logs / f"stack-{n}", ignore_errors=True)
+    stack = LocalStack(free_port(), free_port(), args.logs / f"stack-{n}")
+    stack.topics = base.topics()
+    stack.start()
+    fraud = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
+    fraud_flow = FlowProcesses("dataflows.fraud:from_env()", fraud.to_env(), log_dir=args.logs / f"fraud-{n}")
+    try:
+        load_profiles(fraud, seed=11, n_cards=20_000)
+        fraud_flow.start()
+        wait_until_deciding(fraud, fraud_flow)
+        stream = event_records(TransactionStream(11, n_cards=20_000), fraud)  # the same events every run
+        return one_run(stack, fraud, fraud_flow, stream, args, n)
+    finally:
+        fraud_flow.stop()
+        stack.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=10_000, help="transactions per second, open-loop")
@@ -428,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between a reviewer's verdicts")
     parser.add_argument("--runs", type=int, default=3, help="runs (each: fraud alone, then with review)")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--profile", default="throughput", help="broker profile of every client (latency, throughput, kafka)"
+    )
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--no-record", action="store_true", help="smoke run: leave summary.json alone")
     args = parser.parse_args(argv)
@@ -435,24 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     args.logs.mkdir(parents=True, exist_ok=True)
     args.reviewer_ids = write_reviewers(args.logs / "reviewers.json", args.reviewers)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    base = replace(FraudSettings.from_env(), topic_partitions=args.partitions)
+    base = replace(FraudSettings.from_env(), topic_partitions=args.partitions, broker_profile=args.profile)
     ensure_trained(base.model_path)
-    stack = LocalStack(free_port(), free_port(), args.logs / "stack")
-    stack.topics = base.topics()
-    stack.start()
-    fraud = replace(base, brokers=stack.brokers, redis_url=stack.redis_url)
-    fraud_flow = FlowProcesses("dataflows.fraud:from_env()", fraud.to_env(), log_dir=args.logs / "fraud")
-    runs: list[RunResult] = []
-    try:
-        load_profiles(fraud, seed=11, n_cards=20_000)
-        fraud_flow.start()
-        wait_until_deciding(fraud, fraud_flow)
-        stream = event_records(TransactionStream(11, n_cards=20_000), fraud)
-        for n in range(args.runs):
-            runs.append(one_run(stack, fraud, fraud_flow, stream, args, n))
-    finally:
-        fraud_flow.stop()
-        stack.stop()
+    runs = [fresh_run(base, args, n) for n in range(args.runs)]
     summary = summarize(runs)
     report = {
         "benchmark": "review",
