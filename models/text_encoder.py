@@ -7,8 +7,11 @@ One :class:`TextEncoder` embeds queries and document chunks alike.
 
 from __future__ import annotations
 
+import copy
 import functools
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +47,7 @@ class TextEncoder:
 
     On CUDA the model runs in fp16. On a CPU it runs in bf16 where the CPU
     multiplies bf16 natively (``bf16=None``, the default: :func:`native_bf16`),
-    else in fp32; ``int8`` makes its Linear layers row-wise int8 instead. bf16
+    else in fp32; ``int8`` makes its Linear layers row-wise int8 instead (and wins over ``bf16``). bf16
     vectors stay within cosine 0.9999 of fp32 ones (tested), so the two share an
     index and ``name``; fp16 and int8 vectors get their own names, because vectors
     further apart must not be mixed in one index."""
@@ -61,7 +64,8 @@ class TextEncoder:
 
         self.path = Path(path) if path else bundled_encoder_path()
         self.device = pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))  # for callers (chunking); see encode
+        self._local = threading.local()
         self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
         self.max_tokens = max_tokens
         self.dim = int(self.model.config.hidden_size)
@@ -90,8 +94,16 @@ class TextEncoder:
         Texts are tokenized once, sorted by length and run in batches of
         ``batch_size``, so a batch pads to its own longest text instead of the
         longest of all (about half the work for a document's mixed sentences).
-        A text's vector does not depend on the others: attention masks padding
-        away, and the CPU path computes in full or row-wise int8 precision.
+        A text's vector does not depend on the others beyond rounding: attention
+        masks padding away; fp32 and row-wise int8 give the same vector in any
+        batch, bf16 within cosine 0.9999 (tested).
+
+        Safe to call from several threads at once (the assistant embeds turns on
+        a background thread while its flow thread embeds documents): each thread
+        tokenizes with its own copy of the tokenizer, because a fast tokenizer
+        keeps its truncation settings as state, and chunking (``self.tokenizer``,
+        no truncation) and encoding (truncation at ``max_tokens``) would change
+        them under each other.
 
         >>> enc = shared_encoder()
         >>> v = enc.encode(["What does the with statement do?", "context managers", "bananas are yellow"])
@@ -101,18 +113,26 @@ class TextEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)
+        tokenizer = self._thread_tokenizer()
+        encoded = tokenizer(texts, truncation=True, max_length=self.max_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = self.tokenizer.pad(
-                {name: [encoded[name][i] for i in rows] for name in encoded}, return_tensors="pt"
-            ).to(self.device)
+            batch = tokenizer.pad({name: [encoded[name][i] for i in rows] for name in encoded}, return_tensors="pt").to(
+                self.device
+            )
             hidden = self.model(**batch).last_hidden_state.float()  # pooled in fp32 whatever the model ran in
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[rows] = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
         return out
+
+    def _thread_tokenizer(self) -> Any:
+        """This thread's private copy of the tokenizer (made on the thread's first call)."""
+        mine = getattr(self._local, "tokenizer", None)
+        if mine is None:
+            mine = self._local.tokenizer = copy.deepcopy(self.tokenizer)
+        return mine
 
 
 @functools.cache

@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -63,6 +64,7 @@ MS_BUCKETS: tuple[float, ...] = (
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 Key = tuple[str, ...]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,8 +100,8 @@ class Family:
         """Append this family's lines in the Prometheus text format to ``out``."""
         raise NotImplementedError
 
-    def _header(self, kind: str, out: list[str]) -> None:
-        name = self.name
+    def _header(self, kind: str, out: list[str], name: str | None = None) -> None:
+        name = name or self.name
         doc = self.doc.replace("\\", "\\\\").replace("\n", "\\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
 
@@ -111,8 +113,8 @@ class Family:
 
     def _scalars(self, kind: str, samples: Iterable[tuple[Key, float]], out: list[str]) -> None:
         """A counter or gauge family of ``samples`` (label values without ``flow``, value)."""
-        self._header(kind, out)
         name = self.name if kind != "counter" or self.name.endswith("_total") else f"{self.name}_total"
+        self._header(kind, out, name)
         for key, value in sorted(samples):
             out.append(f"{name}{{{self._label_set(key)}}} {floatToGoString(value)}\n")
 
@@ -414,6 +416,10 @@ class ScrapeHandoff:
     attribute read while nobody asks) and the render costs its 5 ms once. When no
     flow thread comes by within ``wait_s`` (an idle or stuck flow), the server
     thread renders itself, so a scrape always answers.
+
+    A render that fails never reaches the flow thread: the error is logged and
+    handed to the waiting scrape, which answers 500. A flow thread never waits
+    for a render another thread is doing (it skips and goes on).
     """
 
     def __init__(self, render: Callable[[], bytes] = exposition, wait_s: float = 0.25) -> None:
@@ -421,21 +427,29 @@ class ScrapeHandoff:
         self._render = render
         self._wait_s = wait_s
         self._body = b""
+        self._error: Exception | None = None
         self._rendered = threading.Event()
         self._rendering = threading.Lock()
         self._one_scrape = threading.Lock()
 
     def render_if_asked(self) -> None:
         """Render now if a scrape is waiting (call from flow threads, as often as convenient)."""
-        if self.asked:
-            self._render_once()
+        if self.asked and self._rendering.acquire(blocking=False):
+            try:
+                self._render_locked()
+            finally:
+                self._rendering.release()
 
-    def _render_once(self) -> None:
-        with self._rendering:
-            if self.asked:
-                self._body = self._render()
-                self.asked = False
-                self._rendered.set()
+    def _render_locked(self) -> None:
+        if not self.asked:
+            return
+        try:
+            self._body, self._error = self._render(), None
+        except Exception as exc:  # noqa: BLE001 - a metrics bug must not stop the flow that happened to render
+            log.exception("rendering /metrics failed")
+            self._error = exc
+        self.asked = False
+        self._rendered.set()
 
     def body(self) -> bytes:
         """The current exposition (call from the server thread: blocks up to ``wait_s`` for a flow thread).
@@ -443,12 +457,17 @@ class ScrapeHandoff:
         >>> handoff = ScrapeHandoff(lambda: b"up 1\\n", wait_s=0.01)
         >>> handoff.body()   # nobody came by: the server thread rendered it
         b'up 1\\n'
+
+        Raises what the render raised (the server answers 500).
         """
         with self._one_scrape:
             self._rendered.clear()
             self.asked = True
             if not self._rendered.wait(self._wait_s):
-                self._render_once()  # no flow thread came by (or one is rendering: then this waits for it)
+                with self._rendering:  # no flow thread came by (or one is rendering: then this waits for it)
+                    self._render_locked()
+            if self._error is not None:
+                raise RuntimeError(f"rendering /metrics failed: {self._error}") from self._error
             return self._body
 
 
@@ -462,7 +481,11 @@ def _metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) ->
     if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics\n"]
-    body = SCRAPES.body()
+    try:
+        body = SCRAPES.body()
+    except RuntimeError as exc:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [f"{exc}\n".encode()]
     start_response("200 OK", [("Content-Type", TEXT_FORMAT), ("Content-Length", str(len(body)))])
     return [body]
 

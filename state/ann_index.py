@@ -32,6 +32,7 @@ refreshed after changes.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -202,7 +203,8 @@ class AnnIndex:
         """
         if len(queries) == 0:
             return []
-        wants = [k] * len(queries) if isinstance(k, int) else list(k)
+        per_row = [k] * len(queries) if isinstance(k, (int, numbers.Integral)) else list(k)  # numpy ints too
+        wants = [max(0, int(n)) for n in per_row]
         if len(wants) != len(queries):
             raise ValueError(f"{len(wants)} values of k for {len(queries)} queries")
         most = min(max(wants), self.count)
@@ -244,7 +246,8 @@ class AnnIndex:
         """The index :meth:`state` describes."""
         idx = cls(state["dim"], state["nlist"], state["nprobe"], state["train_at"], use_gpu)
         idx.max_nlist = state.get("max_nlist", state["nlist"])  # snapshots before re-training kept only nlist
-        idx.trained_count = state.get("trained_count", len(state["labels"]))
+        # older snapshots: cells are trained on at least 39 items each, so nlist x 39 is when they were
+        idx.trained_count = state.get("trained_count", state["nlist"] * 39)
         if state["centroids"] is not None:
             idx.index, idx.trained = idx._ivf(state["centroids"]), True
         if len(state["labels"]):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,6 +122,32 @@ def test_a_text_gets_the_same_vector_alone_and_inside_a_batch(precision):
     alone = np.stack([encoder.encode([q])[0] for q in questions])
     batched = encoder.encode([*others[:20], *questions, *others[20:]])[20:23]
     assert float((alone * batched).sum(axis=1).min()) >= 0.9999
+
+
+class _ChunkingOnly:
+    """The encoder's shared tokenizer as chunking uses it (no truncation); encode must never call it, because a
+    fast tokenizer keeps truncation as state and two threads would change it under each other."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return copy.deepcopy(self.tokenizer, memo)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("encode called the tokenizer that chunking shares")
+
+
+def test_encode_tokenizes_with_its_own_copy_so_a_chunking_thread_cannot_turn_truncation_off():
+    encoder = TextEncoder(device="cpu", bf16=False)
+    encoder.tokenizer = _ChunkingOnly(encoder.tokenizer)  # type: ignore[assignment]
+    long_turn = "how does the with statement call __enter__ and __exit__ " * 90  # ~900 tokens, 512 positions
+    results: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: results.append(encoder.encode([long_turn])))
+    worker.start()
+    worker.join()
+    main_thread = encoder.encode([long_turn])
+    assert len(results) == 1 and float(results[0][0] @ main_thread[0]) >= 0.9999
 
 
 def test_documents_are_split_on_their_own_headings():

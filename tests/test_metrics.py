@@ -229,6 +229,30 @@ def test_a_scrape_is_rendered_by_a_flow_thread_and_parses_as_the_text_format(obs
     assert items['odd "stage"\\x'] == 7
 
 
+def test_a_failing_render_fails_the_scrape_never_the_flow_thread():
+    def broken() -> bytes:
+        raise ValueError("a family with a label too many")
+
+    handoff = metrics.ScrapeHandoff(broken, wait_s=5.0)
+    answered: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            handoff.body()
+        except RuntimeError as exc:
+            answered.append(exc)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    deadline = time.monotonic() + 5
+    while not handoff.asked and time.monotonic() < deadline:
+        time.sleep(0.001)
+    handoff.render_if_asked()  # the flow thread's poll: must not raise
+    scraper.join(5)
+    assert len(answered) == 1 and "a family with a label too many" in str(answered[0])
+    assert not handoff.asked  # the next poll renders nothing
+
+
 def test_the_metrics_server_answers_metrics_and_nothing_else(observed):
     port = free_port()
     metrics.serve(port, "127.0.0.1")
