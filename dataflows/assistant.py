@@ -7,7 +7,8 @@
 documents -> parse (bad -> DLQ) -> live index: chunk by section and sentence,
 embed chunks and sentences in small steps, dense + BM25 (readiness announced)
 chat-requests -> parse + bounds (bad -> DLQ and an error reply) -> ONE embedding
-per turn (micro-batched, row-wise int8: independent of the batch) -> intent ->
+per turn (micro-batched on a background thread; bf16 where the CPU has it, else
+fp32: independent of the batch) -> intent ->
 session memory (user turns with the query they were searched with, and the
 assistant's answers, read back from chat-responses) -> follow-ups searched with
 the conversation's subject -> route:
