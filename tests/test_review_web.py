@@ -19,6 +19,9 @@ import orjson
 import pytest
 import requests
 
+from models.review_case import Verdict
+from models.review_wire import verdict_body
+from sluice.review_web.board import ReviewBoard
 from tests.helpers import produce
 from tests.review_support import (
     PASSWORD,
@@ -185,6 +188,19 @@ def test_a_verdict_the_flow_refuses_shows_the_flows_reason(running):
     state = eventually(refused, what="the flow's refusal on the page")
     assert state["detail"] == "the case is closed: approve (chain)" and state["case_status"] == "closed"
     assert "rejected: the case is closed" in bob.get(f"{base}/cases/{case_id}?verdict={verdict_id}").text
+
+
+def test_a_final_decision_settles_its_verdicts_even_before_the_case_update_arrives():
+    """The board reads case updates and final decisions from two topics; whichever comes first, a page must
+    not show the final decision beside its own verdict still pending."""
+    board = ReviewBoard()
+    verdict = Verdict("v-1", "case-1", 0, "ann", "analyst", "approve", "known customer", 1.0)
+    board.submitted(verdict)
+    assert board.verdict("v-1").status == "pending"  # type: ignore[union-attr]
+    history = [{"kind": "verdict", **verdict_body(verdict), "effect": "closed the case: approve"}]
+    board.on_final({"case_id": "case-1", "decision": "approve", "history": history})
+    settled = board.verdict("v-1")
+    assert settled is not None and (settled.status, settled.detail) == ("accepted", "closed the case: approve")
 
 
 def _final_status(http: requests.Session, base: str, verdict_id: str) -> dict:

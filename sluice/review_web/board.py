@@ -60,9 +60,7 @@ class ReviewBoard:
         case_id = body["case_id"]
         with self._lock:
             self._cases[case_id] = body
-            for entry in body["history"]:
-                if entry["kind"] == "verdict":
-                    self._settle(entry["verdict_id"], case_id, entry["reviewer"], "accepted", entry["effect"])
+            self._settle_history(case_id, body)
             if body["status"] == "closed":
                 self._closed[case_id] = None
                 while len(self._closed) > KEEP_CLOSED:
@@ -75,8 +73,16 @@ class ReviewBoard:
             self._settle(body["verdict_id"], body["case_id"], body["reviewer"], "rejected", body["reason"])
 
     def on_final(self, body: Body) -> None:
+        # a final carries the chain's history too: it settles the verdicts in it whichever topic arrives first,
+        # so a page never shows the final decision beside its own verdict still "pending"
         with self._lock:
             self._finals[body["case_id"]] = body
+            self._settle_history(body["case_id"], body)
+
+    def _settle_history(self, case_id: str, body: Body) -> None:
+        for entry in body.get("history", ()):
+            if entry["kind"] == "verdict":
+                self._settle(entry["verdict_id"], case_id, entry["reviewer"], "accepted", entry["effect"])
 
     def on_rationale(self, body: Body) -> None:
         event_id, text = body.get("event_id"), body.get("rationale")
