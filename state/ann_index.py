@@ -138,15 +138,15 @@ class AnnIndex:
             self.index.add_with_ids(np.ascontiguousarray(vectors), labels)
         self.changes += sum(applied)
         self._gpu = None
-        if (
-            not self.trained
-            and self.count >= self.train_at
-            or self.trained
-            and self.nlist < self.max_nlist
-            and self.count >= RETRAIN_GROWTH * self.trained_count
-        ):
+        if self._training_due():
             self._train()
         return applied
+
+    def _training_due(self) -> bool:
+        """First training at ``train_at`` items; again after ``RETRAIN_GROWTH``x growth while more cells fit."""
+        if not self.trained:
+            return self.count >= self.train_at
+        return self.nlist < self.max_nlist and self.count >= RETRAIN_GROWTH * self.trained_count
 
     def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
         labels = np.fromiter(self.items, dtype=np.int64, count=len(self.items))

@@ -112,7 +112,7 @@ class LexicalIndex:
             if found is None:
                 continue
             cids, tfs, lengths = found
-            idf = math.log(1.0 + (n - len(cids) + 0.5) / (len(cids) + 0.5))
+            idf = self.idf(term)
             norm = tfs + self.k1 * (1.0 - self.b + self.b * lengths / avg)
             ids.append(cids)
             parts.append(idf * tfs * (self.k1 + 1.0) / norm)

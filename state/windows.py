@@ -145,9 +145,7 @@ class SlidingAggregates:
         >>> agg.recent(20.0, 2)
         [(10.0, 11.0, 'x10'), (20.0, 21.0, 'x20')]
         """
-        hi = bisect_right(self.times, t)
-        lo = max(0, hi - n)
-        return list(zip(self.times[lo:hi], self.values[lo:hi], self.extras[lo:hi], strict=True))
+        return self.recent_columns(t, n).rows()
 
     def recent_columns(self, t: float, n: int) -> Recent:
         """:meth:`recent` as three columns: three slice copies instead of ``n`` tuples, for a caller that
