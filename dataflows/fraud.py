@@ -187,10 +187,20 @@ def stage2_batch(
     return [s for s in out if s is not None]
 
 
+@functools.lru_cache(maxsize=64)
+def _stages(version: str, stage1_kind: str, escalated: bool) -> tuple[list[str], dict[str, str]]:
+    """The ``stages`` and ``models`` fields for a version and path (a handful of distinct values, shared by
+    every decision that took that path: built once, only serialised per event)."""
+    stages = [stage1_kind, "gru"] if escalated else [stage1_kind]
+    return stages, {kind: f"{version}/{kind}" for kind in stages}
+
+
 def _decision_body(s: Scored) -> dict[str, Any]:
     txn, feats, item = s.item.event.txn, s.item.features, s.item
-    stages = [s.stage1_kind] if s.stage2 is None else [s.stage1_kind, "gru"]
-    scores = {s.stage1_kind: round(s.stage1, 4)} | ({} if s.stage2 is None else {"gru": round(s.stage2, 4)})
+    stages, models = _stages(s.version, s.stage1_kind, s.stage2 is not None)
+    scores = {s.stage1_kind: round(s.stage1, 4)}
+    if s.stage2 is not None:
+        scores["gru"] = round(s.stage2, 4)
     body: dict[str, Any] = {
         "event_id": txn.event_id,
         "card_id": txn.card_id,
@@ -199,7 +209,7 @@ def _decision_body(s: Scored) -> dict[str, Any]:
         "rules": s.rules,
         "model_version": s.version,
         "stages": stages,
-        "models": {kind: f"{s.version}/{kind}" for kind in stages},
+        "models": models,
         "scores": scores,
         "flags": item.flags(),
         "profile_fallback": item.profile is None,
