@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from operators.gc_pacing import PACER
 from state.feature_store import FeatureStore
 
 
@@ -622,6 +623,15 @@ STORE_FAILURES = CallbackFamily(
 STORE_CIRCUIT = CallbackFamily(
     "sluice_feature_store_circuit_open", "1 while the circuit breaker answers 'store down' without trying",
     ["namespace"], "gauge", _stores(lambda s: [((s.namespace,), float(s.circuit_open))]),
+)  # fmt: skip
+
+GC_COLLECTIONS = CallbackFamily(
+    "sluice_gc_collections_total", "paced garbage collections (operators/gc_pacing.py)", ["kind"], "counter",
+    lambda: [(("young",), float(PACER.young)), (("full",), float(PACER.full))],
+)  # fmt: skip
+GC_PAUSE = CallbackFamily(
+    "sluice_gc_pause_ms_total", "time the paced garbage collections held the flow thread", ["kind"], "counter",
+    lambda: [(("young",), PACER.young_ms), (("full",), PACER.full_ms)],
 )  # fmt: skip
 
 DEAD_LETTERS = Counter("sluice_dead_letters_total", "records sent to a dead-letter topic", ["step", "reason"])

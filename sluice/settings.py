@@ -186,6 +186,14 @@ class FlowSettings:
     )
     stop_at_end: bool = setting(False, "stop at the end of the input (backfills, replays)")
     source_batch_size: int = setting(2000, "records a source partition hands over per poll", minimum=1)
+    gc_interval_s: float = setting(
+        1.0, "collect young objects every this many seconds, from the flow thread (operators/gc_pacing.py); "
+        "0: CPython's own allocation-count trigger", minimum=0.0,
+    )  # fmt: skip
+    gc_full_interval_s: float = setting(
+        3600.0, "a full garbage collection (its pause grows with the keyed state) every this many seconds; 0: never",
+        minimum=0.0,
+    )  # fmt: skip
     connect_timeout_s: float = setting(15.0, "how long start-up waits for Kafka and Redis before failing", minimum=0.1)
     outage_timeout_s: float = setting(
         60.0, "a running flow whose broker or input topic stays gone this long exits (code 3)", minimum=1.0

@@ -30,6 +30,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 
+from operators.gc_pacing import PACER
 from operators.kafka.admin import admin_client, end_offset, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import SourceRecord
@@ -231,6 +232,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
         if self._read is not None:
             self._observe(batch, self._read)
             SCRAPES.render_if_asked()  # a waiting scrape is rendered here, by a thread holding the GIL anyway
+        PACER.tick()  # a paced garbage collection, when one is due (operators/gc_pacing.py)
         return batch
 
     def _observe(self, batch: list[SourceRecord], read: list[int]) -> None:
