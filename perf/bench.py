@@ -27,7 +27,7 @@ import psutil
 
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import REPORTS, median_and_spread, record, report_stem
 from sluice.harness.collector import BackgroundCollector
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         **report,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.benchmark}-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}"
+    stem = report_stem(args.benchmark, args.label, args.out)
     stem.with_suffix(".json").write_text(json.dumps(to_json(report), indent=1))
     plot(report, stem.with_suffix(".png"))
     print(f"report: {stem}.json and .png")

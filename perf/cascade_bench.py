@@ -39,7 +39,7 @@ from models.train_fraud import main as train_main
 from operators.event_windows import WindowStatus
 from operators.kafka.records import SourceRecord
 from perf.bench import RunConfig, RunResult, describe, run_one
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import REPORTS, median_and_spread, record, report_stem
 from sluice.local.stack import PROJECT_ROOT
 from sluice.settings import FraudSettings
 from state.windows import SlidingAggregates, WindowSpec
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if "notes" in args.parts:
         report["notes"] = notes(args, model)
     REPORTS.mkdir(parents=True, exist_ok=True)
-    path = REPORTS / f"cascade-{time.strftime('%Y-%m-%d')}.json"
+    path = report_stem("cascade").with_suffix(".json")
     path.write_text(json.dumps(report, indent=1))
     m = report["models"]
     figures: dict[str, float] = {

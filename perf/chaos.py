@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 import psutil
 
 from models.train_fraud import ensure_trained
-from perf.summary import REPORTS, record
+from perf.summary import record, report_stem
 from sluice.harness.chaos import chaos_run, judge, reference_run, start_sending
 from sluice.local.stack import PROJECT_ROOT, LocalStack
 from sluice.processes import free_port
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "verdict": asdict(verdict),
         "exactly_once": verdict.exactly_once,
     }
-    label = "" if args.processes == 1 else f"-{args.processes}proc"
-    out = REPORTS / f"chaos-{time.strftime('%Y-%m-%d')}{label}.json"
+    out = report_stem("chaos", "" if args.processes == 1 else f"{args.processes}proc").with_suffix(".json")
     out.write_text(json.dumps(report, indent=1))
     figures = {"lost": verdict.missing, "duplicated": verdict.duplicated, "differing": verdict.differing}
     if args.processes == 1:

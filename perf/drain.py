@@ -35,7 +35,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import log
 from operators.kafka.connection import KafkaConnection
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import REPORTS, median_and_spread, record, report_stem
 from sluice.harness.collector import poll_batch
 from sluice.harness.loadgen import send_open_loop
 from sluice.harness.progress import Progress
@@ -205,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_cpu_us_per_event": cpu,
         "cpu_us_per_event_spread": [cpu_lo, cpu_hi],
     }
-    name = f"drain-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}.json"
-    (REPORTS / name).write_text(json.dumps(report, indent=1))
+    report_stem("drain", args.label).with_suffix(".json").write_text(json.dumps(report, indent=1))
     # metrics and the profiler: variants (the profiler's sampling costs a little CPU)
     headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics and not args.flame
     if headline and not args.exactly_once:

@@ -46,7 +46,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import ID_HEADER, header_value
-from perf.summary import REPORTS, record
+from perf.summary import record, report_stem
 from sluice.harness.collector import latency_summary
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis_timeout_ms": base.redis_timeout_ms,
         "outcomes": [asdict(o) for o in outcomes],
     }
-    (REPORTS / f"faults-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(report, indent=1))
+    report_stem("faults").with_suffix(".json").write_text(json.dumps(report, indent=1))
     if not wanted:
         healthy = next(o for o in outcomes if o.scenario == "healthy")
         metrics = load_cascade(ModelRegistry(model).folder(ModelRegistry(model).served() or "")).metrics

@@ -27,7 +27,7 @@ import numpy as np
 
 from models.train_fraud import ensure_trained
 from perf.drain import DEFAULT_FLOW, DrainRun, drain_once
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import median_and_spread, record, report_stem
 from sluice.settings import FraudSettings
 
 REAL_COUNT, REAL_RUNS = 100_000, 3
@@ -86,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_per_event_added_share_per_pair": [round(x, 4) for x in pair_cpu],
         "recorded_in_summary": real,
     }  # fmt: skip
-    label = f"-{args.label}" if args.label else ""
-    name = f"observe-overhead-{time.strftime('%Y-%m-%d')}{label}{'' if real else '-smoke'}.json"
-    (REPORTS / name).write_text(json.dumps(report, indent=1))
+    label = "-".join(x for x in (args.label, "" if real else "smoke") if x)
+    report_stem("observe-overhead", label).with_suffix(".json").write_text(json.dumps(report, indent=1))
     print(f"throughput without metrics {rate_off[0]:,.0f}/s, with {rate_on[0]:,.0f}/s; per pair "
           f"{', '.join(f'{100 * x:.1f}%' for x in pair_losses)} lost (median {100 * share:.1f}%); "
           f"CPU per event {cpu_off[0]:.1f} -> {cpu_on[0]:.1f} us (per pair median {100 * cpu_share:+.1f}%)")  # fmt: skip

@@ -40,7 +40,7 @@ import psutil
 
 from models.synthetic_shopping import HOUR_MS
 from operators.kafka.records import KafkaRecord
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import median_and_spread, record, report_stem
 from sluice.harness.answers import AnswerCollector
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_personalize import wait_for_users, wait_until_recommending
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "medians": medians,
         "runs": runs,
     }
-    name = f"personalize-{time.strftime('%Y-%m-%d')}{'-' + args.label if args.label else ''}.json"
-    (REPORTS / name).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"report: perf/reports/{name}")
+    path = report_stem("personalize", args.label).with_suffix(".json")
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"report: {path}")
     at_5k = medians.get("personalize", {}).get("5000")
     # the headline only: the default flow, the full catalogue, 3+ runs; variants (--label) stay in their report
     if at_5k and args.items == 100_000 and not args.label and args.runs >= 3:

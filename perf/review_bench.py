@@ -53,7 +53,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, end_offsets, list_partitions, log, read_all, read_to_end
 from perf.bench import _Cpu, _machine
-from perf.summary import REPORTS, median_and_spread, record
+from perf.summary import REPORTS, median_and_spread, record, report_stem
 from sluice.harness.collector import BackgroundCollector, latency_histogram, latency_summary
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(r) for r in runs],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"review-{time.strftime('%Y-%m-%d')}.json"
+    path = report_stem("review", folder=args.out).with_suffix(".json")
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"report: {path}")
     print(json.dumps(summary, indent=1))

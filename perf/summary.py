@@ -23,6 +23,26 @@ SUMMARY = REPORTS / "summary.json"
 HISTORY = REPORTS / "summary-history.jsonl"
 
 
+def report_stem(kind: str, label: str = "", folder: Path = REPORTS) -> Path:
+    """``folder/<kind>-<date>[-<label>]``, the name (without suffix) of a new report; when a report of
+    that name exists already (the same benchmark earlier the same day), ``-2``, ``-3``, ... is added, so
+    a rerun never overwrites the report it is compared with.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> first = report_stem("drain", "x", folder)
+    >>> _ = first.with_suffix(".json").write_text("{}")
+    >>> [first.name.endswith("-x"), report_stem("drain", "x", folder).name.endswith("-x-2")]
+    [True, True]
+    """
+    base = f"{kind}-{time.strftime('%Y-%m-%d')}{'-' + label if label else ''}"
+    stem, n = folder / base, 1
+    while any(stem.with_name(stem.name + ext).exists() for ext in (".json", ".png", ".svg", ".log")):
+        n += 1
+        stem = folder / f"{base}-{n}"
+    return stem
+
+
 def record(section: str, figures: Mapping[str, float | int | bool], path: Path = SUMMARY) -> dict[str, float | int]:
     """Merge ``figures`` into ``section`` of the summary (numbers only) and append them to the history."""
     clean: dict[str, float | int] = {}
