@@ -19,8 +19,9 @@ taking the top ``k``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.wire import InvalidEvent, json_object
@@ -62,6 +63,36 @@ class RuleSet:
     category_affinity_boost: float = 0.0
     promotions: tuple[Promotion, ...] = ()
     price_bands: tuple[PriceBand, ...] = ()
+    _running: tuple[float, float, dict[str, Promotion]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def promotions_at(self, now_ms: float) -> Mapping[str, Promotion]:
+        """The promotions running at ``now_ms`` by item. A rule set may hold thousands and every request
+        asks, so the answer is kept with the interval over which it cannot change (from the latest start
+        or end at or before ``now_ms`` to the earliest one after it) and reused inside it.
+
+        >>> rules = RuleSet(promotions=(Promotion("i1", 0.1, 0.0, 60_000.0), Promotion("i2", 0.2, 30_000.0, 90_000.0)))
+        >>> [list(rules.promotions_at(t)) for t in (1.0, 29_999.0, 30_000.0, 60_000.0, 90_000.0)]
+        [['i1'], ['i1'], ['i1', 'i2'], ['i2'], []]
+        """
+        if not self.promotions:
+            return {}
+        cached = self._running
+        if cached is not None and cached[0] <= now_ms < cached[1]:
+            return cached[2]
+        running: dict[str, Promotion] = {}
+        since, until = -math.inf, math.inf
+        for p in self.promotions:
+            if p.start_ms <= now_ms < p.end_ms:
+                running[p.item_id] = p
+                since, until = max(since, p.start_ms), min(until, p.end_ms)
+            elif now_ms < p.start_ms:
+                until = min(until, p.start_ms)
+            else:
+                since = max(since, p.end_ms)
+        object.__setattr__(self, "_running", (since, until, running))  # a cache, not part of the value
+        return running
 
     def segment(self, avg_price: float) -> PriceBand | None:
         """The first price band whose user range holds ``avg_price`` (lower bound included)."""
@@ -229,46 +260,49 @@ def rank(
     ([('d', 1.1, ('similar', 'context_category')), ('a', 0.9, ('similar',))], {'out_of_stock': 1, 'diversity': 1})
     """
     band = rules.segment(shopper.avg_price)
+    lo, hi = band.item_price if band is not None else (0.0, 0.0)
     seen_after = shopper.now_ms - rules.seen_within_days * DAY_MS if rules.seen_within_days > 0 else None
-    promos = {p.item_id: p for p in rules.promotions if p.start_ms <= shopper.now_ms < p.end_ms}
+    seen = shopper.seen if seen_after is not None else {}
+    promos = rules.promotions_at(shopper.now_ms)
+    check_stock = rules.exclude_out_of_stock
+    context, context_boost = shopper.context_category, rules.context_category_boost
+    affinity, affinity_boost = shopper.affinity, rules.category_affinity_boost
     excluded: dict[str, int] = {}
-    scored: list[tuple[float, str, Candidate, tuple[str, ...]]] = []
+    # (-score, item_id, candidate): plain tuple order is "best score first, then item id", and ids are
+    # unique here (``taken``), so the candidates themselves are never compared
+    scored: list[tuple[float, str, Candidate]] = []
     taken: set[str] = set()
     for c in candidates:
-        if c.item_id in taken:  # found twice (by similarity and by popularity): the first finding counts
+        item_id = c.item_id
+        if item_id in taken:  # found twice (by similarity and by popularity): the first finding counts
             continue
-        taken.add(c.item_id)
-        if rules.exclude_out_of_stock and not c.in_stock:
+        taken.add(item_id)
+        if check_stock and not c.in_stock:
             reason = "out_of_stock"
-        elif seen_after is not None and c.item_id in shopper.seen and shopper.seen[c.item_id] >= seen_after:
+        elif item_id in seen and seen[item_id] >= seen_after:  # type: ignore[operator]
             reason = "seen"
-        elif band is not None and not band.item_price[0] <= c.price <= band.item_price[1]:
+        elif band is not None and not lo <= c.price <= hi:
             reason = "price_band"
         else:
-            reason = ""
-        if reason:
-            excluded[reason] = excluded.get(reason, 0) + 1
+            score = c.score
+            if context_boost and c.category == context:
+                score += context_boost
+            if affinity_boost:
+                share = affinity.get(c.category, 0.0)
+                if share:
+                    score += affinity_boost * share
+            if promos:
+                promo = promos.get(item_id)
+                if promo is not None:
+                    score += promo.boost
+            scored.append((-score, item_id, c))
             continue
-        score, reasons = c.score, [c.found_by]
-        if rules.context_category_boost and c.category == shopper.context_category:
-            score += rules.context_category_boost
-            reasons.append("context_category")
-        share = shopper.affinity.get(c.category, 0.0)
-        if rules.category_affinity_boost and share:
-            score += rules.category_affinity_boost * share
-            reasons.append("category_affinity")
-        promo = promos.get(c.item_id)
-        if promo is not None:
-            score += promo.boost
-            reasons.append("promoted")
-        if band is not None:
-            reasons.append(f"price_band:{band.segment}")
-        scored.append((score, c.item_id, c, tuple(reasons)))
-    scored.sort(key=lambda s: (-s[0], s[1]))
+        excluded[reason] = excluded.get(reason, 0) + 1
+    scored.sort()
     out: list[Ranked] = []
     brands: dict[str, int] = {}
     categories: dict[str, int] = {}
-    for score, item_id, c, why in scored:
+    for negative, item_id, c in scored:
         if len(out) == k:
             break
         if (rules.max_per_brand and brands.get(c.brand, 0) >= rules.max_per_brand) or (
@@ -278,5 +312,22 @@ def rank(
             continue
         brands[c.brand] = brands.get(c.brand, 0) + 1
         categories[c.category] = categories.get(c.category, 0) + 1
-        out.append(Ranked(item_id, score, why))
+        out.append(Ranked(item_id, -negative, _reasons(c, rules, shopper, band, promos)))
     return out, excluded
+
+
+def _reasons(
+    c: Candidate, rules: RuleSet, shopper: Shopper, band: PriceBand | None, promos: Mapping[str, Promotion]
+) -> tuple[str, ...]:
+    """Why a ranked item is where it is: how it was found, then each boost it got (the same tests as the
+    scoring in :func:`rank`, made only for the ``k`` items returned, not for every candidate)."""
+    reasons = [c.found_by]
+    if rules.context_category_boost and c.category == shopper.context_category:
+        reasons.append("context_category")
+    if rules.category_affinity_boost and shopper.affinity.get(c.category, 0.0):
+        reasons.append("category_affinity")
+    if c.item_id in promos:
+        reasons.append("promoted")
+    if band is not None:
+        reasons.append(f"price_band:{band.segment}")
+    return tuple(reasons)
