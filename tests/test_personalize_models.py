@@ -198,7 +198,7 @@ def _textbook_rank(
 
 
 def taken_items(out: list[Ranked], candidates: list[Candidate]) -> list[Candidate]:
-    first = {}
+    first: dict[str, Candidate] = {}
     for c in candidates:
         first.setdefault(c.item_id, c)
     return [first[r.item_id] for r in out]
