@@ -312,7 +312,12 @@ class CatalogueReplica:
             req.sent_at_ms,
         )
         if hits is not None:
-            candidates = [c for item, score in hits if (c := self._candidate(item, score, "similar")) is not None]
+            payloads: dict[str, Payload] = self.index.payloads  # type: ignore[assignment]
+            candidates = [  # _candidate inlined: this runs for every over-fetched hit
+                Candidate(item, score, *payload, "similar")
+                for item, score in hits
+                if (payload := payloads.get(item)) is not None
+            ]
             top, excluded = rank(candidates, req.k, self.rules, shopper)
             if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops
                 favourite = next(iter(shopper.affinity), req.category)
