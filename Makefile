@@ -60,7 +60,7 @@ corpus: $(STAMP)
 test: install
 	$(BIN)/python -m pytest
 
-# The long chaos runs (kill -9 ten times, two processes, rescaling): about 2.5 minutes more.
+# The long chaos runs (kill -9, two processes, rescaling): ~3 minutes of tests, ~12 with start-up on a 2-core box.
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
