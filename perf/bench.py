@@ -219,7 +219,7 @@ def bench_headline(args: argparse.Namespace, model: str, logs: Path) -> dict:
             at_rate: dict[str, list[RunResult]] = {s: [] for s in args.systems if s not in stopped}
             for _ in range(args.runs):
                 for system in at_rate:
-                    cfg = RunConfig(system, rate, duration_s=args.duration, profile=profile)
+                    cfg = RunConfig(system, rate, duration_s=args.duration, profile=profile, env=dict(args.env))
                     r = run_one(cfg, model, logs)
                     print(describe(r), flush=True)
                     at_rate[system].append(r)
@@ -228,7 +228,7 @@ def bench_headline(args: argparse.Namespace, model: str, logs: Path) -> dict:
                 if min(r.p99 for r in rs) > 1000 or max(r.decided for r in rs) < 0.5 * rs[0].sent:
                     stopped.add(system)  # saturated: higher rates only queue more
             table.append(headline_row(profile, rate, at_rate))
-    if not args.no_record:
+    if not args.no_record and not args.env:  # a variant (--set) is not the headline
         record("fraud", headline_figures(table))
     return {"runs": runs, "table": table}
 
@@ -397,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="headline: runs per system and rate (figures: medians)")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--no-record", action="store_true", help="leave summary.json alone")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="headline: a FraudSettings field of the flow for this variant (repeatable; not recorded)",
+    )
     args = parser.parse_args(argv)
+    args.env = FraudSettings.overrides(args.set)  # a misspelt field or a bad value fails here, before any stack
     logs = PROJECT_ROOT / ".stack" / "bench" / args.benchmark
     settings = FraudSettings.from_env()
     ensure_trained(settings.model_path)

@@ -80,7 +80,11 @@ class DrainRun:
 
 
 def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
-    base = replace(FraudSettings(), topic_partitions=args.partitions, broker_profile=args.profile)
+    base = replace(
+        FraudSettings.from_env(FraudSettings.overrides(args.set)),
+        topic_partitions=args.partitions,
+        broker_profile=args.profile,
+    )
     state = PROJECT_ROOT / ".stack" / "drain" / f"run-{run}"
     stack = LocalStack(free_port(), free_port(), state, topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url, exactly_once=args.exactly_once)
@@ -177,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a FraudSettings field for this variant (repeatable), e.g. source_batch_size=500",
+    )
     parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
@@ -198,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "flow": args.flow,
         "mode": mode,
         "profile": args.profile,
+        "settings": args.set,
         "count": args.count,
         "runs": [r.__dict__ for r in runs],
         "median_events_per_s": rate,
@@ -207,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     report_stem("drain", args.label).with_suffix(".json").write_text(json.dumps(report, indent=1))
     # metrics and the profiler: variants (the profiler's sampling costs a little CPU)
-    headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics and not args.flame
+    headline = (
+        args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics and not args.flame and not args.set
+    )
     if headline and not args.exactly_once:
         record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})
     elif headline:

@@ -21,7 +21,7 @@ import difflib
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -280,6 +280,32 @@ class FlowSettings:
             raise SettingsError("\n".join(problems))
         _warn_unknown(env)
         return cls(**values, kafka=_kafka_passthrough(env))
+
+    @classmethod
+    def overrides(cls, pairs: Iterable[str]) -> dict[str, str]:
+        """``FIELD=VALUE`` pairs (a benchmark's ``--set``) as ``SLUICE_*`` variables, checked: an unknown
+        field or a bad value raises :class:`SettingsError` naming it.
+
+        >>> FraudSettings.overrides(["max_batch=64"])
+        {'SLUICE_MAX_BATCH': '64'}
+        >>> FraudSettings.overrides(["max_bach=64"])
+        Traceback (most recent call last):
+        ...
+        sluice.settings.SettingsError: max_bach is not a FraudSettings field (did you mean max_batch?)
+        """
+        known = [f.name for f in cls.settings_fields()]
+        env: dict[str, str] = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            name = name.strip().lower()
+            if not sep or name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problem = f"{name} is not a {cls.__name__} field{hint}" if sep else f"{pair!r}: expected FIELD=VALUE"
+                raise SettingsError(problem)
+            env[env_name(name)] = value
+        cls.from_env(env)  # bad values fail here
+        return env
 
     def to_env(self) -> dict[str, str]:
         """The ``SLUICE_*`` variables that make :meth:`from_env` rebuild these settings

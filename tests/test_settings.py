@@ -13,6 +13,7 @@ from sluice.settings import (
     AssistantSettings,
     FlowSettings,
     FraudSettings,
+    PersonalizeSettings,
     SettingsError,
     env_name,
     update_readme_tables,
@@ -98,3 +99,15 @@ def test_every_setting_is_in_the_readme_with_its_real_default(cls):
 def test_the_readme_tables_are_generated_from_the_settings():
     """`sluice settings --write-readme README.md` regenerates them; a stale table fails here."""
     assert update_readme_tables(README.read_text()) == README.read_text()
+
+
+def test_a_benchmark_variant_names_real_fields_with_valid_values():
+    """`--set FIELD=VALUE` (perf.drain, perf.bench, perf.personalize_bench) becomes the flow's variables, checked
+    before any stack starts: the variable reaches the settings the flow builds; a bad value names the variable."""
+    env = PersonalizeSettings.overrides(["ann_nprobe=32", "broker_profile=throughput"])
+    assert PersonalizeSettings.from_env(env).ann_nprobe == 32
+    assert PersonalizeSettings.from_env(env).broker_profile == "throughput"
+    with pytest.raises(SettingsError, match="SLUICE_ANN_NPROBE"):
+        PersonalizeSettings.overrides(["ann_nprobe=many"])
+    with pytest.raises(SettingsError, match="expected FIELD=VALUE"):
+        FraudSettings.overrides(["max_batch"])
