@@ -572,7 +572,7 @@ class PersonalizeSettings(FlowSettings):
     redis_timeout_ms: float = setting(500.0, "Redis socket timeout", minimum=1.0)
     index_replicas: int = setting(1, "copies of the item index (one per serving worker)", minimum=1)
     ann_nlist: int = setting(1024, "most IVF cells of the item index (at least 39 items a cell)", minimum=1)
-    ann_nprobe: int = setting(24, "IVF cells scanned per search", minimum=1)
+    ann_nprobe: int = setting(16, "IVF cells scanned per search", minimum=1)
     ann_train_at: int = setting(10_000, "items before the index switches from exact to IVF", minimum=1)
     overfetch: int = setting(5, "candidates searched per recommended item (before rules)", minimum=1)
     max_fetch: int = setting(300, "most candidates searched for one request", minimum=1)
