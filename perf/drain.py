@@ -5,8 +5,9 @@ fills the input topic first, then times how long the flow takes to decide all
 of it, and the flow process's CPU time per event. Isolates the flow's per-event
 cost from the sender's and the collector's. Each run is a fresh stack; the
 figures are the median of the runs (spread beside them), written to
-``perf/reports/drain-<date>.json`` and, for the default at-least-once fraud
+``perf/reports/drain-<date>[-label].json`` and, for the default at-least-once fraud
 flow, to ``summary.json`` (``fraud.drain_events_per_s``, ``fraud.drain_cpu_us_per_event``).
+A variant (``--set FIELD=VALUE``, ``--label``, ``--flame``, ``--metrics``) only writes its report.
 
 ``--metrics`` runs the flow with its metrics on (``SLUICE_METRICS_PORT``) and
 scrapes ``/metrics`` every second while it drains, as a Prometheus would
@@ -218,10 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_us_per_event_spread": [cpu_lo, cpu_hi],
     }
     report_stem("drain", args.label).with_suffix(".json").write_text(json.dumps(report, indent=1))
-    # metrics and the profiler: variants (the profiler's sampling costs a little CPU)
-    headline = (
-        args.flow == DEFAULT_FLOW and args.profile == "latency" and not args.metrics and not args.flame and not args.set
-    )
+    # metrics, the profiler (its sampling costs a little CPU), settings and labelled runs: variants
+    variant = args.metrics or args.flame or args.set or args.label
+    headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not variant
     if headline and not args.exactly_once:
         record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})
     elif headline:
