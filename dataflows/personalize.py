@@ -5,7 +5,8 @@
     sluice run personalize -- -r .recovery -s 1 -b 0                              # the same
 
 catalog -> parse (bad, wrong-dimension vectors -> DLQ) -> micro-batched MiniLM
-embedding -> versioned write-through to Redis (<ns>-item:<id>) -> every index replica
+embedding of new or reworded items (an unchanged text keeps its stored vector) ->
+versioned write-through to Redis (<ns>-item:<id>) -> every index replica
 interactions -> parse -> item from Redis (batched, cached; unknown -> DLQ)
     -> per user: decayed taste (checkpointed) -> versioned write-through (<ns>-user:<id>)
     -> per category and overall: decayed popularity -> every index replica
@@ -31,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
@@ -54,6 +55,7 @@ from models.shopping import (
     parse_interaction,
     parse_item_record,
     parse_recommend_request,
+    text_digest,
 )
 from models.text_encoder import shared_encoder
 from models.user_taste import Taste, UserProfile, parse_kind_weights, parse_user_profile
@@ -127,19 +129,45 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
-def embed_items(batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8: bool) -> list[ItemUpdate]:
-    """One encoder call for the batch's upserts that came without a vector; precomputed ones are normalised."""
-    to_embed = [item for _, item in batch if not item.deleted and item.embedding is None]
+StoredItems = Callable[[Iterable[str]], tuple[dict[str, Any], bool]]  # FeatureStore.get_many of item hashes
+
+
+def embed_items(
+    batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8: bool, stored: StoredItems | None = None
+) -> list[ItemUpdate]:
+    """One encoder call for the batch's upserts that came without a vector; precomputed ones are normalised.
+
+    With ``stored`` (the item hashes in Redis), an upsert whose text and encoder are those the stored
+    vector was computed from (:func:`models.shopping.text_digest`) keeps that vector instead: a price or
+    stock change costs no encoder call. The encoder is deterministic and batch-independent, so the
+    vector is the one it would compute; when Redis cannot be read, everything is embedded.
+    """
     encoder = shared_encoder(device, int8)
-    with model_call("text-encoder", encoder.name, str(encoder.device), len(to_embed)):
-        vectors = iter(encoder.encode([item.text() for item in to_embed]) if to_embed else [])
+    digests = [
+        "" if item.deleted or item.embedding is not None else text_digest(item.text(), encoder.name)
+        for _, item in batch
+    ]
+    vectors: dict[str, np.ndarray] = {}  # by digest: the same text and encoder give the same vector
+    if stored is not None and any(digests):
+        records, _down = stored({item.item_id for (_, item), d in zip(batch, digests, strict=True) if d})
+        for rec in records.values():
+            if isinstance(rec, ItemRecord) and rec.vector is not None and rec.text_digest:
+                vectors[rec.text_digest] = rec.vector
+    texts = {d: item.text() for (_, item), d in zip(batch, digests, strict=True) if d and d not in vectors}
+    with model_call("text-encoder", encoder.name, str(encoder.device), len(texts)):
+        if texts:
+            vectors.update(zip(texts, encoder.encode(list(texts.values())), strict=True))
     now = time.time()
     out = []
-    for src, item in batch:
+    for (src, item), digest in zip(batch, digests, strict=True):
         vector = None
-        if not item.deleted:
-            vector = _unit(np.asarray(item.embedding, dtype=np.float32)) if item.embedding else next(vectors)
-        record = ItemRecord(item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted)
+        if digest:
+            vector = vectors[digest]
+        elif not item.deleted and item.embedding is not None:
+            vector = _unit(np.asarray(item.embedding, dtype=np.float32))
+        record = ItemRecord(
+            item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted, digest
+        )
         out.append(ItemUpdate(item.item_id, record, src.position, item.sent_at_ms, now))
     return out
 
@@ -405,6 +433,29 @@ def item_reader(settings: PersonalizeSettings, dim: int) -> Any:
     return store.get_many
 
 
+def item_hashes(settings: PersonalizeSettings, dim: int) -> StoredItems:
+    """The item hashes as Redis holds them now, for the embed step (no cache: one pipelined read per
+    embedding batch); the store is made on the first call, on the worker that runs the step."""
+    store: list[FeatureStore[ItemRecord]] = []
+
+    def read(ids: Iterable[str]) -> tuple[dict[str, Any], bool]:
+        if not store:
+            store.append(
+                FeatureStore(
+                    settings.redis_url,
+                    f"{settings.redis_namespace}-item",
+                    ttl_s=0.0,
+                    negative_ttl_s=0.0,
+                    max_cached=settings.embed_max_batch,
+                    socket_timeout_s=settings.redis_timeout_ms / 1000.0,
+                    parse_raw=functools.partial(parse_item_record, dim=dim),
+                )
+            )
+        return store[0].get_many(ids)
+
+    return read
+
+
 def store_writer(settings: PersonalizeSettings, kind: str) -> Any:
     """Versioned, pipelined writes into ``<ns>-<kind>:<id>`` (False while Redis is unreachable)."""
     store: FeatureStore[Any] = FeatureStore(
@@ -446,7 +497,9 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
     embedded = micro_batch(
         "embed",
         catalog.ok,
-        functools.partial(embed_items, device=settings.device, int8=settings.encoder_int8),
+        functools.partial(
+            embed_items, device=settings.device, int8=settings.encoder_int8, stored=item_hashes(settings, dim)
+        ),
         shard_key=lambda si: si[1].item_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),

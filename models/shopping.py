@@ -7,6 +7,7 @@ module (:mod:`models.rules`) because they are validated more deeply.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -269,6 +270,21 @@ def parse_recommend_request(raw: bytes | None, max_k: int = MAX_K) -> RecommendR
     return RecommendRequest(request_id, user, k, page, category, device, _millis(body, "time"))
 
 
+def text_digest(text: str, encoder_name: str) -> str:
+    """What a stored vector was computed from: the encoder (its name carries its precision) and the text.
+
+    An update whose digest equals the stored one gets the stored vector instead of a new encoder call
+    (the encoder is deterministic and batch-independent, so it would compute the same vector); most
+    catalogue updates change a price or the stock, not the text.
+
+    >>> text_digest("Velora trail shoe", "all-MiniLM-L6-v2-int8rw") == text_digest("Velora trail shoe", "all-MiniLM-L6-v2")
+    False
+    >>> len(text_digest("Velora trail shoe", "all-MiniLM-L6-v2"))
+    16
+    """
+    return hashlib.blake2b(f"{encoder_name}\0{text}".encode(), digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
     """An item's hash in the online store: its current vector and what rules and tastes need."""
@@ -280,6 +296,7 @@ class ItemRecord:
     price: float
     in_stock: bool
     deleted: bool
+    text_digest: str = ""  # what the vector was computed from (text_digest); empty: not known (given vectors)
 
     @property
     def searchable(self) -> bool:
@@ -297,6 +314,8 @@ class ItemRecord:
                 price=repr(self.price),
                 in_stock="1" if self.in_stock else "0",
             )
+            if self.text_digest:
+                out["text_digest"] = self.text_digest
         return out
 
 
@@ -328,6 +347,7 @@ def parse_item_record(fields: dict[bytes, bytes], dim: int) -> ItemRecord:
             float(fields.get(b"price", b"0")),
             fields.get(b"in_stock", b"1") == b"1",
             fields.get(b"deleted", b"0") == b"1",
+            fields.get(b"text_digest", b"").decode(),
         )
     except UnicodeDecodeError:
         raise ValueError("item metadata is not UTF-8 text") from None

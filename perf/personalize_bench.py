@@ -49,6 +49,7 @@ from sluice.local.shopping import (
     Shop,
     bulk_load_catalogue,
     catalogue_vectors,
+    encoder_name,
     interaction_records,
     make_shop,
     producer,
@@ -132,7 +133,7 @@ def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vect
     flow = FlowProcesses(SYSTEMS[system] or "", env, processes=args.processes, log_dir=logs, program=raw)
     result: dict[str, Any] = {"system": system, "offered_per_s": rate}
     try:
-        bulk_load_catalogue(settings, shop.items, vectors)
+        bulk_load_catalogue(settings, shop.items, vectors, encoder=encoder_name(settings))
         flow.start()
         if system == "personalize":
             result["ready_s"] = round(wait_until_recommending(settings, flow), 1)

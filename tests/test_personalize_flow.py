@@ -22,6 +22,7 @@ from operators.kafka.records import header_value
 from sluice.local.shopping import (
     Shop,
     bulk_load_catalogue,
+    encoder_name,
     make_shop,
     publish_catalogue,
     publish_interactions,
@@ -182,6 +183,33 @@ def test_a_deleted_or_sold_out_item_leaves_the_results(running):
     )
     after = [i["id"] for i in _ask(settings, flow, "u5")["items"]]
     assert top not in after and second not in after
+
+
+def test_an_update_that_keeps_the_text_keeps_the_vector_and_a_new_text_gets_a_new_one(running):
+    """The flow embeds a catalogue update only when its text changed. Two items are bulk-loaded with a vector
+    the encoder never makes, marked as computed by the flow's encoder from their text: a price change keeps
+    that vector, a new title gets the encoder's; both versions reach the index and Redis."""
+    settings, flow, shop = running
+    client = redis.Redis.from_url(settings.redis_url)
+    same, renamed = (replace(i, item_id=f"bulk-{i.item_id}") for i in shop.items[40:42])
+    sentinel = np.zeros((2, 384), dtype=np.float32)
+    sentinel[:, 0] = 1.0
+    bulk_load_catalogue(settings, [same, renamed], sentinel, encoder=encoder_name(settings))
+    publish_catalogue(
+        settings,
+        [replace(same, version=7, price=same.price + 1), replace(renamed, version=7, title=f"{renamed.title} pro")],
+    )
+    _wait(
+        settings,
+        settings.catalog_changes_topic,
+        lambda bs: {(b["item_id"], b["version"]) for b in bs} >= {(same.item_id, 7), (renamed.item_id, 7)},
+        flow,
+    )
+    after = {i.item_id: client.hgetall(f"{settings.redis_namespace}-item:{i.item_id}") for i in (same, renamed)}
+    assert after[same.item_id][b"version"] == b"7" and after[same.item_id][b"price"] == repr(same.price + 1).encode()
+    assert after[same.item_id][b"vector"] == sentinel[0].tobytes()  # kept: no encoder call
+    assert after[renamed.item_id][b"vector"] != sentinel[1].tobytes()  # embedded
+    assert after[renamed.item_id][b"text_digest"] != after[same.item_id][b"text_digest"]
 
 
 def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflows.personalize import embed_items
 from models.rules import DAY_MS, Candidate, PriceBand, Promotion, Ranked, RuleSet, Shopper, parse_rule_set, rank
-from models.shopping import parse_catalog_event, parse_interaction, parse_recommend_request
+from models.shopping import (
+    CatalogItem,
+    ItemRecord,
+    parse_catalog_event,
+    parse_interaction,
+    parse_recommend_request,
+    text_digest,
+)
 from models.synthetic_shopping import HOUR_MS, ShopSimulation, make_catalogue
+from models.text_encoder import shared_encoder
 from models.user_taste import Taste, decay, parse_user_profile
 from models.wire import InvalidEvent
+from operators.kafka.records import SourceRecord
 from state.ann_index import AnnIndex, Change
 from state.top_counts import DecayedCounts
 
@@ -367,3 +379,35 @@ def test_the_generator_is_deterministic_and_its_held_out_items_are_new():
     assert first == second
     seen = {e.split(":")[1] for e in first[0] if e.startswith("u0:")}
     assert first[1][0] not in seen
+
+
+def _vector(update: Any) -> np.ndarray:
+    assert update.record.vector is not None
+    return np.asarray(update.record.vector)
+
+
+def test_an_item_is_embedded_only_when_its_text_or_encoder_changed():
+    """With the stored hashes, an upsert whose text and encoder match a stored vector's digest gets that
+    vector (a vector the encoder never makes proves no call was made); anything else is embedded, and
+    two versions of one item in a batch each get their own text's vector."""
+    encoder = shared_encoder("cpu", True)
+    shoe = CatalogItem("i1", 2, "Velora trail shoe", "light waterproof mesh upper", "shoes", "Velora", 80.0)
+    sentinel = np.eye(encoder.dim, dtype=np.float32)[0]
+    src = SourceRecord("catalog", 0, 1, None, b"{}")
+
+    def stored(digest: str) -> Any:
+        record = ItemRecord(1, sentinel, "shoes", "Velora", 70.0, True, False, digest)
+        return lambda ids: ({i: record for i in ids}, False)
+
+    kept = embed_items([(src, replace(shoe, price=90.0))], "cpu", True, stored(text_digest(shoe.text(), encoder.name)))
+    assert np.array_equal(_vector(kept[0]), sentinel) and kept[0].record.price == 90.0
+    other_encoder = embed_items([(src, shoe)], "cpu", True, stored(text_digest(shoe.text(), "all-MiniLM-L6-v2")))
+    fresh = encoder.encode([shoe.text()])[0]
+    assert np.allclose(_vector(other_encoder[0]), fresh)  # a digest of another encoder is not reused
+    renamed = replace(shoe, version=3, title="Velora road shoe")
+    both = embed_items([(src, shoe), (src, renamed)], "cpu", True, stored(text_digest(shoe.text(), encoder.name)))
+    assert np.array_equal(_vector(both[0]), sentinel)
+    assert np.allclose(_vector(both[1]), encoder.encode([renamed.text()])[0])
+    assert both[1].record.text_digest == text_digest(renamed.text(), encoder.name)
+    down = embed_items([(src, shoe)], "cpu", True, lambda ids: ({i: None for i in ids}, True))
+    assert np.allclose(_vector(down[0]), fresh)  # Redis unreachable: embedded

@@ -30,6 +30,7 @@ from sluice.harness.probe import wait_for_answer
 from sluice.local.shopping import (
     bulk_load_catalogue,
     catalogue_vectors,
+    encoder_name,
     make_shop,
     producer,
     publish_catalogue,
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(shop.items):,} item vectors ready in {time.monotonic() - t0:.0f}s (cached on disk after the first run)"
         )
-        bulk_load_catalogue(settings, shop.items, vectors)
+        bulk_load_catalogue(settings, shop.items, vectors, encoder=encoder_name(settings))
         publish_rules(settings, DEMO_RULES)
         publish_catalogue(settings, [replace(i, version=2, title=f"{i.title} (new season)") for i in shop.items[:200]])
         flow.start()

@@ -27,7 +27,7 @@ import orjson
 from confluent_kafka import Producer
 
 from models.catalogue_vectors import cached_catalogue_vectors
-from models.shopping import CatalogItem, Interaction, ItemRecord, RecommendRequest
+from models.shopping import CatalogItem, Interaction, ItemRecord, RecommendRequest, text_digest
 from models.synthetic_shopping import HOUR_MS, ItemFacts, ShopSimulation, make_catalogue
 from operators.kafka.records import KafkaRecord
 from sluice.harness.loadgen import send_open_loop
@@ -86,17 +86,36 @@ def publish_catalogue(
     return n
 
 
+def encoder_name(settings: PersonalizeSettings) -> str:
+    """The name (with its precision) of the encoder the flow embeds items with under ``settings``."""
+    from models.text_encoder import shared_encoder
+
+    return shared_encoder(settings.device, settings.encoder_int8).name
+
+
 def bulk_load_catalogue(
-    settings: PersonalizeSettings, items: list[CatalogItem], vectors: np.ndarray, chunk: int = 2000
+    settings: PersonalizeSettings,
+    items: list[CatalogItem],
+    vectors: np.ndarray,
+    chunk: int = 2000,
+    encoder: str = "",
 ) -> int:
-    """Write every item's hash (vector and metadata, versioned) into Redis, as the flow's write-through would."""
+    """Write every item's hash (vector and metadata, versioned) into Redis, as the flow's write-through would.
+
+    ``encoder``: the name of the encoder that computed ``vectors`` (:func:`encoder_name`); each hash then
+    records what its vector was computed from, and the flow reuses it for updates that do not change
+    the text. Leave it empty for vectors from anywhere else.
+    """
     store: FeatureStore[object] = FeatureStore(
         settings.redis_url, f"{settings.redis_namespace}-item", socket_timeout_s=30.0
     )
     for start in range(0, len(items), chunk):
         batch = {}
         for item, vector in zip(items[start : start + chunk], vectors[start : start + chunk], strict=True):
-            rec = ItemRecord(item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted)
+            digest = text_digest(item.text(), encoder) if encoder else ""
+            rec = ItemRecord(
+                item.version, vector, item.category, item.brand, item.price, item.in_stock, item.deleted, digest
+            )
             batch[item.item_id] = (item.version, rec.fields())
         store.put_versioned(batch)
     store.close()
@@ -172,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     shop = make_shop(args.items, args.users, args.seed)
     if args.bulk:
         vectors = catalogue_vectors(shop.items, args.seed, settings)
-        print(f"bulk-loaded {bulk_load_catalogue(settings, shop.items, vectors)} items into Redis")
+        loaded = bulk_load_catalogue(settings, shop.items, vectors, encoder=encoder_name(settings))
+        print(f"bulk-loaded {loaded} items into Redis")
     else:
         print(f"published {publish_catalogue(settings, shop.items)} catalogue events")
     end = time.time() * 1000.0
