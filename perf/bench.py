@@ -27,7 +27,7 @@ import psutil
 
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
-from perf.summary import REPORTS, median_and_spread, record, report_stem
+from perf.summary import REPORTS, add_variant_option, median_and_spread, record, report_stem
 from sluice.harness.collector import BackgroundCollector
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -397,15 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="headline: runs per system and rate (figures: medians)")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--no-record", action="store_true", help="leave summary.json alone")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="headline: a FraudSettings field of the flow for this variant (repeatable; not recorded)",
-    )
+    add_variant_option(parser, FraudSettings)  # headline only
     args = parser.parse_args(argv)
-    args.env = FraudSettings.overrides(args.set)  # a misspelt field or a bad value fails here, before any stack
     logs = PROJECT_ROOT / ".stack" / "bench" / args.benchmark
     settings = FraudSettings.from_env()
     ensure_trained(settings.model_path)

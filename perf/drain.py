@@ -36,7 +36,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import log
 from operators.kafka.connection import KafkaConnection
-from perf.summary import REPORTS, median_and_spread, record, report_stem
+from perf.summary import REPORTS, add_variant_option, median_and_spread, record, report_stem
 from sluice.harness.collector import poll_batch
 from sluice.harness.loadgen import send_open_loop
 from sluice.harness.progress import Progress
@@ -82,7 +82,7 @@ class DrainRun:
 
 def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
     base = replace(
-        FraudSettings.from_env(FraudSettings.overrides(args.set)),
+        FraudSettings.from_env(args.env),
         topic_partitions=args.partitions,
         broker_profile=args.profile,
     )
@@ -182,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a FraudSettings field for this variant (repeatable), e.g. source_batch_size=500",
-    )
+    add_variant_option(parser, FraudSettings)
     parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "flow": args.flow,
         "mode": mode,
         "profile": args.profile,
-        "settings": args.set,
+        "settings": args.env,
         "count": args.count,
         "runs": [r.__dict__ for r in runs],
         "median_events_per_s": rate,
@@ -220,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report_stem("drain", args.label).with_suffix(".json").write_text(json.dumps(report, indent=1))
     # metrics, the profiler (its sampling costs a little CPU), settings and labelled runs: variants
-    variant = args.metrics or args.flame or args.set or args.label
+    variant = args.metrics or args.flame or args.env or args.label
     headline = args.flow == DEFAULT_FLOW and args.profile == "latency" and not variant
     if headline and not args.exactly_once:
         record("fraud", {"drain_events_per_s": rate, "drain_cpu_us_per_event": cpu})

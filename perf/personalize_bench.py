@@ -40,7 +40,7 @@ import psutil
 
 from models.synthetic_shopping import HOUR_MS
 from operators.kafka.records import KafkaRecord
-from perf.summary import median_and_spread, record, report_stem
+from perf.summary import add_variant_option, median_and_spread, record, report_stem
 from sluice.harness.answers import AnswerCollector
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_personalize import wait_for_users, wait_until_recommending
@@ -118,7 +118,7 @@ def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vect
     """One system at one offered rate on a fresh stack."""
     logs = PROJECT_ROOT / ".stack" / "personalize-bench"
     base = replace(
-        PersonalizeSettings.from_env(PersonalizeSettings.overrides(args.set)),
+        PersonalizeSettings.from_env(args.env),
         topic_partitions=args.partitions,
         index_replicas=args.replicas,
         broker_profile=args.profile,  # every client: the flow, the senders and the collectors
@@ -211,13 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", default="latency", help="broker profile of every client (latency, throughput, kafka)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a PersonalizeSettings field of the flow for this variant (repeatable)",
-    )
+    add_variant_option(parser, PersonalizeSettings)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
     settings = replace(PersonalizeSettings.from_env(), device="cpu")
@@ -260,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         at_5k
         and args.items == 100_000
         and not args.label
-        and not args.set
+        and not args.env
         and args.profile == "latency"
         and args.runs >= 3
     ):

@@ -10,6 +10,7 @@ history is never lost.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -17,6 +18,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from sluice.settings import FlowSettings, SettingsError
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 SUMMARY = REPORTS / "summary.json"
@@ -41,6 +45,31 @@ def report_stem(kind: str, label: str = "", folder: Path = REPORTS) -> Path:
         n += 1
         stem = folder / f"{base}-{n}"
     return stem
+
+
+def add_variant_option(parser: argparse.ArgumentParser, settings: type[FlowSettings]) -> None:
+    """``--set FIELD=VALUE`` (repeatable): a setting of the flow under test for this variant, checked as it
+    is parsed (an unknown field or a bad value is a usage error naming it), collected in ``args.env`` as
+    ``SLUICE_*`` variables. A run with any is a variant: it writes its report, never the summary.
+
+    >>> parser = argparse.ArgumentParser()
+    >>> from sluice.settings import FraudSettings
+    >>> add_variant_option(parser, FraudSettings)
+    >>> parser.parse_args(["--set", "max_batch=64", "--set", "max_wait_ms=2"]).env
+    {'SLUICE_MAX_BATCH': '64', 'SLUICE_MAX_WAIT_MS': '2'}
+    """
+
+    class _Collect(argparse.Action):
+        def __call__(
+            self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, opt: Any = None
+        ) -> None:
+            try:
+                setattr(ns, self.dest, {**getattr(ns, self.dest), **settings.overrides([value])})
+            except SettingsError as exc:
+                parser.error(str(exc))
+
+    parser.add_argument("--set", dest="env", action=_Collect, default={}, metavar="FIELD=VALUE",
+                        help=f"a {settings.__name__} field of the flow for this variant (repeatable; not recorded)")  # fmt: skip
 
 
 def record(section: str, figures: Mapping[str, float | int | bool], path: Path = SUMMARY) -> dict[str, float | int]:
