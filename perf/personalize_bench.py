@@ -114,8 +114,10 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vectors: Any) -> dict[str, Any]:
-    """One system at one offered rate on a fresh stack."""
+def run_one(
+    system: str, rate: float, args: argparse.Namespace, shop: Shop, vectors: Any, encoder: str
+) -> dict[str, Any]:
+    """One system at one offered rate on a fresh stack; ``vectors`` are the catalogue's, made by ``encoder``."""
     logs = PROJECT_ROOT / ".stack" / "personalize-bench"
     base = replace(
         PersonalizeSettings.from_env(args.env),
@@ -133,7 +135,7 @@ def run_one(system: str, rate: float, args: argparse.Namespace, shop: Shop, vect
     flow = FlowProcesses(SYSTEMS[system] or "", env, processes=args.processes, log_dir=logs, program=raw)
     result: dict[str, Any] = {"system": system, "offered_per_s": rate}
     try:
-        bulk_load_catalogue(settings, shop.items, vectors, encoder=encoder_name(settings))
+        bulk_load_catalogue(settings, shop.items, vectors, encoder=encoder)
         flow.start()
         if system == "personalize":
             result["ready_s"] = round(wait_until_recommending(settings, flow), 1)
@@ -217,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(PersonalizeSettings.from_env(), device="cpu")
     shop = make_shop(args.items, args.users, args.seed)
     vectors = catalogue_vectors(shop.items, args.seed, settings)
+    # the name of the encoder that made them (a variant's flow may embed with another: it then re-embeds)
+    encoder = encoder_name(settings)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rate in args.rates:
         for system in args.systems:
             for _ in range(args.runs):
                 runs.setdefault(system, {}).setdefault(str(int(rate)), []).append(
-                    run_one(system, rate, args, shop, vectors)
+                    run_one(system, rate, args, shop, vectors, encoder)
                 )
     medians: dict[str, dict[str, Any]] = {}
     for system, by_rate in runs.items():
