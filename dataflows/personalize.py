@@ -143,20 +143,18 @@ def embed_items(
     vector is the one it would compute; when Redis cannot be read, everything is embedded.
     """
     encoder = shared_encoder(device, int8)
-    digests = [
-        "" if item.deleted or item.embedding is not None else text_digest(item.text(), encoder.name)
-        for _, item in batch
-    ]
+    texts = [None if item.deleted or item.embedding is not None else item.text() for _, item in batch]
+    digests = ["" if text is None else text_digest(text, encoder.name) for text in texts]
     vectors: dict[str, np.ndarray] = {}  # by digest: the same text and encoder give the same vector
     if stored is not None and any(digests):
         records, _down = stored({item.item_id for (_, item), d in zip(batch, digests, strict=True) if d})
         for rec in records.values():
             if isinstance(rec, ItemRecord) and rec.vector is not None and rec.text_digest:
                 vectors[rec.text_digest] = rec.vector
-    texts = {d: item.text() for (_, item), d in zip(batch, digests, strict=True) if d and d not in vectors}
-    with model_call("text-encoder", encoder.name, str(encoder.device), len(texts)):
-        if texts:
-            vectors.update(zip(texts, encoder.encode(list(texts.values())), strict=True))
+    to_embed = {d: text for d, text in zip(digests, texts, strict=True) if text is not None and d not in vectors}
+    with model_call("text-encoder", encoder.name, str(encoder.device), len(to_embed)):
+        if to_embed:
+            vectors.update(zip(to_embed, encoder.encode(list(to_embed.values())), strict=True))
     now = time.time()
     out = []
     for (src, item), digest in zip(batch, digests, strict=True):
@@ -421,16 +419,20 @@ def user_reader(settings: PersonalizeSettings, dim: int) -> Any:
     return store.get_many
 
 
-def item_reader(settings: PersonalizeSettings, dim: int) -> Any:
-    """Batched, cached item reads for interactions."""
-    store: FeatureStore[ItemRecord] = FeatureStore(
+def _item_store(settings: PersonalizeSettings, dim: int, **cache: Any) -> FeatureStore[ItemRecord]:
+    """The item hashes (``<ns>-item:<id>``), validated; ``cache``: the store's caching arguments."""
+    return FeatureStore(
         settings.redis_url,
         f"{settings.redis_namespace}-item",
-        ttl_s=settings.item_cache_ttl_s,
         socket_timeout_s=settings.redis_timeout_ms / 1000.0,
         parse_raw=functools.partial(parse_item_record, dim=dim),
+        **cache,
     )
-    return store.get_many
+
+
+def item_reader(settings: PersonalizeSettings, dim: int) -> Any:
+    """Batched, cached item reads for interactions."""
+    return _item_store(settings, dim, ttl_s=settings.item_cache_ttl_s).get_many
 
 
 def item_hashes(settings: PersonalizeSettings, dim: int) -> StoredItems:
@@ -440,17 +442,7 @@ def item_hashes(settings: PersonalizeSettings, dim: int) -> StoredItems:
 
     def read(ids: Iterable[str]) -> tuple[dict[str, Any], bool]:
         if not store:
-            store.append(
-                FeatureStore(
-                    settings.redis_url,
-                    f"{settings.redis_namespace}-item",
-                    ttl_s=0.0,
-                    negative_ttl_s=0.0,
-                    max_cached=settings.embed_max_batch,
-                    socket_timeout_s=settings.redis_timeout_ms / 1000.0,
-                    parse_raw=functools.partial(parse_item_record, dim=dim),
-                )
-            )
+            store.append(_item_store(settings, dim, ttl_s=0.0, negative_ttl_s=0.0, max_cached=settings.embed_max_batch))
         return store[0].get_many(ids)
 
     return read
