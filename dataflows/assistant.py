@@ -187,6 +187,14 @@ def ground(answered: Answered[Turn, list[Retrieved]]) -> Grounded:
     )
 
 
+def answer_prompt(g: Grounded, settings: AssistantSettings) -> list[dict[str, str]]:
+    """The LLM's messages for a turn: only its best ``prompt_passages`` passages are quoted (every token of
+    prompt costs generation time), while the extractive answer it may replace was chosen from all of them."""
+    return build_messages(
+        g.turn.request.text, g.turn.history, g.passages[: settings.prompt_passages], settings.context_chars
+    )
+
+
 def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list[Grounded]:
     """Rewrite the extractive answers with the LLM where the deadline allows; keep only supported sentences.
 
@@ -196,7 +204,7 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
     """
     gen = shared_generator(settings.device, settings.llm_path)
     encoder = shared_encoder(settings.device, settings.encoder_int8, settings.bf16)
-    prompts = [build_messages(g.turn.request.text, g.turn.history, g.passages, settings.context_chars) for g in items]
+    prompts = [answer_prompt(g, settings) for g in items]
     deadlines = [g.turn.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for g in items]
     now = time.time()
     keep, budget = plan_batch(

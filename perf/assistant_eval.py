@@ -19,7 +19,9 @@ sentence (a share of that sentence's words at least ``quoted``), or when it says
 the same as the reference answer (embedding cosine at least ``cosine``) and names
 at least half of the key terms. The two thresholds are fitted to hand labels on
 30 answers (``perf/assistant_eval_labels.json``, labelled by reading each answer
-against the passage); every run reports the rule and its agreement with them.
+against the passage, each kept with the answer text that was read); every run
+judges those labelled texts, fits the rule to them and reports its agreement, so
+the rule does not move when the answers to the same questions change.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from models.prompting import Remembered, build_messages, redact, resolve_query
 from models.text_encoder import TextEncoder, shared_encoder
 from perf.summary import REPORTS, record
 from sluice.local.corpus import load_corpus
+from sluice.settings import AssistantSettings
 from state.knowledge_index import Retrieved
 
+DEFAULTS = AssistantSettings()  # what the flow serves unless configured otherwise
 QUESTIONS = Path(__file__).resolve().parent / "assistant_eval.json"
 LABELS = Path(__file__).resolve().parent / "assistant_eval_labels.json"
 STOP = frozenset(
@@ -181,7 +185,8 @@ def answer_with(a: Asked, ranker: AnswerRanker | None, args: argparse.Namespace,
         from models.llm import shared_generator
 
         gen = shared_generator("cpu")
-        out = gen.generate([build_messages(a.item["question"], [], a.passages)], args.max_new_tokens)[0]
+        prompt = build_messages(a.item["question"], [], a.passages[: DEFAULTS.prompt_passages])
+        out = gen.generate([prompt], args.max_new_tokens)[0]
         checked = verify_generated(out.text, a.passages, encoder.encode, out.truncated)
         answer = checked if checked.sentences else answer
     return answer
@@ -294,10 +299,14 @@ def summarize(
 ) -> dict[str, Any]:
     labels: dict[str, Any] = json.loads(LABELS.read_text()) if LABELS.exists() else {}
     items = {q["id"]: q for q in questions}
-    verdicts = {r.qid: judge(r.answer.text, items[r.qid], encoder, JudgeRule()) for r in results}
-    rule, agreement = calibrate(verdicts, labels)
+    # The judge is calibrated on the answers a person read, not on today's answers to the same questions:
+    # once the ranker or retrieval changes, an answer differs from the one its label is about.
+    labelled_verdicts = {
+        q: judge(label["answer"], items[q], encoder, JudgeRule()) for q, label in labels.items() if q in items
+    }
+    rule, agreement = calibrate(labelled_verdicts, labels)
     verdicts = {r.qid: judge(r.answer.text, items[r.qid], encoder, rule) for r in results}
-    labelled = [q for q in labels if q in verdicts]
+    labelled = list(labelled_verdicts)
 
     def hit_at(r: Result, k: int) -> bool:
         return any(d in r.relevant for d in r.docs[:k])
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["extractive", "generate"], default="extractive")
     parser.add_argument("--int8", action="store_true", help="the row-wise int8 encoder instead of full precision")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k, help="passages answers are chosen from")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
@@ -386,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"assistant_eval-{args.mode}{'-int8' if args.int8 else ''}.json"
     (args.out or REPORTS / name).write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "answers"}, indent=1))
-    if args.mode == "extractive" and not args.int8 and not args.limit:
+    if args.mode == "extractive" and not args.int8 and not args.limit and args.top_k == DEFAULTS.top_k:
         record(
             "assistant",
             {
