@@ -339,17 +339,16 @@ class CatalogueReplica:
         )
         if hits is not None:
             payloads: dict[str, Payload] = self.index.payloads  # type: ignore[assignment]
-            candidates = [  # _candidate inlined: this runs for every over-fetched hit
+            candidates = (  # _candidate inlined, and lazy: ranking stops long before the over-fetched end
                 Candidate(item, score, *payload, "similar")
                 for item, score in hits
                 if (payload := payloads.get(item)) is not None
-            ]
-            top, excluded = rank(candidates, req.k, self.rules, shopper)
+            )
+            top, excluded = rank(candidates, req.k, self.rules, shopper, best_first=True)
             if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops
                 favourite = next(iter(shopper.affinity), req.category)
-                top, excluded = rank(
-                    candidates + self.popular_in(req.category or favourite), req.k, self.rules, shopper
-                )
+                every = [Candidate(i, score, *payloads[i], "similar") for i, score in hits if i in payloads]
+                top, excluded = rank(every + self.popular_in(req.category or favourite), req.k, self.rules, shopper)
                 flags.append("filled_from_popularity")
         else:
             top, excluded = rank(self.popular_in(req.category), req.k, self.rules, shopper)

@@ -20,7 +20,7 @@ taking the top ``k``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,14 +243,22 @@ class Shopper:
     seen: Mapping[str, float]
     affinity: Mapping[str, float]
     avg_price: float
-    context_category: str
+    context_category: str  # the page's category; "" (home, search) gets no context boost
     now_ms: float
 
 
 def rank(
-    candidates: Sequence[Candidate], k: int, rules: RuleSet, shopper: Shopper
+    candidates: Iterable[Candidate], k: int, rules: RuleSet, shopper: Shopper, best_first: bool = False
 ) -> tuple[list[Ranked], dict[str, int]]:
     """The top ``k`` of ``candidates`` under ``rules``, and how many each exclusion removed.
+
+    ``best_first`` says the candidates come in falling score order (an ANN search's hits): then the
+    ranking stops as soon as no later candidate can reach the top ``k`` even with every boost that
+    could apply to it, so most of an over-fetched list is never looked at (nor, when ``candidates`` is
+    a generator, ever built). The top ``k`` is the same either way; ``excluded`` then counts what was
+    examined. The stopping test is made when ``k``, ``2k``, ``4k``, ... candidates have been scored, against
+    the ``k``-th item of a fresh diversity pass over everything scored so far (a stale one is not safe:
+    with both a brand and a category cap, a new high scorer can block two items that were in).
 
     >>> rules = RuleSet(max_per_brand=1, context_category_boost=0.5)
     >>> cands = [Candidate("a", 0.9, "shoes", "x", 10, True, "similar"), Candidate("b", 0.8, "shoes", "x", 10, True, "similar"),
@@ -272,7 +280,14 @@ def rank(
     # unique here (``taken``), so the candidates themselves are never compared
     scored: list[tuple[float, str, Candidate]] = []
     taken: set[str] = set()
+    next_check = k if best_first and k > 0 else math.inf
+    most_boost = _most_boost(rules, shopper, promos) if best_first else 0.0
     for c in candidates:
+        if len(scored) >= next_check:
+            next_check = 2 * len(scored)  # k, 2k, 4k, ...: few passes when it cannot stop early
+            chosen = _diverse(sorted(scored), k, rules, None)
+            if len(chosen) == k and c.score + most_boost + 1e-9 < -chosen[-1][0]:  # (slack: float sums' order)
+                break  # c is the best of the rest, and even fully boosted it would come after the k-th
         item_id = c.item_id
         if item_id in taken:  # found twice (by similarity and by popularity): the first finding counts
             continue
@@ -285,7 +300,7 @@ def rank(
             reason = "price_band"
         else:
             score = c.score
-            if context_boost and c.category == context:
+            if context_boost and context and c.category == context:
                 score += context_boost
             if affinity_boost:
                 share = affinity.get(c.category, 0.0)
@@ -299,21 +314,46 @@ def rank(
             continue
         excluded[reason] = excluded.get(reason, 0) + 1
     scored.sort()
-    out: list[Ranked] = []
+    out = [
+        Ranked(item_id, -negative, _reasons(c, rules, shopper, band, promos))
+        for negative, item_id, c in _diverse(scored, k, rules, excluded)
+    ]
+    return out, excluded
+
+
+def _diverse(
+    scored: list[tuple[float, str, Candidate]], k: int, rules: RuleSet, excluded: dict[str, int] | None
+) -> list[tuple[float, str, Candidate]]:
+    """The first ``k`` of sorted ``scored`` that keep within the diversity caps (skips counted in ``excluded``)."""
+    if not rules.max_per_brand and not rules.max_per_category:
+        return scored[:k]
+    out: list[tuple[float, str, Candidate]] = []
     brands: dict[str, int] = {}
     categories: dict[str, int] = {}
-    for negative, item_id, c in scored:
+    for row in scored:
         if len(out) == k:
             break
+        c = row[2]
         if (rules.max_per_brand and brands.get(c.brand, 0) >= rules.max_per_brand) or (
             rules.max_per_category and categories.get(c.category, 0) >= rules.max_per_category
         ):
-            excluded["diversity"] = excluded.get("diversity", 0) + 1
+            if excluded is not None:
+                excluded["diversity"] = excluded.get("diversity", 0) + 1
             continue
         brands[c.brand] = brands.get(c.brand, 0) + 1
         categories[c.category] = categories.get(c.category, 0) + 1
-        out.append(Ranked(item_id, -negative, _reasons(c, rules, shopper, band, promos)))
-    return out, excluded
+        out.append(row)
+    return out
+
+
+def _most_boost(rules: RuleSet, shopper: Shopper, promos: Mapping[str, Promotion]) -> float:
+    """The most any one candidate's score can rise under ``rules`` for this shopper (negative boosts: 0)."""
+    most = max(rules.context_category_boost, 0.0) if shopper.context_category else 0.0
+    if rules.category_affinity_boost > 0 and shopper.affinity:
+        most += rules.category_affinity_boost * max(0.0, *shopper.affinity.values())
+    if promos:
+        most += max(0.0, *(p.boost for p in promos.values()))
+    return most
 
 
 def _reasons(
@@ -322,7 +362,7 @@ def _reasons(
     """Why a ranked item is where it is: how it was found, then each boost it got (the same tests as the
     scoring in :func:`rank`, made only for the ``k`` items returned, not for every candidate)."""
     reasons = [c.found_by]
-    if rules.context_category_boost and c.category == shopper.context_category:
+    if rules.context_category_boost and shopper.context_category and c.category == shopper.context_category:
         reasons.append("context_category")
     if rules.category_affinity_boost and shopper.affinity.get(c.category, 0.0):
         reasons.append("category_affinity")

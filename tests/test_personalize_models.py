@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -178,7 +179,7 @@ def _textbook_rank(
             reason = "price_band"
         else:
             score, reasons = c.score, [c.found_by]
-            if rules.context_category_boost and c.category == shopper.context_category:
+            if rules.context_category_boost and shopper.context_category and c.category == shopper.context_category:
                 score += rules.context_category_boost
                 reasons.append("context_category")
             if rules.category_affinity_boost and shopper.affinity.get(c.category, 0.0):
@@ -264,6 +265,37 @@ def test_rank_matches_the_textbook_rules(candidates: list[Candidate], k: int, ru
     expected = _textbook_rank(candidates, k, rules, shopper)
     for _ in range(2):  # the second call reuses the rule set's running promotions
         assert rank(candidates, k, rules, shopper) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(_candidates, st.integers(1, 12), _rules, _shoppers)
+def test_ranking_best_first_stops_early_with_the_same_top_k(
+    candidates: list[Candidate], k: int, rules: RuleSet, shopper: Shopper
+) -> None:
+    hits = sorted(candidates, key=lambda c: -c.score)  # how an ANN search returns them
+    top, _ = rank(hits, k, rules, shopper, best_first=True)
+    assert top == _textbook_rank(hits, k, rules, shopper)[0]
+
+
+def test_ranking_best_first_never_builds_the_candidates_it_does_not_need():
+    built = []
+
+    def hits() -> Iterator[Candidate]:
+        for n in range(300):
+            built.append(n)
+            yield _cand(f"i{n}", 1 - n / 1000, category=f"c{n % 4}", brand=f"b{n % 20}")
+
+    shopper = Shopper({"i0": 0.0}, {"c1": 0.5}, 0.0, "c2", 0.0)  # seen i0; shops in c1; on a c2 page
+    plain = RuleSet(seen_within_days=0)
+    top, excluded = rank(hits(), 10, plain, shopper, best_first=True)
+    assert [r.item_id for r in top] == [f"i{n}" for n in range(10)] and len(built) == 11  # the 11th proved it
+    built.clear()
+    boosted = RuleSet(max_per_brand=1, context_category_boost=0.05, category_affinity_boost=0.02)
+    top, excluded = rank(hits(), 10, boosted, shopper, best_first=True)
+    everything = [_cand(f"i{n}", 1 - n / 1000, f"c{n % 4}", f"b{n % 20}") for n in range(300)]
+    assert top == rank(everything, 10, boosted, shopper)[0]
+    assert len(built) < 100  # boosts of 0.06 at most: hits 0.06 below the 10th cannot get in
+    assert excluded["seen"] == 1 and excluded["diversity"] > 0  # counted among those examined
 
 
 def test_diversity_caps_hold_in_the_top_k():
