@@ -73,7 +73,7 @@ from operators.replicated import replicated
 from operators.tracing import trace_headers
 from operators.write_through import write_through
 from sluice.settings import PersonalizeSettings
-from state.ann_index import AnnIndex, Change
+from state.ann_index import AnnIndex, Change, Hits
 from state.feature_store import FeatureStore, Unreadable
 
 log = logging.getLogger(__name__)
@@ -312,16 +312,14 @@ class CatalogueReplica:
         started = time.time()
         personal = [(a, a.profile) for a in asks if a.profile is not None and a.profile.vector is not None]
         fetch = [min(s.max_fetch, a.request.k * s.overfetch + len(p.seen)) for a, p in personal]
-        found: dict[str, list[tuple[str, float]]] = {}
+        found: dict[str, Hits] = {}
         if personal:
-            hits = self.index.search(np.stack([p.vector for _, p in personal if p.vector is not None]), fetch)
+            hits = self.index.search_hits(np.stack([p.vector for _, p in personal if p.vector is not None]), fetch)
             found = {a.request.request_id: h for (a, _), h in zip(personal, hits, strict=True)}
         searched = time.time()
         return [self._recommend(a, found.get(a.request.request_id), started, searched) for a in asks]
 
-    def _recommend(
-        self, ask: Ask, hits: list[tuple[str, float]] | None, started: float, searched: float
-    ) -> KafkaRecord:
+    def _recommend(self, ask: Ask, hits: Hits | None, started: float, searched: float) -> KafkaRecord:
         req, profile = ask.request, ask.profile
         flags: list[str] = []
         if ask.problem is not None:

@@ -38,7 +38,7 @@ refreshed after changes.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,30 @@ class Change:
     version: int
     vector: np.ndarray | None
     payload: Hashable = None
+
+
+class Hits:
+    """One query's results, best first, made into (item id, score) pairs only as far as they are read.
+
+    Read again from the start on every iteration; valid until the index next changes. A caller that
+    stops early (ranking over-fetched hits, :func:`models.rules.rank` with ``best_first``) never pays
+    for the rest: building all ~60 pairs of a request had cost a quarter as much as the search.
+
+    >>> hits = Hits([3, 7, -1], [0.9, 0.5, 0.0], {3: "a", 7: "b"})
+    >>> list(hits), next(iter(hits))
+    ([('a', 0.9), ('b', 0.5)], ('a', 0.9))
+    """
+
+    __slots__ = ("_items", "_labels", "_scores")
+
+    def __init__(self, labels: list[int], scores: list[float], items: dict[int, str]) -> None:
+        self._labels, self._scores, self._items = labels, scores, items
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        items = self._items
+        for label, score in zip(self._labels, self._scores, strict=True):
+            if label >= 0:  # faiss pads with -1 when it finds fewer than asked
+                yield items[label], score
 
 
 class AnnIndex:
@@ -208,9 +232,12 @@ class AnnIndex:
     def search(self, queries: np.ndarray, k: int | Sequence[int]) -> list[list[tuple[str, float]]]:
         """The ``k`` nearest items of each query row, best first, as (item id, inner product).
 
-        ``k`` may be one per row: the batch is one faiss call for the largest, and each row keeps its own
-        (turning faiss's arrays into tuples costs more than the search for the rows that need few).
+        ``k`` may be one per row: the batch is one faiss call for the largest, and each row keeps its own.
         """
+        return [list(hits) for hits in self.search_hits(queries, k)]
+
+    def search_hits(self, queries: np.ndarray, k: int | Sequence[int]) -> list[Hits]:
+        """:meth:`search`, each row's pairs made only as they are read (:class:`Hits`)."""
         if len(queries) == 0:
             return []
         per_row = [k] * len(queries) if isinstance(k, (int, numbers.Integral)) else list(k)  # numpy ints too
@@ -219,11 +246,10 @@ class AnnIndex:
             raise ValueError(f"{len(wants)} values of k for {len(queries)} queries")
         most = min(max(wants), self.count)
         if most < 1:
-            return [[] for _ in range(len(queries))]
+            return [Hits([], [], self.items) for _ in range(len(queries))]
         scores, labels = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), most)
-        items = self.items
         return [
-            [(items[label], score) for label, score in zip(row_labels[:n], row_scores[:n], strict=True) if label >= 0]
+            Hits(row_labels[:n] if n < most else row_labels, row_scores[:n] if n < most else row_scores, self.items)
             for row_labels, row_scores, n in zip(labels.tolist(), scores.tolist(), wants, strict=True)
         ]
 
