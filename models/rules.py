@@ -347,10 +347,11 @@ def _diverse(
 
 
 def _most_boost(rules: RuleSet, shopper: Shopper, promos: Mapping[str, Promotion]) -> float:
-    """The most any one candidate's score can rise under ``rules`` for this shopper (negative boosts: 0)."""
+    """The most any one candidate's score can rise under ``rules`` for this shopper (a term that can only
+    lower it counts 0; a negative affinity boost times a negative share raises it, so each share counts)."""
     most = max(rules.context_category_boost, 0.0) if shopper.context_category else 0.0
-    if rules.category_affinity_boost > 0 and shopper.affinity:
-        most += rules.category_affinity_boost * max(0.0, *shopper.affinity.values())
+    if rules.category_affinity_boost and shopper.affinity:
+        most += max(0.0, *(rules.category_affinity_boost * share for share in shopper.affinity.values()))
     if promos:
         most += max(0.0, *(p.boost for p in promos.values()))
     return most

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dataflows.personalize import embed_items
@@ -267,14 +267,80 @@ def test_rank_matches_the_textbook_rules(candidates: list[Candidate], k: int, ru
         assert rank(candidates, k, rules, shopper) == expected
 
 
+# Scores on a coarse grid (ties, where only the item id orders), empty categories and contexts, and
+# boosts and affinities of either sign: the corners where a bound on the best possible boost can be wrong.
+_grid_candidates = st.lists(
+    st.builds(
+        Candidate,
+        _ids,
+        st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]),
+        st.sampled_from(["", "shoes", "bags"]),
+        st.sampled_from(["x", "y", "z"]),
+        st.just(10.0),
+        st.just(True),
+        st.just("similar"),
+    ),
+    max_size=40,
+)
+_signed_rules = st.builds(
+    RuleSet,
+    seen_within_days=st.just(0.0),
+    max_per_brand=st.integers(0, 2),
+    max_per_category=st.integers(0, 2),
+    context_category_boost=st.sampled_from([0.0, 0.2, -0.2]),
+    category_affinity_boost=st.sampled_from([0.0, 0.3, -0.3]),
+    promotions=st.lists(
+        st.builds(Promotion, _ids, st.sampled_from([0.2, -0.2]), st.just(0.0), st.just(60.0)), max_size=3
+    ).map(tuple),
+)
+_signed_shoppers = st.builds(
+    Shopper,
+    st.just({}),
+    st.dictionaries(st.sampled_from(["", "shoes", "bags"]), st.sampled_from([-0.5, 0.0, 0.2, 0.7])),
+    st.just(0.0),
+    st.sampled_from(["", "shoes", "bags"]),
+    st.just(30.0),
+)
+
+
+def _best_first_matches(candidates: list[Candidate], k: int, rules: RuleSet, shopper: Shopper) -> None:
+    hits = sorted(candidates, key=lambda c: -c.score)  # how an ANN search returns them
+    top, _ = rank(hits, k, rules, shopper, best_first=True)
+    assert top == _textbook_rank(hits, k, rules, shopper)[0]
+
+
 @settings(max_examples=400, deadline=None)
 @given(_candidates, st.integers(1, 12), _rules, _shoppers)
 def test_ranking_best_first_stops_early_with_the_same_top_k(
     candidates: list[Candidate], k: int, rules: RuleSet, shopper: Shopper
 ) -> None:
-    hits = sorted(candidates, key=lambda c: -c.score)  # how an ANN search returns them
-    top, _ = rank(hits, k, rules, shopper, best_first=True)
-    assert top == _textbook_rank(hits, k, rules, shopper)[0]
+    _best_first_matches(candidates, k, rules, shopper)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_grid_candidates, st.integers(1, 6), _signed_rules, _signed_shoppers)
+@example(  # the affinity boost alone lifts c past b: a bound without it stops before c
+    [_cand("a", 0.9), _cand("b", 0.8), _cand("c", 0.7, category="bags")],
+    2,
+    RuleSet(seen_within_days=0, category_affinity_boost=0.3),
+    Shopper({}, {"bags": 0.7}, 0.0, "", 0.0),
+)
+@example(  # a negative boost times a negative share raises the score
+    [_cand("a", 0.9), _cand("b", 0.8, category="bags")],
+    1,
+    RuleSet(seen_within_days=0, category_affinity_boost=-0.3),
+    Shopper({}, {"bags": -0.5}, 0.0, "", 0.0),
+)
+@example(  # a tie with the k-th, decided by item id: stopping on "equal" would lose "a"
+    [_cand("b", 0.9), _cand("c", 0.5), _cand("a", 0.5)],
+    2,
+    RuleSet(seen_within_days=0),
+    Shopper({}, {}, 0.0, "", 0.0),
+)
+def test_ranking_best_first_at_ties_empty_categories_and_signed_boosts(
+    candidates: list[Candidate], k: int, rules: RuleSet, shopper: Shopper
+) -> None:
+    _best_first_matches(candidates, k, rules, shopper)
 
 
 def test_ranking_best_first_never_builds_the_candidates_it_does_not_need():
