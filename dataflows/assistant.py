@@ -49,7 +49,7 @@ from models.document import DocumentEvent, parse_document_event
 from models.intent import Intent, Route, shared_intent_router
 from models.knowledge import DocumentKnowledge
 from models.llm import plan_batch, shared_generator
-from models.prompting import Remembered, build_messages, redact, resolve_query
+from models.prompting import Remembered, build_messages, prompt_context, redact, resolve_query
 from models.text_encoder import shared_encoder
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
@@ -188,11 +188,11 @@ def ground(answered: Answered[Turn, list[Retrieved]]) -> Grounded:
 
 
 def answer_prompt(g: Grounded, settings: AssistantSettings) -> list[dict[str, str]]:
-    """The LLM's messages for a turn: only its best ``prompt_passages`` passages are quoted (every token of
-    prompt costs generation time), while the extractive answer it may replace was chosen from all of them."""
-    return build_messages(
-        g.turn.request.text, g.turn.history, g.passages[: settings.prompt_passages], settings.context_chars
-    )
+    """The LLM's messages for a turn: its best ``prompt_passages`` passages are quoted (every token of
+    prompt costs generation time), and further down as far as the extractive answer it may replace
+    cites, so that answer's evidence is always in front of the model (numbered as in the citations)."""
+    context = prompt_context(g.passages, g.answer.cited, settings.prompt_passages)
+    return build_messages(g.turn.request.text, g.turn.history, context, settings.context_chars)
 
 
 def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list[Grounded]:

@@ -159,6 +159,16 @@ def resolve_query(
     return query, combined / np.linalg.norm(combined), True
 
 
+def prompt_context(passages: Sequence[Retrieved], cited: set[int], best: int) -> Sequence[Retrieved]:
+    """The passages to quote to the LLM: the ``best`` first ones, and further down as far as the
+    extractive answer it may replace cites (1-based, as in the citations), so its evidence is there.
+
+    >>> prompt_context("abcde", {1}, 3), prompt_context("abcde", {4}, 3)
+    ('abc', 'abcd')
+    """
+    return passages[: max(best, max(cited, default=0))]
+
+
 def build_messages(
     question: str, history: Sequence[Remembered], context: Sequence[Retrieved], max_chars: int = 400
 ) -> list[dict[str, str]]:

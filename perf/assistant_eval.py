@@ -42,7 +42,7 @@ from models.answer_ranker import WEIGHTS_PATH, AnswerRanker, candidates
 from models.answering import Answer, extract_answer, verify_generated
 from models.chunking import split_sentences
 from models.knowledge import DocumentKnowledge
-from models.prompting import Remembered, build_messages, redact, resolve_query
+from models.prompting import Remembered, build_messages, prompt_context, redact, resolve_query
 from models.text_encoder import TextEncoder, shared_encoder
 from perf.summary import REPORTS, record
 from sluice.local.corpus import load_corpus
@@ -185,7 +185,9 @@ def answer_with(a: Asked, ranker: AnswerRanker | None, args: argparse.Namespace,
         from models.llm import shared_generator
 
         gen = shared_generator("cpu")
-        prompt = build_messages(a.item["question"], [], a.passages[: DEFAULTS.prompt_passages])
+        prompt = build_messages(
+            a.item["question"], [], prompt_context(a.passages, answer.cited, DEFAULTS.prompt_passages)
+        )
         out = gen.generate([prompt], args.max_new_tokens)[0]
         checked = verify_generated(out.text, a.passages, encoder.encode, out.truncated)
         answer = checked if checked.sentences else answer

@@ -435,7 +435,9 @@ class AssistantSettings(FlowSettings):
         minimum=1,
         maximum=20,
     )
-    prompt_passages: int = setting(3, "of those, the best ones quoted to the LLM (a shorter prompt)", minimum=1)
+    prompt_passages: int = setting(
+        3, "passages quoted to the LLM: this many best ones, and down to the one the extractive answer cites", minimum=1
+    )
     context_chars: int = setting(400, "characters per passage in the prompt", minimum=50)
     embed_max_batch: int = setting(64, "embedding micro-batch size", minimum=1)
     embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)

@@ -294,8 +294,10 @@ def test_generation_is_planned_to_the_deadline_and_falls_back_to_the_extractive_
     assert fine.answer.sentences and all(s.support >= 0.8 for s in fine.answer.sentences)
 
 
-def test_the_answer_is_chosen_from_all_passages_and_the_prompt_quotes_the_best(knowledge):
+def test_the_answer_is_chosen_from_all_passages_and_the_prompt_quotes_the_best_and_the_cited(knowledge):
     from dataflows.assistant import Grounded, Turn, answer_prompt
+    from models.answer_ranker import candidates
+    from models.answering import Answer, AnswerSentence
 
     encoder = shared_encoder("cpu")
     settings = replace(AssistantSettings(), top_k=5, prompt_passages=2)
@@ -304,19 +306,24 @@ def test_the_answer_is_chosen_from_all_passages_and_the_prompt_quotes_the_best(k
     turn = Turn(
         ChatRequest("s", "1", text, time.time() * 1000), Position("t", 0, 1), (), text, time.time(), vector, vector
     )
-    knowledge.top_k = settings.top_k
+    was, knowledge.top_k = knowledge.top_k, settings.top_k
     try:
         passages = tuple(redact(p)[0] for p in knowledge.answer([turn])[0])
     finally:
-        knowledge.top_k = 3
+        knowledge.top_k = was
     assert len(passages) == 5
-    answer = extract_answer(vector, text, text, passages)
-    prompt = answer_prompt(Grounded(turn, passages, 0, answer, 0.0, False, time.time()), settings)[1]["content"]
+    assert {p for p, _ in candidates(vector, text, text, passages).where} == set(range(5))  # the answer reads all five
+
+    def prompt_for(answer: Answer) -> str:
+        return answer_prompt(Grounded(turn, passages, 0, answer, 0.0, False, time.time()), settings)[1]["content"]
+
+    from_best = Answer((AnswerSentence(passages[0].sentences[0], 1, 1.0),), "extractive")
+    prompt = prompt_for(from_best)
     assert "[1]" in prompt and "[2]" in prompt and "[3]" not in prompt  # only the best two are quoted
     assert passages[-1].sentences[0] not in prompt
-    from models.answer_ranker import candidates
-
-    assert {p for p, _ in candidates(vector, text, text, passages).where} == set(range(5))  # the answer reads all five
+    from_fourth = Answer((AnswerSentence(passages[3].sentences[0], 4, 1.0),), "extractive")
+    prompt = prompt_for(from_fourth)
+    assert "[4]" in prompt and "[5]" not in prompt  # ... and down to the passage the answer quotes, same numbers
 
 
 def test_batched_generation_with_per_request_deadlines():
