@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
@@ -295,6 +295,16 @@ class CatalogueReplica:
             return None
         return Candidate(item_id, score, *payload, found_by)
 
+    def _similar(self, hits: Hits) -> Iterator[Candidate]:
+        """The search's hits as candidates, made as they are read (ranking stops long before the over-fetched
+        end); :meth:`_candidate` inlined, as this runs for every hit read."""
+        payloads: dict[str, Payload] = self.index.payloads  # type: ignore[assignment]
+        return (
+            Candidate(item, score, *payload, "similar")
+            for item, score in hits
+            if (payload := payloads.get(item)) is not None
+        )
+
     def popular_in(self, category: str) -> list[Candidate]:
         """The popularity ranking of ``category`` (or of everything) as candidates, scores in (0, 1]."""
         key = category if category in self.popular else EVERYONE
@@ -336,17 +346,11 @@ class CatalogueReplica:
             req.sent_at_ms,
         )
         if hits is not None:
-            payloads: dict[str, Payload] = self.index.payloads  # type: ignore[assignment]
-            candidates = (  # _candidate inlined, and lazy: ranking stops long before the over-fetched end
-                Candidate(item, score, *payload, "similar")
-                for item, score in hits
-                if (payload := payloads.get(item)) is not None
-            )
-            top, excluded = rank(candidates, req.k, self.rules, shopper, best_first=True)
+            top, excluded = rank(self._similar(hits), req.k, self.rules, shopper, best_first=True)
             if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops
                 favourite = next(iter(shopper.affinity), req.category)
-                every = [Candidate(i, score, *payloads[i], "similar") for i, score in hits if i in payloads]
-                top, excluded = rank(every + self.popular_in(req.category or favourite), req.k, self.rules, shopper)
+                every = [*self._similar(hits), *self.popular_in(req.category or favourite)]
+                top, excluded = rank(every, req.k, self.rules, shopper)
                 flags.append("filled_from_popularity")
         else:
             top, excluded = rank(self.popular_in(req.category), req.k, self.rules, shopper)

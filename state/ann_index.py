@@ -249,7 +249,7 @@ class AnnIndex:
             return [Hits([], [], self.items) for _ in range(len(queries))]
         scores, labels = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), most)
         return [
-            Hits(row_labels[:n] if n < most else row_labels, row_scores[:n] if n < most else row_scores, self.items)
+            Hits(row_labels[:n], row_scores[:n], self.items)
             for row_labels, row_scores, n in zip(labels.tolist(), scores.tolist(), wants, strict=True)
         ]
 
