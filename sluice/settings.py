@@ -431,7 +431,7 @@ class AssistantSettings(FlowSettings):
     chunk_overlap: int = setting(32, "overlap between chunks in tokens", minimum=0)
     top_k: int = setting(
         5,
-        "passages the answer is chosen from and cited (5 answers 8 more of 190 eval questions than 3)",
+        "passages the answer is chosen from and cited (the eval: 0.605 answered right with 5, 0.563 with 3)",
         minimum=1,
         maximum=20,
     )
