@@ -145,8 +145,8 @@ def stage1_batch(
     policy: Policy,
     samples: BatchTap[ScoreSample] | None = None,
 ) -> list[Scored]:
-    """Score a micro-batch with the pinned version's stage-1 model (one call) and mark what to escalate;
-    the scores and rows go to ``samples`` (the drift alarms) when metrics are on."""
+    """Score a micro-batch with the pinned version's stage-1 model (one call), mark what to escalate and decide
+    the rest; the scores and rows go to ``samples`` (the drift alarms) when metrics are on."""
     assert cascade is not None and version is not None, "the served model is loaded before the flow starts"
     rules = [policy.rules(e.event.txn, e.features, e.profile) for e in items]
     rows = feature_matrix([feature_row(e.event.txn, e.features, e.profile) for e in items])
@@ -155,11 +155,14 @@ def stage1_batch(
         array = cascade.stage1(rows)
     if samples is not None:
         samples.put(ScoreSample(model_name(kind), version, array, rows))
-    scores = array.tolist()
-    return [
-        Scored(item, row, fired, version, kind, score, band.wants(score, bool(fired)))
-        for item, row, fired, score in zip(items, rows, rules, scores, strict=True)
-    ]
+    scores, decide = array.tolist(), policy.decide
+    out = []
+    for item, row, fired, score in zip(items, rows, rules, scores, strict=True):
+        if band.wants(score, bool(fired)):
+            out.append(Scored(item, row, fired, version, kind, score, True))
+        else:  # final already: decided here, not copied into a second Scored later
+            out.append(Scored(item, row, fired, version, kind, score, False, None, None, score, decide(score, fired)))
+    return out
 
 
 def stage2_batch(
@@ -232,13 +235,14 @@ def _decision_body(s: Scored) -> dict[str, Any]:
     return body
 
 
-def _headers(s: Scored, processed_at: bytes, trace: Headers) -> Headers:
-    txn = s.item.event.txn
+def _headers(s: Scored, processed_at: bytes, trace: Headers, event_id: bytes | None = None) -> Headers:
+    """Where the decision came from (``sluice.id`` first), its trace, and its event's id and time."""
+    txn, source = s.item.event.txn, s.item.event.source
     return [
-        *s.item.event.source.position.headers(),
+        *source.position_headers(),
         *trace,
-        ("event.id", txn.event_id.encode()),
-        ("event.time", str(txn.event_time_ms).encode()),
+        ("event.id", txn.event_id.encode() if event_id is None else event_id),
+        ("event.time", b"%d" % txn.event_time_ms),
         ("processed.at", processed_at),
     ]
 
@@ -246,23 +250,23 @@ def _headers(s: Scored, processed_at: bytes, trace: Headers) -> Headers:
 def decision_records(batch: list[Scored], settings: FraudSettings) -> list[KafkaRecord]:
     """Each decision, and its feature-log record when the log is on."""
     decided_ms = time.time() * 1000.0
-    processed_at = str(int(decided_ms)).encode()
+    processed_at = b"%d" % decided_ms
+    decisions_topic, features_topic = settings.decisions_topic, settings.features_topic
     out = []
     for s in batch:
         txn = s.item.event.txn
         body = _decision_body(s)
         body["decided_at"] = decided_ms
-        source = s.item.event.source
-        trace = trace_headers(source)  # once: the decision and its feature-log record both carry it
-        headers = _headers(s, processed_at, trace)
-        out.append(KafkaRecord(settings.decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
-        if settings.features_topic:
+        trace = trace_headers(s.item.event.source)  # once: the decision and its feature-log record both carry it
+        event_id = txn.event_id.encode()
+        headers = _headers(s, processed_at, trace, event_id)
+        out.append(KafkaRecord(decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
+        if features_topic:
             logged = feature_log_body(
                 txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
-            # its identity (exactly-once) and trace only: every header costs the producer a conversion
-            ids = [source.identity(), *trace]
-            out.append(KafkaRecord(settings.features_topic, txn.event_id.encode(), logged, ids))
+            # its identity (headers[0]: exactly-once) and trace only: every header costs the producer a conversion
+            out.append(KafkaRecord(features_topic, event_id, logged, [headers[0], *trace]))
     record_outcomes(s.decision for s in batch)
     return out
 
@@ -306,7 +310,7 @@ def pending_note(s: Scored, policy: Policy) -> PendingNote:
         scores=scores,
         recent=recent,
     )
-    headers = [*item.event.source.position.headers(), ("event.id", txn.event_id.encode())]
+    headers = [*item.event.source.position_headers(), ("event.id", txn.event_id.encode())]
     return PendingNote(case, txn.card_id, time.time() * 1000.0, headers)
 
 
@@ -430,7 +434,8 @@ def _card_events(parsed: list[tuple[SourceRecord, Transaction]]) -> list[tuple[s
 
 
 def _final(policy: Policy, batch: list[Scored]) -> list[Scored]:
-    return [_finish(s, policy) for s in batch]
+    """Decide the events that end at stage 1 (stage 1 decided those it did not mark for escalation)."""
+    return [s if s.decision else _finish(s, policy) for s in batch]
 
 
 def _enriched(

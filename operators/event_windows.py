@@ -15,9 +15,10 @@ so that each traced event gets its span).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -58,53 +59,65 @@ class Windowed(Generic[E]):
     recent: Recent | None = None  # the key's latest events (time, value, extra), this event last
 
 
+@dataclass(frozen=True, slots=True)
+class _StepConfig(Generic[E]):
+    """What every key's logic of one window step shares (built once per step: a new card builds only its
+    logic and its aggregates, on about one event in ten of a drain)."""
+
+    spec: WindowSpec
+    ts: Callable[[E], float]
+    value: Callable[[E], float]
+    tag: Callable[[E], Hashable]
+    ident: Callable[[E], Hashable] | None
+    extra: Callable[[E], Any] | None
+    recent: int
+    max_ahead_s: float  # inf when events may be dated any time ahead
+    idle_s: float
+    now_s: Callable[[], float]  # the clock in epoch seconds
+    probe: StageProbe[E]
+
+
+def _seconds_of(clock: Clock) -> Callable[[], float]:
+    """``clock`` in epoch seconds: ``time.time`` for the system clock (no datetime made per call)."""
+    return time.time if clock is utc_now else lambda: clock().timestamp()
+
+
 class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
-    def __init__(
-        self,
-        spec: WindowSpec,
-        getters: tuple[Callable[[E], float], Callable[[E], float], Callable[[E], Hashable]],
-        id_getter: Callable[[E], Hashable] | None,
-        max_ahead: timedelta | None,
-        idle_timeout: timedelta,
-        resume_state: WindowState | None,
-        now_getter: Clock,
-        extra_getter: Callable[[E], Any] | None = None,
-        recent: int = 0,
-        probe: StageProbe[E] | None = None,
-    ) -> None:
-        self.agg = SlidingAggregates(spec, resume_state)
-        self.ts_getter, self.value_getter, self.tag_getter = getters
-        self.id_getter = id_getter
-        self.extra_getter = extra_getter
-        self.recent = recent
-        self.max_ahead_s = max_ahead.total_seconds() if max_ahead is not None else None
-        self.idle_timeout = idle_timeout
-        self.now = now_getter
-        self.expires_at = now_getter() + idle_timeout
-        self.probe: StageProbe[E] = probe or StageProbe("window")
+    """One key's window. Its idle expiry is armed lazily: Bytewax keeps a key's scheduled notification until
+    it fires, and ``notify_at`` returning ``None`` leaves it in place, so the logic schedules one notification
+    per idle period (at the last event's time plus the timeout, as known then) instead of handing Bytewax a
+    new datetime after every event. When it fires, a key that has had events since is re-armed, not dropped."""
+
+    __slots__ = ("cfg", "agg", "seen_at", "armed", "_cells", "_traced")
+
+    def __init__(self, cfg: _StepConfig[E], resume_state: WindowState | None) -> None:
+        self.cfg = cfg
+        self.agg = SlidingAggregates(cfg.spec, resume_state)
+        self.seen_at = cfg.now_s()  # when the key last had an event (or was built)
+        self.armed = False  # whether Bytewax holds a notification for this key
         # this worker thread's cells (a logic runs on one worker): events seen, calls made; None with metrics off.
         # Inlined in on_batch (no method calls): this runs once per key, about once per event.
-        self._cells = self.probe.cells() if PROCESS.on else None
-        self._traced = tracing.enabled()  # then every call is recorded: each traced event gets its window span
+        self._cells = cfg.probe.cells() if PROCESS.on else None
+        self._traced = tracing.enabled()  # then every call is recorded: each traced event gets its span
 
     def _odd(self, status: WindowStatus) -> None:
         if PROCESS.on:
-            WINDOW_EVENTS.add((self.probe.stage, status.value))
+            WINDOW_EVENTS.add((self.cfg.probe.stage, status.value))
 
     def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
+        cfg = self.cfg
         started = 0
         cells = self._cells
         if cells is not None:
             cells[0][0] += len(values)
             cells[1][0] += 1
             if not cells[1][0] % TIMED_EVERY:
-                started = self.probe.start()
+                started = cfg.probe.start()
         if self._traced and not started:
-            started = self.probe.start()
-        agg, ts, value, tag, ident = self.agg, self.ts_getter, self.value_getter, self.tag_getter, self.id_getter
-        extra_of, n = self.extra_getter, self.recent
-        now = self.now()
-        horizon = now.timestamp() + self.max_ahead_s if self.max_ahead_s is not None else float("inf")
+            started = cfg.probe.start()
+        agg, ts, value, tag, ident, extra_of, n = self.agg, cfg.ts, cfg.value, cfg.tag, cfg.ident, cfg.extra, cfg.recent
+        self.seen_at = now = cfg.now_s()
+        horizon = now + cfg.max_ahead_s
         out: list[Windowed[E]] = []
         for ev in values:
             t = ts(ev)
@@ -122,16 +135,20 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
             recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if there
             out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent))
             self._odd(status)
-        self.expires_at = now + self.idle_timeout
         if started:
-            self.probe.done(values, started, count=False)
+            cfg.probe.done(values, started, count=False)
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Windowed[E]], bool]:
-        return [], StatefulBatchLogic.DISCARD
+        self.armed = False  # it fired: Bytewax no longer holds it
+        idle = self.cfg.now_s() - self.seen_at >= self.cfg.idle_s
+        return [], StatefulBatchLogic.DISCARD if idle else StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return self.expires_at
+        if self.armed:
+            return None  # the notification given before still stands
+        self.armed = True
+        return datetime.fromtimestamp(self.seen_at + self.cfg.idle_s, UTC)
 
     def snapshot(self) -> WindowState:
         return self.agg.state()
@@ -179,12 +196,21 @@ def sliding_features(
     # KeyedStream[Windowed(event, (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev), status)]
     ```
     """
-    getters = (ts_getter, value_getter, tag_getter)
-    probe: StageProbe[E] = StageProbe(step_id, origin)
+    cfg = _StepConfig(
+        spec,
+        ts_getter,
+        value_getter,
+        tag_getter,
+        id_getter,
+        extra_getter,
+        recent,
+        max_ahead.total_seconds() if max_ahead is not None else float("inf"),
+        idle_timeout.total_seconds(),
+        _seconds_of(now_getter),
+        StageProbe(step_id, origin),
+    )
 
     def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
-        return _SlidingLogic(
-            spec, getters, id_getter, max_ahead, idle_timeout, resume_state, now_getter, extra_getter, recent, probe
-        )
+        return _SlidingLogic(cfg, resume_state)
 
     return op.stateful_batch("aggregate", up, builder)

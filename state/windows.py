@@ -14,6 +14,7 @@ features it is served.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class WindowSpec:
             names += [f"{name}_count", f"{name}_sum"]
         return (*names, "distinct", "secs_since_prev")
 
-    @property
+    @functools.cached_property  # read by every new key's aggregates
     def horizon_s(self) -> float:
         return max([w for _, w in self.windows] + [self.distinct_window_s, self.gap_cap_s])
 
