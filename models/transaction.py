@@ -80,8 +80,36 @@ def parse_transaction(raw: bytes | None) -> Transaction:
     ...     b'"merchant_id":"m1","merchant_category":"grocery","country":"FR",'
     ...     b'"event_time":1700000000000,"sent_at":1700000000000.5}').amount
     12.5
+
+    A well-formed event is checked in one expression (about a third of the field-by-field checks'
+    cost: this runs for every event); anything else goes through :func:`checked_transaction`, which
+    accepts exactly the same events and says what is wrong with the others.
     """
     obj = json_object(raw)
+    get = obj.get
+    event_id, card_id, amount, currency = get("event_id"), get("card_id"), get("amount"), get("currency")
+    merchant_id, category, country = get("merchant_id"), get("merchant_category"), get("country")
+    event_time, sent_at, name = get("event_time"), get("sent_at", 0.0), get("merchant_name")
+    if (
+        type(event_id) is str and 0 < len(event_id) <= 128
+        and type(card_id) is str and 0 < len(card_id) <= 64
+        and (type(amount) is float or type(amount) is int) and MIN_AMOUNT <= amount <= MAX_AMOUNT
+        and type(currency) is str and len(currency) == 3
+        and type(merchant_id) is str and 0 < len(merchant_id) <= 64
+        and type(category) is str and 0 < len(category) <= 64
+        and type(country) is str and len(country) == 2
+        and type(event_time) is int and MIN_EVENT_TIME_MS <= event_time <= MAX_EVENT_TIME_MS
+        and (type(sent_at) is float or type(sent_at) is int) and 0 <= sent_at <= MAX_EVENT_TIME_MS
+        and (name is None or (type(name) is str and 0 < len(name) <= 128))
+    ):  # fmt: skip
+        return Transaction(
+            event_id, card_id, float(amount), currency, merchant_id, category, country, event_time, float(sent_at), name
+        )
+    return checked_transaction(obj)
+
+
+def checked_transaction(obj: dict[str, Any]) -> Transaction:
+    """Validate a decoded transaction field by field; raises :class:`InvalidEvent` naming the first problem."""
     amount = obj.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise InvalidEvent("field 'amount' must be a number")

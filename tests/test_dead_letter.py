@@ -1,9 +1,12 @@
 import bytewax.operators as op
+import orjson
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.transaction import parse_transaction
+from models.transaction import checked_transaction, parse_transaction
 from models.wire import InvalidEvent
 from operators.dead_letter import parse_or_dead_letter
 from operators.kafka.records import SourceRecord
@@ -28,6 +31,57 @@ GOOD = txn("e1", "c1", 12.5, t_s=0).to_json(sent_at_ms=1.0)
 def test_parser_names_the_problem(raw, reason):
     with pytest.raises(InvalidEvent, match=reason):
         parse_transaction(raw)
+
+
+# each field: a valid value, or something near a boundary or of the wrong type (bools, str vs number, nan)
+_ODD: st.SearchStrategy[object] = st.sampled_from([None, True, 0, -1, 1.5, float("nan"), "", "x" * 65, [], {}])
+_TEXT = st.one_of(st.text(min_size=0, max_size=70), _ODD)
+_FIELDS = {
+    "event_id": st.one_of(st.text(min_size=0, max_size=130), _ODD),
+    "card_id": _TEXT,
+    "amount": st.one_of(st.floats(allow_nan=True), st.integers(-10, 2_000_000), _ODD),
+    "currency": st.one_of(st.text(min_size=2, max_size=4), _ODD),
+    "merchant_id": _TEXT,
+    "merchant_category": _TEXT,
+    "country": st.one_of(st.text(min_size=1, max_size=3), _ODD),
+    "event_time": st.one_of(st.integers(900_000_000_000, 4_200_000_000_000), st.floats(1e12, 2e12), _ODD),
+    "sent_at": st.one_of(st.floats(allow_nan=True), st.integers(-5, 5_000_000_000_000), _ODD),
+    "merchant_name": st.one_of(st.text(min_size=0, max_size=130), _ODD),
+}
+
+
+_VALID = orjson.loads(GOOD)
+
+
+@st.composite
+def _near_valid(draw: st.DrawFn) -> dict:
+    """A valid transaction with up to two fields replaced by odd values or removed (so that both the accepting
+    and the refusing side are exercised; fully random dicts are almost never valid)."""
+    obj = dict(_VALID)
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELDS)), max_size=2, unique=True)):
+        if draw(st.booleans()) and name in obj:
+            del obj[name]
+        else:
+            obj[name] = draw(_FIELDS[name])
+    return obj
+
+
+@settings(max_examples=500)
+@given(st.one_of(_near_valid(), st.fixed_dictionaries({}, optional=_FIELDS)))
+def test_the_fast_parse_accepts_and_refuses_exactly_what_the_field_checks_do(obj):
+    try:
+        raw = orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return  # not representable as JSON (e.g. a lone surrogate): no record can carry it
+    decoded = orjson.loads(raw)  # what the parser sees (orjson writes nan as null)
+    try:
+        expected = checked_transaction(decoded)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as refused:
+            parse_transaction(raw)
+        assert str(refused.value) == str(exc)
+    else:
+        assert parse_transaction(raw) == expected
 
 
 def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():
