@@ -235,38 +235,27 @@ def _decision_body(s: Scored) -> dict[str, Any]:
     return body
 
 
-def _headers(s: Scored, processed_at: bytes, trace: Headers, event_id: bytes | None = None) -> Headers:
-    """Where the decision came from (``sluice.id`` first), its trace, and its event's id and time."""
-    txn, source = s.item.event.txn, s.item.event.source
-    return [
-        *source.position_headers(),
-        *trace,
-        ("event.id", txn.event_id.encode() if event_id is None else event_id),
-        ("event.time", b"%d" % txn.event_time_ms),
-        ("processed.at", processed_at),
-    ]
-
-
 def decision_records(batch: list[Scored], settings: FraudSettings) -> list[KafkaRecord]:
-    """Each decision, and its feature-log record when the log is on."""
+    """Each decision, and its feature-log record when the log is on.
+
+    Both carry the input's identity (``sluice.id``: topic/partition/offset, what the exactly-once sink
+    recognises) and its trace headers, nothing else: the event's id and time and the decision time are in
+    the body, and every header costs the producer a conversion per record (two records per event).
+    """
     decided_ms = time.time() * 1000.0
-    processed_at = b"%d" % decided_ms
     decisions_topic, features_topic = settings.decisions_topic, settings.features_topic
     out = []
     for s in batch:
-        txn = s.item.event.txn
+        txn, source = s.item.event.txn, s.item.event.source
         body = _decision_body(s)
         body["decided_at"] = decided_ms
-        trace = trace_headers(s.item.event.source)  # once: the decision and its feature-log record both carry it
-        event_id = txn.event_id.encode()
-        headers = _headers(s, processed_at, trace, event_id)
+        headers = [source.identity(), *trace_headers(source)]
         out.append(KafkaRecord(decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
         if features_topic:
             logged = feature_log_body(
                 txn.event_id, txn.card_id, s.version, txn.event_time_ms, s.row, s.sequence, s.rules, body["scores"]
             )
-            # its identity (headers[0]: exactly-once) and trace only: every header costs the producer a conversion
-            out.append(KafkaRecord(features_topic, event_id, logged, [headers[0], *trace]))
+            out.append(KafkaRecord(features_topic, txn.event_id.encode(), logged, headers))
     record_outcomes(s.decision for s in batch)
     return out
 
@@ -390,7 +379,7 @@ def shadow_batch(
                 topic,
                 txn.card_id.encode(),
                 orjson.dumps(body),
-                _headers(s, b"%d" % decided_ms, trace_headers(s.item.event.source)),
+                [s.item.event.source.identity(), *trace_headers(s.item.event.source)],
             )
         )
     return out
