@@ -120,13 +120,13 @@ def test_idle_keys_expire_and_start_fresh():
 def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_idle():
     # the expiry is armed once (at the first event + timeout); events keep coming past that time, so when it
     # fires the key must be re-armed, not dropped; once the events stop for the timeout, it is dropped
-    pause = TestingSource.PAUSE(timedelta(milliseconds=100))
+    pause = TestingSource.PAUSE(timedelta(milliseconds=50))
     items: list = []
-    for i in range(8):  # 8 events 100 ms apart: 800 ms, twice the timeout (margins for a busy machine)
+    for i in range(24):  # 24 events 50 ms apart: 1.2 s, twice the timeout (a gap would have to be 12x longer)
         items += [("c1", float(i), 5.0, "m1"), pause]
-    items += [TestingSource.PAUSE(timedelta(milliseconds=1200)), ("c1", 8.0, 5.0, "m1")]
-    out = _run(items, idle=timedelta(milliseconds=400))
-    assert [f[0] for _, _, f, _ in out] == [1, 2, 3, 4, 5, 6, 7, 8, 1]
+    items += [TestingSource.PAUSE(timedelta(milliseconds=1500)), ("c1", 24.0, 5.0, "m1")]
+    out = _run(items, idle=timedelta(milliseconds=600))
+    assert [f[0] for _, _, f, _ in out] == [*range(1, 25), 1]
 
 
 def test_a_snapshot_does_not_change_when_events_are_added_after_it():
