@@ -76,6 +76,15 @@ class _StepConfig(Generic[E]):
     now_s: Callable[[], float]  # the clock in epoch seconds
     probe: StageProbe[E]
 
+    def due(self, seen_at: float) -> datetime:
+        """When a key last seen at ``seen_at`` (this step's clock) becomes idle, on the system clock: Bytewax
+        fires notifications by the system clock, so a test clock's time is turned into a delay from now (a
+        test clock standing still in the past would otherwise make every notification due at once, forever).
+        """
+        if self.now_s is time.time:
+            return datetime.fromtimestamp(seen_at + self.idle_s, UTC)
+        return utc_now() + timedelta(seconds=max(0.0, seen_at + self.idle_s - self.now_s()))
+
 
 def _seconds_of(clock: Clock) -> Callable[[], float]:
     """``clock`` in epoch seconds: ``time.time`` for the system clock (no datetime made per call)."""
@@ -148,7 +157,7 @@ class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
         if self.armed:
             return None  # the notification given before still stands
         self.armed = True
-        return datetime.fromtimestamp(self.seen_at + self.cfg.idle_s, UTC)
+        return self.cfg.due(self.seen_at)
 
     def snapshot(self) -> WindowState:
         return self.agg.state()

@@ -181,17 +181,20 @@ def header_pairs(headers: AnyHeaders) -> Headers:
     [('traceparent', b'00-ab-cd-01'), ('tracestate', b'a=1')]
     >>> header_pairs([("tracestate", b"a=1")]), header_pairs({"traceparent": b"p"})
     ([], [('traceparent', b'p')])
+    >>> header_pairs([("traceparent", None), ("traceparent", b"p")])  # the first one counts, as header_value
+    []
     """
     if not isinstance(headers, list):
         parent, state = header_value(headers, TRACEPARENT), header_value(headers, TRACESTATE)
-    else:
+    else:  # the first header of each name counts, as with header_value, even one without a value
         parent = state = None
+        seen_parent = seen_state = False
         for key, value in headers:
             if key == TRACEPARENT:
-                if parent is None:
-                    parent = value.encode() if isinstance(value, str) else value
-            elif key == TRACESTATE and state is None:
-                state = value.encode() if isinstance(value, str) else value
+                if not seen_parent:
+                    seen_parent, parent = True, value.encode() if isinstance(value, str) else value
+            elif key == TRACESTATE and not seen_state:
+                seen_state, state = True, value.encode() if isinstance(value, str) else value
     if parent is None:
         return []
     return [(TRACEPARENT, parent)] if state is None else [(TRACEPARENT, parent), (TRACESTATE, state)]

@@ -1,3 +1,5 @@
+from dataclasses import astuple
+
 import bytewax.operators as op
 import orjson
 import pytest
@@ -66,7 +68,7 @@ def _near_valid(draw: st.DrawFn) -> dict:
     return obj
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.one_of(_near_valid(), st.fixed_dictionaries({}, optional=_FIELDS)))
 def test_the_fast_parse_accepts_and_refuses_exactly_what_the_field_checks_do(obj):
     try:
@@ -80,8 +82,9 @@ def test_the_fast_parse_accepts_and_refuses_exactly_what_the_field_checks_do(obj
         with pytest.raises(InvalidEvent) as refused:
             parse_transaction(raw)
         assert str(refused.value) == str(exc)
-    else:
-        assert parse_transaction(raw) == expected
+    else:  # the same values of the same types (== alone would take an int amount for its float)
+        got = parse_transaction(raw)
+        assert [(type(v), v) for v in astuple(got)] == [(type(v), v) for v in astuple(expected)]
 
 
 def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():

@@ -2,11 +2,22 @@ from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.operators import StatefulBatchLogic
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.event_windows import Features, SlidingAggregates, WindowSpec, WindowStatus, sliding_features
+from operators.event_windows import (
+    Features,
+    SlidingAggregates,
+    WindowSpec,
+    WindowStatus,
+    _seconds_of,
+    _SlidingLogic,
+    _StepConfig,
+    sliding_features,
+)
+from operators.probes import StageProbe
 
 SPEC = WindowSpec(windows=(("1m", 60.0), ("1h", 3600.0)), allowed_lateness_s=30.0)
 
@@ -127,6 +138,30 @@ def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_
     items += [TestingSource.PAUSE(timedelta(milliseconds=1500)), ("c1", 24.0, 5.0, "m1")]
     out = _run(items, idle=timedelta(milliseconds=600))
     assert [f[0] for _, _, f, _ in out] == [*range(1, 25), 1]
+
+
+def test_the_expiry_is_armed_once_per_idle_period_and_rearmed_when_it_fires_early():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    cfg: _StepConfig[tuple[str, float, float, str]] = _StepConfig(
+        SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), 60.0,
+        _seconds_of(clock.get), StageProbe("w"),
+    )  # fmt: skip
+    logic = _SlidingLogic(cfg, None)
+    logic.on_batch([("c1", 0.0, 5.0, "m1")])
+    first = logic.notify_at()
+    assert first is not None  # armed: 60 s (test clock) from now, as a delay on the system clock
+    assert timedelta(seconds=59) < first - datetime.now(UTC) <= timedelta(seconds=60)
+    clock.advance(timedelta(seconds=30))
+    logic.on_batch([("c1", 30.0, 5.0, "m1")])
+    assert logic.notify_at() is None  # still armed: Bytewax keeps the first schedule
+    clock.advance(timedelta(seconds=30))  # the first schedule fires; the key had an event 30 s ago
+    _, done = logic.on_notify()
+    assert done == StatefulBatchLogic.RETAIN
+    again = logic.notify_at()
+    assert again is not None and timedelta(seconds=29) < again - datetime.now(UTC) <= timedelta(seconds=30)
+    clock.advance(timedelta(seconds=30))  # now idle for the whole timeout
+    _, done = logic.on_notify()
+    assert done == StatefulBatchLogic.DISCARD
 
 
 def test_a_snapshot_does_not_change_when_events_are_added_after_it():

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 
@@ -154,11 +155,11 @@ def test_a_traced_input_keeps_its_trace_on_its_output_and_gets_spans(run: Run):
     parents = {sp["parent_id"] for sp in spans if sp["trace_id"] == bad_trace}
     assert parents == {run.traced_bad.split(b"-")[2].decode()}  # children of the producer's span
     decided = {
-        header_value(m.headers(), "event.id"): header_value(m.headers(), TRACEPARENT)
+        orjson.loads(m.value() or b"")["event_id"]: header_value(m.headers(), TRACEPARENT)
         for m in read_all(run.settings.connection(), run.settings.decisions_topic)
     }
     for event_id, sent in run.traced_ok.items():
-        assert decided[event_id.encode()] == sent  # the decision carries its input's trace
+        assert decided[event_id] == sent  # the decision carries its input's trace
         assert by_trace[sent.split(b"-")[1].decode()] >= {"fraud.window", "fraud.profiles", "fraud.stage1"}
 
 
