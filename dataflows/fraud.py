@@ -299,7 +299,7 @@ def pending_note(s: Scored, policy: Policy) -> PendingNote:
         scores=scores,
         recent=recent,
     )
-    headers = [*item.event.source.position_headers(), ("event.id", txn.event_id.encode())]
+    headers = [*item.event.source.position.headers(), ("event.id", txn.event_id.encode())]
     return PendingNote(case, txn.card_id, time.time() * 1000.0, headers)
 
 
@@ -356,11 +356,11 @@ def cascade_batch(cascade: FraudCascade, version: str, items: list[EnrichedEvent
     first = stage1_batch(cascade, version, items, policy)
     up = [s for s in first if s.escalate]
     if not up:
-        return [_finish(s, policy) for s in first]
+        return first  # stage 1 decided every event it did not escalate
     seqs = np.stack([s.item.sequence() for s in up])
     stage2 = cascade.stage2(seqs, np.stack([s.row for s in up]), np.array([s.stage1 for s in up]))
     done = iter(_finish(s, policy, float(p), q) for s, p, q in zip(up, stage2, seqs, strict=True))
-    return [next(done) if s.escalate else _finish(s, policy) for s in first]
+    return [next(done) if s.escalate else s for s in first]
 
 
 def shadow_batch(

@@ -174,9 +174,6 @@ def trace_headers(source: SourceRecord | None) -> Headers:
 def header_pairs(headers: AnyHeaders) -> Headers:
     """The trace headers among ``headers`` (as ``(name, bytes)`` pairs, ready for a :class:`KafkaRecord`).
 
-    A consumed record's headers (a list of pairs, what confluent-kafka hands back) are read in one pass: this
-    runs for every decision.
-
     >>> header_pairs([("tracestate", "a=1"), ("x", b""), ("traceparent", b"00-ab-cd-01")])
     [('traceparent', b'00-ab-cd-01'), ('tracestate', b'a=1')]
     >>> header_pairs([("tracestate", b"a=1")]), header_pairs({"traceparent": b"p"})
@@ -184,20 +181,14 @@ def header_pairs(headers: AnyHeaders) -> Headers:
     >>> header_pairs([("traceparent", None), ("traceparent", b"p")])  # the first one counts, as header_value
     []
     """
-    if not isinstance(headers, list):
-        parent, state = header_value(headers, TRACEPARENT), header_value(headers, TRACESTATE)
-    else:  # the first header of each name counts, as with header_value, even one without a value
-        parent = state = None
-        seen_parent = seen_state = False
-        for key, value in headers:
-            if key == TRACEPARENT:
-                if not seen_parent:
-                    seen_parent, parent = True, value.encode() if isinstance(value, str) else value
-            elif key == TRACESTATE and not seen_state:
-                seen_state, state = True, value.encode() if isinstance(value, str) else value
-    if parent is None:
-        return []
-    return [(TRACEPARENT, parent)] if state is None else [(TRACEPARENT, parent), (TRACESTATE, state)]
+    out: Headers = []
+    parent = header_value(headers, TRACEPARENT)
+    if parent is not None:
+        out.append((TRACEPARENT, parent))
+        state = header_value(headers, TRACESTATE)
+        if state is not None:
+            out.append((TRACESTATE, state))
+    return out
 
 
 def record_spans(

@@ -36,17 +36,13 @@ class Position:
 
     def headers(self) -> Headers:
         """Headers that say where a record came from (and give its identity)."""
-        return position_headers(self.topic, self.partition, self.offset)
-
-
-def position_headers(topic: str, partition: int, offset: int) -> Headers:
-    """:meth:`Position.headers` without making a :class:`Position` (the fraud flow's path, every event).
-
-    >>> position_headers("tx", 2, 41)[0]
-    ('sluice.id', b'tx/2/41')
-    """
-    t, p, o = topic.encode(), b"%d" % partition, b"%d" % offset
-    return [(ID_HEADER, b"%s/%s/%s" % (t, p, o)), ("source.topic", t), ("source.partition", p), ("source.offset", o)]
+        topic, partition, offset = self.topic.encode(), b"%d" % self.partition, b"%d" % self.offset
+        return [
+            (ID_HEADER, b"%s/%s/%s" % (topic, partition, offset)),
+            ("source.topic", topic),
+            ("source.partition", partition),
+            ("source.offset", offset),
+        ]
 
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
@@ -66,10 +62,6 @@ class SourceRecord:
     @property
     def position(self) -> Position:
         return Position(self.topic, self.partition, self.offset)
-
-    def position_headers(self) -> Headers:
-        """``self.position.headers()``, without the :class:`Position` (made for every decision)."""
-        return position_headers(self.topic, self.partition, self.offset)
 
     def identity(self) -> tuple[str, bytes]:
         """Just the ``sluice.id`` header of :meth:`Position.headers` (for outputs that need no more).
