@@ -19,7 +19,7 @@ from models.text_encoder import shared_encoder
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import header_value
 from sluice.local.corpus import load_corpus, publish
-from sluice.local.demo_assistant import FLOW
+from sluice.local.demo_assistant import FLOW, describe
 from sluice.local.stack import LocalStack
 from sluice.processes import FlowProcesses, init_recovery
 from sluice.settings import AssistantSettings
@@ -203,7 +203,13 @@ def test_routing_handoff_with_conversation_and_small_talk(running):
     assert said == ["How do I read and write JSON?", "this is useless, I want to talk to a real person now"]
     chat = _answer(settings, "s-route", "3", flow)
     assert chat["route"] == "small_talk" and chat["citations"] == [] and chat["answer"] == "You're welcome!"
-    assert "stdlib:json" in [c["doc_id"] for c in _answer(settings, "s-route", "1", flow)["citations"]]
+    knowledge = _answer(settings, "s-route", "1", flow)
+    assert "stdlib:json" in [c["doc_id"] for c in knowledge["citations"]]
+    # the demo prints every kind of reply the flow sends (a small-talk reply has no query or citations)
+    assert "   answer: You're welcome!" in describe(chat) and "query" not in describe(chat)[0]
+    assert "query: How do I read and write JSON?" in describe(knowledge)[0]
+    assert any("(stdlib:json" in line for line in describe(knowledge))
+    assert describe(handoff)[0].startswith("   -> handed off to a human")
 
 
 def test_planted_injection_does_not_change_routing_prompt_or_format(running):
@@ -238,6 +244,7 @@ def test_bad_requests_get_an_error_reply_and_a_dead_letter_and_the_flow_keeps_an
     assert any("session_id" in r for r in reasons)
     reply = _answer(settings, "s-bad", "1", flow)  # the user who can be told, is told
     assert reply["route"] == "error" and "longer than 500 characters" in reply["answer"]
+    assert describe(reply) == ["   route error", f"   answer: {reply['answer']}"]
     _ask(settings, "s-after", "1", "hello!")
     assert _answer(settings, "s-after", "1", flow)["route"] == "small_talk"
 

@@ -66,32 +66,41 @@ def ask(
         for topic in (settings.responses_topic, settings.handoff_topic):
             for msg in read_all(settings.connection(), topic, timeout_s=5):
                 body = orjson.loads(msg.value() or b"{}")
-                body.setdefault("route", "handoff")
                 out[(body["session_id"], body["turn_id"])] = body
         time.sleep(0.5)
     return out
 
 
+def describe(body: Body | None) -> list[str]:
+    """The lines the demo prints for one reply, whatever its route (knowledge, small talk, error, handoff).
+
+    >>> describe({"route": "small_talk", "intent": "greeting", "intent_confidence": 0.97, "answer": "Hello!"})
+    ['   route small_talk (intent greeting 0.97)', '   answer: Hello!']
+    >>> describe(None)
+    ['   (no answer)']
+    """
+    if body is None:
+        return ["   (no answer)"]
+    if body.get("route", "handoff") == "handoff":  # handoff records (their own topic) carry no route
+        return [f"   -> handed off to a human (intent {body['intent']}, conversation {body['conversation']})"]
+    head = f"   route {body['route']}"
+    if body.get("intent") is not None:
+        head += f" (intent {body['intent']} {body['intent_confidence']:.2f})"
+    if body.get("query"):
+        head += f"  query: {body['query']}"
+    lines = [head, f"   answer: {body['answer']}"]
+    for c in body.get("citations", []):
+        cited = "  <- cited" if c["cited"] else ""
+        lines.append(f"     [{c['n']}] {c['title']} ({c['doc_id']}, score {c['score']:.3f}){cited}")
+    if body.get("latency_ms"):
+        lines.append("   latency ms: " + "  ".join(f"{k} {v:.0f}" for k, v in body["latency_ms"].items()))
+    return lines
+
+
 def show(turns: list[tuple[str, str]], answers: dict[tuple[str, str], Body]) -> None:
     for n, (session, text) in enumerate(turns):
-        body = answers.get((session, str(n)))
         print(f"\n[{session}] {text}")
-        if body is None:
-            print("   (no answer)")
-            continue
-        if body["route"] == "handoff":
-            print(f"   -> handed off to a human (intent {body['intent']}, conversation {body['conversation']})")
-            continue
-        print(
-            f"   route {body['route']} (intent {body['intent']} {body['intent_confidence']:.2f})  query: {body['query']}"
-        )
-        print(f"   answer: {body['answer']}")
-        for c in body["citations"]:
-            print(
-                f"     [{c['n']}] {c['title']} ({c['doc_id']}, score {c['score']:.3f}){'  <- cited' if c['cited'] else ''}"
-            )
-        lat = body["latency_ms"]
-        print("   latency ms: " + "  ".join(f"{k} {v:.0f}" for k, v in lat.items()))
+        print("\n".join(describe(answers.get((session, str(n))))))
 
 
 def run(args: argparse.Namespace) -> int:
