@@ -103,7 +103,18 @@ class FlowProcesses:
 
 
 def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
-    """Create Bytewax's recovery partitions (``python -m bytewax.recovery DIR N``)."""
+    """Create Bytewax's recovery partitions (``python -m bytewax.recovery DIR N``).
+
+    A folder that already holds partitions is refused with one line: Bytewax
+    would panic on it, and silently replacing a checkpoint would lose the
+    state a resume needs. Resume from it, or remove it for a fresh start.
+    """
+    held = sorted(recovery_dir.glob("part-*.sqlite3")) if recovery_dir.is_dir() else []
+    if held:
+        raise ValueError(
+            f"{recovery_dir} already holds a checkpoint ({len(held)} partitions): resume from it, "
+            "or remove the folder to start afresh"
+        )
     recovery_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), str(partitions)],

@@ -4,7 +4,8 @@
   (epoch, time, input offsets).
 * ``backup DIR DEST``: a consistent copy of the store (safe while the flow runs).
 * ``run --output-topic T (--from-backup DEST | --from-offset N | --from-time EPOCH_MS)``:
-  a backfill into ``T`` (and ``T-dlq``), reading to the current end of the input
+  a backfill into ``T`` (and ``T-dlq``, ``T-alarms``, ``T-shadow`` and, when the
+  live flow writes them, ``T-features`` and ``T-rationales``), reading to the current end of the input
   and then stopping. It never touches the live flow's output, recovery store or
   transactional ids: a backup is copied to a scratch directory first.
 """
@@ -15,12 +16,14 @@ import argparse
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from operators.kafka.admin import create_topics
 from sluice.processes import FlowProcesses, init_recovery
 from sluice.settings import FraudSettings
-from state.checkpoints import backup, summarize
+from state.checkpoints import backup, forget_sink_state, summarize
 
 DEFAULT_FLOW = "dataflows.fraud:from_env()"
 
@@ -42,14 +45,36 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+# every topic the fraud flow writes besides its decisions, and the suffix of the backfill's own copy
+_SIDE_TOPICS = {
+    "dlq_topic": "dlq",
+    "alarms_topic": "alarms",
+    "shadow_topic": "shadow",
+    "features_topic": "features",
+    "rationales_topic": "rationales",
+}
+
+
+def replay_settings(settings: FraudSettings, output_topic: str) -> FraudSettings:
+    """The live flow's settings with every output redirected: decisions to ``output_topic``, each other
+    output (dead letters, alarms, shadow decisions, the feature log, rationales) to ``<output_topic>-<kind>``;
+    an output the live flow has switched off stays off.
+
+    >>> s = replay_settings(FraudSettings(), "backfill")
+    >>> s.decisions_topic, s.dlq_topic, s.features_topic, s.transactions_topic
+    ('backfill', 'backfill-dlq', 'backfill-features', 'transactions')
+    """
+    redirected: dict[str, Any] = {
+        name: f"{output_topic}-{kind}" for name, kind in _SIDE_TOPICS.items() if getattr(settings, name)
+    }
+    return replace(settings, decisions_topic=output_topic, **redirected)
+
+
 def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
-    """Environment for a backfill flow: its own output topics and transactional ids, stop at the end
-    (no metrics server: the live flow's port is taken, and a backfill's alarms go to its own topic)."""
+    """Environment for a backfill flow: its own output topics (:func:`replay_settings`) and transactional ids,
+    stop at the end (no metrics server: the live flow's port is taken)."""
     return {
-        **settings.to_env(),
-        "SLUICE_DECISIONS_TOPIC": output_topic,
-        "SLUICE_DLQ_TOPIC": f"{output_topic}-dlq",
-        "SLUICE_ALARMS_TOPIC": f"{output_topic}-alarms",
+        **replay_settings(settings, output_topic).to_env(),
         "SLUICE_METRICS_PORT": "0",
         "SLUICE_TRANSACTIONAL_ID_PREFIX": f"replay-{output_topic}",
         "SLUICE_START_FROM": start_from,
@@ -60,36 +85,46 @@ def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exac
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
-    if args.output_topic in (settings.decisions_topic, settings.dlq_topic):
-        print("error: a replay must write to its own topic, not the live flow's", file=sys.stderr)
+    live = set(settings.output_topics()) | set(settings.input_topics())
+    if live & set(replay_settings(settings, args.output_topic).output_topics()):
+        print(
+            f"error: a replay must write to topics of its own, not the live flow's ({args.output_topic})",
+            file=sys.stderr,
+        )
         return 2
     start = "earliest"
     if args.from_offset is not None:
         start = f"offset:{args.from_offset}"
     elif args.from_time is not None:
         start = f"time:{args.from_time}"
-    partitions = settings.topic_partitions
-    create_topics(
-        settings.connection(),
-        {args.output_topic: partitions, f"{args.output_topic}-dlq": 1, f"{args.output_topic}-alarms": 1},
-    )
+    replayed = replay_settings(settings, args.output_topic)
+    outputs = set(replayed.output_topics())
+    create_topics(settings.connection(), {t: n for t, n in replayed.topics().items() if t in outputs})
     scratch = Path(tempfile.mkdtemp(prefix="sluice-replay-"))
     try:
         recovery: Path | None = None
         if args.from_backup:
             recovery = scratch / "recovery"
             shutil.copytree(args.from_backup, recovery)
+            forget_sink_state(recovery, set(settings.output_topics()))  # the backfill's sink writes elsewhere
         elif args.exactly_once:
             recovery = scratch / "recovery"
             init_recovery(recovery)
+        logs = scratch / "logs"
         flow = FlowProcesses(
             args.flow,
             replay_env(settings, args.output_topic, start, args.exactly_once),
             workers=args.workers,
             recovery_dir=recovery,
+            log_dir=logs,
         ).start()
         codes = flow.wait(timeout_s=args.timeout)
-        print(f"replay finished into {args.output_topic} (exit codes {codes})")
+        if max(codes) == 0:
+            print(f"replay finished into {args.output_topic}")
+            return 0
+        print(f"replay failed (exit codes {codes}); the end of its log:", file=sys.stderr)
+        for log_file in sorted(logs.glob("*.log")):
+            print("".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
         return max(codes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -117,3 +117,25 @@ def latest_state(recovery_dir: Path, step_id: str, key: str) -> object | None:
     if best is None:
         raise KeyError(f"no snapshot of {step_id}/{key} in {recovery_dir}")
     return pickle.loads(best[1]) if best[1] is not None else None
+
+
+def forget_sink_state(recovery_dir: Path, topics: set[str]) -> int:
+    """Delete the sink snapshots of ``topics``' partitions (state keys ``"topic:partition"``); how many rows went.
+
+    A backfill resumes a copy of the live flow's store but writes to its own
+    topics. The live sink's partitions are not among the backfill sink's, and
+    Bytewax refuses to resume a key that is not in the step's routing map
+    ("Key StateKey("decisions:3") is not in this worker's routing map"). The
+    window state and input offsets stay; the backfill's sink starts afresh.
+    """
+
+    def is_partition_of_topics(key: str) -> bool:
+        topic, sep, partition = key.rpartition(":")
+        return bool(sep) and partition.isdigit() and topic in topics
+
+    gone = 0
+    for path in _files(recovery_dir):
+        with sqlite3.connect(path) as db:
+            keys = [k for (k,) in db.execute("SELECT DISTINCT state_key FROM snaps") if is_partition_of_topics(k)]
+            gone += sum(db.execute("DELETE FROM snaps WHERE state_key = ?", (k,)).rowcount for k in keys)
+    return gone

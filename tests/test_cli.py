@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -48,6 +49,7 @@ def test_summary_figures_are_plain_numbers():
 
 
 def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tmp_path, capsys, monkeypatch):
+    settings = replace(settings, exactly_once=True)  # the README's sequence: an exactly-once flow's checkpoint
     recovery = tmp_path / "recovery"
     init_recovery(recovery)
     cases = [txn(f"r-{i}", f"card-{i % 5}", 10.0 + i, t_s=i) for i in range(20)]
@@ -66,8 +68,32 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
 
     assert main(["replay", "run", "--output-topic", settings.decisions_topic]) == 2  # never the live topic
     assert main(["replay", "backup", str(recovery), str(tmp_path / "backup")]) == 0
+    side = [settings.features_topic, settings.shadow_topic, settings.rationales_topic]
+    live_side = {topic: len(read_all(settings.connection(), topic)) for topic in side}
     backfill = f"{settings.decisions_topic}-backfill"
     assert main(["replay", "run", "--output-topic", backfill, "--from-offset", "0", "--timeout", "300"]) == 0
     replayed = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), backfill)}
     assert replayed == {c.event_id for c in cases}
     assert len(read_all(settings.connection(), settings.decisions_topic)) == 20  # the live output is untouched
+
+    # from the backup: the flow's state and input offsets resume, its sink starts afresh on the backfill's topic
+    later = [txn(f"r-later-{i}", f"card-{i % 5}", 50.0 + i, t_s=100 + i) for i in range(10)]
+    produce_txns(settings, later)
+    resumed = f"{settings.decisions_topic}-resumed"
+    args = ["replay", "run", "--output-topic", resumed, "--from-backup", str(tmp_path / "backup"), "--timeout", "300"]
+    assert main(args) == 0, capsys.readouterr().err
+    from_backup = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), resumed)}
+    assert {c.event_id for c in later} <= from_backup <= {c.event_id for c in [*cases, *later]}
+    assert len(read_all(settings.connection(), f"{resumed}-features")) >= len(later)  # its own feature log
+    assert {topic: len(read_all(settings.connection(), topic)) for topic in side} == live_side  # live ones untouched
+    assert main(["replay", "backup", str(recovery), str(tmp_path / "backup-2")]) == 0
+    assert init_recovery_refuses(tmp_path / "backup-2")
+
+
+def init_recovery_refuses(recovery: Path) -> bool:
+    """``init_recovery`` on a folder that holds a checkpoint says so in one line instead of replacing it."""
+    try:
+        init_recovery(recovery)
+    except ValueError as exc:
+        return "already holds a checkpoint" in str(exc) and "\n" not in str(exc)
+    return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import secrets
+import shutil
 import sys
 import time
 import urllib.request
@@ -89,31 +90,36 @@ def run(args: argparse.Namespace) -> int:
     stack = stack_from_env()
     print(f"starting local stack: kafka {stack.brokers}, redis {stack.redis_url}")
     stack.start()
-    WORK.mkdir(parents=True, exist_ok=True)
-    fraud = replace(FraudSettings.from_env(), brokers=stack.brokers, redis_url=stack.redis_url)
-    review = replace(
-        ReviewSettings.from_env(),
-        brokers=stack.brokers,
-        redis_url=stack.redis_url,
-        review_port=args.port,
-        review_credentials_file=str(WORK / "reviewers.json"),
-        review_session_secret=secrets.token_urlsafe(32),
-        review_token_key=secrets.token_urlsafe(32),
-        decisions_start_from="latest",
-    )
-    stack.create_topics(fraud.topics() | review.topics())
-    logins = write_reviewers(WORK / "reviewers.json")
-    recovery = WORK / "recovery"
-    init_recovery(recovery)
-    logs = WORK / "logs"
-    flows = [
-        FlowProcesses("dataflows.fraud:from_env()", fraud.to_env(), log_dir=logs / "fraud"),
-        FlowProcesses("dataflows.review:from_env()", review.to_env(), log_dir=logs / "review", recovery_dir=recovery),
-    ]
-    web = FlowProcesses(
-        "", review.to_env(), log_dir=logs / "web", program=[sys.executable, "-m", "sluice", "review", "serve"]
-    )
+    started: list[FlowProcesses] = []
     try:
+        WORK.mkdir(parents=True, exist_ok=True)
+        fraud = replace(FraudSettings.from_env(), brokers=stack.brokers, redis_url=stack.redis_url)
+        review = replace(
+            ReviewSettings.from_env(),
+            brokers=stack.brokers,
+            redis_url=stack.redis_url,
+            review_port=args.port,
+            review_credentials_file=str(WORK / "reviewers.json"),
+            review_session_secret=secrets.token_urlsafe(32),
+            review_token_key=secrets.token_urlsafe(32),
+            decisions_start_from="latest",
+        )
+        stack.create_topics(fraud.topics() | review.topics())
+        logins = write_reviewers(WORK / "reviewers.json")
+        recovery = WORK / "recovery"
+        shutil.rmtree(recovery, ignore_errors=True)  # the demo's broker starts empty: an old checkpoint means nothing
+        init_recovery(recovery)
+        logs = WORK / "logs"
+        flows = [
+            FlowProcesses("dataflows.fraud:from_env()", fraud.to_env(), log_dir=logs / "fraud"),
+            FlowProcesses(
+                "dataflows.review:from_env()", review.to_env(), log_dir=logs / "review", recovery_dir=recovery
+            ),
+        ]
+        web = FlowProcesses(
+            "", review.to_env(), log_dir=logs / "web", program=[sys.executable, "-m", "sluice", "review", "serve"]
+        )
+        started = [web, *flows]
         version = ensure_trained(fraud.model_path)
         print(f"model {version}; loaded {load_profiles(fraud, 7, 20_000)} card profiles")
         policy = demo_policy(args.sla_s)
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for flow in [web, *flows]:
+        for flow in started:
             flow.stop()
         stack.stop()
         print("\nstack stopped")
