@@ -106,6 +106,9 @@ class AnswerGenerator:
 
     def __init__(self, path: Path | str | None = None, device: str = "auto") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor progress bars in every flow's log say nothing
 
         self.path = Path(path) if path else ensure_converted(DEFAULT_LLM_DIR)
         self.device = pick_device(device)

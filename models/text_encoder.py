@@ -61,6 +61,9 @@ class TextEncoder:
         bf16: bool | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor progress bars in every flow's log say nothing
 
         self.path = Path(path) if path else bundled_encoder_path()
         self.device = pick_device(device)

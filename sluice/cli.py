@@ -168,7 +168,9 @@ def _observability_arguments(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="sluice",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -279,13 +281,18 @@ def add_deploy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # inside the try: a reader that left shows up here, not as a traceback at exit
+        return code
     except SettingsError as exc:
         for line in str(exc).splitlines():
             print(f"sluice: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sluice settings | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
