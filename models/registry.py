@@ -71,9 +71,15 @@ class ModelRegistry:
         return path
 
     def promote(self, version: str, reason: str = "") -> None:
-        """Serve ``version`` from now on (a running flow switches at its next checkpoint)."""
+        """Serve ``version`` from now on (a running flow switches at its next checkpoint).
+
+        Promoting the version in shadow ends the shadow: a flow would otherwise
+        score the served model a second time as its own candidate.
+        """
         self.folder(version)
         _write_atomically(self.root / "LATEST", version + "\n")
+        if self.candidate() == version:
+            self.shadow(None)
         entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "served": version, "reason": reason}
         with (self.root / "promotions.jsonl").open("a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -391,7 +391,7 @@ def ensure_trained(path: str | Path) -> str:
     served = registry.served()
     if served is not None and served in registry.versions():
         return served
-    print("no fraud model yet: training one (about 3-4 minutes on 2 cores, once; later runs reuse it)", flush=True)
+    print("no fraud model yet: training one (about 30 s on 2 idle cores, once; later runs reuse it)", flush=True)
     main(["--out", str(resolve(path)), "--promote"])
     served = registry.served()
     assert served is not None

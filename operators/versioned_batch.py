@@ -168,6 +168,9 @@ class VersionedBatchLogic(StatefulBatchLogic[X, Y, VersionedState[X]]):
         return self.fn(self.model, self.version, items)
 
     def on_batch(self, values: list[X]) -> tuple[list[Y], bool]:
+        # look for a newer version now (at most every check_every_s), so that its background load is done by the
+        # checkpoint that switches to it: one epoch after a promote instead of two
+        self.models.ready_version()
         return self.batches.on_batch(values)
 
     def on_notify(self) -> tuple[list[Y], bool]:

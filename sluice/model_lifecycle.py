@@ -50,13 +50,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.promote(args.version, reason=args.reason or "promoted by hand")
-    print(f"serving {args.version}: running flows switch at their next checkpoint")
+    print(
+        f"serving {args.version}: running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
+    )
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     version = _registry(args).rollback()
-    print(f"serving {version} again: running flows switch at their next checkpoint")
+    print(
+        f"serving {version} again: running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
+    )
     return 0
 
 

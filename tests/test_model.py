@@ -97,3 +97,20 @@ def test_band_routes_uncertain_scores_and_fired_rules():
 def test_profile_fallback_sets_the_flag():
     row = feature_row(txn("e", "c", 100.0, t_s=0), (1, 100, 1, 100, 1, 3600), None)
     assert len(row) == N_FEATURES and row[FEATURE_NAMES.index("profile_missing")] == 1.0
+
+
+def test_promoting_the_shadowed_version_ends_its_shadow_and_rollback_does_not_revive_it(tmp_path, model_dir):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(model_dir, root)
+    registry = ModelRegistry(root)
+    first = registry.served()
+    assert first is not None
+    second = "copy-of-" + first
+    shutil.copytree(root / first, root / second)
+    registry.shadow(second)
+    assert registry.candidate() == second
+    registry.promote(second, reason="test")
+    assert (registry.served(), registry.candidate()) == (second, None)  # never served and shadowed at once
+    assert registry.rollback() == first and registry.candidate() is None
