@@ -259,6 +259,9 @@ def stateful_set(flow: str, target: Target) -> Resource:
     if spec.models:
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": MODELS_CLAIM, "readOnly": True}})
+    else:  # the root filesystem is read-only: the LLM conversion and item caches write here, per pod
+        mounts.append({"name": "artifacts", "mountPath": MODELS_MOUNT})
+        volumes.append({"name": "artifacts", "emptyDir": {}})
     container = {
         "name": "flow",
         "image": target.image,

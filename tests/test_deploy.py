@@ -107,6 +107,11 @@ def test_each_flow_gets_its_cluster_settings_and_the_fraud_flow_its_model():
         claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
         assert f"sluice-{flow}-recovery" in claims
         assert ("sluice-models" in claims) == (flow == "fraud")
+        # the root filesystem is read-only, so whatever a flow writes under models/artifacts needs a volume
+        mounted = {m["mountPath"]: m for m in container(sts)["volumeMounts"]}
+        assert "/app/models/artifacts" in mounted
+        assert mounted["/app/models/artifacts"].get("readOnly", False) == (flow == "fraud")
+        assert container(sts)["securityContext"]["readOnlyRootFilesystem"] is True
         service = documents(rendered, f"{flow}/service.yaml")[0]
         assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
         # Prometheus scrapes every pod where the flow serves its own /metrics (no per-process offset in a pod)
