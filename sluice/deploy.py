@@ -405,23 +405,36 @@ def write(rendered: Mapping[str, str], out: Path) -> list[Path]:
     return written
 
 
-def topics_script(replication_factor: int, min_insync_replicas: int, env: Mapping[str, str] | None = None) -> str:
+def topics_script(
+    replication_factor: int,
+    min_insync_replicas: int,
+    env: Mapping[str, str] | None = None,
+    brokers: str = "",
+    command_config: str = "",
+) -> str:
     """``kafka-topics.sh`` commands creating every workflow's topics (names and partition counts from
     the ``SLUICE_*`` settings) with a real cluster's replication; ``sluice stack topics`` creates them
-    with one replica, which suits only a single-broker test cluster.
+    with one replica, which suits only a single-broker test cluster. ``brokers`` defaults to
+    ``SLUICE_BROKERS``; ``command_config`` is kafka-topics.sh's client properties file (SASL, TLS).
+    The topics whose latest record per key is the state (the assistant's documents, the review
+    cases) are compacted.
 
     >>> print(topics_script(3, 2, {"SLUICE_BROKERS": "k:9092"}).splitlines()[1])
     kafka-topics.sh --bootstrap-server k:9092 --create --if-not-exists --topic transactions --partitions 4 --replication-factor 3 --config min.insync.replicas=2
     """
     from sluice.local.stack import workflow_topics
+    from sluice.settings import AssistantSettings, ReviewSettings
 
-    brokers = FlowSettings.from_env(env).brokers
+    brokers = brokers or FlowSettings.from_env(env).brokers
+    compacted = {AssistantSettings.from_env(env).documents_topic, ReviewSettings.from_env(env).cases_topic}
+    client = f" --command-config {shlex.quote(command_config)}" if command_config else ""
     lines = [f"# every workflow's topics, replication factor {replication_factor}"]
     for topic, partitions in workflow_topics(dict(env) if env is not None else None).items():
+        compact = " --config cleanup.policy=compact" if topic in compacted else ""
         lines.append(
-            f"kafka-topics.sh --bootstrap-server {shlex.quote(brokers)} --create --if-not-exists"
+            f"kafka-topics.sh --bootstrap-server {shlex.quote(brokers)}{client} --create --if-not-exists"
             f" --topic {shlex.quote(topic)} --partitions {partitions} --replication-factor {replication_factor}"
-            f" --config min.insync.replicas={min_insync_replicas}"
+            f" --config min.insync.replicas={min_insync_replicas}{compact}"
         )
     return "\n".join(lines) + "\n"
 
@@ -454,7 +467,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    print(topics_script(args.replication_factor, args.min_insync_replicas), end="")
+    script = topics_script(
+        args.replication_factor, args.min_insync_replicas, brokers=args.brokers, command_config=args.command_config
+    )
+    print(script, end="")
     return 0
 
 
@@ -477,4 +493,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_out: str = "deploy/k8
     p = sub.add_parser("topics", help="kafka-topics.sh commands for every workflow's topics on a real cluster")
     p.add_argument("--replication-factor", type=int, default=3)
     p.add_argument("--min-insync-replicas", type=int, default=2)
+    p.add_argument("--brokers", default="", help="Kafka bootstrap servers (default: SLUICE_BROKERS)")
+    p.add_argument(
+        "--command-config", default="", help="kafka-topics.sh client properties (security.protocol, SASL, TLS)"
+    )
     p.set_defaults(fn=cmd_topics)
