@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,22 +91,36 @@ class ShadowReport:
     shadow_latency_p99_ms: float
 
 
-def _by_event(settings: FraudSettings, topic: str) -> dict[str, dict[str, Any]]:
-    out = {}
+def _by_event(settings: FraudSettings, topic: str, version: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each event's first decision on ``topic`` (by ``version`` only, when given): a replay or an
+    at-least-once restart decides an event again later, and that is not how it was decided live."""
+    out: dict[str, dict[str, Any]] = {}
     for m in read_all(settings.connection(), topic):
         body = orjson.loads(m.value() or b"{}")
-        if isinstance(body, dict) and "event_id" in body and "decision" in body:
-            out[str(body["event_id"])] = body
+        decided = isinstance(body, dict) and "event_id" in body and "decision" in body
+        if decided and (version is None or body.get("model_version") == version):
+            out.setdefault(str(body["event_id"]), body)
     return out
 
 
-def shadow_report(settings: FraudSettings) -> ShadowReport:
-    """Join decisions and shadow decisions by event id and compare them."""
-    shadow = _by_event(settings, settings.shadow_topic)
+def shadow_report(settings: FraudSettings, version: str | None = None) -> ShadowReport:
+    """Join decisions and the shadow decisions of one shadow ``version`` by event id and compare them.
+
+    ``version`` defaults to the registry's current candidate, else the version of the newest shadow
+    decision: the shadow topic keeps every earlier candidate's decisions too.
+    """
+    if version is None:
+        version = ModelRegistry(settings.model_path).candidate()
+    if version is None:
+        last = read_all(settings.connection(), settings.shadow_topic)[-1:]
+        version = str(orjson.loads(last[0].value() or b"{}").get("model_version")) if last else None
+    shadow = _by_event(settings, settings.shadow_topic, version)
     served = _by_event(settings, settings.decisions_topic)
     both = [(served[e], s) for e, s in shadow.items() if e in served]
     if not both:
-        raise SystemExit(f"no event has both a decision and a shadow decision (topic {settings.shadow_topic})")
+        raise SystemExit(
+            f"no event has both a decision and a shadow decision of {version} (topic {settings.shadow_topic})"
+        )
     changed: dict[str, int] = {}
     for a, b in both:
         if a["decision"] != b["decision"]:
@@ -132,7 +146,10 @@ def shadow_report(settings: FraudSettings) -> ShadowReport:
 
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
-    r = shadow_report(FraudSettings.from_env())
+    settings = FraudSettings.from_env()
+    if args.path:
+        settings = replace(settings, model_path=args.path)
+    r = shadow_report(settings, args.version or None)
     print(f"served {', '.join(r.served_versions)} vs shadow {', '.join(r.shadow_versions)} on {r.events:,} events")
     print(f"same decision: {r.agreement:.2%}; changed: {r.changed or 'none'}")
     print(f"score shift |shadow - served|: mean {r.mean_abs_score_shift:.4f}, p99 {r.p99_abs_score_shift:.4f}")
@@ -191,14 +208,15 @@ def add_arguments(model: argparse.ArgumentParser) -> None:
         return p
 
     command("list", "versions, which is served and shadowed, their held-out metrics", cmd_list)
-    p = command("promote", "serve VERSION (running flows switch at their next checkpoint)", cmd_promote)
+    p = command("promote", "serve VERSION (running flows switch at their next epoch end)", cmd_promote)
     p.add_argument("version")
     p.add_argument("--reason", default="")
     command("rollback", "serve the previously served version again", cmd_rollback)
     p = command("shadow", "score VERSION beside the served one, into the shadow topic", cmd_shadow)
     p.add_argument("version")
     command("unshadow", "stop shadowing", cmd_unshadow)
-    command("shadow-report", "served vs shadow decisions on the same events", cmd_shadow_report)
+    p = command("shadow-report", "served vs shadow decisions on the same events", cmd_shadow_report)
+    p.add_argument("--version", default="", help="the shadow version to report (default: the current candidate)")
 
 
 def add_train_from_log_arguments(p: argparse.ArgumentParser) -> None:

@@ -177,6 +177,10 @@ def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(settings
     changed = sum(report.changed.values())
     assert report.agreement == round(1 - changed / report.events, 4) and report.agreement > 0.9
     assert report.mean_abs_score_shift > 0  # two different models: not the same scores
+    reg.shadow(None)  # no candidate now: the report is about the newest shadow decisions' version
+    assert shadow_report(s).shadow_versions == [v2]
+    with pytest.raises(SystemExit, match="no-such-version"):  # another candidate's session holds no events
+        shadow_report(s, version="no-such-version")
 
 
 def _offline_rows(seed: int, n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
