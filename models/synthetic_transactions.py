@@ -99,6 +99,14 @@ class TransactionStream:
 
     ``mean_gap_ms`` is the average event-time spacing between events (event time
     is simulated, so windows see realistic per-card rates at any send rate).
+    ``start_ms`` is where the event clock starts: the default gives the same stream
+    every time; another start (say, now) gives events later than an earlier run's,
+    with event ids of their own, so a flow that has seen that run takes them as new.
+
+    >>> later = TransactionStream(7, n_cards=10, start_ms=START_MS + 86_400_000)
+    >>> (first, _), (again, _) = next(iter(TransactionStream(7, n_cards=10))), next(iter(later))
+    >>> again.event_time_ms - first.event_time_ms, first.event_id == again.event_id
+    (86400000, False)
     """
 
     def __init__(
@@ -109,8 +117,10 @@ class TransactionStream:
         mean_gap_ms: float = 50.0,
         disorder_rate: float = 0.01,
         shift: Shift | None = None,
+        start_ms: int = START_MS,
     ) -> None:
         self.seed = seed
+        self.start_ms = start_ms
         self.shift = shift
         self._shift_rng = random.Random(f"shift-{seed}")
         self.cards = make_cards(n_cards, seed)
@@ -126,7 +136,7 @@ class TransactionStream:
         """Yield ``(transaction, fraud pattern or None)`` forever."""
         rng = random.Random(f"events-{self.seed}")
         self._shift_rng = random.Random(f"shift-{self.seed}")
-        clock = float(START_MS)
+        clock = float(self.start_ms)
         pending: list[tuple[float, int, Card, str]] = []  # scheduled events of running fraud patterns
         seq = 0
         while True:
@@ -161,7 +171,7 @@ class TransactionStream:
         return [(rng.uniform(20_000, 600_000), pattern) for _ in range(rng.randint(0, 2))]
 
     def _event_id(self, seq: int) -> str:
-        return f"{self.seed}-{seq}"
+        return f"{self.seed}-{seq}" if self.start_ms == START_MS else f"{self.seed}-{self.start_ms}-{seq}"
 
     def _jitter(self, rng: random.Random, event_ms: int) -> int:
         if rng.random() < self.disorder_rate:

@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     _transaction_arguments(p, count=100_000, rate=5000, malformed=0.0, label_delay_s=600.0)
     p.add_argument("--shift-amounts", type=float, default=1.0, help="multiply every amount (a drift test)")
     p.add_argument("--shift-foreign", type=float, default=0.0, help="share of events moved abroad (a drift test)")
+    p.add_argument(
+        "--start-time",
+        default="",
+        help="event time of the stream's start: 'now' or epoch ms (default 2026-01-01, the same stream every run); "
+        "'now' sends events a flow that saw an earlier run takes as new, not late or repeated",
+    )
     p.set_defaults(fn=_lazy("sluice.local.transactions"))
     p = produce.add_parser("profiles", help="the synthetic cards' profiles into Redis")
     p.add_argument("--seed", type=int, default=7)

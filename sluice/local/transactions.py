@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
+import time
 from collections.abc import Iterator
 
 import orjson
 from confluent_kafka import Producer
 
-from models.synthetic_transactions import Shift, TransactionStream
+from models.synthetic_transactions import START_MS, Shift, TransactionStream
 from models.transaction import Transaction
 from operators.kafka.records import KafkaRecord
 from sluice.harness.loadgen import send_open_loop
-from sluice.settings import FraudSettings
+from sluice.settings import FraudSettings, SettingsError
 
 
 class PreparedEvent:
@@ -93,11 +94,26 @@ def sender(settings: FraudSettings) -> Producer:
     return Producer(settings.connection().producer_config())
 
 
+def start_of(text: str) -> int:
+    """The event clock's start for ``--start-time``: ``now``, epoch milliseconds, or empty for the default.
+
+    >>> start_of("") == START_MS, start_of("1767225600000"), start_of("now") > START_MS
+    (True, 1767225600000, True)
+    """
+    if not text:
+        return START_MS
+    if text == "now":
+        return int(time.time() * 1000)
+    if not text.isdigit():
+        raise SettingsError(f"--start-time {text!r}: use 'now' or epoch milliseconds")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
     shifted = args.shift_amounts != 1.0 or args.shift_foreign > 0
     shift = Shift(args.shift_amounts, args.shift_foreign) if shifted else None
-    stream = TransactionStream(args.seed, n_cards=args.cards, shift=shift)
+    stream = TransactionStream(args.seed, n_cards=args.cards, shift=shift, start_ms=start_of(args.start_time))
     report = send_open_loop(
         sender(settings),
         event_records(stream, settings, args.malformed_rate, args.label_delay_s),
