@@ -210,7 +210,13 @@ def render() -> str:
     return json.dumps(dashboard(), indent=1) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sluice.dashboard``: write the dashboard JSON (``make dashboard`` does this)."""
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m sluice.dashboard", description=f"Write the Grafana dashboard of every flow to {DASHBOARD}."
+    ).parse_args(argv)
     DASHBOARD.parent.mkdir(parents=True, exist_ok=True)
     DASHBOARD.write_text(render())
     print(f"wrote {DASHBOARD}")

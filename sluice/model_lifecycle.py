@@ -71,8 +71,10 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 
 def cmd_unshadow(args: argparse.Namespace) -> int:
-    _registry(args).shadow(None)
-    print("nothing shadowed")
+    registry = _registry(args)
+    was = registry.candidate()
+    registry.shadow(None)
+    print(f"stopped shadowing {was}" if was else "no version was shadowed")
     return 0
 
 

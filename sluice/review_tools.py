@@ -52,6 +52,9 @@ def add_reviewer(args: argparse.Namespace) -> int:
     except (CredentialsError, ValueError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
+    except EOFError:  # Ctrl-D at the password prompt, or nothing on stdin
+        print("sluice: error: no password given; nothing saved", file=sys.stderr)
+        return 2
     reviewers.save(path)
     print(f"{args.id} ({args.role}) saved in {path} ({len(reviewers)} reviewer(s))")
     return 0
