@@ -63,11 +63,13 @@ def encoder_in(precision: str) -> TextEncoder:
     return shared_encoder("cpu", int8=precision == "int8-rowwise", bf16=precision == "bf16")
 
 
-def test_bf16_vectors_stay_within_0_9999_of_fp32_so_they_share_an_index():
+def test_bf16_vectors_stay_within_0_9998_of_fp32_so_they_share_an_index():
+    """bf16 against fp32: >= 0.99992 on an AMX CPU, 0.99989 on an AVX512-BF16 one (its bf16 dot products
+    round differently); both are far closer than any two different texts, so the two share an index."""
     texts = ["How do I read and write JSON?", "What does the with statement do?", "hi there!", "heapq merge"]
     fp32, bf16 = encoder_in("fp32"), encoder_in("bf16")
     cosines = (fp32.encode(texts) * bf16.encode(texts)).sum(axis=1)
-    assert cosines.min() >= 0.9999, cosines
+    assert cosines.min() >= 0.9998, cosines
     assert (bf16.name, bf16.precision, fp32.precision) == (fp32.name, "bf16", "fp32")
 
 
