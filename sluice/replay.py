@@ -70,13 +70,13 @@ def replay_settings(settings: FraudSettings, output_topic: str) -> FraudSettings
     return replace(settings, decisions_topic=output_topic, **redirected)
 
 
-def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exactly_once: bool) -> dict[str, str]:
-    """Environment for a backfill flow: its own output topics (:func:`replay_settings`) and transactional ids,
-    stop at the end (no metrics server: the live flow's port is taken)."""
+def replay_env(replayed: FraudSettings, start_from: str, exactly_once: bool) -> dict[str, str]:
+    """Environment for a backfill flow with ``replayed`` settings (:func:`replay_settings`): its own transactional
+    ids, stop at the end (no metrics server: the live flow's port is taken)."""
     return {
-        **replay_settings(settings, output_topic).to_env(),
+        **replayed.to_env(),
         "SLUICE_METRICS_PORT": "0",
-        "SLUICE_TRANSACTIONAL_ID_PREFIX": f"replay-{output_topic}",
+        "SLUICE_TRANSACTIONAL_ID_PREFIX": f"replay-{replayed.decisions_topic}",
         "SLUICE_START_FROM": start_from,
         "SLUICE_STOP_AT_END": "1",
         "SLUICE_EXACTLY_ONCE": "1" if exactly_once else "0",
@@ -85,8 +85,9 @@ def replay_env(settings: FraudSettings, output_topic: str, start_from: str, exac
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
-    live = set(settings.output_topics()) | set(settings.input_topics())
-    if live & set(replay_settings(settings, args.output_topic).output_topics()):
+    replayed = replay_settings(settings, args.output_topic)
+    outputs = set(replayed.output_topics())
+    if outputs & (set(settings.output_topics()) | set(settings.input_topics())):
         print(
             f"error: a replay must write to topics of its own, not the live flow's ({args.output_topic})",
             file=sys.stderr,
@@ -97,8 +98,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         start = f"offset:{args.from_offset}"
     elif args.from_time is not None:
         start = f"time:{args.from_time}"
-    replayed = replay_settings(settings, args.output_topic)
-    outputs = set(replayed.output_topics())
     create_topics(settings.connection(), {t: n for t, n in replayed.topics().items() if t in outputs})
     scratch = Path(tempfile.mkdtemp(prefix="sluice-replay-"))
     try:
@@ -113,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logs = scratch / "logs"
         flow = FlowProcesses(
             args.flow,
-            replay_env(settings, args.output_topic, start, args.exactly_once),
+            replay_env(replayed, start, args.exactly_once),
             workers=args.workers,
             recovery_dir=recovery,
             log_dir=logs,
