@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -154,17 +155,12 @@ def _length_batches(lengths: list[int], batch_size: int, multiple: int | None) -
     ([[0, 2], [1, 3]], [[0, 2], [1], [3]])
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    if multiple is None:
-        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    batches: list[list[int]] = []
-    for i in order:
-        padded = -(-lengths[i] // multiple) * multiple
-        last = batches[-1] if batches else None
-        if last is None or len(last) == batch_size or -(-lengths[last[0]] // multiple) * multiple != padded:
-            batches.append([i])
-        else:
-            last.append(i)
-    return batches
+    padded = [-(-n // multiple) * multiple for n in lengths] if multiple else [0] * len(lengths)
+    return [
+        rows[start : start + batch_size]
+        for rows in (list(group) for _, group in itertools.groupby(order, key=padded.__getitem__))
+        for start in range(0, len(rows), batch_size)
+    ]
 
 
 @functools.cache
