@@ -36,9 +36,10 @@ def convert(out_dir: Path = DEFAULT_LLM_DIR) -> Path:
     """De-quantize the GGUF once (fp32) and save model + tokenizer + chat template as safetensors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor progress bars in every flow's log say nothing
+    from models.devices import quiet_loading  # here, like torch: importing this module stays cheap
+
+    quiet_loading()
 
     src = bundled_gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF_FILE)

@@ -1,4 +1,4 @@
-"""Where models run: CUDA when present, else CPU."""
+"""Where models run: CUDA when present, else CPU; and their loading, without progress bars."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def pick_device(setting: str = "auto") -> torch.device:
                 f"SLUICE_DEVICE={setting} but only {torch.cuda.device_count()} CUDA device(s) are present"
             )
     return device
+
+
+def quiet_loading() -> None:
+    """Turn off transformers' per-tensor progress bars (they fill every flow's log and say nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

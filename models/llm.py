@@ -18,7 +18,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from models.convert_llm import DEFAULT_LLM_DIR, ensure_converted
-from models.devices import pick_device
+from models.devices import pick_device, quiet_loading
 
 Message = dict[str, str]
 
@@ -106,9 +106,8 @@ class AnswerGenerator:
 
     def __init__(self, path: Path | str | None = None, device: str = "auto") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # per-tensor progress bars in every flow's log say nothing
+        quiet_loading()
 
         self.path = Path(path) if path else ensure_converted(DEFAULT_LLM_DIR)
         self.device = pick_device(device)

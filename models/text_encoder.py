@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.devices import pick_device
+from models.devices import pick_device, quiet_loading
 from models.int8_linear import quantize_rowwise
 from models.packed_linear import pack_bf16_linears
 
@@ -64,9 +64,8 @@ class TextEncoder:
         bf16: bool | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # per-tensor progress bars in every flow's log say nothing
+        quiet_loading()
 
         self.path = Path(path) if path else bundled_encoder_path()
         self.device = pick_device(device)
