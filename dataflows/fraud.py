@@ -235,6 +235,11 @@ def _decision_body(s: Scored) -> dict[str, Any]:
     return body
 
 
+def _output_headers(source: SourceRecord) -> Headers:
+    """What a decision-like record carries besides its body: the input's identity and its trace."""
+    return [source.identity(), *trace_headers(source)]
+
+
 def decision_records(batch: list[Scored], settings: FraudSettings) -> list[KafkaRecord]:
     """Each decision, and its feature-log record when the log is on.
 
@@ -249,7 +254,7 @@ def decision_records(batch: list[Scored], settings: FraudSettings) -> list[Kafka
         txn, source = s.item.event.txn, s.item.event.source
         body = _decision_body(s)
         body["decided_at"] = decided_ms
-        headers = [source.identity(), *trace_headers(source)]
+        headers = _output_headers(source)
         out.append(KafkaRecord(decisions_topic, txn.card_id.encode(), orjson.dumps(body), headers))
         if features_topic:
             logged = feature_log_body(
@@ -374,14 +379,7 @@ def shadow_batch(
     for s in cascade_batch(cascade, version, items, policy):
         body = _decision_body(s) | {"decided_at": decided_ms, "shadow": True}
         txn = s.item.event.txn
-        out.append(
-            KafkaRecord(
-                topic,
-                txn.card_id.encode(),
-                orjson.dumps(body),
-                [s.item.event.source.identity(), *trace_headers(s.item.event.source)],
-            )
-        )
+        out.append(KafkaRecord(topic, txn.card_id.encode(), orjson.dumps(body), _output_headers(s.item.event.source)))
     return out
 
 
