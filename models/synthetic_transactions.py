@@ -121,6 +121,8 @@ class TransactionStream:
     ) -> None:
         self.seed = seed
         self.start_ms = start_ms
+        # event ids: "<seed>-<n>" for the default stream (as ever), "<seed>-<start>-<n>" for any other start
+        self._id_prefix = f"{seed}-" if start_ms == START_MS else f"{seed}-{start_ms}-"
         self.shift = shift
         self._shift_rng = random.Random(f"shift-{seed}")
         self.cards = make_cards(n_cards, seed)
@@ -171,7 +173,7 @@ class TransactionStream:
         return [(rng.uniform(20_000, 600_000), pattern) for _ in range(rng.randint(0, 2))]
 
     def _event_id(self, seq: int) -> str:
-        return f"{self.seed}-{seq}" if self.start_ms == START_MS else f"{self.seed}-{self.start_ms}-{seq}"
+        return f"{self._id_prefix}{seq}"
 
     def _jitter(self, rng: random.Random, event_ms: int) -> int:
         if rng.random() < self.disorder_rate:
