@@ -47,20 +47,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# when a promote or rollback takes effect (operators/versioned_batch.py)
+SWITCH = "running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     registry.promote(args.version, reason=args.reason or "promoted by hand")
-    print(
-        f"serving {args.version}: running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
-    )
+    print(f"serving {args.version}: {SWITCH}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     version = _registry(args).rollback()
-    print(
-        f"serving {version} again: running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
-    )
+    print(f"serving {version} again: {SWITCH}")
     return 0
 
 
