@@ -299,6 +299,7 @@ def one_run(
         ReviewSettings(),
         brokers=stack.brokers,
         decisions_topic=fraud.decisions_topic,
+        rationale_topic=fraud.rationales_topic,
         decisions_start_from="latest",
         broker_profile=fraud.broker_profile,
         topic_partitions=fraud.topic_partitions,

@@ -642,7 +642,7 @@ class ReviewSettings(FlowSettings):
     final_decisions_topic: str = setting("final-decisions", "one final decision per case out", check=_topic)
     audit_topic: str = setting("audit", "hash-chained audit records out", check=_topic)
     rationale_topic: str = setting(
-        "", "optional: model rationales keyed by event id, shown on case pages (empty: none)", check=_optional_topic
+        "fraud-rationales", "the fraud flow's analyst notes, shown on case pages (empty: none)", check=_optional_topic
     )
     dlq_topic: str = setting("review-dead-letters", "dead-letter topic", check=_topic)
     exactly_once: bool = setting(True, "transactional output, one transaction per epoch (needs -r)")
@@ -682,10 +682,12 @@ class ReviewSettings(FlowSettings):
 
     def with_own_topics(self, tag: str) -> ReviewSettings:
         """These settings with every topic the review chain owns, and its transactional ids, suffixed by
-        ``-tag`` (tests, benchmarks, a second chain beside the first); the fraud decisions it reads are kept."""
+        ``-tag`` (tests, benchmarks, a second chain beside the first); the fraud flow's decisions and notes it
+        reads are kept."""
         import dataclasses
 
-        owned = [f.name for f in self.settings_fields() if f.name.endswith("_topic") and f.name != "decisions_topic"]
+        read_from_fraud = {"decisions_topic", "rationale_topic"}
+        owned = [f.name for f in self.settings_fields() if f.name.endswith("_topic") and f.name not in read_from_fraud]
         renamed: dict[str, Any] = {name: f"{getattr(self, name)}-{tag}" for name in owned if getattr(self, name)}
         return dataclasses.replace(self, transactional_id_prefix=f"{self.transactional_id_prefix}-{tag}", **renamed)
 

@@ -38,10 +38,13 @@ def review_settings(stack: LocalStack, **overrides: Any) -> ReviewSettings:
         ReviewSettings(),
         brokers=stack.brokers,
         redis_url=stack.redis_url,
-        decisions_topic=f"rv-decisions-{tag}",
-        topic_partitions=2,
-        review_token_key=TOKEN_KEY,
-        **overrides,
+        **{
+            "decisions_topic": f"rv-decisions-{tag}",
+            "rationale_topic": f"rv-rationales-{tag}",
+            "topic_partitions": 2,
+            "review_token_key": TOKEN_KEY,
+            **overrides,
+        },
     ).with_own_topics(tag)
     create_topics(s.connection(), s.topics())
     return s

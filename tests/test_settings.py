@@ -14,6 +14,7 @@ from sluice.settings import (
     FlowSettings,
     FraudSettings,
     PersonalizeSettings,
+    ReviewSettings,
     SettingsError,
     env_name,
     update_readme_tables,
@@ -82,6 +83,14 @@ def test_every_workflow_owns_its_topics():
     assert "fraud-features" not in replace(fraud, features_topic="").topics()  # optional outputs can be off
     assert assistant.topics()["documents"] == 1  # one partition: versions stay ordered
     assert set(assistant.input_topics()) == {"documents", "chat-requests"}
+
+
+def test_the_review_chain_reads_the_fraud_flows_decisions_and_notes_by_default():
+    fraud, review = FraudSettings(), ReviewSettings()
+    assert (review.decisions_topic, review.rationale_topic) == (fraud.decisions_topic, fraud.rationales_topic)
+    own = review.with_own_topics("t1")
+    assert (own.decisions_topic, own.rationale_topic) == (fraud.decisions_topic, fraud.rationales_topic)
+    assert own.cases_topic == "review-cases-t1"
 
 
 @pytest.mark.parametrize("cls", FlowSettings.all_classes, ids=lambda c: c.__name__)
