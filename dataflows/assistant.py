@@ -348,7 +348,7 @@ def error_reply(settings: AssistantSettings, dead: DeadLetter) -> KafkaRecord | 
 def index_record(settings: AssistantSettings, tagged: tuple[Position | None, IndexChange | IndexReady]) -> KafkaRecord:
     position, event = tagged
     if isinstance(event, IndexReady):
-        log.warning(
+        log.info(
             "knowledge index ready: %d documents, %d chunks (%d indexed in %.1fs)",
             event.doc_count,
             event.chunk_count,

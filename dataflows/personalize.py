@@ -231,9 +231,7 @@ class CatalogueReplica:
         self._popular_candidates: dict[str, list[Candidate]] = {}
         started = time.perf_counter()
         loaded = self._load(dim)
-        log.warning(
-            "index replica %s: %d items loaded from Redis in %.1fs", name, loaded, time.perf_counter() - started
-        )
+        log.info("index replica %s: %d items loaded from Redis in %.1fs", name, loaded, time.perf_counter() - started)
 
     def _load(self, dim: int) -> int:
         store: FeatureStore[ItemRecord] = FeatureStore(

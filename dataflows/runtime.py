@@ -31,6 +31,9 @@ from state.feature_store import RedisUnavailable, check_redis
 
 S = TypeVar("S", bound=FlowSettings)
 
+# Sluice's own loggers take SLUICE_LOG_LEVEL; every other library stays at WARNING.
+PROJECT_LOGGERS = ("sluice", "dataflows", "operators", "state", "models")
+
 STARTUP_ERRORS = (
     SettingsError,
     BrokerUnreachable,
@@ -39,6 +42,17 @@ STARTUP_ERRORS = (
     DeviceUnavailable,
     FileNotFoundError,
 )
+
+
+def configure_logging(level: str) -> None:
+    """Sluice's own loggers log from ``level`` (``SLUICE_LOG_LEVEL``); libraries keep WARNING.
+
+    Lines a user wants by default (the knowledge index is ready, a replica loaded its items, a
+    transactional sink skips what a crashed run already committed) are INFO: at the root's WARNING
+    they were either lost or had to be logged as warnings they are not.
+    """
+    for package in PROJECT_LOGGERS:
+        logging.getLogger(package).setLevel(level.upper())
 
 
 def tune_gc(settings: FlowSettings) -> None:
@@ -125,6 +139,7 @@ def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redi
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_cls.from_env()
+        configure_logging(settings.log_level)
         preflight(settings, redis=redis)
         flow = build(settings)
         observability.start(settings, flow.flow_id)

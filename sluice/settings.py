@@ -194,6 +194,10 @@ class FlowSettings:
         3600.0, "a full garbage collection (its pause grows with the keyed state) every this many seconds; 0: never",
         minimum=0.0,
     )  # fmt: skip
+    log_level: str = setting(
+        "info", "Sluice's own log lines (index ready, checkpoint skips, full collections); libraries log warnings",
+        choices=("debug", "info", "warning", "error"),
+    )  # fmt: skip
     connect_timeout_s: float = setting(15.0, "how long start-up waits for Kafka and Redis before failing", minimum=0.1)
     outage_timeout_s: float = setting(
         60.0, "a running flow whose broker or input topic stays gone this long exits (code 3)", minimum=1.0
