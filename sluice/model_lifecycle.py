@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,16 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(epoch_ms: int) -> str:
+    """An event-time instant as people read it, with the number the options take.
+
+    >>> _utc(1767225600000)
+    '2026-01-01 00:00:00 UTC (1767225600000)'
+    """
+    at = datetime.fromtimestamp(epoch_ms / 1000.0, tz=UTC)
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC ({epoch_ms})"
+
+
 def cmd_train_from_log(args: argparse.Namespace) -> int:
     """``sluice train fraud --from-log``: the feature log joined with chargebacks and verdicts, as of now."""
     from models.fraud_feature_log import LabelBook, join_labels, parse_feature_log
@@ -178,7 +189,7 @@ def cmd_train_from_log(args: argparse.Namespace) -> int:
     as_of = int(args.as_of_ms or book.known_until() or time.time() * 1000)
     data = join_labels(logged, book, as_of_ms=as_of, maturity_ms=int(args.maturity_s * 1000))
     print(
-        f"{len(logged):,} logged decisions, {len(data):,} with a known label as of {as_of} "
+        f"{len(logged):,} logged decisions, {len(data):,} with a known label as of {_utc(as_of)} "
         f"({int(data.labels.sum()):,} fraud); {int(data.has_sequence.sum()):,} with a sequence"
     )
     if len(data) < args.min_events or data.labels.sum() < 10:
