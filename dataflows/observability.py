@@ -118,7 +118,12 @@ def health_rules(settings: FlowSettings) -> HealthRules:
 
 
 def drift_settings(settings: FlowSettings) -> DriftSettings:
-    return DriftSettings(settings.drift_psi, timedelta(seconds=settings.drift_window_s), settings.drift_min_count)
+    return DriftSettings(
+        settings.drift_psi,
+        timedelta(seconds=settings.drift_window_s),
+        settings.drift_min_count,
+        settings.drift_warmup_windows,
+    )
 
 
 def alarm_records(

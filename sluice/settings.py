@@ -245,6 +245,10 @@ class FlowSettings:
     drift_min_count: int = setting(
         500, "scores a window needs before its drift is judged", minimum=1, group=OBSERVABILITY
     )
+    drift_warmup_windows: int = setting(
+        1, "a model's first judged windows are not alarmed on: windowed state starts empty", minimum=0,
+        group=OBSERVABILITY,
+    )  # fmt: skip
     kafka: Mapping[str, str] = field(default_factory=dict)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

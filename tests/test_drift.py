@@ -4,6 +4,7 @@ shifted and an unshifted stream, and the health rules on snapshot series."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -93,6 +94,21 @@ def test_drift_that_goes_away_is_resolved_once(scorer):
     run = run_drift(normal + shifted + shifted + normal + normal, reference, settings)
     score = [a.state for a in run.alarms if a.subject.endswith(":score")]
     assert score == ["firing", "resolved"]
+
+
+def test_a_models_first_window_is_a_warm_up_that_raises_no_alarm(scorer):
+    """A flow that starts from nothing has every card's history empty in its first window. That window's
+    PSI is exported but not alarmed on: a stream shifted from its first event fires one window later than
+    it would without the warm-up, and in the same place as when the first window is normal."""
+    reference = reference_of(scorer, seed=101, events=8_000)
+    settings = DriftSettings(threshold=0.2, window=timedelta(minutes=2), min_count=500)
+    shifted = list(scored_batches(scorer, 303, 8_192, SHIFT))
+
+    def first_firing(run_settings: DriftSettings) -> float:
+        return min(a.at_ms for a in run_drift(shifted, reference, run_settings).alarms if a.state == "firing")
+
+    without = first_firing(replace(settings, warmup_windows=0))
+    assert first_firing(settings) - without == settings.window.total_seconds() * 1000.0
 
 
 def _snapshots(points: Sequence[tuple[float, float, int, int, int, int]]) -> list[HealthSnapshot]:
