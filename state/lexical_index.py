@@ -19,7 +19,8 @@ import numpy as np
 
 # Words and identifiers, numbers, and operator symbols ("//", "**", "+=", "~", ">>"): questions about
 # Python are often about an operator, which a word-only tokenizer would drop.
-_TOKEN = re.compile(r"[a-z_][a-z0-9_]*|\d+|[-+*/%@&|^~<>=!]+")
+# Words are Unicode letters: a document in another script still has terms to find it by.
+_TOKEN = re.compile(r"[^\W\d]\w*|\d+|[-+*/%@&|^~<>=!]+")
 # Common English and question words carry no evidence for a documentation passage. Python's own
 # keywords ("with", "for", "if", "in", "is", "not", "and", "or", "as", "from", ...) are NOT stopwords
 # here: in questions about Python they are usually the subject.
@@ -39,6 +40,8 @@ def terms(text: str) -> list[str]:
 
     >>> terms("How do I use __enter__ with the 'with' statement? And x // 2?")
     ['__enter__', 'with', 'with', 'statement', 'and', 'x', '//', '2']
+    >>> terms("Оператор with и café")
+    ['оператор', 'with', 'и', 'café']
     """
     return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
 
@@ -86,7 +89,7 @@ class LexicalIndex:
         if length is None:
             return
         self._total_length -= length
-        for term in self._chunk_terms.pop(chunk_id):
+        for term in self._chunk_terms.pop(chunk_id, ()):  # a chunk without terms has none
             self._arrays.pop(term, None)
             posting = self.postings[term]
             del posting[chunk_id]
@@ -144,8 +147,9 @@ class LexicalIndex:
         idx = cls()
         idx.postings = {t: dict(p) for t, p in state["postings"].items()}
         idx.lengths = dict(state["lengths"])
+        idx._chunk_terms = {cid: [] for cid in idx.lengths}  # chunks without terms are in no posting
         for term, posting in idx.postings.items():
             for cid in posting:
-                idx._chunk_terms.setdefault(cid, []).append(term)
+                idx._chunk_terms[cid].append(term)
         idx._total_length = sum(idx.lengths.values())
         return idx
