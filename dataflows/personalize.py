@@ -507,8 +507,11 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
     rules = parse_or_dead_letter("parse_rules", op.input("rules", flow, source(settings.rules_topic)), parse_rule_set)
 
     # Interactions: the item from Redis, then each user's taste (written through) and popularity
+    max_ahead_ms = settings.max_event_ahead_s * 1000.0
     interactions = parse_or_dead_letter(
-        "parse_interactions", op.input("interactions", flow, source(settings.interactions_topic)), parse_interaction
+        "parse_interactions",
+        op.input("interactions", flow, source(settings.interactions_topic)),
+        lambda raw: parse_interaction(raw, time.time() * 1000.0 + max_ahead_ms),
     )
     looked_up = enrich_batch(
         "items",

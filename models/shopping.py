@@ -200,11 +200,20 @@ class Interaction:
         return orjson.dumps(body)
 
 
-def parse_interaction(raw: bytes | None) -> Interaction:
-    """Decode and validate an interaction.
+def parse_interaction(raw: bytes | None, latest_ms: float = math.inf) -> Interaction:
+    """Decode and validate an interaction; one dated after ``latest_ms`` is refused.
+
+    The flow passes the clock plus ``SLUICE_MAX_EVENT_AHEAD_S`` as ``latest_ms``: decayed
+    state keeps its sums at the newest event time, so one event dated years ahead (a
+    time sent in microseconds) would decay every count of its user, and of the
+    popularity ranking, to nothing.
 
     >>> parse_interaction(b'{"user_id": "u1", "item_id": "i9", "kind": "click", "time": 1000}')
     Interaction(user_id='u1', item_id='i9', kind=<Kind.CLICK: 'click'>, event_time_ms=1000.0)
+    >>> parse_interaction(b'{"user_id": "u1", "item_id": "i9", "kind": "click", "time": 1700000000000000}', 2e12)
+    Traceback (most recent call last):
+    ...
+    models.wire.InvalidEvent: time is 1700000000000000 ms, after the latest accepted 2000000000000 ms (SLUICE_MAX_EVENT_AHEAD_S ahead of the clock)
     >>> parse_interaction(b'{"user_id": "u1", "item_id": "i9", "kind": "like", "time": 1000}')
     Traceback (most recent call last):
     ...
@@ -217,7 +226,13 @@ def parse_interaction(raw: bytes | None) -> Interaction:
         kind = Kind(raw_kind if isinstance(raw_kind, str) else "")
     except ValueError:
         raise InvalidEvent(f"kind must be one of {', '.join(k.value for k in Kind)}") from None
-    return Interaction(user, item, kind, _millis(body, "time"))
+    at_ms = _millis(body, "time")
+    if at_ms > latest_ms:
+        raise InvalidEvent(
+            f"time is {at_ms:.0f} ms, after the latest accepted {latest_ms:.0f} ms "
+            "(SLUICE_MAX_EVENT_AHEAD_S ahead of the clock)"
+        )
+    return Interaction(user, item, kind, at_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -594,6 +594,10 @@ class PersonalizeSettings(FlowSettings):
     max_fetch: int = setting(300, "most candidates searched for one request", minimum=1)
     max_k: int = setting(100, "largest k a request may ask for", minimum=1)
     popularity_half_life_s: float = setting(900.0, "popularity counts halve every this many seconds", minimum=1.0)
+    max_event_ahead_s: float = setting(
+        3600.0, "an interaction dated further ahead of the clock is dead-lettered (it would decay all counts)",
+        minimum=0.0,
+    )  # fmt: skip
     popularity_top_n: int = setting(200, "popular items kept per category", minimum=1)
     popularity_emit_ms: float = setting(
         1000.0, "how often a category's popularity is re-sent to the replicas", minimum=1.0

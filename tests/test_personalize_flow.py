@@ -216,8 +216,11 @@ def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):
     settings, flow, shop = running
     produce(settings, [(b"x", b"not json"), (b"x", orjson.dumps({"request_id": "r", "user_id": "u1", "k": 0}))],
             settings.requests_topic)  # fmt: skip
-    produce(settings, [(b"u1", orjson.dumps({"user_id": "u1", "item_id": "no-such-item", "kind": "view", "time": 1}))],
-            settings.interactions_topic)  # fmt: skip
+    in_microseconds = time.time() * 1e6  # decayed to this time, every count of u1 and of popularity would be 0
+    produce(settings, [
+        (b"u1", orjson.dumps({"user_id": "u1", "item_id": "no-such-item", "kind": "view", "time": 1})),
+        (b"u1", orjson.dumps({"user_id": "u1", "item_id": shop.items[0].item_id, "kind": "view", "time": in_microseconds})),
+    ], settings.interactions_topic)  # fmt: skip
     bad_vector = CatalogItem("odd", 1, "Odd item", "", "books", embedding=(1.0, 0.0))
     produce(settings, [(b"odd", bad_vector.to_json())], settings.catalog_topic)
     client = redis.Redis.from_url(settings.redis_url)
@@ -229,6 +232,7 @@ def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):
         "not valid JSON",
         "k must be an integer from 1 to 100",
         "unknown item 'no-such-item': it is not in the catalogue",
+        "(SLUICE_MAX_EVENT_AHEAD_S ahead of the clock)",
         "embedding has 2 dimensions, expected 384",
         "user 'broken': user vector has 10 dimensions, expected 384",
     ]
