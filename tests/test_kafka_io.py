@@ -8,7 +8,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from operators.kafka.admin import TopicsMissing, read_all, require_topics
+from operators.kafka.admin import TopicsMissing, end_offsets, read_all, require_topics
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
@@ -48,9 +48,27 @@ def test_source_starts_from_a_timestamp(settings):
     assert [r.value for r in _read_source(settings, f"time:{cut}")] == [b"new"]
 
 
+def test_a_start_time_after_every_record_is_checkpointed_as_the_concrete_end(settings):
+    """Kafka has no offset for a time after the last record; the position must still be a real offset, or a
+    checkpoint taken before the partition's next record would resume at the end *then*, skipping everything
+    written while the flow was down."""
+    produce(settings, [(f"k{i}".encode(), b"old") for i in range(10)])
+    ends = end_offsets(settings.connection(), settings.transactions_topic)
+    later = int(time.time() * 1000) + 3_600_000
+    src = KafkaPartitionSource(settings.connection(), [settings.transactions_topic], start=f"time:{later}", tail=False)
+    for part in src.list_parts():
+        reader = src.build_part("in", part, None)
+        try:
+            assert reader.snapshot().offset == ends[int(part.split("-", 1)[0])] >= 0
+        finally:
+            reader.close()
+
+
 def test_start_position_errors_are_clear():
     with pytest.raises(ValueError, match="earliest, latest"):
         StartAt.parse("yesterday")
+    with pytest.raises(ValueError, match="offset:N"):
+        StartAt.parse("offset:-1")  # Kafka's "end as of now": not a place to resume from
 
 
 def test_missing_topics_are_named_and_never_created(settings):

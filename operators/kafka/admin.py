@@ -214,6 +214,36 @@ def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float 
         consumer.unassign()
 
 
+def offset_for_time(consumer: Consumer, topic: str, partition: int, at_ms: int, timeout_s: float = 10.0) -> int:
+    """The offset of ``topic[partition]``'s first record stamped at or after ``at_ms``; the end offset when
+    there is none yet (a concrete offset: a checkpoint must never hold Kafka's "end as of now").
+
+    The broker's answer is checked against the record it points at. Kafka answers -1 when no
+    record is that recent, but Tansu 0.6 answers 0, which would start the reader at the
+    beginning of the partition. The consumer must have ``enable.partition.eof`` set; it is
+    left unassigned.
+    """
+    found = int(consumer.offsets_for_times([TopicPartition(topic, partition, at_ms)], timeout=timeout_s)[0].offset)
+    if found >= 0:
+        consumer.assign([TopicPartition(topic, partition, found)])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is None and (msg.offset() or 0) >= found:
+                    if msg.timestamp()[1] >= at_ms:
+                        return found
+                    break
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    break
+        finally:
+            consumer.unassign()
+    return end_offset(consumer, topic, partition, timeout_s)
+
+
 def end_offsets(conn: KafkaConnection, topic: str) -> dict[int, int]:
     """``{partition: end offset}`` of ``topic`` (see :func:`end_offset`)."""
     consumer = reader(conn, "sluice-end-offsets", **{"enable.partition.eof": True})

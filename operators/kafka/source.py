@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 
 from operators.gc_pacing import PACER
-from operators.kafka.admin import admin_client, end_offset, list_partitions, log
+from operators.kafka.admin import admin_client, end_offset, list_partitions, log, offset_for_time
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import SourceRecord
 from operators.lifecycle import fail, stop_requested
@@ -62,13 +62,20 @@ class StartAt:
     def parse(cls, spec: str) -> StartAt:
         """Parse ``earliest|latest|offset:N|time:EPOCH_MS``.
 
+        Offsets and times are not negative: Kafka reads -1 and -2 as "the end" and "the
+        beginning" *as of when they are used*, which a checkpoint must never hold.
+
         >>> StartAt.parse("time:1700000000000")
         StartAt(kind='time', value=1700000000000)
+        >>> StartAt.parse("offset:-1")
+        Traceback (most recent call last):
+        ...
+        ValueError: bad start position 'offset:-1': use earliest, latest, offset:N or time:EPOCH_MS
         """
         if spec in ("earliest", "latest"):
             return cls(spec)
         kind, _, num = spec.partition(":")
-        if kind not in ("offset", "time") or not num.lstrip("-").isdigit():
+        if kind not in ("offset", "time") or not num.isdigit():
             raise ValueError(f"bad start position {spec!r}: use earliest, latest, offset:N or time:EPOCH_MS")
         return cls(kind, int(num))
 
@@ -188,8 +195,7 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
             return end_offset(consumer, topic, partition)
         if start.kind == "offset":
             return start.value
-        found = consumer.offsets_for_times([TopicPartition(topic, partition, start.value)], timeout=10)
-        return int(found[0].offset) if found[0].offset >= 0 else int(OFFSET_END)
+        return offset_for_time(consumer, topic, partition, start.value)
 
     def _check_topic(self) -> None:
         now = time.monotonic()
