@@ -22,6 +22,7 @@ versions), so a later step can ask for the version an item was scored with.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -44,6 +45,8 @@ M = TypeVar("M")
 
 VersionedState = tuple[list[X], str | None]  # buffered items, pinned version
 
+log = logging.getLogger(__name__)
+
 
 class VersionedModels(Generic[M]):
     """Which version should be served (``current``), loaded ahead of use and cached by version.
@@ -51,7 +54,9 @@ class VersionedModels(Generic[M]):
     ``current`` names the version to serve (it reads a registry pointer, say) and
     is asked at most every ``check_every`` seconds; ``load`` builds the resource
     for a version. ``None`` as a version means "nothing" (no shadow candidate):
-    :meth:`get` returns ``None`` for it.
+    :meth:`get` returns ``None`` for it. While a new version loads, the version
+    served before it goes on serving. A version that fails to load is logged and
+    tried again after ``retry_after_s``, not on every batch.
 
     >>> models = VersionedModels(lambda: "v1", lambda v: f"model {v}", check_every_s=0)
     >>> models.ready_version(), models.get("v1")
@@ -65,9 +70,10 @@ class VersionedModels(Generic[M]):
         check_every_s: float = 2.0,
         keep: int = 3,
         background: bool = True,
+        retry_after_s: float = 30.0,
     ) -> None:
         self._current, self._load = current, load
-        self.check_every_s, self.keep = check_every_s, keep
+        self.check_every_s, self.keep, self.retry_after_s = check_every_s, keep, retry_after_s
         self._loaded: OrderedDict[str, M] = OrderedDict()
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
@@ -77,7 +83,9 @@ class VersionedModels(Generic[M]):
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-model-load") if background else None
         )
-        self.load_errors: list[str] = []
+        self._served: str | None = None  # the last version ready_version gave as the one wanted
+        self._failed: dict[str, float] = {}  # version -> when its load last failed (monotonic)
+        self.load_failures = 0
 
     def get(self, version: str | None) -> M | None:
         """The resource for ``version``, loading it now if needed (a restored shard's version)."""
@@ -110,25 +118,31 @@ class VersionedModels(Generic[M]):
             return None
         with self._lock:
             if wanted in self._loaded:
+                self._served = wanted
                 return wanted
             nothing_loaded = not self._loaded
         if self._executor is None or nothing_loaded:  # the first version: nothing to serve meanwhile
             self.get(wanted)
+            self._served = wanted
             return wanted
-        self._start_loading(wanted)
-        with self._lock:
-            return next(reversed(self._loaded), None)
+        self._start_loading(wanted, now)
+        with self._lock:  # the version served before, not the one a later step used last (LRU order)
+            return self._served if self._served in self._loaded else next(reversed(self._loaded), None)
 
-    def _start_loading(self, version: str) -> None:
+    def _start_loading(self, version: str, now: float) -> None:
         assert self._executor is not None
         if self._loading is not None and self._loading_version == version:
             if not self._loading.done():
                 return
             error = self._loading.exception()
             self._loading = None
-            if error is None:
-                return
-            self.load_errors.append(f"{version}: {error}")  # keep serving the old version; try again later
+            if error is not None:  # keep serving the old version; try again later
+                self._failed[version] = now
+                self.load_failures += 1
+                log.warning("model %s did not load (%s); serving %s, trying again in %.0fs",
+                            version, error, self._served, self.retry_after_s)  # fmt: skip
+            return
+        if now - self._failed.get(version, float("-inf")) < self.retry_after_s:
             return
         self._loading_version = version
         self._loading = self._executor.submit(self._load_and_remember, version)

@@ -1,0 +1,78 @@
+"""VersionedModels: the served version goes on serving while a new one loads, and a version that fails to
+load is retried on a clock, not on every batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from operators.versioned_batch import VersionedModels
+
+
+class Registry:
+    """A served-version pointer and a loader that can be held back or made to fail, counting its calls."""
+
+    def __init__(self) -> None:
+        self.served = "v1"
+        self.broken: set[str] = set()
+        self.release = threading.Event()
+        self.release.set()
+        self.loads: list[str] = []
+
+    def load(self, version: str) -> str:
+        self.loads.append(version)
+        self.release.wait(10)
+        if version in self.broken:
+            raise RuntimeError(f"{version}: truncated weights")
+        return f"model {version}"
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_while_a_new_version_loads_the_one_served_before_goes_on_even_if_an_older_one_was_used_since():
+    reg = Registry()
+    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0)
+    assert models.ready_version() == "v1"
+    reg.served = "v2"
+    _until(lambda: models.ready_version() == "v2")
+    models.get("v1")  # a later step asks for the version an older item was scored with
+    reg.release.clear()
+    reg.served = "v3"
+    assert models.ready_version() == "v2"  # not v1, the one used last
+    reg.release.set()
+    _until(lambda: models.ready_version() == "v3")
+
+
+def test_a_version_that_fails_to_load_is_logged_once_and_retried_after_a_while(caplog):
+    reg = Registry()
+    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, retry_after_s=0.5)
+    assert models.ready_version() == "v1"
+    reg.broken.add("v2")
+    reg.served = "v2"
+    with caplog.at_level(logging.WARNING, logger="operators.versioned_batch"):
+        _until(lambda: (models.ready_version(), models.load_failures)[1] == 1)
+        for _ in range(2000):  # every batch of every shard asks
+            assert models.ready_version() == "v1"
+    assert reg.loads.count("v2") == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "model v2 did not load (v2: truncated weights); serving v1, trying again in 0s"
+    ]
+    reg.broken.clear()  # fixed in place
+    time.sleep(0.5)
+    _until(lambda: models.ready_version() == "v2")
+    assert reg.loads.count("v2") == 2
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_the_first_version_is_loaded_before_anything_is_served(background):
+    reg = Registry()
+    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, background=background)
+    assert models.ready_version() == "v1" and models.get("v1") == "model v1"
