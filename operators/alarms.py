@@ -174,6 +174,7 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
         self.counts: DriftCounts | None = None
         # Snapshots from before the warm-up existed belong to flows that are well past it.
         self.judged: int = resume.get("judged", settings.warmup_windows) if resume else 0
+        self.quiet: int = resume.get("quiet", 0) if resume else 0  # windows in a row with too few scores
         if self.model is not None:
             ref = references(*self.model)
             if ref is not None:
@@ -194,11 +195,14 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Alarm], bool]:
-        return self._close_if_due(), StatefulBatchLogic.RETAIN
+        out = self._close_if_due()
+        gone = self.quiet >= self.settings.forget_after_windows  # a replaced version: its alarms resolved above
+        return out, StatefulBatchLogic.DISCARD if gone else StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alarm], bool]:
-        """A bounded run (a backfill, a test) ends: judge the window it was in."""
-        return self._close_if_due(force=True), StatefulBatchLogic.DISCARD
+        """The input ends: judge the window it was in. Kept: a graceful stop also ends the input, and the
+        flow resumes with its alarms and warm-up where they were."""
+        return self._close_if_due(force=True), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         return self.window_end if self.counts is not None else None
@@ -210,10 +214,12 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
         while self.window_end <= now:
             self.window_end += self.settings.window
         counts, self.counts = self.counts, DriftCounts(self.counts.reference)
-        if counts.count < self.settings.min_count:
-            return []  # too few scores to say anything; the next window starts empty
         model, version = self.model
         at_ms = now.timestamp() * 1000.0
+        if counts.count < self.settings.min_count:  # too few scores to say anything; the next window starts empty
+            self.quiet += 1
+            return self._resolve_all(at_ms) if self.quiet >= self.settings.forget_after_windows else []
+        self.quiet = 0
         warming_up = self.judged < self.settings.warmup_windows
         self.judged += 1
         out = []
@@ -231,8 +237,23 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
                 out.append(found)
         return out
 
+    def _resolve_all(self, at_ms: float) -> list[Alarm]:
+        """The model is no longer scored (a version replaced by another): nothing it fired stays firing."""
+        why = f"fewer than {self.settings.min_count} scores in {self.quiet} windows: no longer judged"
+        return [
+            alarm
+            for name, subject in self.board.state()
+            if (
+                alarm := self.board.check(
+                    name, subject, 0.0, self.settings.threshold, over=False, at_ms=at_ms, detail={"reason": why}
+                )
+            )
+            is not None  # fmt: skip
+        ]
+
     def snapshot(self) -> dict[str, Any]:
         return {
+            "quiet": self.quiet,
             "active": self.board.state(),
             "window_end": self.window_end,
             "model": self.model,
@@ -244,12 +265,14 @@ class _DriftLogic(StatefulBatchLogic[ScoreSample, Alarm, dict[str, Any]]):
 @dataclass(frozen=True)
 class DriftSettings:
     """When drift is an alarm: PSI over ``threshold`` in a window of ``window`` with at least ``min_count`` scores,
-    after a model's first ``warmup_windows`` such windows."""
+    after a model's first ``warmup_windows`` such windows. After ``forget_after_windows`` windows in a row
+    with fewer scores (the version was replaced), its alarms resolve and its state is dropped."""
 
     threshold: float = 0.2
     window: timedelta = timedelta(minutes=5)
     min_count: int = 500
     warmup_windows: int = 1
+    forget_after_windows: int = 3
 
 
 @operator

@@ -111,6 +111,22 @@ def test_a_models_first_window_is_a_warm_up_that_raises_no_alarm(scorer):
     assert first_firing(settings) - without == settings.window.total_seconds() * 1000.0
 
 
+def test_the_alarms_of_a_replaced_version_resolve_once_it_is_no_longer_scored(scorer):
+    """A shifted stream fires on v1; then v2 serves (the same stream, normal again). v1 gets no scores: after
+    three windows without enough to judge, its alarms resolve, saying why, instead of firing for ever."""
+    reference = reference_of(scorer, seed=101, events=8_000)
+    settings = DriftSettings(threshold=0.2, window=timedelta(minutes=2), min_count=500, warmup_windows=0)
+    v1 = list(scored_batches(scorer, 303, 4_096, SHIFT))
+    v2 = [replace(s, version="v2") for s in scored_batches(scorer, 404, 12_288)]
+    run = run_drift(v1 + v2, reference, settings)
+    old = [a for a in run.alarms if f"@{scorer.version}:" in a.subject]
+    fired = {a.subject for a in old if a.state == "firing"}
+    resolved = {a.subject: a for a in old if a.state == "resolved"}
+    assert fired and set(resolved) == fired, old
+    assert all("no longer judged" in a.detail["reason"] for a in resolved.values())
+    assert not [a for a in run.alarms if a.subject.startswith("v2") or "@v2:" in a.subject]
+
+
 def _snapshots(points: Sequence[tuple[float, float, int, int, int, int]]) -> list[HealthSnapshot]:
     """(time, lag, input, dead letters, lookups, fallbacks) -> snapshots of process fraud/0."""
     return [HealthSnapshot("fraud/0", t, lag, inp, dead, look, fall, 0, 0) for t, lag, inp, dead, look, fall in points]
