@@ -178,6 +178,7 @@ class FeatureStore(Generic[V]):
         self._open_until = 0.0
         self.round_trips = 0
         self.failures = 0
+        self.refused = 0  # versioned writes Redis refused for their key (not retried)
         self.hits = 0
         self.misses = 0
         self.down = 0
@@ -265,22 +266,42 @@ class FeatureStore(Generic[V]):
         is newer than the one it holds. Returns how many were written; raises ``redis.RedisError``."""
         if not records:
             return 0
+        return sum(int(r) for r in self._versioned_pipeline(records).execute())
+
+    def _versioned_pipeline(self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]) -> redis.client.Pipeline:
         pipe = self._client.pipeline(transaction=False)
         for entity_id, (version, fields) in records.items():
             args: list[bytes | str | int] = [version]
             for name, value in fields.items():
                 args += [name, value]
             self._put_if_newer(keys=[self.key(entity_id)], args=args, client=pipe)
-        return sum(int(r) for r in pipe.execute())
+        return pipe
 
     def try_put_versioned(self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]) -> bool:
-        """:meth:`put_versioned`, reporting an unreachable store as False (logged) instead of raising."""
+        """:meth:`put_versioned`, reporting an unreachable store as False (logged) instead of raising.
+
+        Only a connection or a timeout means "down, try again". A key Redis refuses (another
+        program keeps a string or a list under it: WRONGTYPE) would be refused again on every
+        retry and hold back every other write of the shard: it is logged, counted in
+        ``refused``, and not retried.
+        """
+        if not records:
+            return True
         try:
-            self.put_versioned(records)
-        except redis.RedisError as exc:
+            replies = self._versioned_pipeline(records).execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.failures += 1
             log.warning("could not write %d values to Redis (%s); retrying", len(records), type(exc).__name__)
             return False
+        down = [r for r in replies if isinstance(r, redis.ConnectionError | redis.TimeoutError)]
+        if down:
+            self.failures += 1
+            log.warning("could not write %d values to Redis (%s); retrying", len(records), type(down[0]).__name__)
+            return False
+        for entity_id, reply in zip(records, replies, strict=True):
+            if isinstance(reply, Exception):
+                self.refused += 1
+                log.warning("Redis refused %s (%s); not retried", self.key(entity_id), reply)
         return True
 
     def scan(self, page: int = 1000) -> Iterator[list[tuple[str, Lookup[V]]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -113,6 +114,23 @@ def test_versioned_writes_never_move_a_value_backwards(stack: LocalStack):
     assert store.put_versioned({"k1": (5, {"v": b"again"}), "k2": (2, {"v": b"two"})}) == 1
     assert client.hget(f"{ns}:k1", "v") == b"five" and client.hget(f"{ns}:k2", "v") == b"two"
     assert sorted(k for page in store.scan(page=1) for k, _ in page) == ["k1", "k2"]
+
+
+def test_a_key_redis_refuses_is_logged_and_not_retried_while_the_others_are_written(stack: LocalStack, caplog):
+    """Another program keeps a string under one key: WRONGTYPE for that key alone. Retrying it would hold
+    back every other write of the shard for ever; it is counted, logged and dropped."""
+    ns = f"wt-{uuid.uuid4().hex[:8]}"
+    store: FeatureStore[dict[str, str]] = FeatureStore(stack.redis_url, ns)
+    client = redis.Redis.from_url(stack.redis_url)
+    client.set(f"{ns}:taken", b"a string")
+    with caplog.at_level(logging.WARNING, logger="state.feature_store"):
+        assert store.try_put_versioned({"taken": (1, {"v": b"x"}), "free": (1, {"v": b"y"})}) is True
+    assert client.hgetall(f"{ns}:free") == {b"version": b"1", b"v": b"y"}
+    assert client.get(f"{ns}:taken") == b"a string"
+    assert (store.refused, store.failures) == (1, 0)
+    assert any(
+        f"Redis refused {ns}:taken" in r.getMessage() and "not retried" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weight():
