@@ -3,6 +3,7 @@ against a real Redis, trace spans and headers, and the live view's arithmetic.""
 
 from __future__ import annotations
 
+import bisect
 import socket
 import threading
 import time
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from dataflows import observability
@@ -300,3 +303,24 @@ def test_the_live_view_turns_counters_into_rates_and_buckets_into_quantiles():
     parse_row = next(i for i, line in enumerate(lines) if "parse" in line and "1,000" in line)
     score_row = next(i for i, line in enumerate(lines) if "score" in line and "1,000" in line)
     assert parse_row < score_row  # upstream first
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=70_000.0), min_size=1, max_size=200),
+    st.floats(min_value=0.05, max_value=65_000.0),
+)
+def test_the_share_above_a_target_is_between_its_bucket_edges_shares_and_exact_at_the_edges(ms, target):
+    """An SLO target between two bucket edges (40 ms between 35 and 50) is read between the shares above
+    those edges, never as the lower edge; at an edge it is the exact share."""
+    bounds = (*metrics.MS_BUCKETS, float("inf"))
+    cumulative = tuple(sum(1 for v in ms if v <= b) for b in bounds)
+    h = metrics.HistogramValue(bounds, cumulative, sum(ms))
+    i = bisect.bisect_left(bounds, target)
+    lower = bounds[i - 1] if i else 0.0
+    above_lower = sum(1 for v in ms if v > lower) / len(ms) if i else 1.0  # the first bucket starts at 0, included
+    above_upper = sum(1 for v in ms if v > bounds[i]) / len(ms)
+    assert above_upper - 1e-9 <= h.share_above(target) <= above_lower + 1e-9
+    if target in bounds:
+        assert h.share_above(target) == pytest.approx(sum(1 for v in ms if v > target) / len(ms))
+    edge = bounds[min(i, len(metrics.MS_BUCKETS) - 1)]
+    assert h.share_above(edge) == pytest.approx(sum(1 for v in ms if v > edge) / len(ms))
