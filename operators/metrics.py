@@ -30,10 +30,10 @@ figure is measured against.
 from __future__ import annotations
 
 import bisect
-import math
 import collections
 import contextlib
 import logging
+import math
 import re
 import threading
 import time

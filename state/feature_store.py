@@ -268,7 +268,9 @@ class FeatureStore(Generic[V]):
             return 0
         return sum(int(r) for r in self._versioned_pipeline(records).execute())
 
-    def _versioned_pipeline(self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]) -> redis.client.Pipeline:
+    def _versioned_pipeline(
+        self, records: Mapping[str, tuple[int, Mapping[str, bytes | str]]]
+    ) -> redis.client.Pipeline:
         pipe = self._client.pipeline(transaction=False)
         for entity_id, (version, fields) in records.items():
             args: list[bytes | str | int] = [version]
