@@ -47,7 +47,7 @@ from models.fraud_features import CardProfile, feature_matrix, feature_row, pars
 from models.fraud_model import FraudCascade, combine_scores, load_cascade, model_name
 from models.fraud_policy import Policy
 from models.fraud_rationale import Case, choose_notes, note_messages
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, ModelUnusable
 from models.transaction import Transaction, parse_transaction
 from operators.alarms import ScoreSample
 from operators.async_batch import async_micro_batch
@@ -407,7 +407,14 @@ def model_sources(settings: FraudSettings) -> tuple[VersionedModels[FraudCascade
 
     served = VersionedModels(registry.served, load, settings.model_check_s)
     shadowed = VersionedModels(registry.candidate, load, settings.model_check_s)
-    if served.ready_version() is None:
+    try:
+        ready = served.ready_version()
+    except Exception as exc:  # whatever a broken artifact raises, the flow cannot start on it
+        raise ModelUnusable(
+            f"the served fraud model {registry.served()} in {registry.root} does not load ({exc}); "
+            "serve a working version with `sluice model promote` or `sluice model rollback`"
+        ) from None
+    if ready is None:
         raise FileNotFoundError(f"no served fraud model in {registry.root}: train one with `sluice train fraud`")
     return served, shadowed
 

@@ -22,6 +22,7 @@ from bytewax.dataflow import Dataflow
 
 from dataflows import observability
 from models.devices import DeviceUnavailable, pick_device
+from models.registry import ModelUnusable
 from operators.gc_pacing import PACER
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
 from operators.kafka.source import KafkaPartitionSource
@@ -41,6 +42,7 @@ STARTUP_ERRORS = (
     RedisUnavailable,
     DeviceUnavailable,
     FileNotFoundError,
+    ModelUnusable,
 )
 
 

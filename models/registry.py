@@ -39,6 +39,17 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class UnknownVersion(LookupError):
+    """A version the registry does not hold (or nothing to roll back to)."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelUnusable(RuntimeError):
+    """A version whose artifact does not load (truncated weights, a wrong schema): never served."""
+
+
 class ModelRegistry:
     """One model family's artifacts under ``root`` (e.g. ``models/artifacts/fraud``)."""
 
@@ -67,7 +78,7 @@ class ModelRegistry:
     def folder(self, version: str) -> Path:
         path = self.root / version
         if not (path / "manifest.json").exists():
-            raise KeyError(f"no model version {version!r} in {self.root}")
+            raise UnknownVersion(f"no model version {version!r} in {self.root} (see `sluice model list`)")
         return path
 
     def promote(self, version: str, reason: str = "") -> None:
@@ -90,7 +101,7 @@ class ModelRegistry:
         current = self.served()
         earlier = [h["served"] for h in history if h["served"] != current]
         if not earlier:
-            raise KeyError("nothing to roll back to: no earlier version was ever served")
+            raise UnknownVersion("nothing to roll back to: no earlier version was ever served")
         self.promote(earlier[-1], reason=f"rollback from {current}")
         return earlier[-1]
 

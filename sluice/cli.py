@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sluice.settings import (
     AssistantSettings,
@@ -56,14 +58,47 @@ def _lazy(module: str, function: str = "run") -> Handler:
     return call
 
 
+def _number(
+    kind: type[int] | type[float], low: float, high: float = float("inf"), low_open: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` in [low, high] (``(low, high]`` when ``low_open``), one line if not.
+
+    >>> _number(float, 0.0, low_open=True)("250")
+    250.0
+    >>> _number(float, 0.0, 1.0)("2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 2 is not from 0 to 1
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (value > low if low_open else value >= low) and value <= high and math.isfinite(value)
+        if not inside:
+            where = f"more than {low:g}" if low_open and high == float("inf") else (
+                f"at least {low:g}" if high == float("inf") else f"from {low:g} to {high:g}")  # fmt: skip
+            raise argparse.ArgumentTypeError(f"{text} is not {where}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(float, 0.0, low_open=True)
+COUNT = _number(int, 0)
+SHARE = _number(float, 0.0, 1.0)
+
+
 def _transaction_arguments(
     parser: argparse.ArgumentParser, count: int, rate: float, malformed: float, label_delay_s: float
 ) -> None:
-    parser.add_argument("--rate", type=float, default=rate, help="events per second, open-loop")
-    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--rate", type=POSITIVE, default=rate, help="events per second, open-loop")
+    parser.add_argument("--count", type=COUNT, default=count)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cards", type=int, default=20_000)
-    parser.add_argument("--malformed-rate", type=float, default=malformed, help="share of broken payloads (DLQ)")
+    parser.add_argument("--cards", type=_number(int, 1), default=20_000)
+    parser.add_argument("--malformed-rate", type=SHARE, default=malformed, help="share of broken payloads (DLQ)")
     parser.add_argument(
         "--label-delay-s", type=float, default=label_delay_s, help="chargebacks arrive this long after their event"
     )
@@ -134,7 +169,7 @@ def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--users", type=int, default=5_000)
     p.add_argument("--per-user", type=int, default=20, help="interactions per user before the held-out one")
-    p.add_argument("--rate", type=float, default=1000.0, help="recommendation requests per second, open-loop")
+    p.add_argument("--rate", type=POSITIVE, default=1000.0, help="recommendation requests per second, open-loop")
     p.add_argument("--seconds", type=float, default=10.0, help="how long requests are sent")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(fn=_lazy("sluice.local.demo_personalize"))
@@ -144,8 +179,10 @@ def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._
     p.add_argument("--per-user", type=int, default=20)
     p.add_argument("--span-h", type=float, default=48.0, help="the interactions' event times span this many hours")
     p.add_argument("--bulk", action="store_true", help="write cached vectors into Redis instead of catalogue events")
-    p.add_argument("--rate", type=float, default=0.0, help="then live interactions at this rate (0: none)")
-    p.add_argument("--count", type=int, default=100_000, help="how many live interactions")
+    p.add_argument(
+        "--rate", type=_number(float, 0.0), default=0.0, help="then live interactions at this rate (0: none)"
+    )
+    p.add_argument("--count", type=COUNT, default=100_000, help="how many live interactions")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(fn=_lazy("sluice.local.shopping"))
 
@@ -253,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_review_demo(demo: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = demo.add_parser("review", help="stack, fraud + review flows, the reviewer web app, traffic; prints logins")
-    p.add_argument("--rate", type=float, default=300, help="transactions per second, open-loop")
+    p.add_argument("--rate", type=POSITIVE, default=300, help="transactions per second, open-loop")
     p.add_argument("--port", type=int, default=8700, help="the web app's port")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: at Ctrl-C)")
     p.add_argument("--sla-s", type=float, default=300, help="SLA of every step in the demo policy")
@@ -284,6 +321,30 @@ def add_deploy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     deploy.add_arguments(sub.add_parser("deploy", help="Kubernetes manifests (an N-process cluster per flow), topics"))
 
 
+def _one_line(exc: BaseException) -> str | None:
+    """What to tell a user about an error of their setup or input (None: a bug, keep the traceback)."""
+    from confluent_kafka import KafkaException
+    from redis import ConnectionError as RedisConnectionError
+
+    from models.registry import ModelUnusable, UnknownVersion
+    from operators.kafka.admin import BrokerUnreachable, TopicsMissing
+    from sluice.harness.loadgen import NotDelivered
+    from state.feature_store import RedisUnavailable
+
+    if isinstance(exc, KafkaException):
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if hasattr(err, "str") else str(err)
+        return f"Kafka: {reason} (SLUICE_BROKERS={os.environ.get('SLUICE_BROKERS', 'default')})"
+    if isinstance(exc, RedisConnectionError):
+        return f"Redis: {exc} (SLUICE_REDIS_URL={os.environ.get('SLUICE_REDIS_URL', 'default')})"
+    known = (BrokerUnreachable, TopicsMissing, RedisUnavailable, UnknownVersion, ModelUnusable, NotDelivered)
+    if isinstance(exc, known):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -294,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"sluice: {line}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        told = _one_line(exc)
+        if told is None:
+            raise
+        print(f"sluice: error: {told}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sluice settings | head`: the reader left; say nothing more

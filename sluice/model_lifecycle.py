@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, ModelUnusable, UnknownVersion
 from operators.kafka.admin import read_all
 from sluice.settings import FraudSettings
 
@@ -52,8 +52,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 SWITCH = "running flows switch at their next epoch end once it is loaded (-s seconds; 10 s without -r)"
 
 
+def _check_loads(registry: ModelRegistry, version: str) -> None:
+    """Load ``version`` as a flow would (on the CPU): a version that does not load is never switched to."""
+    from models.fraud_model import load_cascade
+
+    try:
+        load_cascade(registry.folder(version), "cpu")
+    except UnknownVersion:
+        raise
+    except Exception as exc:
+        raise ModelUnusable(f"{version} does not load ({exc}); nothing changed") from None
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    _check_loads(registry, args.version)
     registry.promote(args.version, reason=args.reason or "promoted by hand")
     print(f"serving {args.version}: {SWITCH}")
     return 0
@@ -66,7 +79,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
-    _registry(args).shadow(args.version)
+    registry = _registry(args)
+    _check_loads(registry, args.version)
+    registry.shadow(args.version)
     print(f"shadowing {args.version}: its decisions go to the shadow topic only")
     return 0
 

@@ -97,3 +97,22 @@ def init_recovery_refuses(recovery: Path) -> bool:
     except ValueError as exc:
         return "already holds a checkpoint" in str(exc) and "\n" not in str(exc)
     return False
+
+
+def test_an_unreachable_broker_is_one_line_and_a_failure_not_a_send_report():
+    out = _sluice("produce", "transactions", "--count", "10",
+                  env={"SLUICE_BROKERS": "127.0.0.1:1", "SLUICE_CONNECT_TIMEOUT_S": "2"})  # fmt: skip
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().startswith("sluice: error: no Kafka broker answered at 127.0.0.1:1"), out.stderr
+    assert "check SLUICE_BROKERS" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_load_generator_arguments_are_refused_in_one_line():
+    for args, wanted in [
+        (["--rate", "0"], "argument --rate: 0 is not more than 0"),
+        (["--count", "-5"], "argument --count: -5 is not at least 0"),
+        (["--malformed-rate", "2"], "argument --malformed-rate: 2 is not from 0 to 1"),
+        (["--rate", "nan"], "argument --rate: nan is not more than 0"),
+    ]:
+        out = _sluice("produce", "transactions", *args)
+        assert out.returncode == 2 and out.stderr.strip().endswith(wanted), out.stderr

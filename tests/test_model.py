@@ -114,3 +114,30 @@ def test_promoting_the_shadowed_version_ends_its_shadow_and_rollback_does_not_re
     registry.promote(second, reason="test")
     assert (registry.served(), registry.candidate()) == (second, None)  # never served and shadowed at once
     assert registry.rollback() == first and registry.candidate() is None
+
+
+def test_a_version_that_does_not_load_is_neither_promoted_nor_shadowed(tmp_path, model_dir, capsys):
+    """Truncated weights: `sluice model promote` and `shadow` load the version first and refuse it in one line,
+    leaving what is served as it was; an unknown version is one line too."""
+    import shutil
+
+    from sluice.cli import main
+
+    root = tmp_path / "models"
+    shutil.copytree(model_dir, root)
+    registry = ModelRegistry(root)
+    served = registry.served()
+    assert served is not None
+    broken = "broken-" + served
+    shutil.copytree(root / served, root / broken)
+    for weights in (root / broken).glob("*.pt"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    for command in ("promote", "shadow"):
+        assert main(["model", command, broken, "--path", str(root)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"sluice: error: {broken} does not load (") and err.endswith("nothing changed"), err
+    assert (registry.served(), registry.candidate()) == (served, None)
+    assert main(["model", "promote", "nope", "--path", str(root)]) == 1
+    assert (
+        capsys.readouterr().err.strip() == f"sluice: error: no model version 'nope' in {root} (see `sluice model list`)"
+    )

@@ -35,6 +35,10 @@ class SendReport:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
+class NotDelivered(RuntimeError):
+    """Records still queued when the sender gave up: nothing acknowledged them."""
+
+
 def send_open_loop(
     producer: Producer,
     make_records: Iterator[Callable[[float], list[KafkaRecord]]],
@@ -69,7 +73,11 @@ def send_open_loop(
         sent = due
         shown.update(sent)
     shown.close()
-    producer.flush(60)
+    left = producer.flush(60)
+    if left:
+        raise NotDelivered(
+            f"{left} of the records sent were not delivered within 60 s: is a broker listening at SLUICE_BROKERS?"
+        )
     return SendReport(
         sent=sent,
         seconds=time.perf_counter() - start,

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from models.synthetic_transactions import START_MS, Shift, TransactionStream
 from models.transaction import Transaction
+from operators.kafka.admin import check_broker
 from operators.kafka.records import KafkaRecord
 from sluice.harness.loadgen import send_open_loop
 from sluice.settings import FraudSettings, SettingsError
@@ -111,6 +112,7 @@ def start_of(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
+    check_broker(settings.connection(), settings.connect_timeout_s)
     shifted = args.shift_amounts != 1.0 or args.shift_foreign > 0
     shift = Shift(args.shift_amounts, args.shift_foreign) if shifted else None
     stream = TransactionStream(args.seed, n_cards=args.cards, shift=shift, start_ms=start_of(args.start_time))
