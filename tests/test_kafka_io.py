@@ -1,6 +1,7 @@
 """The Kafka connectors against the real broker, and their seams in isolation."""
 
 import time
+import uuid
 import zlib
 
 import bytewax.operators as op
@@ -8,7 +9,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from operators.kafka.admin import TopicsMissing, end_offsets, read_all, require_topics
+from operators.kafka.admin import TopicsMissing, create_topics, end_offsets, read_all, require_topics
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
@@ -126,6 +127,23 @@ def test_sink_surfaces_failed_delivery(settings):
     text = " ".join(str(e) for e in chain).lower()
     assert any(isinstance(e, DeliveryFailed) for e in chain) or "too large" in text
     assert "too large" in text
+
+
+def test_every_record_lands_in_its_partition_with_12_partitions_and_a_topic_name_that_prefixes_another(stack):
+    """Bytewax routes by the sorted partition names: "t:10" sorts before "t:2", and "t-dlq:0" before "t:0"."""
+    tag = uuid.uuid4().hex[:8]
+    conn = KafkaConnection(stack.brokers)
+    wide, short, prefixed = f"wide-{tag}", f"t-{tag}", f"t-{tag}-dlq"
+    create_topics(conn, {wide: 12, short: 3, prefixed: 2})
+    records = [KafkaRecord(wide, b"k", b"%d" % p, partition=p) for p in range(12)]
+    records += [KafkaRecord(short, b"k", b"%d" % p, partition=p) for p in range(3)]
+    records += [KafkaRecord(prefixed, b"k", b"%d" % p, partition=p) for p in range(2)]
+    flow = Dataflow("sink_order")
+    kafka_output("out", op.input("in", flow, TestingSource(records)), conn, [wide, short, prefixed])
+    run_main(flow)
+    for topic in (wide, short, prefixed):
+        got = sorted((m.partition(), m.value()) for m in read_all(conn, topic))
+        assert got == sorted((r.partition, r.value) for r in records if r.topic == topic), topic
 
 
 def test_partitioner_matches_librdkafkas_consistent_partitioner():

@@ -153,7 +153,10 @@ class TopicPartitionedSink(FixedPartitionedSink[KafkaRecord, S], Generic[S]):
     def list_parts(self) -> list[str]:
         if self._parts is None:
             self._parts = [f"{t}:{p}" for t in self._topics for p in list_partitions(self._connection, t)]
-            self._index = {name: i for i, name in enumerate(self._parts)}
+            # part_fn indexes Bytewax's *sorted* set of partition names, which is not topic-then-number
+            # order once a topic has 11+ partitions ("t:10" < "t:2") or one name prefixes another
+            # ("t-dlq:0" < "t:0"): index the sorted names, or records land in other partitions.
+            self._index = {name: i for i, name in enumerate(sorted(self._parts))}
         return self._parts
 
     def part_fn(self, item_key: str) -> int:
