@@ -166,7 +166,15 @@ def parse_catalog_event(raw: bytes | None, dim: int = 384) -> CatalogItem:
 
 
 def _embedding(value: object, dim: int) -> tuple[float, ...] | None:
-    """A precomputed item vector, checked: ``dim`` finite numbers, not all zero (it is normalised later)."""
+    """A precomputed item vector, checked (``dim`` finite numbers, not all zero) and scaled to unit length here.
+
+    Scaled in float64, by its largest component first: the flow keeps float32 vectors, where
+    1e39 overflows to inf and 1e-46 underflows to 0, and either would normalise to NaN,
+    which then spreads to every user who interacts with the item and never decays away.
+
+    >>> [round(x, 6) for x in _embedding([1e39, 0, 0], 3)], [round(x, 6) for x in _embedding([1e-46, 1e-46], 2)]
+    ([1.0, 0.0, 0.0], [0.707107, 0.707107])
+    """
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
@@ -176,7 +184,9 @@ def _embedding(value: object, dim: int) -> tuple[float, ...] | None:
     vec = np.asarray(value, dtype=np.float64)
     if not np.isfinite(vec).all() or not vec.any():
         raise InvalidEvent("embedding must be finite and not all zero")
-    return tuple(float(x) for x in value)
+    vec /= np.abs(vec).max()
+    vec /= np.linalg.norm(vec)
+    return tuple(float(x) for x in vec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +363,8 @@ def parse_item_record(fields: dict[bytes, bytes], dim: int) -> ItemRecord:
         vector = np.frombuffer(raw, dtype=np.float32) if len(raw) % 4 == 0 else None
         if vector is None or len(vector) != dim:
             raise ValueError(f"item vector has {len(raw) / 4:g} dimensions, expected {dim}")
+        if not np.isfinite(vector).all():
+            raise ValueError("item vector is not finite")
     try:
         return ItemRecord(
             int(fields.get(b"version", b"0")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -509,3 +510,26 @@ def test_an_item_is_embedded_only_when_its_text_or_encoder_changed():
     assert both[1].record.text_digest == text_digest(renamed.text(), encoder.name)
     down = embed_items([(src, shoe)], "cpu", True, lambda ids: ({i: None for i in ids}, True))
     assert np.allclose(_vector(down[0]), fresh)  # Redis unreachable: embedded
+
+
+@settings(deadline=None)  # the first example loads the encoder
+@given(
+    st.floats(min_value=-300, max_value=300).map(lambda e: 10.0**e),
+    st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=8, max_size=8).filter(lambda v: any(v)),
+)
+def test_a_precomputed_embedding_of_any_scale_becomes_a_finite_unit_vector(scale, direction):
+    """1e39 overflows float32 and 1e-46 underflows it: scaled in float32 either would give NaN, which spreads
+    to every user who interacts with the item. Any finite, non-zero vector comes out of the parser at unit
+    length and stays finite through the flow's float32 path."""
+    body = {"id": "i1", "version": 1, "title": "t", "category": "c", "embedding": [scale * x for x in direction]}
+    raw = json.dumps(body).encode()
+    try:
+        item = parse_catalog_event(raw, dim=8)
+    except InvalidEvent:  # only when scaling made every component 0 or inf
+        assert not all(math.isfinite(scale * x) for x in direction) or not any(scale * x for x in direction)
+        return
+    src = SourceRecord("catalog", 0, 1, None, raw)
+    [update] = embed_items([(src, item)], "cpu", True)
+    vector = _vector(update)
+    assert vector.dtype == np.float32 and np.isfinite(vector).all()
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
