@@ -318,14 +318,18 @@ class CatalogueReplica:
     def answer(self, asks: list[Ask]) -> list[KafkaRecord]:
         s = self.settings
         started = time.time()
-        personal = [(a, a.profile) for a in asks if a.profile is not None and a.profile.vector is not None]
-        fetch = [min(s.max_fetch, a.request.k * s.overfetch + len(p.seen)) for a, p in personal]
-        found: dict[str, Hits] = {}
+        # Hits are filed by the ask's place in the batch: request ids are the client's, and two requests
+        # with one id (a retry, a buggy client) must not get each other's, or another user's, results.
+        personal = [
+            (i, a.profile) for i, a in enumerate(asks) if a.profile is not None and a.profile.vector is not None
+        ]
+        fetch = [min(s.max_fetch, asks[i].request.k * s.overfetch + len(p.seen)) for i, p in personal]
+        found: dict[int, Hits] = {}
         if personal:
             hits = self.index.search_hits(np.stack([p.vector for _, p in personal if p.vector is not None]), fetch)
-            found = {a.request.request_id: h for (a, _), h in zip(personal, hits, strict=True)}
+            found = {i: h for (i, _), h in zip(personal, hits, strict=True)}
         searched = time.time()
-        return [self._recommend(a, found.get(a.request.request_id), started, searched) for a in asks]
+        return [self._recommend(a, found.get(i), started, searched) for i, a in enumerate(asks)]
 
     def _recommend(self, ask: Ask, hits: Hits | None, started: float, searched: float) -> KafkaRecord:
         req, profile = ask.request, ask.profile

@@ -401,3 +401,7 @@ def test_the_replica_ranks_lazily_read_hits_exactly_as_the_full_ranking_and_fill
                 fills += filled
                 assert [item["id"] for item in body["items"]] == expected(ask, filled)
     assert fills > 0  # the fill path was exercised
+    replica.rules = RuleSet()
+    one_id = [replace(a, request=replace(a.request, request_id="retried")) for a in asks(5, "")]
+    for ask, record in zip(one_id, replica.answer(one_id), strict=True):  # each user gets their own results
+        assert [item["id"] for item in orjson.loads(record.value or b"")["items"]] == expected(ask, False)
