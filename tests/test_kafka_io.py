@@ -9,7 +9,14 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from operators.kafka.admin import TopicsMissing, create_topics, end_offsets, read_all, require_topics
+from operators.kafka.admin import (
+    TopicsMissing,
+    create_topics,
+    end_offsets,
+    list_partitions,
+    read_all,
+    require_topics,
+)
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
@@ -78,6 +85,9 @@ def test_missing_topics_are_named_and_never_created(settings):
         require_topics(conn, [settings.transactions_topic, "no-such-topic-x"])
     with pytest.raises(TopicsMissing):  # asking again did not auto-create it
         require_topics(conn, ["no-such-topic-x"])
+    for _ in range(2):  # `sluice audit verify --topic <typo>` lists a topic's partitions the same way
+        with pytest.raises(TopicsMissing, match="no-such-topic-y"):
+            list_partitions(conn, "no-such-topic-y")
 
 
 def _write(settings, records, **kwargs):

@@ -39,8 +39,12 @@ def topic_partitions(conn: KafkaConnection, topics: Iterable[str], timeout_s: fl
 
 
 def list_partitions(conn: KafkaConnection, topic: str, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of ``topic``; raises :class:`TopicsMissing` if it does not exist."""
-    meta = admin_client(conn).list_topics(topic, timeout=timeout_s).topics.get(topic)
+    """Partition ids of ``topic``; raises :class:`TopicsMissing` if it does not exist.
+
+    Asks for every topic's metadata, not ``topic``'s: a metadata request that names a topic lets a
+    broker with auto-creation on (Kafka's default, Tansu) create it, so a typo would become a topic.
+    """
+    meta = admin_client(conn).list_topics(timeout=timeout_s).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         reason = meta.error.str() if meta is not None and meta.error is not None else "no such topic"
         raise TopicsMissing(f"Kafka topic {topic!r} is not available on {conn.brokers}: {reason}")
