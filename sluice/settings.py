@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -100,9 +101,12 @@ def _parse(raw: str, default: Any, name: str) -> Any:
             raise SettingsError(f"{name}={raw!r} is not a whole number") from None
     if isinstance(default, float):
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(number):  # nan passes every comparison with a minimum, inf every maximum
+            raise SettingsError(f"{name}={raw!r} is not a finite number")
+        return number
     return raw
 
 
@@ -287,7 +291,14 @@ class FlowSettings:
         if problems:
             raise SettingsError("\n".join(problems))
         _warn_unknown(env)
-        return cls(**values, kafka=_kafka_passthrough(env))
+        settings = cls(**values, kafka=_kafka_passthrough(env))
+        if clashes := settings.clashes():
+            raise SettingsError("\n".join(clashes))
+        return settings
+
+    def clashes(self) -> list[str]:
+        """Problems of settings that are each valid alone but not together (one line each)."""
+        return []
 
     @classmethod
     def overrides(cls, pairs: Iterable[str]) -> dict[str, str]:
@@ -436,7 +447,7 @@ class AssistantSettings(FlowSettings):
     max_turns: int = setting(6, "turns remembered per session", minimum=0)
     session_idle_timeout_s: float = setting(900.0, "a session idle this long is forgotten", minimum=1.0)
     chunk_tokens: int = setting(160, "chunk size in encoder tokens", minimum=16, maximum=256)
-    chunk_overlap: int = setting(32, "overlap between chunks in tokens", minimum=0)
+    chunk_overlap: int = setting(32, "overlap between chunks in tokens (less than SLUICE_CHUNK_TOKENS)", minimum=0)
     top_k: int = setting(
         5,
         "passages the answer is chosen from and cited (the eval: 0.605 answered right with 5, 0.563 with 3)",
@@ -495,6 +506,13 @@ class AssistantSettings(FlowSettings):
     def bf16(self) -> bool | None:
         """``encoder_bf16`` as :class:`models.text_encoder.TextEncoder` takes it (``None``: decide by the CPU)."""
         return {"auto": None, "on": True, "off": False}[self.encoder_bf16]
+
+    def clashes(self) -> list[str]:
+        if self.chunk_overlap >= self.chunk_tokens:  # chunking could not move forward: the first document fails
+            return [
+                f"SLUICE_CHUNK_OVERLAP={self.chunk_overlap} must be less than SLUICE_CHUNK_TOKENS={self.chunk_tokens}"
+            ]
+        return []
 
     def input_topics(self) -> list[str]:
         return [self.documents_topic, self.requests_topic]

@@ -40,6 +40,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
             "SLUICE_BROKER_PROFILE='fast' is not allowed: use one of latency, throughput, kafka",
         ),
         ({"SLUICE_START_FROM": "yesterday"}, "SLUICE_START_FROM='yesterday': bad start position"),
+        ({"SLUICE_START_FROM": "offset:-1"}, "SLUICE_START_FROM='offset:-1': bad start position"),
+        ({"SLUICE_MAX_WAIT_MS": "nan"}, "SLUICE_MAX_WAIT_MS='nan' is not a finite number"),
+        ({"SLUICE_CONNECT_TIMEOUT_S": "inf"}, "SLUICE_CONNECT_TIMEOUT_S='inf' is not a finite number"),
         ({"SLUICE_TRANSACTIONS_TOPIC": "my topic"}, "SLUICE_TRANSACTIONS_TOPIC='my topic': a Kafka topic name"),
     ],
 )
@@ -48,6 +51,13 @@ def test_each_bad_value_is_one_line_naming_the_variable(env, message):
         FraudSettings.from_env(env)
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+def test_settings_valid_alone_but_not_together_are_one_line_naming_both():
+    with pytest.raises(SettingsError) as info:
+        AssistantSettings.from_env({"SLUICE_CHUNK_TOKENS": "16", "SLUICE_CHUNK_OVERLAP": "32"})
+    assert str(info.value) == "SLUICE_CHUNK_OVERLAP=32 must be less than SLUICE_CHUNK_TOKENS=16"
+    assert AssistantSettings.from_env({"SLUICE_CHUNK_TOKENS": "33", "SLUICE_CHUNK_OVERLAP": "32"}).chunk_tokens == 33
 
 
 def test_every_problem_is_reported_at_once():
