@@ -406,7 +406,7 @@ def model_sources(settings: FraudSettings) -> tuple[VersionedModels[FraudCascade
         return load_cascade(registry.folder(version), settings.device, stage1=settings.stage1_model)
 
     served = VersionedModels(registry.served, load, settings.model_check_s)
-    shadowed = VersionedModels(registry.candidate, load, settings.model_check_s)
+    shadowed = VersionedModels(registry.candidate, load, settings.model_check_s, optional=True)
     try:
         ready = served.ready_version()
     except Exception as exc:  # whatever a broken artifact raises, the flow cannot start on it
@@ -416,6 +416,7 @@ def model_sources(settings: FraudSettings) -> tuple[VersionedModels[FraudCascade
         ) from None
     if ready is None:
         raise FileNotFoundError(f"no served fraud model in {registry.root}: train one with `sluice train fraud`")
+    shadowed.ready_version()  # a candidate starts loading now, in the background: events shadow once it is ready
     return served, shadowed
 
 

@@ -64,8 +64,10 @@ class ModelRegistry:
         return [p.name for p in sorted(found, key=lambda p: json.loads((p / "manifest.json").read_text())["created"])]
 
     def _read(self, name: str) -> str | None:
-        path = self.root / name
-        return path.read_text().strip() or None if path.exists() else None
+        try:  # not exists() then read: an unshadow or a promote in between would make that a FileNotFoundError
+            return (self.root / name).read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def served(self) -> str | None:
         """The version served now (``LATEST``)."""

@@ -56,7 +56,10 @@ class VersionedModels(Generic[M]):
     for a version. ``None`` as a version means "nothing" (no shadow candidate):
     :meth:`get` returns ``None`` for it. While a new version loads, the version
     served before it goes on serving. A version that fails to load is logged and
-    tried again after ``retry_after_s``, not on every batch.
+    tried again after ``retry_after_s``, not on every batch. With ``optional``
+    (a shadow candidate: having none is fine) even the first version loads in the
+    background, so the flow neither stalls on it nor fails on a broken one: until
+    it is loaded, there is none.
 
     >>> models = VersionedModels(lambda: "v1", lambda v: f"model {v}", check_every_s=0)
     >>> models.ready_version(), models.get("v1")
@@ -71,7 +74,9 @@ class VersionedModels(Generic[M]):
         keep: int = 3,
         background: bool = True,
         retry_after_s: float = 30.0,
+        optional: bool = False,
     ) -> None:
+        self.optional = optional
         self._current, self._load = current, load
         self.check_every_s, self.keep, self.retry_after_s = check_every_s, keep, retry_after_s
         self._loaded: OrderedDict[str, M] = OrderedDict()
@@ -121,13 +126,15 @@ class VersionedModels(Generic[M]):
                 self._served = wanted
                 return wanted
             nothing_loaded = not self._loaded
-        if self._executor is None or nothing_loaded:  # the first version: nothing to serve meanwhile
+        if self._executor is None or (nothing_loaded and not self.optional):  # nothing to serve meanwhile
             self.get(wanted)
             self._served = wanted
             return wanted
         self._start_loading(wanted, now)
         with self._lock:  # the version served before, not the one a later step used last (LRU order)
-            return self._served if self._served in self._loaded else next(reversed(self._loaded), None)
+            if self._served in self._loaded:
+                return self._served
+            return None if self.optional else next(reversed(self._loaded), None)
 
     def _start_loading(self, version: str, now: float) -> None:
         assert self._executor is not None

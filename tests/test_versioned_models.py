@@ -76,3 +76,19 @@ def test_the_first_version_is_loaded_before_anything_is_served(background):
     reg = Registry()
     models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, background=background)
     assert models.ready_version() == "v1" and models.get("v1") == "model v1"
+
+
+def test_an_optional_source_never_stalls_or_fails_the_flow_on_its_version(caplog):
+    """A shadow candidate: it loads in the background, there is none until it is ready, and one that does
+    not load is logged and stays none (the flow keeps deciding) until a loadable one is named."""
+    reg = Registry()
+    reg.broken.add("v1")
+    reg.release.clear()
+    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, retry_after_s=60, optional=True)
+    assert models.ready_version() is None  # loading, not waited for
+    reg.release.set()
+    with caplog.at_level(logging.WARNING, logger="operators.versioned_batch"):
+        _until(lambda: (models.ready_version(), models.load_failures)[1] == 1)
+    assert models.ready_version() is None and "model v1 did not load" in caplog.text
+    reg.served = "v2"
+    _until(lambda: models.ready_version() == "v2")
