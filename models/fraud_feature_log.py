@@ -104,10 +104,20 @@ class LabelBook:
             self.chargebacks[str(obj["event_id"])] = int(obj.get("reported_at", 0))
 
     def add_verdict(self, raw: bytes | None) -> None:
-        """A ``final-decisions`` record from the review flow: a person's ``approve`` or ``decline``."""
+        """A ``final-decisions`` record from the review flow: a person's ``approve`` or ``decline``.
+
+        Only cases people closed (``by`` ``chain``) are labels: a case closed by an expired SLA took
+        its chain's default action, which no one judged.
+
+        >>> book = LabelBook()
+        >>> book.add_verdict(b'{"event_id": "a", "decision": "decline", "by": "chain", "decided_at": 5}')
+        >>> book.add_verdict(b'{"event_id": "b", "decision": "decline", "by": "sla_default", "decided_at": 5}')
+        >>> book.verdicts
+        {'a': (True, 5)}
+        """
         obj = json_object(raw)
         decision = obj.get("decision")
-        if decision in ("approve", "decline") and "event_id" in obj:
+        if decision in ("approve", "decline") and "event_id" in obj and obj.get("by") == "chain":
             self.verdicts[str(obj["event_id"])] = (decision == "decline", int(obj.get("decided_at", 0)))
 
     def known_until(self) -> int | None:
