@@ -336,3 +336,31 @@ def test_in_a_browser_an_analyst_then_a_senior_approve_and_the_final_decision_is
     assert len(final) == 1 and final[0]["decision"] == "approve" and final[0]["by"] == "chain"
     assert [(s["reviewer"], s["reviewer_role"]) for s in final[0]["steps"]] == [("ann", "analyst"), ("sue", "senior")]
     assert (tmp_path / "queue.png").stat().st_size > 10_000 and (tmp_path / "case.png").stat().st_size > 10_000
+
+
+def test_a_malformed_record_on_the_review_topics_is_refused_whole_and_the_queues_keep_working():
+    """The cases topic is compacted and read from its start: a snapshot kept half-valid would break every
+    reviewer's queue on every start. Each malformed record raises (the feed logs and skips it) and leaves
+    the board as it was."""
+    from models.review_case import Chain, StepSpec, open_case
+    from models.review_wire import Automated, CaseFile, case_body
+
+    board = ReviewBoard()
+    chain = Chain("c", "v1", ("analyst", "senior"), (StepSpec("analyst", 600.0),), "hold")
+    automated = Automated("review", 0.7, (), "m", (), (), 0.0)
+    file = CaseFile("case-1", "e1", "tok_x", "••••0001", 10.0, "US", "grocery", 0, automated, (), "h")
+    board.on_case(case_body(open_case("case-1", chain, opened_at_ms=0.0), file, "test", 0.0))
+    for bad in (
+        {"case_id": "x", "history": [{"kind": "verdict"}]},
+        {"case_id": "y", "status": "open"},
+        ["case-1"],
+        None,
+    ):
+        handlers = (board.on_case, board.on_final, board.on_rejection)
+        for handler in (*handlers, board.on_rationale) if not isinstance(bad, dict) else handlers:
+            with pytest.raises((KeyError, TypeError, ValueError)):
+                handler(bad)  # type: ignore[arg-type]
+        board.on_rationale({"case_id": "x"})  # no event id or text: nothing to show, nothing kept
+    queue, count = board.queue("analyst", "ann")
+    assert count == 1 and [b["case_id"] for b in queue] == ["case-1"]
+    assert board.counts() and board.case("x") is None and board.final("x") is None

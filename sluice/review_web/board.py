@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from models.review_case import Verdict
+from models.review_wire import case_from_body
 from operators.kafka.admin import list_partitions, log
 from operators.kafka.connection import KafkaConnection
 
@@ -57,10 +58,17 @@ class ReviewBoard:
 
     # written by the feed
     def on_case(self, body: Body) -> None:
+        """A ``review-cases`` snapshot; one the pages could not show raises before anything is kept (the
+        topic is compacted and read from its start: a kept bad record would break every queue for good)."""
+        _require_object(body)
+        case_from_body(body)
+        if not isinstance(body["transaction"]["event_id"], str):
+            raise TypeError("transaction.event_id is not a string")
         case_id = body["case_id"]
+        settled = _accepted(body)
         with self._lock:
             self._cases[case_id] = body
-            self._settle_history(case_id, body)
+            self._settle_all(case_id, settled)
             if body["status"] == "closed":
                 self._closed[case_id] = None
                 while len(self._closed) > KEEP_CLOSED:
@@ -69,22 +77,29 @@ class ReviewBoard:
                     self._finals.pop(old, None)
 
     def on_rejection(self, body: Body) -> None:
+        _require_object(body)
+        verdict_id, case_id, reviewer, reason = body["verdict_id"], body["case_id"], body["reviewer"], body["reason"]
         with self._lock:
-            self._settle(body["verdict_id"], body["case_id"], body["reviewer"], "rejected", body["reason"])
+            self._settle(verdict_id, case_id, reviewer, "rejected", reason)
 
     def on_final(self, body: Body) -> None:
         # a final carries the chain's history too: it settles the verdicts in it whichever topic arrives first,
         # so a page never shows the final decision beside its own verdict still "pending"
+        _require_object(body)
+        case_id = body["case_id"]
+        if body["decision"] not in ("approve", "decline", "hold"):
+            raise ValueError(f"final decision {body['decision']!r} is not approve, decline or hold")
+        settled = _accepted(body)
         with self._lock:
-            self._finals[body["case_id"]] = body
-            self._settle_history(body["case_id"], body)
+            self._finals[case_id] = body
+            self._settle_all(case_id, settled)
 
-    def _settle_history(self, case_id: str, body: Body) -> None:
-        for entry in body.get("history", ()):
-            if entry["kind"] == "verdict":
-                self._settle(entry["verdict_id"], case_id, entry["reviewer"], "accepted", entry["effect"])
+    def _settle_all(self, case_id: str, settled: list[tuple[str, str, str]]) -> None:
+        for verdict_id, reviewer, effect in settled:
+            self._settle(verdict_id, case_id, reviewer, "accepted", effect)
 
     def on_rationale(self, body: Body) -> None:
+        _require_object(body)
         event_id, text = body.get("event_id"), body.get("rationale")
         if isinstance(event_id, str) and isinstance(text, str):
             with self._lock:
@@ -148,6 +163,19 @@ class ReviewBoard:
             return {"open": open_cases, "closed_kept": len(self._closed), "finals": len(self._finals)}
 
 
+def _require_object(body: object) -> None:
+    if not isinstance(body, dict):
+        raise TypeError(f"a JSON object was expected, not {type(body).__name__}")
+
+
+def _accepted(body: Body) -> list[tuple[str, str, str]]:
+    """``(verdict id, reviewer, effect)`` of each accepted verdict in a snapshot's history (raises if malformed)."""
+    history = body.get("history", ())
+    if not isinstance(history, list):
+        raise TypeError("history is not a list")
+    return [(str(e["verdict_id"]), str(e["reviewer"]), str(e["effect"])) for e in history if e["kind"] == "verdict"]
+
+
 class Feed(threading.Thread):
     """Consumes the flow's outputs into a :class:`ReviewBoard`; sets ``board.ready`` once it has read
     everything that was there when it started."""
@@ -197,7 +225,7 @@ class Feed(threading.Thread):
                     try:
                         body = orjson.loads(msg.value() or b"{}")
                         handlers[msg.topic() or ""](body)
-                    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+                    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                         logger.warning("skipping a malformed record on %s: %s", msg.topic(), exc)
         except Exception as exc:  # noqa: BLE001 - reported by /healthz, not a silent dead thread
             self.error = f"{type(exc).__name__}: {exc}"
