@@ -151,13 +151,14 @@ def test_a_verdict_page_learns_the_outcome_from_the_flow_and_shows_a_rationale(r
     page = ann.get(f"{base}/cases/{case_id}").text
     assert rationale.replace("'", "&#39;") in page  # the hook: a model's rationale shown when one exists
     assert "••••" in page and "velocity_burst" in page
-    sent = ann.post(
-        f"{base}/cases/{case_id}/verdict", data=_form(page, 0, "approve", "known customer"), allow_redirects=False
-    )
+    note = "known customer, card 4111  1111  1111  1111"  # the page removes card numbers before Kafka sees them
+    sent = ann.post(f"{base}/cases/{case_id}/verdict", data=_form(page, 0, "approve", note), allow_redirects=False)
     assert sent.status_code == 303
     verdict_id = sent.headers["location"].split("verdict=")[1]
     status = _final_status(ann, base, verdict_id)
     assert status["status"] == "accepted" and status["final"]["decision"] == "approve"
+    [sent_note] = [v["note"] for v in bodies(settings, settings.verdicts_topic) if v["verdict_id"] == verdict_id]
+    assert sent_note == "known customer, card [number removed]"
     assert sign_in(base, "bob").get(f"{base}/api/verdicts/{verdict_id}").status_code == 404  # not bob's verdict
 
 

@@ -46,6 +46,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
+from models.card_token import redact_numbers
 from models.review_case import ACTIONS, Verdict, admissible
 from models.review_wire import MAX_NOTE_CHARS, case_from_body, verdict_body
 from operators.kafka.admin import log, require_topics
@@ -285,6 +286,7 @@ async def submit_verdict(request: Request) -> Response:
     if step < 0 or action not in ACTIONS or not note or len(note) > MAX_NOTE_CHARS:
         error = f"Choose approve, decline or request info, and write a note (1 to {MAX_NOTE_CHARS} characters)."
         return _case_page(request, session, reviewer, case_id, error=error, status=400)
+    note = redact_numbers(note)  # before it leaves for Kafka: the verdicts topic must not hold card numbers either
     verdict = Verdict(uuid.uuid4().hex, case_id, step, reviewer.id, reviewer.role, action, note, time.time() * 1e3)
     refused = admissible(case_from_body(body), verdict)
     if refused is not None:
