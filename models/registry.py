@@ -39,6 +39,9 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+ROLLBACK_FROM = "rollback from "  # the reason a rollback records (how the history tells it from a promote)
+
+
 class UnknownVersion(LookupError):
     """A version the registry does not hold (or nothing to roll back to)."""
 
@@ -98,14 +101,29 @@ class ModelRegistry:
             f.write(json.dumps(entry) + "\n")
 
     def rollback(self) -> str:
-        """Serve the version served before the current one again; returns it."""
-        history = self.history()
+        """Serve the version served before the current one again; returns it. Rollbacks stack: after
+        promoting A, B, C, two rollbacks serve B, then A (not C again)."""
         current = self.served()
-        earlier = [h["served"] for h in history if h["served"] != current]
+        earlier = self._served_stack()
+        while earlier and earlier[-1] == current:
+            earlier.pop()
         if not earlier:
             raise UnknownVersion("nothing to roll back to: no earlier version was ever served")
-        self.promote(earlier[-1], reason=f"rollback from {current}")
+        self.promote(earlier[-1], reason=f"{ROLLBACK_FROM}{current}")
         return earlier[-1]
+
+    def _served_stack(self) -> list[str]:
+        """The promotions still in force, oldest first: a rollback takes back the promotion it undid."""
+        stack: list[str] = []
+        for entry in self.history():
+            if str(entry.get("reason", "")).startswith(ROLLBACK_FROM):
+                if stack:
+                    stack.pop()
+                if not stack or stack[-1] != entry["served"]:
+                    stack.append(entry["served"])
+            else:
+                stack.append(entry["served"])
+        return stack
 
     def shadow(self, version: str | None) -> None:
         """Score ``version`` beside the served one (``None`` stops shadowing)."""

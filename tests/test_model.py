@@ -116,6 +116,28 @@ def test_promoting_the_shadowed_version_ends_its_shadow_and_rollback_does_not_re
     assert registry.rollback() == first and registry.candidate() is None
 
 
+def test_rollbacks_stack_back_through_the_promotions(tmp_path, model_dir):
+    """Promote A, B, C: rollback serves B, a second rollback A, not C again; then nothing is left."""
+    import shutil
+
+    from models.registry import UnknownVersion
+
+    root = tmp_path / "models"
+    root.mkdir()
+    served = ModelRegistry(model_dir).served()
+    assert served is not None
+    for name in "ABC":
+        shutil.copytree(model_dir / served, root / name)
+    registry = ModelRegistry(root)
+    for name in "ABC":
+        registry.promote(name)
+    assert [registry.rollback(), registry.rollback()] == ["B", "A"] and registry.served() == "A"
+    with pytest.raises(UnknownVersion, match="nothing to roll back to"):
+        registry.rollback()
+    registry.promote("C")
+    assert registry.rollback() == "A"
+
+
 def test_a_version_that_does_not_load_is_neither_promoted_nor_shadowed(tmp_path, model_dir, capsys):
     """Truncated weights: `sluice model promote` and `shadow` load the version first and refuse it in one line,
     leaving what is served as it was; an unknown version is one line too."""
