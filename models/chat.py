@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from models.wire import InvalidEvent, json_object
+from models.wire import InvalidEvent, epoch_ms, json_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +28,15 @@ class ChatRequest:
 def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
     """Decode and bound a chat request; :class:`InvalidEvent` says what is wrong.
 
-    >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 3, "text": "hi", "time": 5}')
-    ChatRequest(session_id='s1', turn_id='3', text='hi', sent_at_ms=5)
+    >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 3, "text": "hi", "time": 1767225600000}')
+    ChatRequest(session_id='s1', turn_id='3', text='hi', sent_at_ms=1767225600000.0)
     >>> parse_chat_request(b'{"session_id": "s1", "turn_id": 1, "text": "xxxx"}', max_chars=3)
     Traceback (most recent call last):
     ...
     models.wire.InvalidEvent: text longer than 3 characters (4)
     """
-    if raw is not None and len(raw) > 8 * max_chars + 1024:
+    # a bound on the bytes before decoding: 12 per character is an emoji as JSON escapes it (\ud83d\ude00)
+    if raw is not None and len(raw) > 12 * max_chars + 1024:
         raise InvalidEvent(f"message of {len(raw)} bytes is over the size limit")
     body = json_object(raw)
     session, turn, text = body.get("session_id"), body.get("turn_id"), body.get("text")
@@ -47,9 +48,7 @@ def parse_chat_request(raw: bytes | None, max_chars: int = 2000) -> ChatRequest:
         raise InvalidEvent("text must be a non-empty string")
     if len(text) > max_chars:
         raise InvalidEvent(f"text longer than {max_chars} characters ({len(text)})")
-    sent = body.get("time", time.time() * 1000.0)
-    if not isinstance(sent, int | float) or isinstance(sent, bool):
-        raise InvalidEvent("time must be milliseconds since the epoch")
+    sent = epoch_ms(body.get("time", time.time() * 1000.0), "time")
     return ChatRequest(session, str(turn), text.strip(), sent)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.wire import InvalidEvent, json_object
+from models.wire import InvalidEvent, epoch_ms, json_object
 
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 2000
@@ -272,7 +272,7 @@ class RecommendRequest:
 def parse_recommend_request(raw: bytes | None, max_k: int = MAX_K) -> RecommendRequest:
     """Decode and validate a recommendation request (``context`` is optional, ``k`` 1..``max_k``).
 
-    >>> r = parse_recommend_request(b'{"request_id": "r1", "user_id": "u1", "k": 5, "time": 7,'
+    >>> r = parse_recommend_request(b'{"request_id": "r1", "user_id": "u1", "k": 5, "time": 1767225600000,'
     ...                             b' "context": {"page": "home", "category": "shoes"}}')
     >>> (r.k, r.page, r.category, r.device)
     (5, 'home', 'shoes', '')
@@ -292,7 +292,7 @@ def parse_recommend_request(raw: bytes | None, max_k: int = MAX_K) -> RecommendR
     page, category, device = (
         _text(context, name, "", max_chars=MAX_ID_CHARS) for name in ("page", "category", "device")
     )
-    return RecommendRequest(request_id, user, k, page, category, device, _millis(body, "time"))
+    return RecommendRequest(request_id, user, k, page, category, device, epoch_ms(body.get("time"), "time"))
 
 
 def text_digest(text: str, encoder_name: str) -> str:

@@ -11,9 +11,31 @@ from typing import Any
 
 import orjson
 
+# 2000-01-01 .. 2100-01-01 in epoch milliseconds: a request time outside is in another unit (s, µs) or made up
+MIN_TIME_MS = 946_684_800_000
+MAX_TIME_MS = 4_102_444_800_000
+
 
 class InvalidEvent(ValueError):
     """Raised by a parser: the event is malformed or breaks a rule; the message says why."""
+
+
+def epoch_ms(value: object, name: str) -> float:
+    """``value`` as epoch milliseconds from 2000 to 2100; otherwise :class:`InvalidEvent` naming ``name``.
+
+    Deadlines and promotions are computed from request times: one sent in seconds would
+    make every deadline long past, one in microseconds every promotion over.
+
+    >>> epoch_ms(1767225600000, "time")
+    1767225600000.0
+    >>> epoch_ms(1767225600, "time")
+    Traceback (most recent call last):
+    ...
+    models.wire.InvalidEvent: time must be milliseconds since the epoch, from 2000 to 2100 (got 1767225600)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise InvalidEvent(f"{name} must be milliseconds since the epoch, from 2000 to 2100 (got {value!r:.40})")
+    return float(value)
 
 
 def json_object(raw: bytes | None) -> dict[str, Any]:

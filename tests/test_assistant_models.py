@@ -397,3 +397,23 @@ def test_numpy_intent_head_matches_scikit_learn():
     router = shared_intent_router()
     vectors = shared_encoder("cpu").encode(["hi there!", "How do I read and write JSON?", "I want a human"])
     assert np.allclose(router.probabilities(vectors), router.model.predict_proba(vectors.astype(np.float64)), atol=1e-5)
+
+
+def test_a_chat_request_is_bounded_by_its_characters_however_json_escapes_them():
+    """1,500 emoji are 1,500 characters: Python's json.dumps writes each as a 12-byte escape."""
+    from models.chat import parse_chat_request
+
+    text = "\U0001f600" * 1500
+    raw = json.dumps({"session_id": "s", "turn_id": 1, "text": text, "time": 1767225600000}).encode()
+    assert len(raw) > 8 * 2000 + 1024  # what the old byte bound refused
+    assert parse_chat_request(raw, max_chars=2000).text == text
+
+
+@pytest.mark.parametrize("sent", [1767225600, 1767225600000000, 0, -5, "now", True])
+def test_a_chat_request_time_in_another_unit_is_refused_naming_the_field(sent):
+    from models.chat import parse_chat_request
+    from models.wire import InvalidEvent
+
+    raw = json.dumps({"session_id": "s", "turn_id": 1, "text": "hi", "time": sent}).encode()
+    with pytest.raises(InvalidEvent, match="time must be milliseconds since the epoch, from 2000 to 2100"):
+        parse_chat_request(raw)
