@@ -111,7 +111,7 @@ def template_note(case: Case) -> str:
     verb = {"review": "Sent to review", "decline": "Declined"}.get(case.decision, case.decision.capitalize())
     why = "; ".join(case.signals) if case.signals else "no rule fired, the models' scores alone"
     usual = f", usual {_money(case.usual_amount, case.currency)}" if case.usual_amount is not None else ""
-    payment = f"{_money(case.amount, case.currency)} at {safe_text(case.merchant)} ({case.category}){usual}"
+    payment = f"{_money(case.amount, case.currency)} at {safe_text(case.merchant)} ({safe_text(case.category)}){usual}"
     return f"{verb}: {why}; {payment}; scores: {_scores_text(case)}."
 
 
@@ -121,12 +121,12 @@ def _fact_lines(case: Case) -> str:
         f"- decision: {case.decision}",
         f"- amount: {_money(case.amount, case.currency)}{usual}",
         f"- signals: {'; '.join(case.signals) if case.signals else 'none beyond the score'}",
-        f"- merchant: {safe_text(case.merchant)} ({case.category})",
+        f"- merchant: {safe_text(case.merchant)} ({safe_text(case.category)})",  # both are the producer's text
         f"- country: {case.country}" + (f" (home {case.home_country})" if case.home_country else ""),
         f"- scores: {_scores_text(case)}",
     ]
     if case.recent:
-        recent = "; ".join(f"{a:.2f} {c} {s:.0f}s before" for s, a, c in case.recent)
+        recent = "; ".join(f"{a:.2f} {safe_text(c)} {s:.0f}s before" for s, a, c in case.recent)
         lines.append(f"- recent payments: {recent}")
     return "\n".join(lines)
 
