@@ -23,10 +23,11 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sluice.processes import init_recovery
 from sluice.settings import (
     AssistantSettings,
     FlowSettings,
@@ -104,10 +105,41 @@ def _transaction_arguments(
     )
 
 
+def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The recovery folder a ``bytewax.run`` command line (or its environment) names, if any.
+
+    >>> recovery_dir_of(["-r", ".rec", "-s", "1"], {}), recovery_dir_of(["--recovery-directory=x"], {})
+    ('.rec', 'x')
+    >>> recovery_dir_of(["-w", "2"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"}), recovery_dir_of([], {})
+    ('y', None)
+    """
+    for i, arg in enumerate(bytewax_args):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
+            return bytewax_args[i + 1]
+        if arg.startswith("--recovery-directory="):
+            return arg.split("=", 1)[1]
+    return env.get("BYTEWAX_RECOVERY_DIRECTORY")
+
+
+def _prepare_recovery(folder: str) -> None:
+    """A recovery folder that does not hold a store yet gets one (1 partition): bytewax.run would stop
+    with a traceback instead. A file where the folder should be is one line."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"sluice: error: the recovery directory {folder} is a file")
+    if not any(path.glob("part-*.sqlite3")):
+        init_recovery(path, 1)
+        print(f"sluice: {folder}: a new recovery store, 1 partition "
+              f"(more: python -m bytewax.recovery {folder} N, before the first run)", file=sys.stderr)  # fmt: skip
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Replace this process with ``python -m bytewax.run <flow factory> <bytewax args>``."""
     import_str = FLOWS[args.flow][0]
     extra = [a for a in args.bytewax_args if a != "--"]
+    folder = recovery_dir_of(extra, os.environ)
+    if folder is not None:
+        _prepare_recovery(folder)
     argv = [sys.executable, "-m", "bytewax.run", import_str, *extra]
     os.execv(sys.executable, argv)
     return 0  # not reached

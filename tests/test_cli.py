@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+import pytest
 
 from operators.kafka.admin import read_all
 from sluice.cli import main
@@ -116,3 +117,21 @@ def test_bad_load_generator_arguments_are_refused_in_one_line():
     ]:
         out = _sluice("produce", "transactions", *args)
         assert out.returncode == 2 and out.stderr.strip().endswith(wanted), out.stderr
+
+
+def test_sluice_run_prepares_a_recovery_folder_that_holds_no_store_yet(tmp_path, capsys):
+    """bytewax.run stops with a traceback on a missing or empty recovery folder; `sluice run` creates the store
+    (1 partition), leaves an existing one alone, and refuses a file in one line."""
+    from sluice.cli import _prepare_recovery
+
+    fresh = tmp_path / "new" / ".recovery"
+    _prepare_recovery(str(fresh))
+    assert [p.name for p in fresh.glob("part-*.sqlite3")] == ["part-0.sqlite3"]
+    assert "a new recovery store, 1 partition" in capsys.readouterr().err
+    before = (fresh / "part-0.sqlite3").stat().st_mtime_ns
+    _prepare_recovery(str(fresh))  # a store already: resumed from, never replaced
+    assert (fresh / "part-0.sqlite3").stat().st_mtime_ns == before and capsys.readouterr().err == ""
+    a_file = tmp_path / "oops"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match="the recovery directory .* is a file"):
+        _prepare_recovery(str(a_file))

@@ -9,6 +9,7 @@ at (a real cluster too). Tests use :class:`LocalStack` directly, on free ports.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -16,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from operators.kafka.admin import admin_client, create_topics
 from operators.kafka.connection import KafkaConnection
@@ -29,6 +31,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".stack" / "local"
 
 __all__ = ["LocalStack", "StackError", "free_port", "stack_from_env", "workflow_topics"]
+
+
+log = logging.getLogger(__name__)
 
 
 class StackError(RuntimeError):
@@ -245,19 +250,52 @@ def workflow_topics(env: dict[str, str] | None = None) -> dict[str, int]:
     return topics
 
 
-def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
-    """The stack described by ``SLUICE_STACK_KAFKA_PORT`` / ``SLUICE_STACK_REDIS_PORT``."""
-    return LocalStack(
-        kafka_port=int(os.environ.get("SLUICE_STACK_KAFKA_PORT", "19092")),
-        redis_port=int(os.environ.get("SLUICE_STACK_REDIS_PORT", "16379")),
-        state_dir=state_dir,
-        topics=workflow_topics(),
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def stack_ports(env: Mapping[str, str]) -> tuple[int, int]:
+    """The local stack's Kafka and Redis ports: ``SLUICE_STACK_KAFKA_PORT`` / ``SLUICE_STACK_REDIS_PORT``,
+    else the ports of ``SLUICE_BROKERS`` / ``SLUICE_REDIS_URL`` when they name this machine (so the stack
+    starts where the flows will look), else 19092 and 16379.
+
+    >>> stack_ports({})
+    (19092, 16379)
+    >>> stack_ports({"SLUICE_BROKERS": "127.0.0.1:29092", "SLUICE_REDIS_URL": "redis://localhost:26379/0"})
+    (29092, 26379)
+    >>> stack_ports({"SLUICE_STACK_KAFKA_PORT": "x"})
+    Traceback (most recent call last):
+    ...
+    sluice.local.stack.StackError: SLUICE_STACK_KAFKA_PORT='x' is not a TCP port
+    """
+
+    def port(name: str, url: str | None, default: int) -> int:
+        raw = env.get(name)
+        if raw is None and url:
+            parsed = urlsplit(url if "//" in url else f"//{url}")
+            if "," not in url and parsed.hostname in LOOPBACK and parsed.port:
+                return parsed.port
+            log.warning("%s does not name this machine: the local stack uses port %d", url, default)
+        if raw is None:
+            return default
+        if not raw.strip().isdigit() or not 1 <= int(raw) <= 65535:
+            raise StackError(f"{name}={raw!r} is not a TCP port")
+        return int(raw)
+
+    return (
+        port("SLUICE_STACK_KAFKA_PORT", env.get("SLUICE_BROKERS"), 19092),
+        port("SLUICE_STACK_REDIS_PORT", env.get("SLUICE_REDIS_URL"), 16379),
     )
 
 
+def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
+    """The stack on :func:`stack_ports`."""
+    kafka_port, redis_port = stack_ports(os.environ)
+    return LocalStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=state_dir, topics=workflow_topics())
+
+
 def up() -> int:
-    stack = stack_from_env()
     try:
+        stack = stack_from_env()
         stack.start()
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -268,7 +306,12 @@ def up() -> int:
 
 
 def down() -> int:
-    stack_from_env().stop()
+    try:
+        stack = stack_from_env()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stack.stop()
     print("stack stopped")
     return 0
 
