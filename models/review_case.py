@@ -234,7 +234,9 @@ def admissible(case: Case, verdict: Verdict) -> Rejected | None:
         return Rejected(verdict, "invalid", f"action {verdict.action!r} is not one of {', '.join(ACTIONS)}")
     if verdict.step != case.current:
         done = verdict.step < case.current
-        reason = f"step {verdict.step + 1} is {'already filled' if done else 'not open yet'}"
+        missing = verdict.step >= len(case.steps)
+        state = "not a step of this chain" if missing else "already filled" if done else "not open yet"
+        reason = f"step {verdict.step + 1} is {state}"
         return Rejected(verdict, "wrong_step", f"{reason}: step {case.current + 1} is the open one")
     step = case.steps[case.current]
     rank = case.chain.rank(verdict.role)

@@ -21,6 +21,7 @@ from models.review_case import (
     Rejected,
     StepSpec,
     Verdict,
+    admissible,
     advance_time,
     apply_verdict,
     open_case,
@@ -242,3 +243,12 @@ def test_tokens_are_keyed_and_reveal_no_card_number(card, key):
 def test_a_short_token_key_is_refused():
     with pytest.raises(ValueError, match="at least 16 bytes"):
         CardTokenizer(b"short")
+
+
+def test_a_verdict_for_a_step_the_chain_does_not_have_says_so():
+    chain = Chain("c", "v1", ROLES, (StepSpec("analyst", 10), StepSpec("senior", 10)), "hold")
+    case = open_case("k", chain, 0.0)
+    beyond = admissible(case, Verdict("v9", "k", 98, "ann", "analyst", "approve", "ok", 1))
+    later = admissible(case, Verdict("v2", "k", 1, "ann", "analyst", "approve", "ok", 1))
+    assert beyond is not None and beyond.reason == "step 99 is not a step of this chain: step 1 is the open one"
+    assert later is not None and later.reason == "step 2 is not open yet: step 1 is the open one"
