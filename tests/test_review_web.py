@@ -365,3 +365,27 @@ def test_a_malformed_record_on_the_review_topics_is_refused_whole_and_the_queues
     queue, count = board.queue("analyst", "ann")
     assert count == 1 and [b["case_id"] for b in queue] == ["case-1"]
     assert board.counts() and board.case("x") is None and board.final("x") is None
+
+
+def test_parallel_guesses_cannot_pass_the_sign_in_throttle_and_random_ids_cannot_grow_it():
+    import threading
+
+    from sluice.review_web.auth import SignInThrottle
+
+    throttle = SignInThrottle(limit=5, window_s=300, lock_s=60, max_ids=100)
+    start, allowed = threading.Barrier(40), []
+
+    def guess() -> None:
+        start.wait()
+        allowed.append(throttle.begin("ann"))
+
+    threads = [threading.Thread(target=guess) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed.count(True) == 5  # each attempt counts before its password is checked
+    for n in range(1_000):
+        throttle.begin(f"random-{n}")
+    kept = throttle._failures
+    assert len(kept) == 100 and "random-999" in kept and "ann" not in kept  # the newest kept, the oldest dropped

@@ -190,14 +190,13 @@ async def login(request: Request) -> Response:
         return _page(request, "error.html", {"message": "The sign-in form expired: reload the page."}, 403)
     assert session is not None
     reviewer_id, password = str(form.get("reviewer", "")), str(form.get("password", ""))
-    if service.throttle.locked(reviewer_id):
+    if not service.throttle.begin(reviewer_id):
         error, status = "Too many failed sign-ins for this id: wait a minute.", 429
     else:
         reviewer = await run_in_threadpool(service.reviewers.authenticate, reviewer_id, password)
         if reviewer is not None:
             service.throttle.succeeded(reviewer_id)
             return _with_cookie(RedirectResponse("/", status_code=303), request, service.codec.issue(reviewer.id))
-        service.throttle.failed(reviewer_id)
         error, status = "Unknown reviewer or wrong password.", 401
     return _page(request, "login.html", {"csrf": session.csrf, "error": error}, status)
 

@@ -202,27 +202,36 @@ def csrf_ok(session: Session | None, token: object) -> bool:
 class SignInThrottle:
     """Locks a reviewer id for ``lock_s`` after ``limit`` failed sign-ins within ``window_s``.
 
+    :meth:`begin` reserves an attempt, counted as a failure until :meth:`succeeded`
+    clears it: checking first and counting after the password check would let
+    parallel guesses all pass the check before any failure is recorded. At most
+    ``max_ids`` ids are remembered (the stalest go first), so guessing random ids
+    cannot grow it without bound.
+
     >>> t = SignInThrottle(limit=2, window_s=60, lock_s=30)
-    >>> t.failed("ann", now=0); t.failed("ann", now=1); t.locked("ann", now=2), t.locked("ann", now=40)
-    (True, False)
+    >>> t.begin("ann", now=0), t.begin("ann", now=1), t.begin("ann", now=2), t.begin("ann", now=40)
+    (True, True, False, True)
+    >>> t.succeeded("ann"); t.begin("ann", now=41)
+    True
     """
 
-    def __init__(self, limit: int = 5, window_s: float = 300.0, lock_s: float = 60.0) -> None:
-        self.limit, self.window_s, self.lock_s = limit, window_s, lock_s
+    def __init__(self, limit: int = 5, window_s: float = 300.0, lock_s: float = 60.0, max_ids: int = 10_000) -> None:
+        self.limit, self.window_s, self.lock_s, self.max_ids = limit, window_s, lock_s, max_ids
         self._failures: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def locked(self, reviewer_id: str, now: float | None = None) -> bool:
+    def begin(self, reviewer_id: str, now: float | None = None) -> bool:
+        """Reserve a sign-in attempt for ``reviewer_id``; False while the id is locked."""
         now = time.time() if now is None else now
         with self._lock:
-            recent = [t for t in self._failures.get(reviewer_id, []) if now - t < self.window_s]
-            return len(recent) >= self.limit and now - recent[-1] < self.lock_s
-
-    def failed(self, reviewer_id: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self._lock:
-            kept = [t for t in self._failures.get(reviewer_id, []) if now - t < self.window_s]
-            self._failures[reviewer_id] = [*kept, now][-self.limit :]
+            recent = [t for t in self._failures.pop(reviewer_id, []) if now - t < self.window_s]
+            if len(recent) >= self.limit and now - recent[-1] < self.lock_s:
+                self._failures[reviewer_id] = recent
+                return False
+            self._failures[reviewer_id] = [*recent, now][-self.limit :]  # re-inserted: newest last
+            while len(self._failures) > self.max_ids:
+                del self._failures[next(iter(self._failures))]  # the id whose last attempt is oldest
+            return True
 
     def succeeded(self, reviewer_id: str) -> None:
         with self._lock:
