@@ -348,13 +348,12 @@ def error_reply(settings: AssistantSettings, dead: DeadLetter) -> KafkaRecord | 
 def index_record(settings: AssistantSettings, tagged: tuple[Position | None, IndexChange | IndexReady]) -> KafkaRecord:
     position, event = tagged
     if isinstance(event, IndexReady):
-        log.info(
-            "knowledge index ready: %d documents, %d chunks (%d indexed in %.1fs)",
-            event.doc_count,
-            event.chunk_count,
-            event.documents_indexed,
-            event.backlog_seconds,
+        how = (
+            f"{event.documents_indexed} indexed in {event.backlog_seconds:.1f}s"
+            if event.documents_indexed
+            else "restored from the checkpoint"
         )
+        log.info("knowledge index ready: %d documents, %d chunks (%s)", event.doc_count, event.chunk_count, how)
         body = asdict(event)
         headers = [(ID_HEADER, f"ready/{event.doc_count}/{event.chunk_count}/{event.at}".encode())]
         return KafkaRecord(settings.index_changes_topic, b"ready", orjson.dumps(body), headers)

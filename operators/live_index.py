@@ -97,6 +97,9 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         self.budget = budget
         self.max_wait_s = max_query_wait.total_seconds()
         self.now = now_getter
+        # Restored with nothing left to index: ready at once, and said so (the flow's log and readiness record
+        # otherwise only come when a backlog drains, so a restarted flow never announced itself).
+        self.announce = resume is not None and not self.pending and self.index.doc_count > 0
 
     def _answer(self, queries: list[tuple[Q, float]], now: float, warming: bool) -> list[tuple[str, Any]]:
         if not queries:
@@ -113,6 +116,10 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
     def _work(self) -> list[tuple[str, Any]]:
         """Index up to ``budget`` units of the backlog, then answer the queries that may go."""
         out: list[tuple[str, Any]] = []
+        if self.announce and not self.pending:
+            restored = IndexReady(self.index.doc_count, self.index.chunk_count, 0, 0.0, time.time())
+            out.append(("change", (None, restored)))
+        self.announce = False
         if self.pending:
             take, spent = 0, 0
             while take < len(self.pending) and (
@@ -168,7 +175,7 @@ class _LiveIndexLogic(StatefulBatchLogic[tuple[str, Any], tuple[str, Any], dict[
         return self._work(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.pending:
+        if self.pending or self.announce:
             return self.now()  # more backlog: continue at the next chance, after the rest of the worker ran
         if self.waiting:
             return datetime.fromtimestamp(min(t for _, t in self.waiting) + self.max_wait_s, self.now().tzinfo)

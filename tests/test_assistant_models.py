@@ -363,6 +363,10 @@ def test_the_index_is_built_in_small_steps_and_questions_wait_for_earlier_docume
         lambda s: DocumentKnowledge(encoder, state=s), logic.snapshot(), 1, timedelta(seconds=10), clock.get
     )
     assert restored.index.doc_count == 3  # the snapshot round-trips without re-embedding
+    assert restored.notify_at() == clock.now  # a restarted flow says at once that its index is ready
+    [(kind, (tag, announced))] = restored.on_notify()[0]
+    assert kind == "change" and tag is None and isinstance(announced, IndexReady)
+    assert (announced.doc_count, announced.documents_indexed) == (3, 0) and restored.notify_at() is None
 
 
 def test_a_question_waits_at_most_the_bound_then_is_answered_from_a_warming_index():
