@@ -237,13 +237,17 @@ class CaseMachine:
 
     # Machine protocol
     def on_items(self, items: list[OpenCase | VerdictIn], now: datetime) -> list[KafkaRecord]:
+        """Each verdict is applied at the time it was given (SLAs that fell due before it first), then the
+        case moves on to ``now``: a flow behind its input (a backlog, a restart) must not let an SLA expire
+        over a verdict that was on time, and a replay must decide as the first run did."""
         self.out = []
-        self._advance(now)
         for item in items:
             if isinstance(item, OpenCase):
                 self._open(item, now)
             else:
+                self._advance(min(now, datetime.fromtimestamp(item.verdict.at_ms / 1000.0, tz=UTC)))
                 self._verdict(item)
+        self._advance(now)
         return self.out
 
     def on_time(self, now: datetime) -> list[KafkaRecord]:

@@ -12,10 +12,12 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 
+from models.review_case import Verdict
 from models.review_policy import DEFAULT_POLICY
 from operators.kafka.admin import read_all
 from operators.kafka.records import header_value
@@ -305,3 +307,35 @@ def test_secrets_are_never_printed_by_sluice_settings(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "SLUICE_REVIEW_TOKEN_KEY=(set)" in out and "SLUICE_REVIEW_SESSION_SECRET=(set)" in out
     assert "k" * 40 not in out and "s" * 40 not in out
+
+
+def test_a_verdict_given_within_its_sla_counts_however_late_the_flow_reads_it():
+    """A one-step chain with a 15-minute SLA (then decline). An approval given at minute 10 reaches a flow
+    that is behind (a backlog, a restart) at minute 20: it was on time, so the case closes as approved, as
+    a flow that kept up would have decided; the SLA applies only to what came after it."""
+    from dataflows.review import CaseMachine, CaseRequest, OpenCase, Topics, VerdictIn
+    from models.review_case import Chain, StepSpec, open_case
+    from models.review_policy import CaseFacts
+    from models.review_wire import Automated, CaseFile
+    from operators.kafka.records import Position
+
+    minute, t0 = 60_000.0, 1_767_225_600_000.0
+    chain = Chain("c", "v1", ("analyst",), (StepSpec("analyst", 15 * 60.0),), "decline")  # no one to escalate to
+    automated = Automated("review", 0.7, (), "m", (), (), t0)
+    file = CaseFile("case-1", "e1", "tok_x", "••••0001", 10.0, "US", "grocery", 0, automated, (), "h")
+    opened = OpenCase(
+        CaseRequest(file, CaseFacts(10.0, "US", "review", ()), Position("d", 0, 1)), open_case("case-1", chain, t0)
+    )
+
+    def outcome(verdict_at_min: float, read_at_min: float) -> tuple[str, str]:
+        machine = CaseMachine.build(Topics("cases", "rejections", "final", "audit", "dlq"), 3600.0, None)
+        machine.on_items([opened], datetime.fromtimestamp(t0 / 1000, tz=UTC))
+        verdict = Verdict("v1", "case-1", 0, "ann", "analyst", "approve", "ok", t0 + verdict_at_min * minute)
+        machine.on_items([VerdictIn(verdict, Position("v", 0, 1), "h")],
+                         datetime.fromtimestamp((t0 + read_at_min * minute) / 1000, tz=UTC))  # fmt: skip
+        assert machine.memory is not None and machine.memory.case.outcome is not None
+        return machine.memory.case.outcome.decision, machine.memory.case.outcome.by
+
+    assert outcome(10, 11) == ("approve", "chain")
+    assert outcome(10, 20) == ("approve", "chain")  # read late, given on time
+    assert outcome(16, 20) == ("decline", "sla_default")  # given after the SLA: the default stands
