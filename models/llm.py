@@ -110,6 +110,8 @@ class AnswerGenerator:
         quiet_loading()
 
         self.path = Path(path) if path else ensure_converted(DEFAULT_LLM_DIR)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"no LLM at {self.path} (a folder with config.json): check SLUICE_LLM_PATH")
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.tokenizer.padding_side = "left"

@@ -421,3 +421,10 @@ def test_a_chat_request_time_in_another_unit_is_refused_naming_the_field(sent):
     raw = json.dumps({"session_id": "s", "turn_id": 1, "text": "hi", "time": sent}).encode()
     with pytest.raises(InvalidEvent, match="time must be milliseconds since the epoch, from 2000 to 2100"):
         parse_chat_request(raw)
+
+
+def test_a_missing_llm_folder_is_one_line_naming_the_setting(tmp_path):
+    from models.llm import AnswerGenerator
+
+    with pytest.raises(FileNotFoundError, match=f"no LLM at {tmp_path} .*check SLUICE_LLM_PATH"):
+        AnswerGenerator(tmp_path)
