@@ -97,7 +97,8 @@ def start(settings: FlowSettings, flow_name: str) -> None:
         except OSError as exc:
             raise MetricsPortBusy(
                 f"SLUICE_METRICS_PORT={settings.metrics_port}: cannot serve metrics on "
-                f"{settings.metrics_addr}:{port} (process {index}): {exc.strerror or exc}"
+                f"{settings.metrics_addr}:{port} (process {index}; SLUICE_METRICS_ADDR={settings.metrics_addr}): "
+                f"{exc.strerror or exc}"
             ) from None
         metrics.FLOW_INFO.set((str(index),), 1.0)
     if settings.tracing:

@@ -61,6 +61,10 @@ class JsonLinesExporter(SpanExporter):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        try:  # at start, not at the first export: a path that cannot be written is a setting to fix
+            self.path.open("a").close()
+        except OSError as exc:
+            raise TracingError(f"SLUICE_TRACE_EXPORTER=jsonl:{path}: cannot write there ({exc.strerror})") from None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = []

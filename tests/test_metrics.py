@@ -202,6 +202,12 @@ def test_a_taken_metrics_port_is_one_line_naming_the_setting():
     metrics.configure("sluice", enabled=False)
 
 
+def test_a_trace_file_that_cannot_be_written_is_one_line_at_start(tmp_path):
+    settings = replace(FraudSettings(), tracing=True, trace_exporter=f"jsonl:{tmp_path}/missing/spans.jsonl")
+    with pytest.raises(SettingsError, match="SLUICE_TRACE_EXPORTER=jsonl:.*cannot write there"):
+        observability.start(settings, "fraud")
+
+
 def test_a_scrape_is_rendered_by_a_flow_thread_and_parses_as_the_text_format(observed):
     """The server thread asks and a flow thread (here: one polling like the Kafka source) renders; what it
     serves is the text format Prometheus parses, label values escaped."""
