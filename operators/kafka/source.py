@@ -194,6 +194,10 @@ class _PartitionReader(StatefulSourcePartition[SourceRecord, PartitionPosition])
         if start.kind == "latest":
             return end_offset(consumer, topic, partition)
         if start.kind == "offset":
+            end = end_offset(consumer, topic, partition)
+            if start.value > end:  # a broker may wait for offset N in silence (Tansu) or reset (Kafka)
+                log.warning("%s[%d]: offset:%d is past the end (%d): nothing is read there until it gets that far",
+                            topic, partition, start.value, end)  # fmt: skip
             return start.value
         return offset_for_time(consumer, topic, partition, start.value)
 
