@@ -35,7 +35,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  execution {ex}: {workers} worker(s), resumed at epoch {resume}, started {started}")
     for cp in s.checkpoints:
         offsets = " ".join(f"{k}={v}" for k, v in cp.offsets.items())
-        print(f"  epoch {cp.epoch:>6}  {cp.written_at}  {offsets}")
+        # a partition may have written an epoch the others have not: a resume starts from the committed one
+        committed = s.committed_epoch
+        later = "  (not committed on every partition yet)" if committed is not None and cp.epoch > committed else ""
+        print(f"  epoch {cp.epoch:>6}  {cp.written_at}  {offsets}{later}")
     return 0
 
 
