@@ -14,7 +14,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -43,7 +44,37 @@ STARTUP_ERRORS = (
     DeviceUnavailable,
     FileNotFoundError,
     ModelUnusable,
-)
+)  # RecoveryStoreMissing is a FileNotFoundError
+
+
+def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The recovery folder a ``bytewax.run`` command line (or its environment) names, if any.
+
+    >>> recovery_dir_of(["-r", ".rec", "-s", "1"], {}), recovery_dir_of(["--recovery-directory=x"], {})
+    ('.rec', 'x')
+    >>> recovery_dir_of(["-w", "2"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"}), recovery_dir_of([], {})
+    ('y', None)
+    """
+    for i, arg in enumerate(bytewax_args):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
+            return bytewax_args[i + 1]
+        if arg.startswith("--recovery-directory="):
+            return arg.split("=", 1)[1]
+    return env.get("BYTEWAX_RECOVERY_DIRECTORY")
+
+
+class RecoveryStoreMissing(FileNotFoundError):
+    """``-r`` names a folder without a recovery store (bytewax.run would stop with a traceback)."""
+
+
+def check_recovery_dir(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Raise :class:`RecoveryStoreMissing` (one line) when the command line's recovery folder holds no store."""
+    folder = recovery_dir_of(argv, env)
+    if folder is not None and not any(Path(folder).glob("part-*.sqlite3")):
+        raise RecoveryStoreMissing(
+            f"the recovery directory {folder} holds no recovery store: create it once with "
+            f"`python -m bytewax.recovery {folder} N` (or start with `sluice run`, which does)"
+        )
 
 
 def configure_logging(level: str) -> None:
@@ -142,6 +173,8 @@ def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redi
     try:
         settings = settings_cls.from_env()
         configure_logging(settings.log_level)
+        if "bytewax" in sys.argv[0]:  # under bytewax.run: its -r is ours to check (not a test runner's options)
+            check_recovery_dir(sys.argv[1:], os.environ)
         preflight(settings, redis=redis)
         flow = build(settings)
         observability.start(settings, flow.flow_id)

@@ -23,10 +23,11 @@ import importlib
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dataflows.runtime import recovery_dir_of
 from sluice.processes import init_recovery
 from sluice.settings import (
     AssistantSettings,
@@ -103,22 +104,6 @@ def _transaction_arguments(
     parser.add_argument(
         "--label-delay-s", type=float, default=label_delay_s, help="chargebacks arrive this long after their event"
     )
-
-
-def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str | None:
-    """The recovery folder a ``bytewax.run`` command line (or its environment) names, if any.
-
-    >>> recovery_dir_of(["-r", ".rec", "-s", "1"], {}), recovery_dir_of(["--recovery-directory=x"], {})
-    ('.rec', 'x')
-    >>> recovery_dir_of(["-w", "2"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"}), recovery_dir_of([], {})
-    ('y', None)
-    """
-    for i, arg in enumerate(bytewax_args):
-        if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
-            return bytewax_args[i + 1]
-        if arg.startswith("--recovery-directory="):
-            return arg.split("=", 1)[1]
-    return env.get("BYTEWAX_RECOVERY_DIRECTORY")
 
 
 def _prepare_recovery(folder: str) -> None:

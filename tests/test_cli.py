@@ -135,3 +135,14 @@ def test_sluice_run_prepares_a_recovery_folder_that_holds_no_store_yet(tmp_path,
     a_file.write_text("")
     with pytest.raises(SystemExit, match="the recovery directory .* is a file"):
         _prepare_recovery(str(a_file))
+
+
+def test_bytewax_run_on_a_folder_without_a_store_is_one_line_naming_the_fix(tmp_path):
+    """Started with python -m bytewax.run directly, a flow checks its -r folder before Bytewax panics on it."""
+    from dataflows.runtime import RecoveryStoreMissing, check_recovery_dir
+
+    with pytest.raises(RecoveryStoreMissing, match=f"{tmp_path} holds no recovery store.*bytewax.recovery"):
+        check_recovery_dir(["dataflows.fraud:from_env()", "-r", str(tmp_path), "-s", "1"], {})
+    init_recovery(tmp_path, 1)
+    check_recovery_dir(["dataflows.fraud:from_env()", "-r", str(tmp_path), "-s", "1"], {})  # a store: fine
+    check_recovery_dir(["dataflows.fraud:from_env()"], {})  # no recovery at all: fine
