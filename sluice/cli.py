@@ -347,6 +347,7 @@ def _one_line(exc: BaseException) -> str | None:
     from models.registry import ModelUnusable, UnknownVersion
     from operators.kafka.admin import BrokerUnreachable, TopicsMissing
     from sluice.harness.loadgen import NotDelivered
+    from state.checkpoints import InconsistentBackup
     from state.feature_store import RedisUnavailable
 
     if isinstance(exc, KafkaException):
@@ -355,7 +356,16 @@ def _one_line(exc: BaseException) -> str | None:
         return f"Kafka: {reason} (SLUICE_BROKERS={os.environ.get('SLUICE_BROKERS', 'default')})"
     if isinstance(exc, RedisConnectionError):
         return f"Redis: {exc} (SLUICE_REDIS_URL={os.environ.get('SLUICE_REDIS_URL', 'default')})"
-    known = (BrokerUnreachable, TopicsMissing, RedisUnavailable, UnknownVersion, ModelUnusable, NotDelivered)
+    known = (
+        BrokerUnreachable,
+        TopicsMissing,
+        RedisUnavailable,
+        UnknownVersion,
+        ModelUnusable,
+        NotDelivered,
+        InconsistentBackup,
+        FileExistsError,
+    )
     if isinstance(exc, known):
         return str(exc)
     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):

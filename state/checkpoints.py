@@ -10,7 +10,9 @@ before that epoch.
 from __future__ import annotations
 
 import pickle
+import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,16 +87,47 @@ def summarize(recovery_dir: Path, input_step_suffix: str = "transactions") -> St
     )
 
 
-def backup(recovery_dir: Path, dest: Path) -> list[Path]:
-    """Consistent copies of every partition (SQLite's online backup), safe while the flow runs."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in _files(recovery_dir):
-        target = dest / path.name
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
-            src.backup(dst)
-        out.append(target)
-    return out
+class InconsistentBackup(RuntimeError):
+    """Every copy caught the partitions at different epochs (the flow kept committing between them)."""
+
+
+def _commit_epoch(path: Path) -> int | None:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute("SELECT max(commit_epoch) FROM commits").fetchone()[0]
+
+
+def backup(recovery_dir: Path, dest: Path, attempts: int = 50, pause_s: float = 0.05) -> list[Path]:
+    """Copies of every partition at one committed epoch (SQLite's online backup), safe while the flow runs.
+
+    Each partition is copied consistently on its own, but one after the other while the
+    flow commits: with ``-b 0`` Bytewax drops a partition's older snapshots as soon as the
+    next epoch commits, so a copy of partition 0 at epoch 4 beside partition 1 at epoch 7
+    resumes at 8 with partition 0's older state, counting events twice. So the copies are
+    made in a scratch folder and kept only when every partition is at the same commit
+    epoch (copied again otherwise, ``attempts`` times), then renamed to ``dest``, which
+    must not hold anything yet (stale partitions of an older backup would be mixed in).
+    """
+    files = _files(recovery_dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} is not an empty folder: back up into a new one")
+    scratch = dest.parent / f".{dest.name}.partial"
+    for _ in range(attempts):
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        for path in files:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src, sqlite3.connect(scratch / path.name) as dst:
+                src.backup(dst)
+        if len({_commit_epoch(scratch / path.name) for path in files}) == 1:
+            if dest.exists():
+                dest.rmdir()
+            scratch.rename(dest)
+            return [dest / path.name for path in files]
+        time.sleep(pause_s)
+    shutil.rmtree(scratch, ignore_errors=True)
+    raise InconsistentBackup(
+        f"the partitions of {recovery_dir} were at different epochs in each of {attempts} copies: the flow "
+        "commits faster than they can be copied; back up with the flow stopped, or run it with a larger -s"
+    )
 
 
 def latest_state(recovery_dir: Path, step_id: str, key: str) -> object | None:
