@@ -96,10 +96,21 @@ class FlowProcesses:
         self.procs.clear()
 
     def wait(self, timeout_s: float) -> list[int]:
-        """Wait for every process to exit by itself; returns their exit codes."""
-        codes = [p.wait(timeout_s) for p in self.procs]
+        """Wait up to ``timeout_s`` in all for every process to exit by itself; returns their exit codes.
+        Past the deadline the processes are stopped (never left writing after their caller gave up) and
+        :class:`FlowTimedOut` is raised."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            codes = [p.wait(max(0.0, deadline - time.monotonic())) for p in self.procs]
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise FlowTimedOut(f"the flow did not finish within {timeout_s:g}s; it was stopped") from None
         self.procs.clear()
         return codes
+
+
+class FlowTimedOut(RuntimeError):
+    """A bounded run did not finish in time (its processes were stopped)."""
 
 
 def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:

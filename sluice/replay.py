@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.kafka.admin import create_topics
-from sluice.processes import FlowProcesses, init_recovery
+from sluice.processes import FlowProcesses, FlowTimedOut, init_recovery
 from sluice.settings import FraudSettings
 from state.checkpoints import backup, forget_sink_state, summarize
 
@@ -120,14 +120,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             recovery_dir=recovery,
             log_dir=logs,
         ).start()
-        codes = flow.wait(timeout_s=args.timeout)
-        if max(codes) == 0:
-            print(f"replay finished into {args.output_topic}")
-            return 0
-        print(f"replay failed (exit codes {codes}); the end of its log:", file=sys.stderr)
+        try:
+            codes = flow.wait(timeout_s=args.timeout)
+        except FlowTimedOut as exc:
+            failed, code = f"replay did not finish: {exc} (--timeout)", 1
+        else:
+            if all(c == 0 for c in codes):
+                print(f"replay finished into {args.output_topic}")
+                return 0
+            failed, code = f"replay failed (exit codes {codes})", max(abs(c) for c in codes)
+        print(f"{failed}; the end of its log:", file=sys.stderr)
         for log_file in sorted(logs.glob("*.log")):
             print("".join(log_file.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
-        return max(codes)
+        return code
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

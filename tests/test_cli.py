@@ -146,3 +146,13 @@ def test_bytewax_run_on_a_folder_without_a_store_is_one_line_naming_the_fix(tmp_
     init_recovery(tmp_path, 1)
     check_recovery_dir(["dataflows.fraud:from_env()", "-r", str(tmp_path), "-s", "1"], {})  # a store: fine
     check_recovery_dir(["dataflows.fraud:from_env()"], {})  # no recovery at all: fine
+
+
+def test_a_bounded_run_that_overruns_is_stopped_not_left_writing():
+    from sluice.processes import FlowProcesses, FlowTimedOut
+
+    flow = FlowProcesses("", {}, program=["sleep", "30"]).start()
+    child = flow.procs[0]
+    with pytest.raises(FlowTimedOut, match="did not finish within 0.5s; it was stopped"):
+        flow.wait(0.5)
+    assert child.poll() is not None and not flow.alive()

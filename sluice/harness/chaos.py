@@ -97,7 +97,7 @@ def reference_run(settings: FraudSettings, work: Path, timeout_s: float = 1800) 
     )
     create_topics(settings.connection(), {ref.decisions_topic: settings.topic_partitions, ref.dlq_topic: 1})
     flow = _flow(ref, work / "reference", {})
-    if max(flow.wait(timeout_s)) != 0:
+    if any(c != 0 for c in flow.wait(timeout_s)):
         raise RuntimeError("the reference run failed; see its logs")
     return read_outputs(settings, ref.decisions_topic, ref.dlq_topic)
 
@@ -135,7 +135,7 @@ def chaos_run(
         snapshot_s=1,
         **topologies[kills % len(topologies)],
     )
-    if max(last.wait(timeout_s)) != 0:
+    if any(c != 0 for c in last.wait(timeout_s)):
         raise RuntimeError("the last life failed; see its logs")
     return kills
 
