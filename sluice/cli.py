@@ -22,6 +22,7 @@ import argparse
 import importlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -143,8 +144,27 @@ def cmd_settings(args: argparse.Namespace) -> int:
     settings = cls.from_env()
     secret = {env_name(f.name) for f in cls.settings_fields() if f.metadata.get("secret")}
     for name, value in settings.to_env().items():
-        print(f"{name}={'(set)' if name in secret and value else value}")
+        print(f"{name}={shown_value(name, value, secret)}")
     return 0
+
+
+SECRET_KAFKA_OPTION = re.compile(r"^SLUICE_KAFKA_.*(PASSWORD|SECRET|SSL_KEY|KEYSTORE|JAAS|TOKEN)")
+
+
+def shown_value(name: str, value: str, secret: set[str]) -> str:
+    """A setting as `sluice settings` prints it: secrets (ours, and Kafka options such as
+    ``sasl.password`` passed through) as "(set)", and the password of a URL hidden.
+
+    >>> shown_value("SLUICE_KAFKA_SASL_PASSWORD", "hunter2", set())
+    '(set)'
+    >>> shown_value("SLUICE_REDIS_URL", "redis://app:hunter2@redis:6379/0", set())
+    'redis://app:***@redis:6379/0'
+    >>> shown_value("SLUICE_BROKERS", "k1:9092", set()), shown_value("SLUICE_MAX_NEW_TOKENS", "48", set())
+    ('k1:9092', '48')
+    """
+    if value and (name in secret or SECRET_KAFKA_OPTION.search(name)):
+        return "(set)"
+    return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", value)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -383,17 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"sluice: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `sluice settings | head`: the reader left; say nothing more (before OSError below)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         told = _one_line(exc)
         if told is None:
             raise
         print(f"sluice: error: {told}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `sluice settings | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -303,10 +303,13 @@ def test_misconfiguration_stops_the_flow_with_one_line(stack, tmp_path, env, exp
 def test_secrets_are_never_printed_by_sluice_settings(monkeypatch, capsys):
     monkeypatch.setenv("SLUICE_REVIEW_TOKEN_KEY", "k" * 40)
     monkeypatch.setenv("SLUICE_REVIEW_SESSION_SECRET", "s" * 40)
+    monkeypatch.setenv("SLUICE_KAFKA_SASL_PASSWORD", "p" * 12)  # a Kafka option passed through
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://app:" + "r" * 12 + "@127.0.0.1:6379/0")
     assert main(["settings", "review"]) == 0
     out = capsys.readouterr().out
     assert "SLUICE_REVIEW_TOKEN_KEY=(set)" in out and "SLUICE_REVIEW_SESSION_SECRET=(set)" in out
-    assert "k" * 40 not in out and "s" * 40 not in out
+    assert "SLUICE_KAFKA_SASL_PASSWORD=(set)" in out and "SLUICE_REDIS_URL=redis://app:***@127.0.0.1:6379/0" in out
+    assert not any(c * 12 in out for c in "ksp") and "r" * 12 not in out
 
 
 def test_a_verdict_given_within_its_sla_counts_however_late_the_flow_reads_it():
