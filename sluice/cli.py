@@ -366,6 +366,7 @@ def _one_line(exc: BaseException) -> str | None:
 
     from models.registry import ModelUnusable, UnknownVersion
     from operators.kafka.admin import BrokerUnreachable, TopicsMissing
+    from operators.kafka.sink import DeliveryFailed
     from sluice.harness.loadgen import NotDelivered
     from state.checkpoints import InconsistentBackup
     from state.feature_store import RedisUnavailable
@@ -385,6 +386,7 @@ def _one_line(exc: BaseException) -> str | None:
         NotDelivered,
         InconsistentBackup,
         FileExistsError,
+        DeliveryFailed,
     )
     if isinstance(exc, known):
         return str(exc)

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
 
 from models.review_policy import DEFAULT_POLICY, parse_policy
 from models.wire import InvalidEvent
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, log, require_topics
+from operators.kafka.sink import CheckedProducer, DeliveryFailed
 from sluice.review_web.auth import CredentialsError, Reviewers
 from sluice.settings import ReviewSettings
 
@@ -79,10 +79,12 @@ def policy(args: argparse.Namespace) -> int:
         return 0
     settings = ReviewSettings.from_env()
     require_topics(settings.connection(), [settings.policies_topic])
-    producer = Producer(settings.connection().producer_config(logger=log))
+    producer = CheckedProducer(settings.connection().producer_config(logger=log))
     producer.produce(settings.policies_topic, key=b"policy", value=orjson.dumps(orjson.loads(raw)))
-    if producer.flush(10):
-        print("sluice: error: the policy was not delivered within 10 s", file=sys.stderr)
+    try:
+        producer.flush_or_raise(10, "policy records")
+    except DeliveryFailed as exc:
+        print(f"sluice: error: the policy was not published: {exc}", file=sys.stderr)
         return 1
     print(f"published to {settings.policies_topic}: applies to cases opened from now on")
     return 0

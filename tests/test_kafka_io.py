@@ -20,7 +20,7 @@ from operators.kafka.admin import (
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
-from operators.kafka.sink import DeliveryFailed, Partitioner
+from operators.kafka.sink import CheckedProducer, DeliveryFailed, Partitioner
 from operators.kafka.source import KafkaPartitionSource, StartAt
 from operators.kafka.transactional import SkipList, TransactionalKafkaSink, committed_ids
 from tests.helpers import produce
@@ -154,6 +154,18 @@ def test_every_record_lands_in_its_partition_with_12_partitions_and_a_topic_name
     for topic in (wide, short, prefixed):
         got = sorted((m.partition(), m.value()) for m in read_all(conn, topic))
         assert got == sorted((r.partition, r.value) for r in records if r.topic == topic), topic
+
+
+def test_a_tools_producer_fails_when_kafka_refused_a_record_though_nothing_is_queued(settings):
+    """flush() returning 0 says only that nothing is queued: a refused record is a failed delivery report."""
+    from sluice.harness.loadgen import NotDelivered, send_open_loop
+
+    producer = CheckedProducer(settings.connection().producer_config())
+    refused = KafkaRecord(settings.transactions_topic, b"k", b"x", partition=99)  # the topic has 3 partitions
+    # first, before the producer has metadata: queued, then refused by delivery report (later ones raise at once)
+    events = iter([lambda _ms: [refused], lambda _ms: [KafkaRecord(settings.transactions_topic, b"k", b"ok")]])
+    with pytest.raises(NotDelivered, match=r"1 records refused by Kafka; first: .*\[99\]: Local: Unknown partition"):
+        send_open_loop(producer, events, rate=1000, count=2)
 
 
 def test_partitioner_matches_librdkafkas_consistent_partitioner():

@@ -52,6 +52,34 @@ class DeliveryFailed(RuntimeError):
     """Kafka refused or lost records this sink produced."""
 
 
+class CheckedProducer(Producer):
+    """A producer for tools and load generators that knows whether everything it sent was delivered.
+
+    ``flush`` returning 0 only says nothing is queued: a record the broker refused
+    (not authorised, too large for the broker, a policy) comes back as a failed
+    delivery report. Only failures are reported (``delivery.report.only.error``), so
+    the check costs nothing per delivered record.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.failures: list[str] = []
+        super().__init__({**config, "delivery.report.only.error": True, "on_delivery": self._on_failure})
+
+    def _on_failure(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    def flush_or_raise(self, timeout_s: float, what: str = "records") -> None:
+        """Wait for every record; :class:`DeliveryFailed` if any is still queued or was refused."""
+        left = self.flush(timeout_s)
+        if left:
+            raise DeliveryFailed(
+                f"{left} {what} still undelivered after {timeout_s:g}s: is a broker listening at SLUICE_BROKERS?"
+            )
+        if self.failures:
+            raise DeliveryFailed(f"{len(self.failures)} {what} refused by Kafka; first: {self.failures[0]}")
+
+
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
 

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
 from operators.kafka.records import KafkaRecord
-from operators.kafka.sink import produce_all
+from operators.kafka.sink import CheckedProducer, DeliveryFailed, produce_all
 from sluice.harness.progress import Progress
 
 
@@ -73,8 +73,12 @@ def send_open_loop(
         sent = due
         shown.update(sent)
     shown.close()
-    left = producer.flush(60)
-    if left:
+    if isinstance(producer, CheckedProducer):
+        try:
+            producer.flush_or_raise(60)
+        except DeliveryFailed as exc:
+            raise NotDelivered(str(exc)) from None
+    elif left := producer.flush(60):
         raise NotDelivered(
             f"{left} of the records sent were not delivered within 60 s: is a broker listening at SLUICE_BROKERS?"
         )

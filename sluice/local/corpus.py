@@ -20,9 +20,9 @@ import warnings
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
 
 from models.document import DocumentEvent
+from operators.kafka.sink import CheckedProducer
 from sluice.settings import AssistantSettings
 
 QUESTIONS_PATH = Path(__file__).resolve().parents[2] / "perf" / "rag_questions.json"
@@ -81,13 +81,11 @@ def load_corpus() -> list[DocumentEvent]:
 
 def publish(settings: AssistantSettings, docs: list[DocumentEvent], topic: str | None = None) -> int:
     """Produce ``docs`` (keyed by document id) onto the documents topic; returns how many."""
-    producer = Producer(settings.connection().producer_config())
+    producer = CheckedProducer(settings.connection().producer_config())
     for doc in docs:
         producer.produce(topic or settings.documents_topic, key=doc.doc_id.encode(), value=doc.to_json())
         producer.poll(0)
-    left = producer.flush(30)
-    if left:
-        raise RuntimeError(f"{left} document events were not delivered")
+    producer.flush_or_raise(30, "document events")
     return len(docs)
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
-from confluent_kafka import Producer
 
 from models.catalogue_vectors import cached_catalogue_vectors
 from models.shopping import CatalogItem, Interaction, ItemRecord, RecommendRequest, text_digest
 from models.synthetic_shopping import HOUR_MS, ItemFacts, ShopSimulation, make_catalogue
 from operators.kafka.records import KafkaRecord
+from operators.kafka.sink import CheckedProducer
 from sluice.harness.loadgen import send_open_loop
 from sluice.settings import PersonalizeSettings
 from state.feature_store import FeatureStore
@@ -60,14 +60,12 @@ def catalogue_vectors(items: list[CatalogItem], seed: int, settings: Personalize
     return cached_catalogue_vectors(items, seed, encoder.name, encoder.encode, encoder.dim)
 
 
-def producer(settings: PersonalizeSettings) -> Producer:
-    return Producer(settings.connection().producer_config(**{"message.max.bytes": 10_000_000}))
+def producer(settings: PersonalizeSettings) -> CheckedProducer:
+    return CheckedProducer(settings.connection().producer_config(**{"message.max.bytes": 10_000_000}))
 
 
-def _flush(p: Producer, what: str) -> None:
-    left = p.flush(60)
-    if left:
-        raise RuntimeError(f"{left} {what} were not delivered")
+def _flush(p: CheckedProducer, what: str) -> None:
+    p.flush_or_raise(60, what)
 
 
 def publish_catalogue(

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 
 import orjson
-from confluent_kafka import Producer
 
 from models.synthetic_transactions import START_MS, Shift, TransactionStream
 from models.transaction import Transaction
 from operators.kafka.admin import check_broker
 from operators.kafka.records import KafkaRecord
+from operators.kafka.sink import CheckedProducer
 from sluice.harness.loadgen import send_open_loop
 from sluice.settings import FraudSettings, SettingsError
 
@@ -90,9 +90,9 @@ def event_records(
         yield prepare(txn, settings, labels)
 
 
-def sender(settings: FraudSettings) -> Producer:
+def sender(settings: FraudSettings) -> CheckedProducer:
     """The producer the load generator sends with (the connection's profile, idempotent)."""
-    return Producer(settings.connection().producer_config())
+    return CheckedProducer(settings.connection().producer_config())
 
 
 def start_of(text: str) -> int:
