@@ -87,6 +87,10 @@ def replay_env(replayed: FraudSettings, start_from: str, exactly_once: bool) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.flow.partition(":")[0] != DEFAULT_FLOW.partition(":")[0]:
+        # only the fraud flow's outputs are redirected: another flow would write into its live topics and Redis
+        print(f"error: --flow must be a factory of dataflows.fraud (got {args.flow})", file=sys.stderr)
+        return 2
     settings = FraudSettings.from_env()
     replayed = replay_settings(settings, args.output_topic)
     outputs = set(replayed.output_topics())
@@ -156,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--from-backup", help="resume the flow's state and input offsets from this backup")
     src.add_argument("--from-offset", type=int, help="start every input partition at this offset, with empty state")
     src.add_argument("--from-time", type=int, help="epoch milliseconds (Kafka record timestamp), with empty state")
-    p.add_argument("--flow", default=DEFAULT_FLOW, help="the dataflow to run (bytewax.run import string)")
+    p.add_argument("--flow", default=DEFAULT_FLOW, help="the fraud flow's factory to run (bytewax.run import string)")
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--exactly-once", action="store_true", help="transactional output (read it read_committed)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the backfill to finish")

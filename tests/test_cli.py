@@ -156,3 +156,8 @@ def test_a_bounded_run_that_overruns_is_stopped_not_left_writing():
     with pytest.raises(FlowTimedOut, match="did not finish within 0.5s; it was stopped"):
         flow.wait(0.5)
     assert child.poll() is not None and not flow.alive()
+
+
+def test_a_replay_runs_only_the_flow_whose_outputs_it_redirects(capsys):
+    assert main(["replay", "run", "--output-topic", "x", "--flow", "dataflows.personalize:from_env()"]) == 2
+    assert "--flow must be a factory of dataflows.fraud" in capsys.readouterr().err
