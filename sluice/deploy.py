@@ -421,7 +421,18 @@ def topics_script(
 
     >>> print(topics_script(3, 2, {"SLUICE_BROKERS": "k:9092"}).splitlines()[1])
     kafka-topics.sh --bootstrap-server k:9092 --create --if-not-exists --topic transactions --partitions 4 --replication-factor 3 --config min.insync.replicas=2
+    >>> topics_script(1, 2, {})
+    Traceback (most recent call last):
+    ...
+    ValueError: --min-insync-replicas 2 is more than --replication-factor 1: no write could ever be acknowledged
     """
+    if not 1 <= min_insync_replicas <= replication_factor:
+        raise ValueError(
+            f"--min-insync-replicas {min_insync_replicas} is more than --replication-factor {replication_factor}: "
+            "no write could ever be acknowledged"
+            if min_insync_replicas > replication_factor
+            else "--min-insync-replicas must be at least 1"
+        )
     from sluice.local.stack import workflow_topics
     from sluice.settings import AssistantSettings, ReviewSettings
 
@@ -467,9 +478,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    script = topics_script(
-        args.replication_factor, args.min_insync_replicas, brokers=args.brokers, command_config=args.command_config
-    )
+    try:
+        script = topics_script(
+            args.replication_factor, args.min_insync_replicas, brokers=args.brokers, command_config=args.command_config
+        )
+    except ValueError as exc:
+        print(f"sluice deploy topics: error: {exc}", file=sys.stderr)
+        return 2
     print(script, end="")
     return 0
 
