@@ -111,26 +111,26 @@ class LocalStack:
                 raise StackError(f"{name} port {port} on 127.0.0.1 is already taken")
         redis_server = redis_binary()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn_broker()
-        redis_dir = self.state_dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        self._spawn(
-            "redis",
-            [
-                str(redis_server),
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(redis_dir),
-            ],
-        )
-        try:
+        try:  # whatever fails after the broker started (Redis missing, not ready) stops what did start
+            self._spawn_broker()
+            redis_dir = self.state_dir / "redis"
+            redis_dir.mkdir(exist_ok=True)
+            self._spawn(
+                "redis",
+                [
+                    str(redis_server),
+                    "--port",
+                    str(self.redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(redis_dir),
+                ],
+            )
             self.wait_ready()
             self.create_topics(self.topics)
         except BaseException:
@@ -205,7 +205,7 @@ class LocalStack:
             proc = self.procs.pop(name, None)
             pid_file = self.state_dir / f"{name}.pid"
             pid = proc.pid if proc else _read_pid(pid_file)
-            if pid is not None:
+            if pid is not None and (proc is not None or _runs(pid, name)):  # a stale file (a reboot) names another
                 _terminate(pid)
             if proc is not None:
                 proc.wait(timeout=10)
@@ -224,6 +224,14 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _runs(pid: int, name: str) -> bool:
+    """Whether process ``pid`` is still the ``name`` server this stack started (its command line says so)."""
+    try:
+        return name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _terminate(pid: int, grace: float = 5.0) -> None:
