@@ -20,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from operators.kafka.admin import create_topics
+from operators.kafka.admin import TopicsMissing, create_topics, end_offsets
+from sluice.local.stack import workflow_topics
 from sluice.processes import FlowProcesses, FlowTimedOut, init_recovery
 from sluice.settings import FraudSettings
 from state.checkpoints import backup, forget_sink_state, summarize
@@ -86,19 +87,31 @@ def replay_env(replayed: FraudSettings, start_from: str, exactly_once: bool) -> 
     }
 
 
+def _records_in(settings: FraudSettings, topic: str) -> int:
+    """How many records ``topic`` holds (0 when it does not exist)."""
+    try:
+        return sum(end_offsets(settings.connection(), topic).values())
+    except TopicsMissing:
+        return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.flow.partition(":")[0] != DEFAULT_FLOW.partition(":")[0]:
         # only the fraud flow's outputs are redirected: another flow would write into its live topics and Redis
-        print(f"error: --flow must be a factory of dataflows.fraud (got {args.flow})", file=sys.stderr)
+        print(f"sluice: error: --flow must be a factory of dataflows.fraud (got {args.flow})", file=sys.stderr)
         return 2
     settings = FraudSettings.from_env()
     replayed = replay_settings(settings, args.output_topic)
     outputs = set(replayed.output_topics())
-    if outputs & (set(settings.output_topics()) | set(settings.input_topics())):
-        print(
-            f"error: a replay must write to topics of its own, not the live flow's ({args.output_topic})",
-            file=sys.stderr,
-        )
+    taken = sorted(outputs & set(workflow_topics()))  # any flow's topic: fraud's labels, the review audit, ...
+    if taken:
+        print(f"sluice: error: a replay writes to topics of its own; {', '.join(taken)} belongs to a flow",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    held = {t: n for t in sorted(outputs) if (n := _records_in(settings, t))}
+    if held:  # a second backfill into the same topic would append the same decisions again
+        print(f"sluice: error: {', '.join(f'{t} holds {n:,} records' for t, n in held.items())}: "
+              "replay into a new --output-topic", file=sys.stderr)  # fmt: skip
         return 2
     start = "earliest"
     if args.from_offset is not None:

@@ -76,6 +76,12 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     replayed = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), backfill)}
     assert replayed == {c.event_id for c in cases}
     assert len(read_all(settings.connection(), settings.decisions_topic)) == 20  # the live output is untouched
+    capsys.readouterr()
+    assert main(["replay", "run", "--output-topic", backfill, "--from-offset", "0"]) == 2  # would append again
+    refused = capsys.readouterr().err
+    assert f"{backfill} holds 20 records," in refused and refused.endswith("replay into a new --output-topic\n")
+    assert main(["replay", "run", "--output-topic", settings.labels_topic]) == 2  # any flow's topic, not only outputs
+    assert f"{settings.labels_topic} belongs to a flow" in capsys.readouterr().err
 
     # from the backup: the flow's state and input offsets resume, its sink starts afresh on the backfill's topic
     later = [txn(f"r-later-{i}", f"card-{i % 5}", 50.0 + i, t_s=100 + i) for i in range(10)]
