@@ -121,7 +121,7 @@ class ModelRegistry:
                     stack.pop()
                 if not stack or stack[-1] != entry["served"]:
                     stack.append(entry["served"])
-            else:
+            elif not stack or stack[-1] != entry["served"]:  # promoting what is served changes nothing
                 stack.append(entry["served"])
         return stack
 

@@ -80,6 +80,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_shadow(args: argparse.Namespace) -> int:
     registry = _registry(args)
+    if args.version == registry.served():
+        raise SystemExit(f"{args.version} is the served version: shadow another one (`sluice model list`)")
     _check_loads(registry, args.version)
     registry.shadow(args.version)
     print(f"shadowing {args.version}: its decisions go to the shadow topic only")

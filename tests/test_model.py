@@ -136,6 +136,9 @@ def test_rollbacks_stack_back_through_the_promotions(tmp_path, model_dir):
         registry.rollback()
     registry.promote("C")
     assert registry.rollback() == "A"
+    registry.promote("B")
+    registry.promote("B")  # promoting the served version again is no step to roll back through
+    assert registry.rollback() == "A"
 
 
 def test_a_version_that_does_not_load_is_neither_promoted_nor_shadowed(tmp_path, model_dir, capsys):
@@ -159,6 +162,9 @@ def test_a_version_that_does_not_load_is_neither_promoted_nor_shadowed(tmp_path,
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"sluice: error: {broken} does not load (") and err.endswith("nothing changed"), err
     assert (registry.served(), registry.candidate()) == (served, None)
+    with pytest.raises(SystemExit, match="is the served version: shadow another one"):
+        main(["model", "shadow", served, "--path", str(root)])  # it would score the served model twice
+    assert registry.candidate() is None
     assert main(["model", "promote", "nope", "--path", str(root)]) == 1
     assert (
         capsys.readouterr().err.strip() == f"sluice: error: no model version 'nope' in {root} (see `sluice model list`)"
