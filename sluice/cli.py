@@ -22,7 +22,6 @@ import argparse
 import importlib
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,13 +30,14 @@ from typing import Any
 from dataflows.runtime import recovery_dir_of
 from sluice.processes import init_recovery
 from sluice.settings import (
+    URL_PASSWORD,
     AssistantSettings,
     FlowSettings,
     FraudSettings,
     PersonalizeSettings,
     ReviewSettings,
     SettingsError,
-    env_name,
+    is_secret,
     settings_table,
     update_readme_tables,
 )
@@ -142,29 +142,25 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(settings_table(cls, None if cls is FlowSettings else FlowSettings))
         return 0
     settings = cls.from_env()
-    secret = {env_name(f.name) for f in cls.settings_fields() if f.metadata.get("secret")}
     for name, value in settings.to_env().items():
-        print(f"{name}={shown_value(name, value, secret)}")
+        print(f"{name}={shown_value(name, value, cls)}")
     return 0
 
 
-SECRET_KAFKA_OPTION = re.compile(r"^SLUICE_KAFKA_.*(PASSWORD|SECRET|SSL_KEY|KEYSTORE|JAAS|TOKEN)")
-
-
-def shown_value(name: str, value: str, secret: set[str]) -> str:
+def shown_value(name: str, value: str, cls: type[FlowSettings] = FlowSettings) -> str:
     """A setting as `sluice settings` prints it: secrets (ours, and Kafka options such as
     ``sasl.password`` passed through) as "(set)", and the password of a URL hidden.
 
-    >>> shown_value("SLUICE_KAFKA_SASL_PASSWORD", "hunter2", set())
+    >>> shown_value("SLUICE_KAFKA_SASL_PASSWORD", "hunter2")
     '(set)'
-    >>> shown_value("SLUICE_REDIS_URL", "redis://app:hunter2@redis:6379/0", set())
+    >>> shown_value("SLUICE_REDIS_URL", "redis://app:hunter2@redis:6379/0")
     'redis://app:***@redis:6379/0'
-    >>> shown_value("SLUICE_BROKERS", "k1:9092", set()), shown_value("SLUICE_MAX_NEW_TOKENS", "48", set())
+    >>> shown_value("SLUICE_BROKERS", "k1:9092"), shown_value("SLUICE_MAX_NEW_TOKENS", "48")
     ('k1:9092', '48')
     """
-    if value and (name in secret or SECRET_KAFKA_OPTION.search(name)):
+    if value and is_secret(name, cls):
         return "(set)"
-    return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", value)
+    return URL_PASSWORD.sub(r"\1***@", value)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

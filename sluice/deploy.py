@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from sluice.cli import FLOWS
-from sluice.settings import KAFKA_PREFIX, FlowSettings, env_name
+from sluice.settings import KAFKA_PREFIX, URL_PASSWORD, FlowSettings, env_name, is_secret
 
 Resource = dict[str, Any]
 
@@ -131,6 +131,10 @@ def flow_settings(flow: str, target: Target) -> dict[str, str]:
     Traceback (most recent call last):
     ...
     ValueError: --set SLUICE_MAX_BACH: the review flow has no such setting
+    >>> flow_settings("fraud", Target(settings={"SLUICE_KAFKA_SASL_PASSWORD": "x"}))
+    Traceback (most recent call last):
+    ...
+    ValueError: SLUICE_KAFKA_SASL_PASSWORD holds a credential: put it in the Secret sluice-fraud-secrets, not in the ConfigMap (see the README)
     """
     spec, cls = FLOW_SPECS[flow], FLOWS[flow][1]
     data = {
@@ -145,6 +149,14 @@ def flow_settings(flow: str, target: Target) -> dict[str, str]:
         default = getattr(cls, name.removeprefix("SLUICE_").lower())
         data[name] = str(max(int(default), target.processes))
     data.update(target.settings)
+    credentials = [n for n in data if is_secret(n, cls)] + (
+        ["SLUICE_REDIS_URL"] if URL_PASSWORD.search(target.redis_url) else []
+    )
+    if credentials:  # a ConfigMap is readable by anyone who can read the namespace's config
+        raise ValueError(
+            f"{', '.join(credentials)} holds a credential: put it in the Secret {cluster_name(flow)}-secrets, "
+            "not in the ConfigMap (see the README)"
+        )
     known = {env_name(f.name) for f in cls.settings_fields()}
     for name in data:
         if name not in known and not name.startswith(KAFKA_PREFIX):

@@ -640,6 +640,24 @@ DEVELOPMENT_TOKEN_KEY = b"sluice-development-token-key-not-for-production"
 MIN_SECRET_CHARS = 32
 
 
+# Kafka options passed through that hold credentials (librdkafka's sensitive properties)
+SECRET_KAFKA_OPTION = re.compile(r"^SLUICE_KAFKA_.*(PASSWORD|SECRET|SSL_KEY|KEYSTORE|JAAS|TOKEN|OAUTHBEARER_CONFIG)")
+URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]+@")
+
+
+def is_secret(name: str, cls: type[FlowSettings]) -> bool:
+    """Whether the ``SLUICE_*`` variable ``name`` holds a credential for flows of ``cls``.
+
+    >>> is_secret("SLUICE_KAFKA_SASL_PASSWORD", ReviewSettings), is_secret("SLUICE_REVIEW_TOKEN_KEY", ReviewSettings)
+    (True, True)
+    >>> is_secret("SLUICE_KAFKA_SASL_OAUTHBEARER_CONFIG", FraudSettings), is_secret("SLUICE_MAX_NEW_TOKENS", FraudSettings)
+    (True, False)
+    """
+    if SECRET_KAFKA_OPTION.search(name):
+        return True
+    return any(env_name(f.name) == name and f.metadata.get("secret") for f in cls.settings_fields())
+
+
 def _secret(doc: str) -> Any:
     """A setting that holds a secret: empty by default, never printed by ``sluice settings``."""
     return field(default="", metadata={**setting("", doc).metadata, "secret": True})
