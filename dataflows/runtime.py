@@ -54,12 +54,16 @@ def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str 
     ('.rec', 'x')
     >>> recovery_dir_of(["-w", "2"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"}), recovery_dir_of([], {})
     ('y', None)
+    >>> recovery_dir_of(["-r/tmp/rec", "-s", "1"], {})  # argparse takes a short option's value glued on too
+    '/tmp/rec'
     """
     for i, arg in enumerate(bytewax_args):
         if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
             return bytewax_args[i + 1]
         if arg.startswith("--recovery-directory="):
             return arg.split("=", 1)[1]
+        if arg.startswith("-r") and not arg.startswith("--") and len(arg) > 2:
+            return arg[2:].removeprefix("=")
     return env.get("BYTEWAX_RECOVERY_DIRECTORY")
 
 

@@ -162,6 +162,12 @@ def _optional_start(spec: str) -> None:
         StartAt.parse(spec)
 
 
+def _brokers(spec: str) -> None:
+    broker = re.compile(r"([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s:,\[\]/]+):\d{1,5}")  # PLAINTEXT://, [::1]
+    if not all(broker.fullmatch(b.strip()) for b in spec.split(",")):
+        raise ValueError("use host:port, comma-separated")
+
+
 def _exporter(spec: str) -> None:
     if spec not in ("console", "otlp", "memory") and not (spec.startswith("jsonl:") and len(spec) > 6):
         raise ValueError("use console, otlp, jsonl:PATH or memory")
@@ -174,7 +180,7 @@ class FlowSettings:
 
     all_classes: ClassVar[list[type[FlowSettings]]] = []
 
-    brokers: str = setting("127.0.0.1:19092", "Kafka bootstrap servers (host:port, comma-separated)")
+    brokers: str = setting("127.0.0.1:19092", "Kafka bootstrap servers (host:port, comma-separated)", check=_brokers)
     broker_profile: str = setting(
         "latency", "client batching and fetching: latency, throughput or kafka (operators/kafka/connection.py)",
         choices=tuple(PROFILES),

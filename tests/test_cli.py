@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.kafka.admin import read_all
+from operators.kafka.admin import read_all, topic_partitions
 from sluice.cli import main
 from sluice.processes import init_recovery
 from tests.helpers import produce_txns, start_flow, txn, wait_for
@@ -112,6 +112,13 @@ def test_an_unreachable_broker_is_one_line_and_a_failure_not_a_send_report():
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().startswith("sluice: error: no Kafka broker answered at 127.0.0.1:1"), out.stderr
     assert "check SLUICE_BROKERS" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_mistyped_topic_is_one_line_and_never_created(settings):
+    env = {**settings.to_env(), "SLUICE_TRANSACTIONS_TOPIC": "no-such-transactions-x"}
+    out = _sluice("produce", "transactions", "--count", "5", env=env)
+    assert out.returncode == 1 and "no-such-transactions-x do not exist" in out.stderr, out.stderr
+    assert topic_partitions(settings.connection(), ["no-such-transactions-x"]) == {}
 
 
 def test_bad_load_generator_arguments_are_refused_in_one_line():

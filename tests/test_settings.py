@@ -42,6 +42,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
         ({"SLUICE_START_FROM": "yesterday"}, "SLUICE_START_FROM='yesterday': bad start position"),
         ({"SLUICE_START_FROM": "offset:-1"}, "SLUICE_START_FROM='offset:-1': bad start position"),
         ({"SLUICE_MAX_WAIT_MS": "nan"}, "SLUICE_MAX_WAIT_MS='nan' is not a finite number"),
+        ({"SLUICE_BROKERS": ""}, "SLUICE_BROKERS='': use host:port, comma-separated"),
         ({"SLUICE_CONNECT_TIMEOUT_S": "inf"}, "SLUICE_CONNECT_TIMEOUT_S='inf' is not a finite number"),
         ({"SLUICE_TRANSACTIONS_TOPIC": "my topic"}, "SLUICE_TRANSACTIONS_TOPIC='my topic': a Kafka topic name"),
     ],

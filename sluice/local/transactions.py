@@ -19,7 +19,7 @@ import orjson
 
 from models.synthetic_transactions import START_MS, Shift, TransactionStream
 from models.transaction import Transaction
-from operators.kafka.admin import check_broker
+from operators.kafka.admin import check_broker, require_topics
 from operators.kafka.records import KafkaRecord
 from operators.kafka.sink import CheckedProducer
 from sluice.harness.loadgen import send_open_loop
@@ -113,6 +113,7 @@ def start_of(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = FraudSettings.from_env()
     check_broker(settings.connection(), settings.connect_timeout_s)
+    require_topics(settings.connection(), [settings.transactions_topic, settings.labels_topic])  # a typo: no new topic
     shifted = args.shift_amounts != 1.0 or args.shift_foreign > 0
     shift = Shift(args.shift_amounts, args.shift_foreign) if shifted else None
     stream = TransactionStream(args.seed, n_cards=args.cards, shift=shift, start_ms=start_of(args.start_time))
