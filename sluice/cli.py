@@ -131,6 +131,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_read(args: argparse.Namespace) -> int:
+    """``sluice read TOPIC``: the last ``--last`` records of every partition, merged by time, the newest
+    ``--last`` printed. Reads to each partition's real end (Tansu lists a high watermark short of it)."""
+    from operators.kafka.admin import end_offsets, read_to_end
+
+    conn = FlowSettings.from_env().connection()
+    starts = {p: max(0, end - args.last) for p, end in end_offsets(conn, args.topic).items()}
+    messages, _ = read_to_end(conn, args.topic, starts)
+    newest = sorted(messages, key=lambda m: (m.timestamp()[1], m.partition() or 0, m.offset() or 0))[-args.last :]
+    for m in newest:
+        value = (m.value() or b"").decode(errors="replace")
+        print(f"{(m.key() or b'').decode(errors='replace')}\t{value}" if args.keys else value)
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     if args.write_readme:
         path = Path(args.write_readme)
@@ -254,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="the documentation table (variables, defaults, meaning)")
     p.add_argument("--write-readme", metavar="FILE", help="regenerate the settings tables of FILE (README.md)")
     p.set_defaults(fn=cmd_settings)
+
+    p = sub.add_parser("read", help="the newest records of a topic, one JSON value per line (to its real end)")
+    p.add_argument("topic")
+    p.add_argument("--last", type=_number(int, 1), default=10, help="how many records, newest last (default 10)")
+    p.add_argument("--keys", action="store_true", help="print each record's key before its value")
+    p.set_defaults(fn=cmd_read)
 
     p = sub.add_parser("stack", help="the local broker (Tansu) and Redis")
     p.add_argument("action", choices=["up", "down", "topics"], help="topics: create every topic on $SLUICE_BROKERS")

@@ -174,3 +174,16 @@ def test_a_bounded_run_that_overruns_is_stopped_not_left_writing():
 def test_a_replay_runs_only_the_flow_whose_outputs_it_redirects(capsys):
     assert main(["replay", "run", "--output-topic", "x", "--flow", "dataflows.personalize:from_env()"]) == 2
     assert "--flow must be a factory of dataflows.fraud" in capsys.readouterr().err
+
+
+def test_sluice_read_prints_a_topics_newest_records_read_to_the_end(settings, capsys, monkeypatch):
+    from tests.helpers import produce
+
+    produce(settings, [(f"k{i}".encode(), f'{{"n": {i}}}'.encode()) for i in range(12)], settings.decisions_topic)
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert main(["read", settings.decisions_topic, "--last", "3", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and {line.split("\t")[0] for line in lines} <= {f"k{i}" for i in range(12)}
+    assert main(["read", settings.decisions_topic, "--last", "100"]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()) == sorted(f'{{"n": {i}}}' for i in range(12))
