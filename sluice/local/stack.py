@@ -108,7 +108,9 @@ class LocalStack:
         """Start both servers, create the topics, and wait until both answer."""
         for name, port in (("Kafka broker", self.kafka_port), ("Redis", self.redis_port)):
             if _port_in_use(port):
-                raise StackError(f"{name} port {port} on 127.0.0.1 is already taken")
+                running = (self.state_dir / "tansu.pid").exists()
+                hint = "the stack is already up (`sluice stack down` stops it)" if running else "another program has it"
+                raise StackError(f"{name} port {port} on 127.0.0.1 is already taken: {hint}")
         redis_server = redis_binary()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:  # whatever fails after the broker started (Redis missing, not ready) stops what did start
