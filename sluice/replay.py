@@ -87,6 +87,13 @@ def replay_env(replayed: FraudSettings, start_from: str, exactly_once: bool) -> 
     }
 
 
+def _not_negative(text: str) -> int:
+    """An argparse type: a whole number from 0 (Kafka reads -1 and -2 as "the end" and "the beginning")."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number from 0")
+    return int(text)
+
+
 def _records_in(settings: FraudSettings, topic: str) -> int:
     """How many records ``topic`` holds (0 when it does not exist)."""
     try:
@@ -171,8 +178,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-backup", help="resume the flow's state and input offsets from this backup")
-    src.add_argument("--from-offset", type=int, help="start every input partition at this offset, with empty state")
-    src.add_argument("--from-time", type=int, help="epoch milliseconds (Kafka record timestamp), with empty state")
+    src.add_argument(
+        "--from-offset", type=_not_negative, help="start every input partition at this offset, with empty state"
+    )
+    src.add_argument(
+        "--from-time", type=_not_negative, help="epoch milliseconds (Kafka record timestamp), with empty state"
+    )
     p.add_argument("--flow", default=DEFAULT_FLOW, help="the fraud flow's factory to run (bytewax.run import string)")
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--exactly-once", action="store_true", help="transactional output (read it read_committed)")

@@ -171,6 +171,13 @@ def test_a_bounded_run_that_overruns_is_stopped_not_left_writing():
     assert child.poll() is not None and not flow.alive()
 
 
+def test_a_replay_from_a_negative_offset_or_time_is_refused_before_anything_is_created(capsys):
+    for option in ("--from-offset", "--from-time"):
+        with pytest.raises(SystemExit):
+            main(["replay", "run", "--output-topic", "x", option, "-5"])
+        assert f"argument {option}: -5 is not a whole number from 0" in capsys.readouterr().err
+
+
 def test_a_replay_runs_only_the_flow_whose_outputs_it_redirects(capsys):
     assert main(["replay", "run", "--output-topic", "x", "--flow", "dataflows.personalize:from_env()"]) == 2
     assert "--flow must be a factory of dataflows.fraud" in capsys.readouterr().err
