@@ -7,9 +7,10 @@ for a broker that is still starting prints nothing alarming.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -199,21 +200,32 @@ def end_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float 
     The consumer must have ``enable.partition.eof`` set; it is left unassigned.
     """
     listed = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[1]
-    consumer.assign([TopicPartition(topic, partition, max(0, listed - 1))])
-    deadline = time.monotonic() + timeout_s
     end = listed
+    with contextlib.closing(_read_from(consumer, topic, partition, max(0, listed - 1), timeout_s)) as messages:
+        for msg in messages:
+            if msg.error() is not None:  # the end of the partition
+                return msg.offset() or 0
+            end = (msg.offset() or 0) + 1
+    return int(end)
+
+
+def _read_from(
+    consumer: Consumer, topic: str, partition: int, offset: int, timeout_s: float
+) -> Generator[Message, None, None]:
+    """``topic[partition]``'s records from ``offset``, then its end-of-partition event (whose offset is the
+    end), for at most ``timeout_s``; other errors are skipped. The consumer is unassigned when done."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
             err = msg.error()
-            offset = msg.offset() or 0
-            if err is None:
-                end = offset + 1
-            elif err.code() == KafkaError._PARTITION_EOF:
-                return offset
-        return int(end)
+            if err is None or err.code() == KafkaError._PARTITION_EOF:
+                yield msg
+                if err is not None:
+                    return
     finally:
         consumer.unassign()
 
@@ -229,22 +241,10 @@ def offset_for_time(consumer: Consumer, topic: str, partition: int, at_ms: int, 
     """
     found = int(consumer.offsets_for_times([TopicPartition(topic, partition, at_ms)], timeout=timeout_s)[0].offset)
     if found >= 0:
-        consumer.assign([TopicPartition(topic, partition, found)])
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is None and (msg.offset() or 0) >= found:
-                    if msg.timestamp()[1] >= at_ms:
-                        return found
-                    break
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                    break
-        finally:
-            consumer.unassign()
+        with contextlib.closing(_read_from(consumer, topic, partition, found, timeout_s)) as messages:
+            first = next(messages, None)  # the record the broker points at, or the end
+        if first is not None and first.error() is None and first.timestamp()[1] >= at_ms:
+            return found
     return end_offset(consumer, topic, partition, timeout_s)
 
 
