@@ -289,16 +289,15 @@ class FeatureStore(Generic[V]):
         """
         if not records:
             return True
+        outage = (redis.ConnectionError, redis.TimeoutError)
         try:
             replies = self._versioned_pipeline(records).execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            down = next((r for r in replies if isinstance(r, outage)), None)
+        except outage as exc:
+            down = exc
+        if down is not None:
             self.failures += 1
-            log.warning("could not write %d values to Redis (%s); retrying", len(records), type(exc).__name__)
-            return False
-        down = [r for r in replies if isinstance(r, redis.ConnectionError | redis.TimeoutError)]
-        if down:
-            self.failures += 1
-            log.warning("could not write %d values to Redis (%s); retrying", len(records), type(down[0]).__name__)
+            log.warning("could not write %d values to Redis (%s); retrying", len(records), type(down).__name__)
             return False
         for entity_id, reply in zip(records, replies, strict=True):
             if isinstance(reply, Exception):
