@@ -116,12 +116,9 @@ class ModelRegistry:
         """The promotions still in force, oldest first: a rollback takes back the promotion it undid."""
         stack: list[str] = []
         for entry in self.history():
-            if str(entry.get("reason", "")).startswith(ROLLBACK_FROM):
-                if stack:
-                    stack.pop()
-                if not stack or stack[-1] != entry["served"]:
-                    stack.append(entry["served"])
-            elif not stack or stack[-1] != entry["served"]:  # promoting what is served changes nothing
+            if stack and str(entry.get("reason", "")).startswith(ROLLBACK_FROM):
+                stack.pop()
+            if not stack or stack[-1] != entry["served"]:  # promoting what is served changes nothing
                 stack.append(entry["served"])
         return stack
 

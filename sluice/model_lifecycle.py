@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.registry import ModelRegistry, ModelUnusable, UnknownVersion
+from models.registry import ModelRegistry, ModelUnusable
 from operators.kafka.admin import read_all
 from sluice.settings import FraudSettings
 
@@ -56,10 +56,9 @@ def _check_loads(registry: ModelRegistry, version: str) -> None:
     """Load ``version`` as a flow would (on the CPU): a version that does not load is never switched to."""
     from models.fraud_model import load_cascade
 
+    folder = registry.folder(version)  # an unknown version is its own one-line error
     try:
-        load_cascade(registry.folder(version), "cpu")
-    except UnknownVersion:
-        raise
+        load_cascade(folder, "cpu")
     except Exception as exc:
         raise ModelUnusable(f"{version} does not load ({exc}); nothing changed") from None
 
