@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -29,6 +28,7 @@ from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker
 from operators.kafka.source import KafkaPartitionSource
 from operators.lifecycle import exit_process, request_stop, set_failure_handler, stop_requested
 from sluice.settings import FlowSettings, SettingsError
+from state.checkpoints import store_partitions
 from state.feature_store import RedisUnavailable, check_redis
 
 S = TypeVar("S", bound=FlowSettings)
@@ -74,7 +74,7 @@ class RecoveryStoreMissing(FileNotFoundError):
 def check_recovery_dir(argv: Sequence[str], env: Mapping[str, str]) -> None:
     """Raise :class:`RecoveryStoreMissing` (one line) when the command line's recovery folder holds no store."""
     folder = recovery_dir_of(argv, env)
-    if folder is not None and not any(Path(folder).glob("part-*.sqlite3")):
+    if folder is not None and not store_partitions(folder):
         raise RecoveryStoreMissing(
             f"the recovery directory {folder} holds no recovery store: create it once with "
             f"`python -m bytewax.recovery {folder} N` (or start with `sluice run`, which does)"

@@ -41,6 +41,7 @@ from sluice.settings import (
     settings_table,
     update_readme_tables,
 )
+from state.checkpoints import store_partitions
 
 FLOWS: dict[str, tuple[str, type[FlowSettings]]] = {
     "fraud": ("dataflows.fraud:from_env()", FraudSettings),
@@ -113,7 +114,7 @@ def _prepare_recovery(folder: str) -> None:
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise SystemExit(f"sluice: error: the recovery directory {folder} is a file")
-    if not any(path.glob("part-*.sqlite3")):
+    if not store_partitions(path):
         init_recovery(path, 1)
         print(f"sluice: {folder}: a new recovery store, 1 partition "
               f"(more: python -m bytewax.recovery {folder} N, before the first run)", file=sys.stderr)  # fmt: skip

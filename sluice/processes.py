@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from state.checkpoints import store_partitions
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
@@ -120,7 +122,7 @@ def init_recovery(recovery_dir: Path, partitions: int = 1) -> None:
     would panic on it, and silently replacing a checkpoint would lose the
     state a resume needs. Resume from it, or remove it for a fresh start.
     """
-    held = sorted(recovery_dir.glob("part-*.sqlite3")) if recovery_dir.is_dir() else []
+    held = store_partitions(recovery_dir)
     if held:
         raise ValueError(
             f"{recovery_dir} already holds a checkpoint ({len(held)} partitions): resume from it, "

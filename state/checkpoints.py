@@ -36,8 +36,18 @@ class StoreSummary:
     checkpoints: list[Checkpoint]
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A partition opened read-only: inspecting a store must never write to it, even while the flow runs."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def store_partitions(recovery_dir: Path | str) -> list[Path]:
+    """The recovery store's partition files in ``recovery_dir`` (none: no store there yet)."""
+    return sorted(Path(recovery_dir).glob("part-*.sqlite3"))
+
+
 def _files(recovery_dir: Path) -> list[Path]:
-    files = sorted(Path(recovery_dir).glob("part-*.sqlite3"))
+    files = store_partitions(recovery_dir)
     if not files:
         raise FileNotFoundError(f"{recovery_dir} holds no Bytewax recovery partitions (part-*.sqlite3)")
     return files
@@ -58,7 +68,7 @@ def summarize(recovery_dir: Path, input_step_suffix: str = "transactions") -> St
     executions: set[tuple[int, int, int, str]] = set()
     files = _files(recovery_dir)
     for path in files:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with _read_only(path) as db:
             commits += [row[0] for row in db.execute("SELECT commit_epoch FROM commits")]
             executions |= set(db.execute("SELECT ex_num, worker_count, resume_epoch, created_at FROM exs"))
             snaps += list(
@@ -92,7 +102,7 @@ class InconsistentBackup(RuntimeError):
 
 
 def _commit_epoch(path: Path) -> int | None:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with _read_only(path) as db:
         return db.execute("SELECT max(commit_epoch) FROM commits").fetchone()[0]
 
 
@@ -115,7 +125,7 @@ def backup(recovery_dir: Path, dest: Path, attempts: int = 50, pause_s: float = 
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         for path in files:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src, sqlite3.connect(scratch / path.name) as dst:
+            with _read_only(path) as src, sqlite3.connect(scratch / path.name) as dst:
                 src.backup(dst)
         if len({_commit_epoch(scratch / path.name) for path in files}) == 1:
             if dest.exists():
@@ -136,7 +146,7 @@ def latest_state(recovery_dir: Path, step_id: str, key: str) -> object | None:
     commits: list[int] = []
     rows: list[tuple[int, bytes | None]] = []
     for path in _files(recovery_dir):
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with _read_only(path) as db:
             commits += [row[0] for row in db.execute("SELECT commit_epoch FROM commits")]
             rows += list(
                 db.execute(
