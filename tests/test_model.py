@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,16 +100,22 @@ def test_profile_fallback_sets_the_flag():
     assert len(row) == N_FEATURES and row[FEATURE_NAMES.index("profile_missing")] == 1.0
 
 
-def test_promoting_the_shadowed_version_ends_its_shadow_and_rollback_does_not_revive_it(tmp_path, model_dir):
+def _registry_with_a_copy(tmp_path: Path, model_dir: Path, prefix: str) -> tuple[ModelRegistry, str, str]:
+    """A registry of this test's own holding the trained model and a second version copied from it:
+    (registry, the served version, the copy)."""
     import shutil
 
     root = tmp_path / "models"
     shutil.copytree(model_dir, root)
     registry = ModelRegistry(root)
-    first = registry.served()
-    assert first is not None
-    second = "copy-of-" + first
-    shutil.copytree(root / first, root / second)
+    served = registry.served()
+    assert served is not None
+    shutil.copytree(root / served, root / (prefix + served))
+    return registry, served, prefix + served
+
+
+def test_promoting_the_shadowed_version_ends_its_shadow_and_rollback_does_not_revive_it(tmp_path, model_dir):
+    registry, first, second = _registry_with_a_copy(tmp_path, model_dir, "copy-of-")
     registry.shadow(second)
     assert registry.candidate() == second
     registry.promote(second, reason="test")
@@ -144,17 +151,10 @@ def test_rollbacks_stack_back_through_the_promotions(tmp_path, model_dir):
 def test_a_version_that_does_not_load_is_neither_promoted_nor_shadowed(tmp_path, model_dir, capsys):
     """Truncated weights: `sluice model promote` and `shadow` load the version first and refuse it in one line,
     leaving what is served as it was; an unknown version is one line too."""
-    import shutil
-
     from sluice.cli import main
 
-    root = tmp_path / "models"
-    shutil.copytree(model_dir, root)
-    registry = ModelRegistry(root)
-    served = registry.served()
-    assert served is not None
-    broken = "broken-" + served
-    shutil.copytree(root / served, root / broken)
+    registry, served, broken = _registry_with_a_copy(tmp_path, model_dir, "broken-")
+    root = registry.root
     for weights in (root / broken).glob("*.pt"):
         weights.write_bytes(weights.read_bytes()[:100])
     for command in ("promote", "shadow"):
