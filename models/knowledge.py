@@ -88,7 +88,11 @@ class DocumentKnowledge:
         out = []
         for d in docs:
             if d.deleted:
-                applied, n = self.kb.delete(d.doc_id, d.version), 0
+                # A delete of a document the index does not hold is still applied: it leaves a tombstone
+                # that keeps an older version from coming back. ``chunks`` says what it removed (0 then).
+                held = self.kb.chunk_count_of(d.doc_id)
+                applied = self.kb.delete(d.doc_id, d.version)
+                n = held if applied else 0
             else:
                 inputs = [
                     ChunkInput(
@@ -100,7 +104,8 @@ class DocumentKnowledge:
                     )
                     for c in chunked[id(d)]
                 ]
-                applied, n = self.kb.upsert(d.doc_id, d.version, d.title, d.source, inputs), len(inputs)
+                applied = self.kb.upsert(d.doc_id, d.version, d.title, d.source, inputs)
+                n = len(inputs) if applied else 0
             op_name = "delete" if d.deleted else "upsert"
             out.append(
                 IndexChange(

@@ -103,6 +103,10 @@ class KnowledgeIndex:
             self.chunk_info[cid] = (chunk.heading, chunk.sentences, chunk.sentence_vectors.astype(np.float16))
         return True
 
+    def chunk_count_of(self, doc_id: str) -> int:
+        """How many chunks ``doc_id`` has in the index (0 when it is not held)."""
+        return len(self.vectors.chunk_ids(doc_id))
+
     def delete(self, doc_id: str, version: int) -> bool:
         old = self.vectors.chunk_ids(doc_id)
         if not self.vectors.delete(doc_id, version):

@@ -428,3 +428,15 @@ def test_a_missing_llm_folder_is_one_line_naming_the_setting(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=f"no LLM at {tmp_path} .*check SLUICE_LLM_PATH"):
         AnswerGenerator(tmp_path)
+
+
+def test_a_delete_reports_the_chunks_it_removed_and_an_unknown_document_removes_none():
+    kb = DocumentKnowledge(shared_encoder("cpu"))
+    [added] = kb.apply([DocumentEvent("doc", 1, "Notes", "Context managers define __enter__. " * 40, "test")])
+    assert added.applied and added.chunks >= 1
+    [unknown] = kb.apply([DocumentEvent("never-sent", 3, deleted=True)])
+    assert (unknown.op, unknown.applied, unknown.chunks) == ("delete", True, 0)  # a tombstone, nothing removed
+    [deleted] = kb.apply([DocumentEvent("doc", 2, deleted=True)])
+    assert (deleted.applied, deleted.chunks, deleted.chunk_count) == (True, added.chunks, 0)
+    [stale] = kb.apply([DocumentEvent("never-sent", 2, "Old", "An older version must not come back.", "test")])
+    assert (stale.applied, stale.chunks, kb.doc_count) == (False, 0, 0)
