@@ -14,6 +14,7 @@ import pytest
 
 from operators.kafka.admin import read_all, topic_partitions
 from sluice.cli import main
+from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
 from tests.helpers import produce_txns, start_flow, txn, wait_for
 
@@ -194,3 +195,12 @@ def test_sluice_read_prints_a_topics_newest_records_read_to_the_end(settings, ca
     assert len(lines) == 3 and {line.split("\t")[0] for line in lines} <= {f"k{i}" for i in range(12)}
     assert main(["read", settings.decisions_topic, "--last", "100"]) == 0
     assert sorted(capsys.readouterr().out.splitlines()) == sorted(f'{{"n": {i}}}' for i in range(12))
+
+
+def test_the_local_stack_starts_where_the_settings_point_and_its_export_line_keeps_the_redis_database(monkeypatch):
+    monkeypatch.setenv("SLUICE_BROKERS", "127.0.0.1:29093")
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://localhost:26380/5")
+    monkeypatch.delenv("SLUICE_STACK_KAFKA_PORT", raising=False)
+    monkeypatch.delenv("SLUICE_STACK_REDIS_PORT", raising=False)
+    stack = stack_from_env()
+    assert (stack.brokers, stack.redis_url) == ("127.0.0.1:29093", "redis://127.0.0.1:26380/5")

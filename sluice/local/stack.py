@@ -95,6 +95,7 @@ class LocalStack:
     state_dir: Path
     topics: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    redis_db: int = 0  # the database the flows are told to use; the server serves all of them
 
     @property
     def brokers(self) -> str:
@@ -102,7 +103,7 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"redis://127.0.0.1:{self.redis_port}/{self.redis_db}"
 
     def start(self) -> LocalStack:
         """Start both servers, create the topics, and wait until both answer."""
@@ -297,10 +298,26 @@ def stack_ports(env: Mapping[str, str]) -> tuple[int, int]:
     )
 
 
+def redis_db(url: str | None) -> int:
+    """The Redis database ``SLUICE_REDIS_URL`` names (0 when it names none), so the stack's export line keeps it.
+
+    >>> redis_db("redis://127.0.0.1:26379/3"), redis_db("redis://localhost:6379"), redis_db(None)
+    (3, 0, 0)
+    """
+    path = urlsplit(url).path.strip("/") if url else ""
+    return int(path) if path.isdigit() else 0
+
+
 def stack_from_env(state_dir: Path = DEFAULT_STATE_DIR) -> LocalStack:
     """The stack on :func:`stack_ports`."""
     kafka_port, redis_port = stack_ports(os.environ)
-    return LocalStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=state_dir, topics=workflow_topics())
+    return LocalStack(
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        state_dir=state_dir,
+        topics=workflow_topics(),
+        redis_db=redis_db(os.environ.get("SLUICE_REDIS_URL")),
+    )
 
 
 def up() -> int:
