@@ -44,12 +44,25 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
+def _known_role(role: str, policy_file: str) -> None:
+    """Refuse a role no chain step can ask for: such a reviewer could sign in but never act on a case."""
+    where = policy_file or "the built-in policy"
+    try:
+        roles = parse_policy(Path(policy_file).read_bytes() if policy_file else orjson.dumps(DEFAULT_POLICY)).roles
+    except InvalidEvent as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    if role not in roles:
+        hint = "" if policy_file else "; pass --policy FILE to check against your own policy"
+        raise ValueError(f"--role {role!r} is not one of {where}'s roles ({', '.join(roles)}){hint}")
+
+
 def add_reviewer(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
+        _known_role(args.role, args.policy)
         reviewers = Reviewers.load(path) if path.exists() else Reviewers()
         reviewers.add(args.id, args.role, _password(args), args.name or "")
-    except (CredentialsError, ValueError) as exc:
+    except (CredentialsError, ValueError, OSError) as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2
     except EOFError:  # Ctrl-D at the password prompt, or nothing on stdin
@@ -99,6 +112,7 @@ def add_arguments(review: argparse.ArgumentParser) -> None:
     p.add_argument("--file", required=True, help="credentials file (created with mode 0600)")
     p.add_argument("--id", required=True)
     p.add_argument("--role", required=True, help="one of the policy's roles, e.g. analyst, senior, head")
+    p.add_argument("--policy", default="", help="policy JSON whose roles --role must be among (default: built-in)")
     p.add_argument("--name", default="", help="shown in the page header")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line)")
     p.set_defaults(fn=add_reviewer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,10 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from models.review_policy import DEFAULT_POLICY
 from operators.kafka.admin import read_all, topic_partitions
 from sluice.cli import main
 from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
+from sluice.review_web.auth import Reviewers
 from tests.helpers import produce_txns, start_flow, txn, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +207,25 @@ def test_the_local_stack_starts_where_the_settings_point_and_its_export_line_kee
     monkeypatch.delenv("SLUICE_STACK_REDIS_PORT", raising=False)
     stack = stack_from_env()
     assert (stack.brokers, stack.redis_url) == ("127.0.0.1:29093", "redis://127.0.0.1:26380/5")
+
+
+def test_add_reviewer_refuses_a_role_no_chain_can_ask_for_and_checks_against_a_given_policy(
+    tmp_path, capsys, monkeypatch
+):
+    creds = tmp_path / "reviewers.json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
+    assert (
+        main(["review", "add-reviewer", "--file", str(creds), "--id", "ann", "--role", "analist", "--password-stdin"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "'analist' is not one of the built-in policy's roles (analyst, senior, head)" in err and not creds.exists()
+
+    policy = dict(DEFAULT_POLICY, roles=["analyst", "senior", "head", "auditor"])
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
+    args = ["review", "add-reviewer", "--file", str(creds), "--id", "ann", "--role", "auditor", "--password-stdin"]
+    assert main([*args, "--policy", str(tmp_path / "policy.json")]) == 0
+    assert Reviewers.load(creds).authenticate("ann", "correct horse battery").role == "auditor"
+    assert main([*args, "--policy", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
