@@ -123,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
         version = ensure_trained(fraud.model_path)
         print(f"model {version}; loaded {load_profiles(fraud, 7, 20_000)} card profiles")
         policy = demo_policy(args.sla_s)
-        producer = Producer(review.connection().producer_config())
-        producer.produce(review.policies_topic, key=b"policy", value=orjson.dumps(policy))
-        producer.flush(10)
+        _publish_policy(review, policy)
         for flow in [*flows, web]:
             flow.start()
         wait_until_deciding(fraud, flows[0])
@@ -145,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
         stack.stop()
         print("\nstack stopped")
     return 0
+
+
+def _publish_policy(review: ReviewSettings, policy: dict[str, Any]) -> None:
+    """Publish the demo's policy with a producer of its own: one kept for the demo's lifetime would
+    still be connected when the stack stops, and librdkafka would log "connection refused" at exit."""
+    producer = Producer(review.connection().producer_config())
+    producer.produce(review.policies_topic, key=b"policy", value=orjson.dumps(policy))
+    producer.flush(10)
 
 
 def _traffic(fraud: FraudSettings, review: ReviewSettings, args: argparse.Namespace) -> None:
