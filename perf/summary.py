@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,23 +73,70 @@ def add_variant_option(parser: argparse.ArgumentParser, settings: type[FlowSetti
                         help=f"a {settings.__name__} field of the flow for this variant (repeatable; not recorded)")  # fmt: skip
 
 
-def record(section: str, figures: Mapping[str, float | int | bool], path: Path = SUMMARY) -> dict[str, float | int]:
-    """Merge ``figures`` into ``section`` of the summary (numbers only) and append them to the history."""
+def record(
+    section: str, figures: Mapping[str, float | int | bool], path: Path = SUMMARY, owns: Iterable[str] = ()
+) -> dict[str, float | int]:
+    """Merge ``figures`` into ``section`` of the summary (numbers only) and append them to the history.
+
+    ``owns`` names every key the calling benchmark can write: those it did not produce this time are
+    removed, so a figure is never left standing beside newer ones from another run it does not belong to.
+    Floats keep 6 decimals (a cosine of 0.999976 is not 1.0). The file is replaced whole, never half-written.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "summary.json"
+    >>> _ = record("s", {"a_ms": 1.0, "b_ms": 2.0, "c": 0.9999764}, path)
+    >>> record("s", {"a_ms": 3.0}, path, owns=("a_ms", "b_ms"))
+    {'a_ms': 3.0, 'c': 0.999976}
+    """
     clean: dict[str, float | int] = {}
     for key, value in figures.items():
         if isinstance(value, bool):
             value = int(value)
         if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"summary figure {section}.{key} must be a finite number, not {value!r}")
-        clean[key] = round(value, 4) if isinstance(value, float) else value
+        clean[key] = round(value, 6) if isinstance(value, float) else value
     path.parent.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float | int]] = json.loads(path.read_text()) if path.exists() else {}
-    summary.setdefault(section, {}).update(clean)
-    path.write_text(json.dumps(dict(sorted(summary.items())), indent=1, sort_keys=False) + "\n")
+    kept = {k: v for k, v in summary.get(section, {}).items() if k in clean or k not in set(owns)}
+    summary[section] = kept | clean
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(dict(sorted(summary.items())), indent=1, sort_keys=False) + "\n")
+    os.replace(scratch, path)
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv), "section": section, **clean}
     with path.with_name(HISTORY.name).open("a") as f:
         f.write(json.dumps(entry) + "\n")
     return dict(summary[section])
+
+
+MIN_RUNS = 3
+
+
+def why_not_recorded(runs: int, **variant: object) -> str:
+    """Why a benchmark run must leave the summary alone ('' when it may write it): a latency figure is the
+    median of at least :data:`MIN_RUNS` runs, and a variant (a label, a changed setting, a smaller load)
+    is compared in its own report, never put in the headline.
+
+    >>> why_not_recorded(3, label="", env={})
+    ''
+    >>> why_not_recorded(1)
+    'a figure is the median of at least 3 runs (this run: 1)'
+    >>> why_not_recorded(3, label="ab", smoke=True)
+    'a variant (label=ab, smoke=True)'
+    """
+    if runs < MIN_RUNS:
+        return f"a figure is the median of at least {MIN_RUNS} runs (this run: {runs})"
+    named = [f"{k}={v}" for k, v in variant.items() if v]
+    return f"a variant ({', '.join(named)})" if named else ""
+
+
+def record_unless(
+    reason: str, section: str, figures: Mapping[str, float | int | bool], owns: Iterable[str] = ()
+) -> dict[str, float | int] | None:
+    """:func:`record`, or say why not (``reason`` from :func:`why_not_recorded`)."""
+    if reason:
+        print(f"summary untouched: {reason}")
+        return None
+    return record(section, figures, owns=owns)
 
 
 def median_and_spread(values: Sequence[float]) -> tuple[float, float, float]:

@@ -47,8 +47,9 @@ def send_open_loop(
     chunk: int = 64,
     progress: bool | None = False,
 ) -> SendReport:
-    """Send ``count`` events at ``rate``/s; each item of ``make_records`` builds the
-    records of one event given its send time (epoch ms).
+    """Send ``count`` events at ``rate``/s, open loop; each item of ``make_records`` builds the
+    records of one event given its scheduled send time (epoch ms): event ``i`` is due ``i / rate`` s
+    after the start and never goes out before that.
 
     ``progress``: show rate, done/total and ETA on a terminal (None: when stderr is one).
     """
@@ -65,10 +66,11 @@ def send_open_loop(
             continue
         due = min(due, sent + chunk)
         batch: list[KafkaRecord] = []
-        sent_ms = (wall0 + now) * 1000.0
         for i in range(sent, due):
             lag.record_value(max(1, int((now - start - i / rate) * 1e6)))
-            batch.extend(next(make_records)(sent_ms))
+            # Stamped with when it was due, not when it went out: a sender that fell behind (a stall, a full
+            # producer queue) would otherwise hide that wait from every latency measured from the stamp.
+            batch.extend(next(make_records)((wall0 + start + i / rate) * 1000.0))
         produce_all(producer, batch)
         sent = due
         shown.update(sent)
