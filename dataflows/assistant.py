@@ -202,19 +202,26 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
     measured speed) are not generated at all: they keep the extractive answer,
     which is already grounded and cited.
     """
+    out = list(items)
+    unanswerable = {i for i, g in enumerate(items) if g.answer.mode == "none"}
+    for i in unanswerable:  # nothing retrieved is about the question: a generated answer would be invented
+        out[i] = replace(items[i], generation={"skipped": "no passage is close enough to the question"})
+    rows = [i for i in range(len(items)) if i not in unanswerable]
+    if not rows:
+        return out
     gen = shared_generator(settings.device, settings.llm_path)
     encoder = shared_encoder(settings.device, settings.encoder_int8, settings.bf16)
-    prompts = [answer_prompt(g, settings) for g in items]
-    deadlines = [g.turn.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for g in items]
+    prompts = [answer_prompt(items[i], settings) for i in rows]
+    deadlines = [items[i].turn.request.sent_at_ms / 1000.0 + settings.gen_deadline_ms / 1000.0 for i in rows]
     now = time.time()
-    keep, budget = plan_batch(
+    planned, budget = plan_batch(
         deadlines, now, gen.prompt_tokens(prompts), gen.speed, settings.gen_min_new_tokens, settings.gen_max_new_tokens
     )
-    out = list(items)
+    keep = [rows[j] for j in planned]
     if keep:
         started = time.time()
         with model_call("llm", gen.name, str(gen.device), len(keep)):
-            outs = gen.generate([prompts[i] for i in keep], budget, [deadlines[i] for i in keep])
+            outs = gen.generate([prompts[j] for j in planned], budget, [deadlines[j] for j in planned])
         finished = time.time()
         record_generation(gen.name, sum(o.new_tokens for o in outs), finished - started)
         for i, generated in zip(keep, outs, strict=True):
@@ -229,7 +236,7 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
             }
             answer = checked if checked.sentences else items[i].answer
             out[i] = replace(items[i], answer=answer, generation=info)
-    for i in set(range(len(items))) - set(keep):
+    for i in set(rows) - set(keep):
         out[i] = replace(items[i], generation={"skipped": "the deadline leaves too little time to generate"})
     return out
 

@@ -232,8 +232,8 @@ def test_extractive_answers_quote_their_passage_and_cite_it(knowledge):
     history: list[Remembered] = []
     _, docs, answer = _ask(knowledge, "Can I put an assignment inside a lambda?", history)
     assert docs[0] == "pydoc:lambda" and "cannot contain statements" in answer and "[1]" in answer
-    _, _, nothing = _ask(knowledge, "zzzz qqqq", [])
-    assert nothing == NO_ANSWER or "[" in nothing
+    for unanswerable in ["zzzz qqqq", "How do I bake sourdough bread?", "Who painted the Mona Lisa?"]:
+        assert _ask(knowledge, unanswerable, [])[2] == NO_ANSWER, unanswerable  # not the least bad sentence
 
 
 @pytest.mark.parametrize("injection", INJECTIONS)
@@ -283,13 +283,16 @@ def test_generation_is_planned_to_the_deadline_and_falls_back_to_the_extractive_
     encoder = shared_encoder("cpu")
     settings = replace(AssistantSettings(), device="cpu", gen_max_new_tokens=24, gen_deadline_ms=60_000)
     rows = []
-    for i, sent_ms in enumerate([time.time() * 1000 - 120_000, time.time() * 1000]):  # one already past its deadline
-        text = "Can I put an assignment inside a lambda?"
+    lambda_question = "Can I put an assignment inside a lambda?"
+    asked = [time.time() * 1000 - 120_000, time.time() * 1000, time.time() * 1000]  # one already past its deadline
+    for i, (sent_ms, text) in enumerate(zip(asked, [lambda_question, lambda_question, "Who painted the Mona Lisa?"])):
         vector = encoder.encode([text])[0]
         turn = Turn(ChatRequest("s", str(i), text, sent_ms), Position("t", 0, i), (), text, time.time(), vector, vector)
         passages = tuple(redact(p)[0] for p in knowledge.answer([turn])[0])
         rows.append(Grounded(turn, passages, 0, extract_answer(vector, text, text, passages), 0.0, False, time.time()))
-    late, fine = generate_answers(rows, settings)
+    late, fine, off_topic = generate_answers(rows, settings)
+    assert off_topic.generation == {"skipped": "no passage is close enough to the question"}
+    assert off_topic.answer.text == NO_ANSWER  # nothing to ground an answer in: nothing is generated either
     assert late.generation == {"skipped": "the deadline leaves too little time to generate"}
     assert late.answer == rows[0].answer  # the grounded extractive answer, not a fragment
     assert fine.generation is not None and fine.generation["new_tokens"] > 0
