@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         with phase(phases, "reference_run", broker):
             reference = reference_run(settings, work, timeout_s=3600)
         with phase(phases, "compare", broker):
-            verdict = judge(settings, reference, kills)
+            verdict = judge(settings, reference, kills, args.events)
     finally:
         stack.stop()
     report = {

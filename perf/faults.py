@@ -287,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                 "false_fallbacks_at_10k": healthy.fallbacks,
                 "no_profile_roc_auc": metrics["no_profile_roc_auc"],
                 "with_profile_roc_auc": metrics["with_profile_roc_auc"],
-                "redis_round_trip_p999_ms_at_10k": redis_ms.get("p99.9", 0.0),
+                # a 500-key pipelined HGETALL every 10 ms, timed from outside through the whole healthy
+                # scenario (its start-up included): what a profile lookup waits for, not one round trip
+                **({"redis_pipeline_500_keys_p999_ms_healthy_run": redis_ms["p99.9"]} if "p99.9" in redis_ms else {}),
             },
+            owns=("redis_pipeline_500_keys_p999_ms_healthy_run", "redis_round_trip_p999_ms_at_10k"),
         )
     return 0 if all(o.lost == 0 and o.crash_loop == 0 for o in outcomes) else 1
 

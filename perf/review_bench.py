@@ -53,7 +53,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, end_offsets, list_partitions, log, read_all, read_to_end
 from perf.bench import _Cpu, _machine
-from perf.summary import REPORTS, median_and_spread, record, report_stem
+from perf.summary import REPORTS, median_and_spread, record_unless, report_stem, why_not_recorded
 from sluice.harness.collector import BackgroundCollector, latency_histogram, latency_summary
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -404,19 +404,36 @@ def write_reviewers(path: Path, count: int) -> list[str]:
     return ids
 
 
-def summarize(runs: list[RunResult]) -> dict[str, Any]:
-    def figure(values: list[float]) -> dict[str, float]:
-        med, low, high = median_and_spread(values)
-        return {"median": round(med, 2), "min": round(low, 2), "max": round(high, 2)}
+TIMED = (
+    "added_p99_ms_decision_path", "decision_path_p99_ms_alone", "decision_path_p99_ms_with_review",
+    "verdict_to_final_p50_ms", "verdict_to_final_p99_ms", "page_p99_ms", "cases_opened_per_s",
+)  # fmt: skip
 
-    return {
-        "added_p99_ms_decision_path": figure([r.added_p99_ms for r in runs]),
-        "decision_path_p99_ms_alone": figure([r.alone.latency_ms.get("p99", 0.0) for r in runs]),
-        "decision_path_p99_ms_with_review": figure([r.with_review.latency_ms.get("p99", 0.0) for r in runs]),
-        "verdict_to_final_p50_ms": figure([r.verdict_to_final_ms.get("p50", 0.0) for r in runs]),
-        "verdict_to_final_p99_ms": figure([r.verdict_to_final_ms.get("p99", 0.0) for r in runs]),
-        "page_p99_ms": figure([r.page_ms.get("p99", 0.0) for r in runs]),
+
+def summarize(runs: list[RunResult]) -> dict[str, Any]:
+    """Medians and spreads over the runs. A run that timed nothing for a figure (no decisions timed, no final
+    decision arrived) is left out of that figure, never counted as 0 ms; ``<figure>_runs`` says how many
+    runs it is the median of, and a figure no run measured is absent."""
+
+    def figure(values: list[float | None]) -> dict[str, float] | None:
+        measured = [v for v in values if v is not None]
+        if not measured:
+            return None
+        med, low, high = median_and_spread(measured)
+        return {"median": round(med, 2), "min": round(low, 2), "max": round(high, 2), "runs": len(measured)}
+
+    figures = {
+        "added_p99_ms_decision_path": figure(
+            [r.added_p99_ms if r.alone.latency_ms and r.with_review.latency_ms else None for r in runs]
+        ),
+        "decision_path_p99_ms_alone": figure([r.alone.latency_ms.get("p99") for r in runs]),
+        "decision_path_p99_ms_with_review": figure([r.with_review.latency_ms.get("p99") for r in runs]),
+        "verdict_to_final_p50_ms": figure([r.verdict_to_final_ms.get("p50") for r in runs]),
+        "verdict_to_final_p99_ms": figure([r.verdict_to_final_ms.get("p99") for r in runs]),
+        "page_p99_ms": figure([r.page_ms.get("p99") for r in runs]),
         "cases_opened_per_s": figure([r.cases_opened_per_s for r in runs]),
+    }
+    return {k: v for k, v in figures.items() if v is not None} | {
         "cases_lost": sum(r.cases_lost for r in runs),
         "cases_decided_twice": sum(r.cases_decided_twice for r in runs),
     }
@@ -479,10 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"report: {path}")
     print(json.dumps(summary, indent=1))
-    if not args.no_record:
-        figures = {k: v["median"] if isinstance(v, dict) else v for k, v in summary.items()}
-        figures["verdict_to_final_p50_ms"] = summary["verdict_to_final_p50_ms"]["median"]
-        record("review", figures)
+    figures = {k: v["median"] if isinstance(v, dict) else v for k, v in summary.items()}
+    figures |= {f"{k}_{end}": v[end] for k, v in summary.items() if isinstance(v, dict) for end in ("min", "max")}
+    smoke = args.seconds < 30.0 or args.rate != 10_000
+    runs_each = min((v["runs"] for v in summary.values() if isinstance(v, dict)), default=0)
+    reason = why_not_recorded(runs_each, no_record=args.no_record, smoke=smoke)
+    record_unless(reason, "review", figures, owns=[f"{k}{e}" for k in TIMED for e in ("", "_min", "_max")])
     return 0
 
 

@@ -284,8 +284,9 @@ def test_generation_is_planned_to_the_deadline_and_falls_back_to_the_extractive_
     settings = replace(AssistantSettings(), device="cpu", gen_max_new_tokens=24, gen_deadline_ms=60_000)
     rows = []
     lambda_question = "Can I put an assignment inside a lambda?"
-    asked = [time.time() * 1000 - 120_000, time.time() * 1000, time.time() * 1000]  # one already past its deadline
-    for i, (sent_ms, text) in enumerate(zip(asked, [lambda_question, lambda_question, "Who painted the Mona Lisa?"])):
+    now_ms = time.time() * 1000
+    asked = [(now_ms - 120_000, lambda_question), (now_ms, lambda_question), (now_ms, "Who painted the Mona Lisa?")]
+    for i, (sent_ms, text) in enumerate(asked):  # the first one already past its deadline
         vector = encoder.encode([text])[0]
         turn = Turn(ChatRequest("s", str(i), text, sent_ms), Position("t", 0, i), (), text, time.time(), vector, vector)
         passages = tuple(redact(p)[0] for p in knowledge.answer([turn])[0])

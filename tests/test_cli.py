@@ -226,6 +226,7 @@ def test_add_reviewer_refuses_a_role_no_chain_can_ask_for_and_checks_against_a_g
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
     args = ["review", "add-reviewer", "--file", str(creds), "--id", "ann", "--role", "auditor", "--password-stdin"]
     assert main([*args, "--policy", str(tmp_path / "policy.json")]) == 0
-    assert Reviewers.load(creds).authenticate("ann", "correct horse battery").role == "auditor"
+    saved = Reviewers.load(creds).authenticate("ann", "correct horse battery")
+    assert saved is not None and saved.role == "auditor"
     assert main([*args, "--policy", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err

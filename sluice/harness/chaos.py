@@ -49,18 +49,44 @@ class Verdict:
     differing: int
     dead_letters_match: bool
     kills: int
+    input_accounted: bool  # the reference decided or dead-lettered every event sent, once
     examples: list[str] = field(default_factory=list)
 
     @property
     def exactly_once(self) -> bool:
-        return not (self.missing or self.duplicated or self.differing) and self.dead_letters_match
+        return (
+            not (self.missing or self.duplicated or self.differing) and self.dead_letters_match and self.input_accounted
+        )
 
 
-def start_sending(settings: FraudSettings, seed: int, count: int, rate: float, cards: int = 5_000) -> threading.Thread:
+class Sending(threading.Thread):
+    """``count`` events sent at ``rate``/s in the background; :meth:`join` raises what stopped the sender,
+    so a run whose input was cut short fails instead of being compared with a reference of the same
+    short input."""
+
+    def __init__(self, settings: FraudSettings, seed: int, count: int, rate: float, cards: int) -> None:
+        super().__init__(daemon=True, name="chaos-sender")
+        self.count = count
+        self.error: BaseException | None = None
+        self._send = (sender(settings), event_records(TransactionStream(seed, n_cards=cards), settings, 0.001), rate)
+
+    def run(self) -> None:
+        producer, records, rate = self._send
+        try:
+            send_open_loop(producer, records, rate, self.count)
+        except BaseException as exc:  # noqa: BLE001 - handed to the joining thread
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise RuntimeError(f"the sender stopped: {self.error}") from self.error
+
+
+def start_sending(settings: FraudSettings, seed: int, count: int, rate: float, cards: int = 5_000) -> Sending:
     """Load profiles, then send ``count`` events at ``rate``/s in a background thread."""
     load_profiles(settings, seed, cards)
-    records = event_records(TransactionStream(seed, n_cards=cards), settings, malformed_rate=0.001)
-    thread = threading.Thread(target=send_open_loop, args=(sender(settings), records, rate, count), daemon=True)
+    thread = Sending(settings, seed, count, rate, cards)
     thread.start()
     return thread
 
@@ -105,7 +131,7 @@ def reference_run(settings: FraudSettings, work: Path, timeout_s: float = 1800) 
 def chaos_run(
     settings: FraudSettings,
     work: Path,
-    sending: threading.Thread,
+    sending: Sending,
     topologies: list[dict[str, int]],
     kills: int,
     seed: int,
@@ -140,8 +166,9 @@ def chaos_run(
     return kills
 
 
-def judge(settings: FraudSettings, reference: Outputs, kills: int) -> Verdict:
-    """Compare the chaos run's committed output with the reference run's."""
+def judge(settings: FraudSettings, reference: Outputs, kills: int, sent: int) -> Verdict:
+    """Compare the chaos run's committed output with the reference run's, and the reference with the
+    input: each of the ``sent`` events is decided or dead-lettered there exactly once."""
     got = read_outputs(settings, settings.decisions_topic, settings.dlq_topic)
     ref = reference.decisions
     missing = [e for e in ref if e not in got.decisions]
@@ -155,5 +182,6 @@ def judge(settings: FraudSettings, reference: Outputs, kills: int) -> Verdict:
         differing=len(differing),
         dead_letters_match=got.dead == reference.dead and set(got.dead.values()) <= {1},
         kills=kills,
+        input_accounted=len(ref) + sum(reference.dead.values()) == sent and all(len(v) == 1 for v in ref.values()),
         examples=(missing + extra + duplicated + differing)[:5],
     )
