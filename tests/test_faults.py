@@ -15,15 +15,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import TestingSource, run_main
 
 from models.synthetic_transactions import TransactionStream
 from operators.kafka.admin import create_topics, delete_topics, read_all
-from operators.kafka.records import header_value
+from operators.kafka.connection import KafkaConnection
+from operators.kafka.output import kafka_output
+from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
 from sluice.local.profiles import load_profiles
@@ -31,6 +38,7 @@ from sluice.local.stack import LocalStack
 from sluice.local.transactions import event_records, sender
 from sluice.processes import FlowProcesses, free_port, init_recovery
 from sluice.settings import FraudSettings
+from state.checkpoints import StoreSummary, summarize
 from state.feature_store import FeatureStore, Profile
 from tests.helpers import FRAUD_FLOW, decisions, produce, produce_txns, start_flow, txn, wait_for, wait_for_decisions
 
@@ -296,3 +304,44 @@ def test_a_broker_that_lost_its_data_stops_the_flow_instead_of_hanging(own_stack
     assert codes == [3]
     errors = _errors((tmp_path / "flow-0.log").read_text().splitlines())
     assert len(errors) == 1 and "not the one the checkpoint was taken from" in errors[0], errors
+
+
+def _undelivered_run(stack: LocalStack, recovery: Path, exactly_once: bool) -> tuple[str, StoreSummary]:
+    """A flow whose broker freezes in its first epoch, with records waiting in the producer: the text of
+    what stopped it, and its recovery store afterwards."""
+    topic = f"undelivered-{uuid.uuid4().hex[:6]}"
+    create_topics(KafkaConnection(stack.brokers), {topic: 1})
+    conn = KafkaConnection(stack.brokers, {"message.timeout.ms": "1500"})
+
+    def items() -> Iterator[KafkaRecord]:
+        yield KafkaRecord(topic, b"k", b"first", [(ID_HEADER, b"in:0:0")])
+        stack.pause("tansu")  # after the sink was built, before the epoch ends
+        for i in range(1, 50):
+            yield KafkaRecord(topic, b"k", b"%d" % i, [(ID_HEADER, b"in:0:%d" % i)])
+
+    flow = Dataflow(f"undelivered-{exactly_once}")
+    kafka_output("out", op.input("in", flow, TestingSource(items())), conn, [topic], exactly_once=exactly_once)
+    init_recovery(recovery, partitions=1)
+    try:
+        with pytest.raises(Exception) as info:
+            run_main(flow, epoch_interval=timedelta(seconds=30), recovery_config=RecoveryConfig(str(recovery)))
+    finally:
+        stack.resume("tansu")
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(chain), summarize(recovery, input_step_suffix="in")
+
+
+def test_records_the_broker_never_acknowledged_fail_the_epoch_instead_of_being_dropped(own_stack, tmp_path):
+    text, store = _undelivered_run(own_stack, tmp_path / "recovery", exactly_once=False)
+    assert "were not delivered" in text and "timed out" in text.lower(), text
+    assert "the epoch was not committed" in text
+    assert store.committed_epoch is None  # a restart resends the whole epoch
+
+
+def test_a_transaction_the_broker_never_committed_is_aborted_and_the_epoch_is_not_committed(own_stack, tmp_path):
+    text, store = _undelivered_run(own_stack, tmp_path / "recovery", exactly_once=True)
+    assert "failed" in text and ("commit of undelivered-" in text or "record(s) failed" in text), text
+    assert store.committed_epoch is None
