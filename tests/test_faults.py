@@ -327,7 +327,8 @@ def _undelivered_run(stack: LocalStack, recovery: Path, exactly_once: bool) -> t
             run_main(flow, epoch_interval=timedelta(seconds=30), recovery_config=RecoveryConfig(str(recovery)))
     finally:
         stack.resume("tansu")
-    chain, exc = [], info.value
+    chain: list[str] = []
+    exc: BaseException | None = info.value
     while exc is not None:
         chain.append(str(exc))
         exc = exc.__cause__ or exc.__context__
