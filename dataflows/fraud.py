@@ -312,6 +312,7 @@ def note_records(batch: list[PendingNote], settings: FraudSettings, use_llm: boo
     """Notes for a batch of cases: the LLM's where it passes the checks in time, the template's otherwise."""
     cases = [p.case for p in batch]
     generated: list[str | None] = [None] * len(batch)
+    truncated = [False] * len(batch)
     model = "template"
     if use_llm:
         from models.llm import plan_batch, shared_generator  # transformers: imported only where notes are generated
@@ -326,10 +327,10 @@ def note_records(batch: list[PendingNote], settings: FraudSettings, use_llm: boo
         if rows:
             texts = llm.generate([conversations[i] for i in rows], max_new, [deadlines[i] for i in rows])
             for i, g in zip(rows, texts, strict=True):
-                generated[i] = None if g.truncated else g.text
+                generated[i], truncated[i] = g.text, g.truncated
     out = []
     written_ms = time.time() * 1000.0
-    for p, (note, source, problem) in zip(batch, choose_notes(cases, generated), strict=True):
+    for p, (note, source, problem) in zip(batch, choose_notes(cases, generated, truncated), strict=True):
         body = {
             "event_id": p.case.event_id,
             "card_id": p.card_id,

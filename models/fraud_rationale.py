@@ -186,13 +186,25 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
-def choose_notes(cases: Sequence[Case], generated: Sequence[str | None]) -> list[tuple[str, str, str | None]]:
+def choose_notes(
+    cases: Sequence[Case], generated: Sequence[str | None], truncated: Sequence[bool] = ()
+) -> list[tuple[str, str, str | None]]:
     """For each case ``(note, source, why the generated note was not used)``; ``source`` is ``llm`` or
-    ``template``. ``None`` in ``generated``: the case was not generated (no time before its deadline)."""
+    ``template``. ``None`` in ``generated``: the case was not generated (no time before its deadline).
+    A generation cut at the token limit still gives its first line when that line ended before the cut.
+
+    >>> case = Case("e1", "review", 120.0, "EUR", 40.0, "Corner Shop", "grocery", "DE", "DE", ("5 payments in 1 min",), ())
+    >>> [why for _, _, why in choose_notes([case, case], [None, "Unusual burst of"], [False, True])]
+    ['not generated: no time before the deadline', 'generated note cut at the token limit']
+    """
     out: list[tuple[str, str, str | None]] = []
-    for case, text in zip(cases, generated, strict=True):
+    cut = list(truncated) or [False] * len(cases)
+    for case, text, was_cut in zip(cases, generated, cut, strict=True):
         if text is None:
             out.append((template_note(case), "template", "not generated: no time before the deadline"))
+            continue
+        if was_cut and "\n" not in text.strip():
+            out.append((template_note(case), "template", "generated note cut at the token limit"))
             continue
         note = first_line(text)
         problem = check_note(note, case)

@@ -152,6 +152,7 @@ class VersionedModels(Generic[M]):
         if now - self._failed.get(version, float("-inf")) < self.retry_after_s:
             return
         self._loading_version = version
+        log.info("model %s: loading in the background; %s serves meanwhile", version, self._served)
         self._loading = self._executor.submit(self._load_and_remember, version)
 
     def _load_and_remember(self, version: str) -> M:

@@ -106,14 +106,28 @@ def test_a_promoted_version_is_picked_up_at_a_checkpoint_without_a_restart(setti
         reg.promote(v2, reason="test")
         sender.join()
         got = wait_for_decisions(s, n, timeout_s=120)
+        assert len(got) == n  # nothing lost in the swap
+        # v2 loads in the background (seconds on a loaded machine): live batches until one is all v2, then
+        # one more, which must be all v2 too (a swap never goes back)
+        total, batches = n, []
+        for seed in range(36, 46):
+            _send(s, seed, 300, rate=1000).join()
+            total += 300
+            got = wait_for_decisions(s, total, timeout_s=120)
+            batches.append({got[t.event_id][-1]["model_version"] for t, _ in _first(seed, 300)})
+            if len(batches) >= 2 and batches[-2] == {v2}:
+                break
     finally:
         flow.stop()
-    assert len(got) == n  # nothing lost in the swap
     version_of = {e: ds[-1]["model_version"] for e, ds in got.items()}
-    order = [txn.event_id for txn, _ in itertools.islice(TransactionStream(31, n_cards=CARDS), n)]
-    assert {version_of[e] for e in order[:1000]} == {v1}  # sent before the promotion
-    assert {version_of[e] for e in order[-1000:]} == {v2}  # sent seconds after it
+    assert {version_of[t.event_id] for t, _ in _first(31, 1000)} == {v1}  # sent before the promotion
+    assert batches[-2:] == [{v2}, {v2}], batches
+    assert set(version_of.values()) == {v1, v2}
     _assert_scores_match_their_versions(s, reg, got)
+
+
+def _first(seed: int, n: int) -> list[tuple[Any, Any]]:
+    return list(itertools.islice(TransactionStream(seed, n_cards=CARDS), n))
 
 
 def test_kill9_during_a_swap_resumes_on_a_consistent_version_exactly_once(settings, registry, tmp_path):
@@ -128,7 +142,11 @@ def test_kill9_during_a_swap_resumes_on_a_consistent_version_exactly_once(settin
         sender = _send(s, 32, 5000, rate=1000)
         wait_for_decisions(s, 1500, timeout_s=60)
         reg.promote(v2, reason="test")
-        time.sleep(0.3)  # the flow has seen the new version and is loading or pinning it
+        log = tmp_path / "flow-0.log"
+        deadline = time.monotonic() + 30
+        while f"model {v2}: loading" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"model {v2}: loading" in log.read_text()  # the kill lands while the flow loads or pins v2
         flow.kill()
         flow = start_flow(s, tmp_path, recovery_dir=recovery, snapshot_s=1)
         sender.join()
@@ -292,3 +310,7 @@ def test_the_flow_writes_notes_for_cases_with_the_llm_and_never_obeys_a_merchant
         )
         assert note["facts"]["merchant"] in (WITHHELD, "Corner Shop")
     assert all(n["source"] == "llm" or n["not_generated_because"] for n in notes.values())  # never silently
+    # every case was generated (60 s leaves time): a fallback is the note check refusing what the LLM wrote
+    # (on a CPU ~4 in 10 generated notes pass it), never a row the flow skipped
+    assert not any("no time" in (n["not_generated_because"] or "") for n in notes.values()), notes
+    assert all(n["model"] != "template" for n in notes.values() if n["source"] == "llm")
