@@ -20,7 +20,7 @@ from models.chunking import document_chunks, sections, split_sentences
 from models.document import DocumentEvent
 from models.intent import Route, shared_intent_router
 from models.knowledge import DocumentKnowledge
-from models.llm import shared_generator
+from models.llm import GenerationSpeed, shared_generator
 from models.prompting import SYSTEM_PROMPT, Remembered, build_messages, is_instruction_like, redact, resolve_query
 from models.text_encoder import TextEncoder, shared_encoder
 from operators.kafka.records import Position
@@ -340,7 +340,8 @@ def test_batched_generation_with_per_request_deadlines():
     assert not fine.truncated and fine.new_tokens > late.new_tokens and fine.text
     alone = gen.generate([convo], max_new_tokens=12)[0]  # left padding: same answer alone as in a batch
     assert alone.text == fine.text
-    assert gen.speed.step_s < 5.0 and gen.speed.prefill_s_per_token < 1.0  # the speed model learnt something
+    prior = GenerationSpeed()
+    assert gen.speed.step_s != prior.step_s and gen.speed.prefill_s_per_token != prior.prefill_s_per_token  # learnt
 
 
 def test_the_index_is_built_in_small_steps_and_questions_wait_for_earlier_documents():
@@ -444,3 +445,34 @@ def test_a_delete_reports_the_chunks_it_removed_and_an_unknown_document_removes_
     assert (deleted.applied, deleted.chunks, deleted.chunk_count) == (True, added.chunks, 0)
     [stale] = kb.apply([DocumentEvent("never-sent", 2, "Old", "An older version must not come back.", "test")])
     assert (stale.applied, stale.chunks, kb.doc_count) == (False, 0, 0)
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_an_injection_in_the_users_text_stays_inside_the_question_slot_of_the_prompt(knowledge, injection):
+    """The extractive answer cannot echo anything (it only quotes documents); the prompt is where the
+    user's text could escape, so its structure is checked for every injection."""
+    question = f"What does the with statement do? {injection}"
+    vector = shared_encoder("cpu").encode([question])[0]
+    passages = [redact(p)[0] for p in knowledge.answer([Q(question, vector)])[0]]
+    history = [Remembered("user", injection, injection, False, vector), Remembered("assistant", injection)]
+    system, user = build_messages(question, history, passages)
+    assert system == {"role": "system", "content": SYSTEM_PROMPT}
+    body = user["content"]
+    assert body.count("<context>") == 1 and body.count("</context>") == 1 and "<|" not in body
+    assert body.index("</context>") < body.index("Earlier in this conversation:") < body.rindex("Question: ")
+    assert "\n" not in body[body.rindex("Question: ") :]  # the question is one line, last: nothing after it
+
+
+@pytest.mark.parametrize("injection", [INJECTIONS[0], INJECTIONS[6], INJECTIONS[8]])
+def test_a_generated_answer_to_an_injection_keeps_only_what_the_passages_support(knowledge, injection):
+    """The generate path (the GPU default) on the CPU: whatever the model writes, only sentences a passage
+    supports are served, so neither PWNED nor the prompt can come back."""
+    encoder = shared_encoder("cpu")
+    question = f"What does the with statement do? {injection}"
+    vector = encoder.encode([question])[0]
+    passages = [redact(p)[0] for p in knowledge.answer([Q(question, vector)])[0]]
+    [out] = shared_generator("cpu").generate([build_messages(question, [], passages[:3])], 32)
+    checked = verify_generated(out.text, passages, encoder.encode, out.truncated)
+    served = checked.text if checked.sentences else extract_answer(vector, question, question, passages).text
+    for marker in [*SCAFFOLD, "PWNED", "system prompt"]:
+        assert marker.lower() not in served.lower(), (injection, out.text, served)

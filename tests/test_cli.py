@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sluice.cli import main
 from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
 from sluice.review_web.auth import Reviewers
+from state.checkpoints import summarize
 from tests.helpers import produce_txns, start_flow, txn, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,11 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     flow = start_flow(settings, tmp_path, recovery_dir=recovery, snapshot_s=1)
     try:
         assert len(wait_for(settings, settings.decisions_topic, 20)) == 20
-        wait_for(settings, settings.decisions_topic, 10**9, timeout_s=2.5)  # let a checkpoint commit
+        seen = summarize(recovery).committed_epoch or 0
+        deadline = time.monotonic() + 60
+        while (summarize(recovery).committed_epoch or 0) <= seen and time.monotonic() < deadline:
+            time.sleep(0.2)  # one more checkpoint: it holds every input offset of the 20 decided events
+        assert (summarize(recovery).committed_epoch or 0) > seen
     finally:
         flow.stop()
     for name, value in settings.to_env().items():
@@ -93,9 +99,11 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     resumed = f"{settings.decisions_topic}-resumed"
     args = ["replay", "run", "--output-topic", resumed, "--from-backup", str(tmp_path / "backup"), "--timeout", "300"]
     assert main(args) == 0, capsys.readouterr().err
-    from_backup = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), resumed)}
-    assert {c.event_id for c in later} <= from_backup <= {c.event_id for c in [*cases, *later]}
-    assert len(read_all(settings.connection(), f"{resumed}-features")) >= len(later)  # its own feature log
+    from_backup = [orjson.loads(m.value() or b"{}") for m in read_all(settings.connection(), resumed)]
+    assert sorted(d["event_id"] for d in from_backup) == sorted(c.event_id for c in later)  # no more, no fewer
+    card_0 = next(d for d in from_backup if d["event_id"] == "r-later-0")
+    assert card_0["features"]["count_1h"] == 5  # card-0's window resumed: t=0, 5, 10, 15 s before, then this one
+    assert len(read_all(settings.connection(), f"{resumed}-features")) == len(later)  # its own feature log
     assert {topic: len(read_all(settings.connection(), topic)) for topic in side} == live_side  # live ones untouched
     assert main(["replay", "backup", str(recovery), str(tmp_path / "backup-2")]) == 0
     assert init_recovery_refuses(tmp_path / "backup-2")

@@ -181,3 +181,21 @@ def test_references_are_found_next_to_the_model_version_they_belong_to(tmp_path:
     found = artifact_references(tmp_path)
     assert found("fraud", "v1") == whole and found("stage2", "v1") == stage
     assert found("fraud", "v2") is None
+
+
+def test_an_slo_burn_fires_when_too_many_events_exceed_the_slo_and_resolves_when_they_stop():
+    """Events over the latency SLO: 0.2% of them while healthy, 5% for ten seconds, then healthy again."""
+    rules = HealthRules(slo_burn=0.01, window_s=4, min_events=50)
+
+    def snap(t: int, over: int) -> HealthSnapshot:
+        return HealthSnapshot("fraud/0", t, 0.0, 1000 * t, 0, 100 * t, 0, 1000 * t, over)
+
+    over, snaps = 0, []
+    for t in range(30):
+        over += 50 if 10 <= t < 20 else 2
+        snaps.append(snap(t, over))
+    alarms = _health(snaps, rules)
+    assert [(a.alarm, a.state) for a in alarms] == [("slo_burn", "firing"), ("slo_burn", "resolved")]
+    fired = alarms[0]
+    assert fired.subject == "fraud/0" and rules.slo_burn < fired.value <= 0.05  # fires on the first window over it
+    assert 10_000 <= fired.at_ms < 20_000 < alarms[1].at_ms  # while the burst lasts, resolved after it

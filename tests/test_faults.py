@@ -100,13 +100,11 @@ def test_misconfiguration_is_one_line_and_exit_2(settings, override, expected):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    started = time.monotonic()
-    code, lines = _flow_output(env)
+    code, lines = _flow_output(env)  # within its timeout: a misconfigured flow stops, never waits
     assert code == 2, lines
     errors = _errors(lines)
     assert len(errors) == 1 and expected in errors[0], lines
     assert len(lines) <= 3, lines  # no librdkafka noise, no traceback
-    assert time.monotonic() - started < 30
 
 
 def test_a_wrong_redis_password_is_named_without_showing_it(settings):
@@ -212,7 +210,9 @@ def test_an_output_stall_then_kill_9_loses_no_decision(running, stack, tmp_path)
     settings, flow = running
     n = 20_000
     load_profiles(settings, seed=7, n_cards=2000)
-    send_open_loop(sender(settings), event_records(TransactionStream(7, n_cards=2000), settings), 1e9, n)
+    records = event_records(TransactionStream(7, n_cards=2000), settings)
+    sending = threading.Thread(target=send_open_loop, args=(sender(settings), records, 5_000, n), daemon=True)
+    sending.start()  # input keeps arriving for ~4 s: the stall and the kill land in the middle of it
     wait_for_decisions(settings, 2000)
     stack.pause("tansu")
     try:
@@ -220,6 +220,8 @@ def test_an_output_stall_then_kill_9_loses_no_decision(running, stack, tmp_path)
         flow.kill()
     finally:
         stack.resume("tansu")
+    sending.join(60)
+    assert len(decisions(read_all(settings.connection(), settings.decisions_topic))) < n  # else nothing was tested
     again = start_flow(settings, tmp_path, recovery_dir=tmp_path / "recovery", snapshot_s=1)
     try:
         got = wait_for_decisions(settings, n, timeout_s=180)
@@ -277,19 +279,51 @@ def own_stack(tmp_path: Path) -> Iterator[LocalStack]:
     s.stop()
 
 
-def test_a_broker_that_lost_its_data_stops_the_flow_instead_of_hanging(own_stack, model_dir, tmp_path):
+def _own_settings(stack: LocalStack, model_dir: Path, **overrides: object) -> FraudSettings:
     tag = uuid.uuid4().hex[:6]
-    settings = replace(
+    return replace(
         FraudSettings(),
-        brokers=own_stack.brokers,
-        redis_url=own_stack.redis_url,
+        brokers=stack.brokers,
+        redis_url=stack.redis_url,
         transactions_topic=f"tx-{tag}",
         decisions_topic=f"dec-{tag}",
         dlq_topic=f"dlq-{tag}",
         labels_topic=f"lab-{tag}",
         model_path=str(model_dir),
-        outage_timeout_s=5,
+        **overrides,  # type: ignore[arg-type]
     )
+
+
+# Not "topic deleted": on Tansu, deleting a topic a client is reading makes librdkafka itself segfault
+# (confluent-kafka 2.16.1, any consumer, ours or a bare one; perf/REPORT.md). A restarted, empty broker is
+# the same outage for the flow: its topic is missing.
+@pytest.mark.parametrize("outage", ["broker restarted empty", "broker frozen"])
+def test_an_outage_longer_than_the_setting_stops_the_flow_in_one_line(own_stack, model_dir, tmp_path, outage):
+    """Past SLUICE_OUTAGE_TIMEOUT_S without its input the flow exits (code 3) for a supervisor, rather
+    than hang; the one error line says what was missing and names the setting."""
+    settings = _own_settings(own_stack, model_dir, outage_timeout_s=3)
+    own_stack.topics = settings.topics()
+    create_topics(settings.connection(), settings.topics())
+    flow = start_flow(settings, tmp_path)
+    try:
+        produce_txns(settings, [txn(f"pre-{i}", "c1", 10.0, t_s=NOON + i) for i in range(20)])
+        wait_for(settings, settings.decisions_topic, 20)
+        if outage == "broker restarted empty":
+            own_stack.restart_broker(recreate_topics=False)
+        else:
+            own_stack.pause("tansu")
+        codes = flow.wait(90)
+    finally:
+        own_stack.resume("tansu")
+        flow.kill()
+    assert codes == [3]
+    errors = _errors((tmp_path / "flow-0.log").read_text().splitlines())
+    what = "the topic has been missing" if outage == "broker restarted empty" else "the broker has been unreachable"
+    assert len(errors) == 1 and what in errors[0] and "SLUICE_OUTAGE_TIMEOUT_S" in errors[0], errors
+
+
+def test_a_broker_that_lost_its_data_stops_the_flow_instead_of_hanging(own_stack, model_dir, tmp_path):
+    settings = _own_settings(own_stack, model_dir, outage_timeout_s=5)
     own_stack.topics = settings.topics()
     create_topics(settings.connection(), settings.topics())
     flow = start_flow(settings, tmp_path)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from dataflows.fraud import (
     CardEvent,
     EnrichedEvent,
+    _enriched,
     cascade_batch,
     decision_records,
     needs_note,
@@ -31,10 +32,10 @@ from models.fraud_model import FraudCascade, load_cascade
 from models.fraud_policy import Policy
 from models.transaction import parse_transaction
 from models.wire import InvalidEvent
-from operators.event_windows import WindowStatus
+from operators.event_windows import Windowed, WindowStatus
 from operators.kafka.records import SourceRecord
 from sluice.settings import FraudSettings
-from state.feature_store import Unreadable, decode_reply
+from state.feature_store import decode_reply
 from state.windows import SlidingAggregates, WindowSpec
 
 numbers = st.one_of(
@@ -126,11 +127,10 @@ def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, c
         if feats is None:
             feats, status = window.peek(txn.event_time_s, txn.amount, txn.merchant_id), WindowStatus.LATE
             recent = window.recent_columns(txn.event_time_s, 31).with_event(txn.event_time_s, txn.amount, extra)
-        lookup = decode_reply(reply, parse_profile)
-        problem = lookup.reason if isinstance(lookup, Unreadable) else None
-        profile = None if isinstance(lookup, Unreadable) else lookup
-        event = CardEvent(SourceRecord("tx", 0, offset, b"k", raw), txn)
-        items.append(EnrichedEvent(event, feats, status, profile, problem, store_down, recent))
+        # the flow's own enrichment: a store that is down returns nothing for the card (cached ones still serve)
+        lookup = None if store_down else decode_reply(reply, parse_profile)
+        windowed = Windowed(CardEvent(SourceRecord("tx", 0, offset, b"k", raw), txn), feats, status, recent)
+        items.append(_enriched((txn.card_id, windowed), lookup, store_down))
     scored = cascade_batch(cascade, cascade.version, items, Policy()) if items else []
     records = [r for r in decision_records(scored, fraud_settings) if r.topic == fraud_settings.decisions_topic]
     assert len(records) == len(items)
