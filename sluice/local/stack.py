@@ -208,10 +208,15 @@ class LocalStack:
             proc = self.procs.pop(name, None)
             pid_file = self.state_dir / f"{name}.pid"
             pid = proc.pid if proc else _read_pid(pid_file)
-            if pid is not None and (proc is not None or _runs(pid, name)):  # a stale file (a reboot) names another
+            if proc is not None:  # our child: wait for it (polling its pid would see the zombie until reaped)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            elif pid is not None and _runs(pid, name):  # started by `sluice stack up`; a stale file names another
                 _terminate(pid)
-            if proc is not None:
-                proc.wait(timeout=10)
             pid_file.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
