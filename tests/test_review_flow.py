@@ -41,6 +41,8 @@ from tests.review_support import (
 
 CARDS = {"A": "4000000000000001", "B": "4000000000000002", "C": "4000000000000003", "D": "4000000000000004"}
 
+SLA_S = 8  # the SLA test's step deadline: room to open a case and kill the flow before it on a loaded box
+
 
 def _by_verdict(settings, topic):
     return {b["verdict_id"]: b for b in bodies(settings, topic)}
@@ -190,7 +192,7 @@ def test_kill_9_mid_chain_loses_no_case_decides_none_twice_and_fires_timers_due_
                 "when": {"min_amount": 1000},
                 "steps": [{"role": "analyst", "sla_s": 600}, {"role": "senior", "sla_s": 600}],
             },
-            {"name": "short", "steps": [{"role": "analyst", "sla_s": 4}], "default_action": "decline"},
+            {"name": "short", "steps": [{"role": "analyst", "sla_s": SLA_S}], "default_action": "decline"},
         ],
     }
     publish_policy(settings, policy)
@@ -202,14 +204,14 @@ def test_kill_9_mid_chain_loses_no_case_decides_none_twice_and_fires_timers_due_
         policy_active(settings, "sla-test")
         produce(settings, [verdict(chain_case, 0, "ann", "analyst")], topic=settings.verdicts_topic)
         eventually(lambda: latest_cases(settings)[chain_case]["current_step"] == 1, what="step 1 approved")
-        # a case whose SLA (4 s, then 4 s more at senior, then the default) runs out while the flow is down
+        # a case whose SLA (SLA_S, then SLA_S more at senior, then the default) runs out while the flow is down
         produce(settings, [decision("e-sla", CARDS["B"], "review", 80.0)], topic=settings.decisions_topic)
         sla_case = opened_cases(settings, 2)["e-sla"]
         flow.kill()  # SIGKILL, mid-chain
     finally:
         flow.kill()
     killed_at_ms = time.time() * 1000.0
-    last_deadline_ms = sla_case["opened_at"] + 8_000
+    last_deadline_ms = sla_case["opened_at"] + 2 * SLA_S * 1000
     assert killed_at_ms < last_deadline_ms, "the flow was killed after the SLA case had closed: nothing to prove"
     produce(settings, [verdict(chain_case, 1, "sue", "senior")], topic=settings.verdicts_topic)  # waits in Kafka
     time.sleep(max(0.0, (last_deadline_ms - time.time() * 1000.0) / 1000.0) + 0.5)  # every deadline passes while down
@@ -229,9 +231,9 @@ def test_kill_9_mid_chain_loses_no_case_decides_none_twice_and_fires_timers_due_
     assert (timed_out["decision"], timed_out["by"], timed_out["flags"]) == ("decline", "sla_default", ["sla_expired"])
     escalation = [h for h in timed_out["history"] if h["kind"] == "escalation"]
     assert [(h["from_role"], h["to_role"], h["at"]) for h in escalation] == [
-        ("analyst", "senior", sla_case["opened_at"] + 4_000)  # recorded at its deadline, not at the restart
+        ("analyst", "senior", sla_case["opened_at"] + SLA_S * 1000)  # recorded at its deadline, not at the restart
     ]
-    assert timed_out["decided_at"] == sla_case["opened_at"] + 8_000
+    assert timed_out["decided_at"] == last_deadline_ms
     opened = Counter(b["case_id"] for b in cases if b["event"] == "opened")
     assert set(opened.values()) == {1}  # no case opened twice by the replay
     checks = verify_topic(settings.connection(), settings.audit_topic)
