@@ -386,6 +386,7 @@ def _one_line(exc: BaseException) -> str | None:
     from operators.kafka.admin import BrokerUnreachable, TopicsMissing
     from operators.kafka.sink import DeliveryFailed
     from sluice.harness.loadgen import NotDelivered
+    from sluice.local.stack import StackError
     from state.checkpoints import InconsistentBackup
     from state.feature_store import RedisUnavailable
 
@@ -405,6 +406,7 @@ def _one_line(exc: BaseException) -> str | None:
         InconsistentBackup,
         FileExistsError,
         DeliveryFailed,
+        StackError,  # a demo's stack: its port is taken (the stack is up already), a server did not start
     )
     if isinstance(exc, known):
         return str(exc)

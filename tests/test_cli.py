@@ -238,3 +238,12 @@ def test_add_reviewer_refuses_a_role_no_chain_can_ask_for_and_checks_against_a_g
     assert saved is not None and saved.role == "auditor"
     assert main([*args, "--policy", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("demo", ["fraud", "review"])
+def test_a_demo_whose_stack_ports_are_taken_says_so_in_one_line(settings, demo):
+    """The session's stack holds the ports: the demo cannot start its own and says why, without a traceback."""
+    out = _sluice("demo", demo, env={"SLUICE_BROKERS": settings.brokers, "SLUICE_REDIS_URL": settings.redis_url})
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sluice: error: Kafka broker port") and "already taken" in lines[0]
