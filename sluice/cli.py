@@ -23,6 +23,7 @@ import importlib
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,15 @@ def cmd_read(args: argparse.Namespace) -> int:
     from operators.kafka.admin import end_offsets, read_to_end
 
     conn = FlowSettings.from_env().connection()
-    starts = {p: max(0, end - args.last) for p, end in end_offsets(conn, args.topic).items()}
-    messages, _ = read_to_end(conn, args.topic, starts)
+    ends = end_offsets(conn, args.topic)
+    back = args.last
+    while True:  # offsets hold more than records: a transactional topic's commit markers take offsets too
+        starts = {p: max(0, end - back) for p, end in ends.items()}
+        messages, _ = read_to_end(conn, args.topic, starts)
+        held = Counter(m.partition() for m in messages)
+        if all(starts[p] == 0 or held[p] >= args.last for p in ends):
+            break
+        back *= 2
     newest = sorted(messages, key=lambda m: (m.timestamp()[1], m.partition() or 0, m.offset() or 0))[-args.last :]
     for m in newest:
         value = (m.value() or b"").decode(errors="replace")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from models.review_policy import DEFAULT_POLICY
-from operators.kafka.admin import read_all, topic_partitions
+from operators.kafka.admin import create_topics, read_all, topic_partitions
 from sluice.cli import main
 from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
@@ -206,6 +207,20 @@ def test_sluice_read_prints_a_topics_newest_records_read_to_the_end(settings, ca
     assert len(lines) == 3 and {line.split("\t")[0] for line in lines} <= {f"k{i}" for i in range(12)}
     assert main(["read", settings.decisions_topic, "--last", "100"]) == 0
     assert sorted(capsys.readouterr().out.splitlines()) == sorted(f'{{"n": {i}}}' for i in range(12))
+
+    # a transactional topic: every commit marker takes an offset, so the last offset is not a record
+    txn_topic = f"{settings.decisions_topic}-txn"
+    create_topics(settings.connection(), {txn_topic: 1})
+    producer = Producer({"bootstrap.servers": settings.brokers, "transactional.id": f"read-{txn_topic}"})
+    producer.init_transactions(10)
+    for i in range(5):
+        producer.begin_transaction()
+        producer.produce(txn_topic, value=b"%d" % i, partition=0)
+        producer.commit_transaction(10)
+    del producer  # closed now, not connected when the session's broker stops
+    for last, want in ((1, ["4"]), (3, ["2", "3", "4"])):
+        assert main(["read", txn_topic, "--last", str(last)]) == 0
+        assert capsys.readouterr().out.splitlines() == want
 
 
 def test_the_local_stack_starts_where_the_settings_point_and_its_export_line_keeps_the_redis_database(monkeypatch):
