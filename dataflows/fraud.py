@@ -330,7 +330,10 @@ def note_records(batch: list[PendingNote], settings: FraudSettings, use_llm: boo
                 generated[i], truncated[i] = g.text, g.truncated
     out = []
     written_ms = time.time() * 1000.0
-    for p, (note, source, problem) in zip(batch, choose_notes(cases, generated, truncated), strict=True):
+    not_tried = (
+        "" if use_llm else f"template notes (SLUICE_RATIONALE_MODE={settings.rationale_mode}; auto: LLM on a GPU only)"
+    )
+    for p, (note, source, problem) in zip(batch, choose_notes(cases, generated, truncated, not_tried), strict=True):
         body = {
             "event_id": p.case.event_id,
             "card_id": p.card_id,

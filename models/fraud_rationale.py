@@ -187,10 +187,11 @@ def first_line(text: str) -> str:
 
 
 def choose_notes(
-    cases: Sequence[Case], generated: Sequence[str | None], truncated: Sequence[bool] = ()
+    cases: Sequence[Case], generated: Sequence[str | None], truncated: Sequence[bool] = (), not_tried: str = ""
 ) -> list[tuple[str, str, str | None]]:
     """For each case ``(note, source, why the generated note was not used)``; ``source`` is ``llm`` or
-    ``template``. ``None`` in ``generated``: the case was not generated (no time before its deadline).
+    ``template``. ``None`` in ``generated``: the case was not generated (no time before its deadline, or
+    ``not_tried`` says why no generation was tried at all).
     A generation cut at the token limit still gives its first line when that line ended before the cut.
 
     >>> case = Case("e1", "review", 120.0, "EUR", 40.0, "Corner Shop", "grocery", "DE", "DE", ("5 payments in 1 min",), ())
@@ -201,7 +202,7 @@ def choose_notes(
     cut = list(truncated) or [False] * len(cases)
     for case, text, was_cut in zip(cases, generated, cut, strict=True):
         if text is None:
-            out.append((template_note(case), "template", "not generated: no time before the deadline"))
+            out.append((template_note(case), "template", not_tried or "not generated: no time before the deadline"))
             continue
         if was_cut and "\n" not in text.strip():
             out.append((template_note(case), "template", "generated note cut at the token limit"))

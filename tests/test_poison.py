@@ -146,4 +146,6 @@ def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, c
     assert [x.event_id for x in logged] == [s.item.event.txn.event_id for s in scored]
     cases = [pending_note(s, Policy()) for s in scored if needs_note(s, fraud_settings)]
     for note in note_records(cases, fraud_settings, use_llm=False):
-        assert orjson.loads(note.value or b"")["rationale"]
+        body = orjson.loads(note.value or b"")
+        assert body["rationale"] and body["source"] == "template"
+        assert body["not_generated_because"].startswith("template notes")  # not "no time": nothing was tried
