@@ -283,11 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic")
     p.add_argument("--last", type=_number(int, 1), default=10, help="how many records, newest last (default 10)")
     p.add_argument("--keys", action="store_true", help="print each record's key before its value")
-    p.set_defaults(fn=cmd_read)
+    p.set_defaults(fn=cmd_read, needs_broker=True)
 
     p = sub.add_parser("stack", help="the local broker (Tansu) and Redis")
     p.add_argument("action", choices=["up", "down", "topics"], help="topics: create every topic on $SLUICE_BROKERS")
-    p.set_defaults(fn=cmd_stack)
+    p.set_defaults(fn=cmd_stack, needs_broker=lambda a: a.action == "topics")
 
     demo = sub.add_parser("demo", help="a workflow end to end on a local stack").add_subparsers(
         dest="demo", required=True, metavar="{fraud,assistant,personalize,review}"
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None, help="default: $SLUICE_DOCUMENTS_TOPIC")
     p.add_argument("--stats", action="store_true", help="print the corpus size instead of sending it")
     p.add_argument("--write-questions", action="store_true", help="rewrite perf/rag_questions.json")
-    p.set_defaults(fn=_lazy("sluice.local.corpus"))
+    p.set_defaults(fn=_lazy("sluice.local.corpus"), needs_broker=lambda a: not (a.stats or a.write_questions))
 
     _personalize_arguments(demo, produce)
 
@@ -373,7 +373,7 @@ def add_review_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--topic", default="", help="default: $SLUICE_AUDIT_TOPIC (audit)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to read each partition to its end")
-    p.set_defaults(fn=_lazy("sluice.audit"))
+    p.set_defaults(fn=_lazy("sluice.audit"), needs_broker=True)
 
 
 # --- Past one machine (#16): Kubernetes manifests and real-cluster topics (sluice/deploy.py) ---
@@ -423,9 +423,21 @@ def _one_line(exc: BaseException) -> str | None:
     return None
 
 
+def _check_broker_first(args: argparse.Namespace) -> None:
+    """For a command that talks to Kafka: a broker that does not answer is one line after
+    SLUICE_CONNECT_TIMEOUT_S, not librdkafka retrying (and logging) until a longer timeout of its own."""
+    from operators.kafka.admin import check_broker
+
+    needs = getattr(args, "needs_broker", False)
+    if needs is True or (callable(needs) and needs(args)):
+        settings = FlowSettings.from_env()
+        check_broker(settings.connection(), settings.connect_timeout_s)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_broker_first(args)
         code = int(args.fn(args))
         sys.stdout.flush()  # inside the try: a reader that left shows up here, not as a traceback at exit
         return code

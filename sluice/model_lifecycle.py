@@ -245,6 +245,7 @@ def add_arguments(model: argparse.ArgumentParser) -> None:
     p.add_argument("version")
     command("unshadow", "stop shadowing", cmd_unshadow)
     p = command("shadow-report", "served vs shadow decisions on the same events", cmd_shadow_report)
+    p.set_defaults(needs_broker=True)
     p.add_argument("--version", default="", help="the shadow version to report (default: the current candidate)")
 
 

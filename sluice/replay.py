@@ -188,4 +188,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--exactly-once", action="store_true", help="transactional output (read it read_committed)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the backfill to finish")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=cmd_run, needs_broker=True)

@@ -118,5 +118,6 @@ def add_arguments(review: argparse.ArgumentParser) -> None:
     p.set_defaults(fn=add_reviewer)
     p = sub.add_parser("policy", help="check or publish a chain policy, or print the built-in one")
     p.add_argument("action", choices=["check", "publish", "default"])
+    p.set_defaults(needs_broker=lambda a: a.action == "publish")
     p.add_argument("file", nargs="?", default="", help="policy JSON (check, publish)")
     p.set_defaults(fn=policy)

@@ -119,9 +119,21 @@ def init_recovery_refuses(recovery: Path) -> bool:
     return False
 
 
-def test_an_unreachable_broker_is_one_line_and_a_failure_not_a_send_report():
-    out = _sluice("produce", "transactions", "--count", "10",
-                  env={"SLUICE_BROKERS": "127.0.0.1:1", "SLUICE_CONNECT_TIMEOUT_S": "2"})  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["produce", "transactions", "--count", "10"],
+        ["produce", "corpus"],
+        ["read", "fraud-decisions"],
+        ["replay", "run", "--output-topic", "x-backfill", "--from-offset", "0"],
+        ["audit", "verify"],
+        ["model", "shadow-report"],
+        ["stack", "topics"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_an_unreachable_broker_is_one_line_and_a_failure_not_a_send_report(command):
+    out = _sluice(*command, env={"SLUICE_BROKERS": "127.0.0.1:1", "SLUICE_CONNECT_TIMEOUT_S": "2"})
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().startswith("sluice: error: no Kafka broker answered at 127.0.0.1:1"), out.stderr
     assert "check SLUICE_BROKERS" in out.stderr and len(out.stderr.strip().splitlines()) == 1
