@@ -81,6 +81,23 @@ def check_recovery_dir(argv: Sequence[str], env: Mapping[str, str]) -> None:
         )
 
 
+def without_recovery_warning(exactly_once: bool, argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The warning for an exactly-once flow run without a recovery store (None when there is nothing to say):
+    it runs, but a restart starts over from SLUICE_START_FROM and writes every output again.
+
+    >>> without_recovery_warning(True, ["-r", ".rec"], {}) is None, without_recovery_warning(False, [], {}) is None
+    (True, True)
+    >>> without_recovery_warning(True, ["-w", "2"], {})[:52]
+    'SLUICE_EXACTLY_ONCE is on but the flow has no recove'
+    """
+    if not exactly_once or recovery_dir_of(argv, env) is not None:
+        return None
+    return (
+        "SLUICE_EXACTLY_ONCE is on but the flow has no recovery store (-r DIR): transactions keep one run's "
+        "output whole, but a restart starts over and writes every output again"
+    )
+
+
 def configure_logging(level: str) -> None:
     """Sluice's own loggers log from ``level`` (``SLUICE_LOG_LEVEL``); libraries keep WARNING.
 
@@ -179,6 +196,9 @@ def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redi
         configure_logging(settings.log_level)
         if "bytewax" in sys.argv[0]:  # under bytewax.run: its -r is ours to check (not a test runner's options)
             check_recovery_dir(sys.argv[1:], os.environ)
+            warning = without_recovery_warning(getattr(settings, "exactly_once", False), sys.argv[1:], os.environ)
+            if warning:
+                logging.getLogger("dataflows").warning(warning)
         preflight(settings, redis=redis)
         flow = build(settings)
         observability.start(settings, flow.flow_id)
