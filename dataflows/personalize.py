@@ -356,6 +356,10 @@ class CatalogueReplica:
                 flags.append("filled_from_popularity")
         else:
             top, excluded = rank(self.popular_in(req.category), req.k, self.rules, shopper)
+            if len(top) < req.k and req.category in self.popular:  # a category with few popular items yet
+                every = [*self.popular_in(req.category), *self.popular_in(EVERYONE)]
+                top, excluded = rank(every, req.k, self.rules, shopper)
+                flags.append("filled_from_popularity")
         done = time.time()
         body = {
             "request_id": req.request_id,

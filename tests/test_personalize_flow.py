@@ -405,3 +405,17 @@ def test_the_replica_ranks_lazily_read_hits_exactly_as_the_full_ranking_and_fill
     one_id = [replace(a, request=replace(a.request, request_id="retried")) for a in asks(5, "")]
     for ask, record in zip(one_id, replica.answer(one_id), strict=True):  # each user gets their own results
         assert [item["id"] for item in orjson.loads(record.value or b"")["items"]] == expected(ask, False)
+
+    # a cold-start user in a category with fewer popular items than asked for: filled from overall popularity
+    everyone = tuple((f"i{n}", 300.0 - n) for n in range(1, 300, 3))
+    replica.update([("popular", ("c4", (("i4", 5.0),))), ("popular", ("*", everyone))])
+    cold = Ask(
+        RecommendRequest("cold", "new-user", 5, "home", "c4", "web", 0.0),
+        SourceRecord("r", 0, 99, None, None),
+        0.0,
+        None,
+    )
+    body = orjson.loads(replica.answer([cold])[0].value or b"")
+    assert body["flags"] == ["cold_start", "filled_from_popularity"] and body["fallback"] is True
+    assert "i4" in [i["id"] for i in body["items"]] and len(body["items"]) == 5
+    assert {r for i in body["items"] for r in i["reasons"]} >= {"popular", "popular_in_c4"}
