@@ -88,3 +88,18 @@ def test_the_headline_figures_carry_their_spread_and_say_whether_every_event_cam
     rows[1]["fraud"]["all_out"] = False  # 20k saturated: 15k is the highest rate sustained
     out = headline_figures(rows)
     assert (out["sustained_offered_events_per_s"], out["all_out_at_20k"]) == (15_000.0, 0)
+
+
+def test_the_readmes_held_out_table_is_generated_from_the_served_models_metrics(model_dir, tmp_path):
+    from perf.cascade_bench import write_readme_models_table
+
+    folder = model_dir / (model_dir / "LATEST").read_text().strip()
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- cascade-models -->\nold\n<!-- /cascade-models -->\nafter\n")
+    write_readme_models_table(readme, folder)
+    text = readme.read_text()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert text.startswith("before\n<!-- cascade-models -->\n| model |") and text.endswith(
+        "<!-- /cascade-models -->\nafter\n"
+    )
+    assert "old" not in text and f"| {metrics['cascade_pr_auc']:.4f} |" in text and f"`{folder.name}`" in text
