@@ -130,11 +130,13 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
         skip, self._next_offset = committed_ids(conn, topic, partition, start)
         self._skip = SkipList(skip)
         if skip:
+            since = "after the checkpoint" if resume is not None else "before this flow's first checkpoint"
             log.info(
-                "%s[%d]: %d records were committed after the checkpoint; skipping them on replay",
+                "%s[%d]: %d records in the topic were committed %s; inputs they answer are not written again",
                 topic,
                 partition,
                 len(skip),
+                since,
             )
         self._sealer = chain()  # after the fencing: the chain continues from what stays in the partition
         self._in_txn = False
