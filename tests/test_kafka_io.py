@@ -1,5 +1,7 @@
 """The Kafka connectors against the real broker, and their seams in isolation."""
 
+import gc
+import os
 import time
 import uuid
 import zlib
@@ -208,3 +210,24 @@ def test_resume_scan_finds_records_committed_after_the_checkpoint(settings):
     # writing the same inputs again through a fresh sink that resumes from offset 0 adds nothing
     _write(settings, recs, exactly_once=True, transactional_id_prefix="scan-test")
     assert len(read_all(conn, settings.decisions_topic)) == 5
+
+
+def test_a_dropped_checked_producer_closes_at_once_not_at_a_garbage_collection():
+    """No reference cycle through its delivery callback: dropping it stops librdkafka's threads right away
+    (a tool's producer used to stay connected, and log "connection refused" after its stack stopped)."""
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    gc.disable()
+    try:
+        before = threads()
+        producer = CheckedProducer({"bootstrap.servers": "127.0.0.1:1"})
+        assert threads() > before  # librdkafka's own threads
+        del producer
+        deadline = time.monotonic() + 10
+        while threads() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threads() <= before  # (fewer: another test's leftovers may have ended meanwhile)
+    finally:
+        gc.enable()

@@ -62,12 +62,17 @@ class CheckedProducer(Producer):
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.failures: list[str] = []
-        super().__init__({**config, "delivery.report.only.error": True, "on_delivery": self._on_failure})
+        # The callback closes over the list, not over ``self``: a bound method in the config would make a
+        # cycle (producer -> config -> method -> producer), so a dropped producer stayed connected until a
+        # garbage collection, and tools and demos logged "connection refused" once their stack had stopped.
+        failures: list[str] = []
 
-    def _on_failure(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        def on_failure(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+        self.failures = failures
+        super().__init__({**config, "delivery.report.only.error": True, "on_delivery": on_failure})
 
     def flush_or_raise(self, timeout_s: float, what: str = "records") -> None:
         """Wait for every record; :class:`DeliveryFailed` if any is still queued or was refused."""
