@@ -200,10 +200,11 @@ def generate_answers(items: list[Grounded], settings: AssistantSettings) -> list
 
     Rows that cannot get ``gen_min_new_tokens`` before their deadline (given the
     measured speed) are not generated at all: they keep the extractive answer,
-    which is already grounded and cited.
+    which is already grounded and cited. Questions no retrieved sentence is close to
+    (``Answer.off_topic``) keep "not found": a generated answer would have nothing to stand on.
     """
     out = list(items)
-    unanswerable = {i for i, g in enumerate(items) if g.answer.mode == "none"}
+    unanswerable = {i for i, g in enumerate(items) if g.answer.off_topic}
     for i in unanswerable:  # nothing retrieved is about the question: a generated answer would be invented
         out[i] = replace(items[i], generation={"skipped": "no passage is close enough to the question"})
     rows = [i for i in range(len(items)) if i not in unanswerable]

@@ -83,7 +83,9 @@ def check_recovery_dir(argv: Sequence[str], env: Mapping[str, str]) -> None:
 
 def without_recovery_warning(exactly_once: bool, argv: Sequence[str], env: Mapping[str, str]) -> str | None:
     """The warning for an exactly-once flow run without a recovery store (None when there is nothing to say):
-    it runs, but a restart starts over from SLUICE_START_FROM and writes every output again.
+    it runs, and a restart writes nothing twice (the sink skips what the output topic already answers), but
+    every start reads the input from ``SLUICE_START_FROM`` again (``latest`` skips what arrived while it was
+    down), rebuilds its state from nothing and reads its whole output topic.
 
     >>> without_recovery_warning(True, ["-r", ".rec"], {}) is None, without_recovery_warning(False, [], {}) is None
     (True, True)
@@ -93,8 +95,8 @@ def without_recovery_warning(exactly_once: bool, argv: Sequence[str], env: Mappi
     if not exactly_once or recovery_dir_of(argv, env) is not None:
         return None
     return (
-        "SLUICE_EXACTLY_ONCE is on but the flow has no recovery store (-r DIR): transactions keep one run's "
-        "output whole, but a restart starts over and writes every output again"
+        "SLUICE_EXACTLY_ONCE is on but the flow has no recovery store (-r DIR): each start reads the input "
+        "again from SLUICE_START_FROM, with empty state (windows, cases, timers), and rereads its whole output"
     )
 
 

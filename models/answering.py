@@ -29,7 +29,7 @@ SUPPORT_THRESHOLD = 0.80  # cosine between a generated sentence and its closest 
 # Below this, no retrieved sentence is about the question: say "not found" instead of quoting the least bad one.
 # Measured (all-MiniLM-L6-v2, the pydoc corpus): the best sentence's cosine is 0.37 or more for all 190
 # evaluation questions and under 0.34 for 29 of 30 off-topic ones ("zzzz qqqq" 0.33, "How do I file taxes?"
-# 0.24); the off-topic sets are in perf/assistant_eval.json, and perf.assistant_eval reports both shares.
+# 0.24); the off-topic sets are in perf/assistant_offtopic.json, and perf.assistant_eval reports both shares.
 MIN_ANSWER_COSINE = 0.35
 COSINE = FEATURES.index("cosine")
 NO_ANSWER = "I could not find this in the documentation I have."
@@ -49,6 +49,7 @@ class Answer:
     sentences: tuple[AnswerSentence, ...]
     mode: str  # "extractive" | "generated" | "none"
     truncated: bool = False
+    off_topic: bool = False  # "none" because no retrieved sentence is close to the question (nothing to ground on)
     dropped: tuple[str, ...] = field(default=())  # generated sentences that no passage supported
 
     @property
@@ -88,7 +89,7 @@ def extract_answer(
     """
     found = candidates(query_vector, question, query_text, passages)
     if not found.where or found.features[:, COSINE].max() < min_cosine:
-        return Answer((), "none")
+        return Answer((), "none", off_topic=True)
     probability = (ranker or shipped_ranker()).scores(found.features)
     order = np.argsort(-probability, kind="stable")
     best = int(order[0])

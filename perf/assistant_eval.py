@@ -182,7 +182,7 @@ class Asked:
 
 def answer_with(a: Asked, ranker: AnswerRanker | None, args: argparse.Namespace, encoder: TextEncoder) -> Answer:
     answer = extract_answer(a.vector, a.item["question"], a.query.query, a.passages, ranker)
-    if args.mode == "generate" and answer.mode != "none":  # as the flow: nothing relevant, nothing generated
+    if args.mode == "generate" and not answer.off_topic:  # as the flow: nothing relevant, nothing generated
         from models.llm import shared_generator
 
         gen = shared_generator("cpu")

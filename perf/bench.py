@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -294,7 +295,8 @@ def headline_figures(table: list[dict[str, object]]) -> dict[str, float]:
                 out[f"added_{key}_ms_at_20k"] = at_20k[f"added_{key}_ms"]  # type: ignore[assignment]
                 out[f"added_{key}_ms_at_20k_min"] = round(flow[f"{key}_spread"][0] - raw[f"{key}_spread"][1], 2)
                 out[f"added_{key}_ms_at_20k_max"] = round(flow[f"{key}_spread"][1] - raw[f"{key}_spread"][0], 2)
-    return out
+    # a run that timed nothing has an infinite P99: its spread is not a number, and all_out_at_20k says why
+    return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def bench_batch_sweep(args: argparse.Namespace, model: str, logs: Path) -> dict:

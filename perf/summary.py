@@ -97,7 +97,8 @@ def record(
         clean[key] = round(value, 6) if isinstance(value, float) else value
     path.parent.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float | int]] = json.loads(path.read_text()) if path.exists() else {}
-    kept = {k: v for k, v in summary.get(section, {}).items() if k in clean or k not in set(owns)}
+    owned = set(owns)
+    kept = {k: v for k, v in summary.get(section, {}).items() if k in clean or k not in owned}
     summary[section] = kept | clean
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_text(json.dumps(dict(sorted(summary.items())), indent=1, sort_keys=False) + "\n")

@@ -285,17 +285,18 @@ def test_generation_is_planned_to_the_deadline_and_falls_back_to_the_extractive_
     rows = []
     lambda_question = "Can I put an assignment inside a lambda?"
     now_ms = time.time() * 1000
-    asked = [(now_ms - 120_000, lambda_question), (now_ms, lambda_question), (now_ms, "Who painted the Mona Lisa?")]
-    for i, (sent_ms, text) in enumerate(asked):  # the first one already past its deadline
+    # off topic first: the generated rows are then not the first rows, as the index mapping must handle
+    asked = [(now_ms, "Who painted the Mona Lisa?"), (now_ms - 120_000, lambda_question), (now_ms, lambda_question)]
+    for i, (sent_ms, text) in enumerate(asked):  # the second one already past its deadline
         vector = encoder.encode([text])[0]
         turn = Turn(ChatRequest("s", str(i), text, sent_ms), Position("t", 0, i), (), text, time.time(), vector, vector)
         passages = tuple(redact(p)[0] for p in knowledge.answer([turn])[0])
         rows.append(Grounded(turn, passages, 0, extract_answer(vector, text, text, passages), 0.0, False, time.time()))
-    late, fine, off_topic = generate_answers(rows, settings)
+    off_topic, late, fine = generate_answers(rows, settings)
     assert off_topic.generation == {"skipped": "no passage is close enough to the question"}
-    assert off_topic.answer.text == NO_ANSWER  # nothing to ground an answer in: nothing is generated either
+    assert off_topic.answer.text == NO_ANSWER and off_topic.answer.off_topic  # nothing to ground on: not generated
     assert late.generation == {"skipped": "the deadline leaves too little time to generate"}
-    assert late.answer == rows[0].answer  # the grounded extractive answer, not a fragment
+    assert late.answer == rows[1].answer  # the grounded extractive answer, not a fragment
     assert fine.generation is not None and fine.generation["new_tokens"] > 0
     assert fine.answer.sentences and all(s.support >= 0.8 for s in fine.answer.sentences)
 

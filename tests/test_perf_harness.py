@@ -1,6 +1,7 @@
 """The benchmark harness itself: percentile math, the open-loop scheduler, a smoke run."""
 
 import json
+import math
 import time
 
 from confluent_kafka import Producer
@@ -103,3 +104,20 @@ def test_the_readmes_held_out_table_is_generated_from_the_served_models_metrics(
         "<!-- /cascade-models -->\nafter\n"
     )
     assert "old" not in text and f"| {metrics['cascade_pr_auc']:.4f} |" in text and f"`{folder.name}`" in text
+
+
+def test_a_run_that_timed_nothing_leaves_its_spread_out_of_the_headline_instead_of_failing_the_record():
+    flow = {"p50_ms": 200, "p99_ms": 350, "p50_spread": (190, float("inf")), "p99_spread": (330, float("inf")),
+            "all_out": False, "achieved_per_s": 12_000.0}  # fmt: skip
+    raw = {"p50_ms": 130, "p99_ms": 210, "p50_spread": (128, 132), "p99_spread": (205, 215)}
+    row = {
+        "profile": "throughput",
+        "rate": 20_000.0,
+        "fraud": flow,
+        "limit-raw": raw,
+        "added_p50_ms": 70,
+        "added_p99_ms": 140,
+    }
+    out = headline_figures([row])
+    assert out["all_out_at_20k"] == 0 and out["p99_ms_at_20k"] == 350 and "p99_ms_at_20k_max" not in out
+    assert all(math.isfinite(v) for v in out.values())
