@@ -232,6 +232,7 @@ def bench_headline(args: argparse.Namespace, model: str, logs: Path) -> dict:
             table.append(headline_row(profile, rate, at_rate))
     reason = why_not_recorded(
         args.runs, label=args.label, no_record=args.no_record, set=args.env, without_20k=20_000 not in args.rates,
+        shorter=args.duration < 10.0, partitions=args.partitions if args.partitions != 4 else 0,
         without_limit_raw="limit-raw" not in args.systems, without_throughput="throughput" not in args.profiles,
     )  # fmt: skip
     record_unless(reason, "fraud", headline_figures(table), owns=HEADLINE_KEYS)

@@ -296,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         timings["llm_notes_per_s_cpu"] = report["notes"]["llm_notes_per_s_batch16"]
         timings["llm_note_accepted_share"] = report["notes"]["llm_accepted_share"]
     if timings:
-        shorter = args.duration < DEFAULT_DURATION_S
-        record_unless(why_not_recorded(args.runs, shorter_runs=shorter), "cascade", timings)
+        other = (args.duration, args.rates, args.swap_rate, args.note_batches) != (
+            DEFAULT_DURATION_S,
+            [5000, 10000],
+            5000,
+            6,
+        )
+        record_unless(why_not_recorded(args.runs, other_load=other), "cascade", timings)
     print(json.dumps(figures | timings, indent=1))
     print(f"report: {path}")
     return 0
