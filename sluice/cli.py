@@ -23,7 +23,6 @@ import importlib
 import math
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,18 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     """``sluice read TOPIC``: the last ``--last`` records of every partition, merged by time, the newest
     ``--last`` printed. Reads to each partition's real end (Tansu lists a high watermark short of it)."""
-    from operators.kafka.admin import end_offsets, read_to_end
+    from operators.kafka.admin import newest_records
 
     conn = FlowSettings.from_env().connection()
-    ends = end_offsets(conn, args.topic)
-    back = args.last
-    while True:  # offsets hold more than records: a transactional topic's commit markers take offsets too
-        starts = {p: max(0, end - back) for p, end in ends.items()}
-        messages, _ = read_to_end(conn, args.topic, starts)
-        held = Counter(m.partition() for m in messages)
-        if all(starts[p] == 0 or held[p] >= args.last for p in ends):
-            break
-        back *= 2
+    messages = [m for records in newest_records(conn, args.topic, args.last).values() for m in records]
     newest = sorted(messages, key=lambda m: (m.timestamp()[1], m.partition() or 0, m.offset() or 0))[-args.last :]
     for m in newest:
         value = (m.value() or b"").decode(errors="replace")

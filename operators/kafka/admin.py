@@ -165,25 +165,38 @@ def read_to_end(
 
 
 def last_record(conn: KafkaConnection, topic: str, partition: int, timeout_s: float = 30.0) -> Message | None:
-    """The last committed record of ``topic[partition]`` (None when it has none).
+    """The last committed record of ``topic[partition]`` (None when it has none)."""
+    last = newest_records(conn, topic, 1, [partition], timeout_s)[partition]
+    return last[-1] if last else None
 
-    Reads backwards in growing steps from the listed high watermark: the last
-    offsets may be transaction markers, which hold no record.
+
+def newest_records(
+    conn: KafkaConnection, topic: str, n: int, partitions: Iterable[int] | None = None, timeout_s: float = 30.0
+) -> dict[int, list[Message]]:
+    """The last ``n`` committed records of each partition of ``topic`` (all, or ``partitions``), oldest first.
+
+    Reads backwards in growing steps from each partition's listed high watermark, only for the partitions
+    still short: the last offsets may be transaction markers, which hold no record. Never below a
+    partition's low watermark (what retention left), so a short partition does not make it read on and on.
     """
-    consumer = reader(conn, "sluice-last-record")
+    consumer = reader(conn, "sluice-newest-records")
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        wanted = list_partitions(conn, topic) if partitions is None else list(partitions)
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in wanted}
     finally:
         consumer.close()
-    back = 1
-    while True:
-        start = max(low, high - back)
-        msgs, _ = read_to_end(conn, topic, {partition: start}, timeout_s)
-        if msgs:
-            return msgs[-1]
-        if start <= low:
-            return None
-        back *= 8
+    out: dict[int, list[Message]] = {p: [] for p in marks}
+    back, short = dict.fromkeys(marks, n), set(marks)
+    while short:
+        starts = {p: max(marks[p][0], marks[p][1] - back[p]) for p in short}
+        msgs, _ = read_to_end(conn, topic, starts, timeout_s)
+        for p in starts:
+            out[p] = [m for m in msgs if m.partition() == p][-n:]
+            if len(out[p]) >= n or starts[p] <= marks[p][0]:
+                short.discard(p)
+            else:
+                back[p] *= 8
+    return out
 
 
 def read_all(conn: KafkaConnection, topic: str, timeout_s: float = 30.0) -> list[Message]:
