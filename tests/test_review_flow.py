@@ -212,7 +212,8 @@ def test_kill_9_mid_chain_loses_no_case_decides_none_twice_and_fires_timers_due_
         flow.kill()
     killed_at_ms = time.time() * 1000.0
     last_deadline_ms = sla_case["opened_at"] + 2 * SLA_S * 1000
-    assert killed_at_ms < last_deadline_ms, "the flow was killed after the SLA case had closed: nothing to prove"
+    if killed_at_ms >= sla_case["opened_at"] + SLA_S * 1000:  # the live flow may have escalated: not a replay
+        pytest.skip("the box was too slow to kill the flow before the first SLA deadline; nothing to prove")
     produce(settings, [verdict(chain_case, 1, "sue", "senior")], topic=settings.verdicts_topic)  # waits in Kafka
     time.sleep(max(0.0, (last_deadline_ms - time.time() * 1000.0) / 1000.0) + 0.5)  # every deadline passes while down
     assert sla_case["case_id"] not in finals(settings)
