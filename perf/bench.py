@@ -4,8 +4,8 @@ Every run starts a fresh local stack, prepares state, starts the system under
 test (``python -m bytewax.run ...`` or the raw baseline), waits until it answers
 a probe event, then drives open-loop load at a fixed rate for ``--duration``
 seconds while a collector process reads the output. Latency is end to end: the
-output's arrival at the collector minus the producer's send time carried in the
-event, recorded in an HDR histogram after ``--warmup`` seconds. Reports go to
+output's arrival at the collector minus the time the event was due to be sent (the
+open-loop schedule, carried in the event: a sender that falls behind is counted), recorded in an HDR histogram after ``--warmup`` seconds. Reports go to
 ``perf/reports/<benchmark>-<date>.json`` with a PNG plot.
 """
 
