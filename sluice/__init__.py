@@ -1,9 +1,3 @@
 """Sluice: real-time AI workflows on Bytewax, Kafka and Redis."""
 
-import os
-
-# OpenMP threads that wait for work sleep instead of spinning. torch and LightGBM train with 2 threads; on a
-# box where another process holds a core, spinning threads wait on each other and training took over
-# 10 minutes instead of ~30 s (passive: 32 s with the other core still busy). Set before either is imported;
-# a value the user chose is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import models  # noqa: F401 - sets OMP_WAIT_POLICY before anything loads torch or LightGBM (see models/__init__.py)

@@ -232,7 +232,7 @@ def _personalize_arguments(demo: argparse._SubParsersAction, produce: argparse._
     )
     p.add_argument("--count", type=COUNT, default=100_000, help="how many live interactions")
     p.add_argument("--seed", type=int, default=7)
-    p.set_defaults(fn=_lazy("sluice.local.shopping"))
+    p.set_defaults(fn=_lazy("sluice.local.shopping"), needs_broker=True)
 
 
 def _observability_arguments(sub: argparse._SubParsersAction) -> None:
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--promote", action="store_true", help="serve the new version (default: only when none is served yet)"
     )
     model_lifecycle.add_train_from_log_arguments(p)
-    p.set_defaults(fn=cmd_train_fraud)
+    p.set_defaults(fn=cmd_train_fraud, needs_broker=lambda a: bool(a.from_log))
     model_lifecycle.add_arguments(sub.add_parser("model", help="the fraud model registry: list, promote, shadow"))
 
     p = sub.add_parser("convert-llm", help="convert the SmolLM2 GGUF to safetensors once (the assistant's LLM)")
