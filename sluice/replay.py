@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from operators.kafka.admin import TopicsMissing, create_topics, end_offsets
+from operators.kafka.admin import TopicsMissing, check_broker, create_topics, end_offsets
 from sluice.local.stack import workflow_topics
 from sluice.processes import FlowProcesses, FlowTimedOut, init_recovery
 from sluice.settings import FraudSettings
@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sluice: error: a replay writes to topics of its own; {', '.join(taken)} belongs to a flow",
               file=sys.stderr)  # fmt: skip
         return 2
+    check_broker(settings.connection(), settings.connect_timeout_s)  # after the checks that need no broker
     held = {t: n for t in sorted(outputs) if (n := _records_in(settings, t))}
     if held:  # a second backfill into the same topic would append the same decisions again
         print(f"sluice: error: {', '.join(f'{t} holds {n:,} records' for t, n in held.items())}: "
@@ -188,4 +189,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker threads")
     p.add_argument("--exactly-once", action="store_true", help="transactional output (read it read_committed)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the backfill to finish")
-    p.set_defaults(fn=cmd_run, needs_broker=True)
+    p.set_defaults(fn=cmd_run)
