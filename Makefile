@@ -58,7 +58,7 @@ corpus: $(STAMP)
 	$(BIN)/sluice produce corpus
 
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 # The long chaos runs (kill -9, two processes, rescaling): ~3 minutes of tests, ~12 with start-up on a 2-core box.
 test-slow: install

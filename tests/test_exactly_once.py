@@ -20,9 +20,9 @@ def _chaos(settings, tmp_path, topologies, seed, events=N_EVENTS, rate=SEND_RATE
 
 
 def test_chaos_in_the_default_suite_two_kills_and_a_rescale_exactly_once(settings, tmp_path):
-    """A small chaos run in every CI run (the 100k-event ones are ``slow``): input arrives for ~6 s, across
+    """A small chaos run in every CI run (the 100k-event ones are ``slow``): input arrives for ~5 s, across
     the first kill; the lives run 2 processes, then 1, so each resume also rescales."""
-    _chaos(settings, tmp_path, [{"processes": 2}, {"processes": 1}], seed=23, events=24_000, rate=4_000, kills=2)
+    _chaos(settings, tmp_path, [{"processes": 2}, {"processes": 1}], seed=23, events=16_000, rate=3_000, kills=2)
 
 
 @pytest.mark.slow
