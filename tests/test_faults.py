@@ -294,6 +294,23 @@ def _own_settings(stack: LocalStack, model_dir: Path, **overrides: object) -> Fr
     )
 
 
+def _deciding_on_own_stack(
+    stack: LocalStack, model_dir: Path, log_dir: Path, outage_timeout_s: float, events: int
+) -> tuple[FraudSettings, FlowProcesses]:
+    """The fraud flow on ``stack`` (its topics created), once it has decided ``events`` events."""
+    settings = _own_settings(stack, model_dir, outage_timeout_s=outage_timeout_s)
+    stack.topics = settings.topics()
+    create_topics(settings.connection(), settings.topics())
+    flow = start_flow(settings, log_dir)
+    try:
+        produce_txns(settings, [txn(f"pre-{i}", "c1", 10.0, t_s=NOON + i) for i in range(events)])
+        wait_for(settings, settings.decisions_topic, events)
+    except BaseException:
+        flow.kill()
+        raise
+    return settings, flow
+
+
 # Not "topic deleted": on Tansu, deleting a topic a client is reading makes librdkafka itself segfault
 # (confluent-kafka 2.16.1, any consumer, ours or a bare one; perf/REPORT.md). A restarted, empty broker is
 # the same outage for the flow: its topic is missing.
@@ -301,13 +318,8 @@ def _own_settings(stack: LocalStack, model_dir: Path, **overrides: object) -> Fr
 def test_an_outage_longer_than_the_setting_stops_the_flow_in_one_line(own_stack, model_dir, tmp_path, outage):
     """Past SLUICE_OUTAGE_TIMEOUT_S without its input the flow exits (code 3) for a supervisor, rather
     than hang; the one error line says what was missing and names the setting."""
-    settings = _own_settings(own_stack, model_dir, outage_timeout_s=3)
-    own_stack.topics = settings.topics()
-    create_topics(settings.connection(), settings.topics())
-    flow = start_flow(settings, tmp_path)
+    settings, flow = _deciding_on_own_stack(own_stack, model_dir, tmp_path, outage_timeout_s=3, events=20)
     try:
-        produce_txns(settings, [txn(f"pre-{i}", "c1", 10.0, t_s=NOON + i) for i in range(20)])
-        wait_for(settings, settings.decisions_topic, 20)
         if outage == "broker restarted empty":
             own_stack.restart_broker(recreate_topics=False)
         else:
@@ -323,13 +335,8 @@ def test_an_outage_longer_than_the_setting_stops_the_flow_in_one_line(own_stack,
 
 
 def test_a_broker_that_lost_its_data_stops_the_flow_instead_of_hanging(own_stack, model_dir, tmp_path):
-    settings = _own_settings(own_stack, model_dir, outage_timeout_s=5)
-    own_stack.topics = settings.topics()
-    create_topics(settings.connection(), settings.topics())
-    flow = start_flow(settings, tmp_path)
+    settings, flow = _deciding_on_own_stack(own_stack, model_dir, tmp_path, outage_timeout_s=5, events=50)
     try:
-        produce_txns(settings, [txn(f"pre-{i}", "c1", 10.0, t_s=NOON + i) for i in range(50)])
-        wait_for(settings, settings.decisions_topic, 50)
         own_stack.restart_broker(recreate_topics=True)  # same address, same names, new (empty) topics
         produce_txns(settings, [txn("post-1", "c1", 10.0, t_s=NOON + 100)])
         codes = flow.wait(90)
