@@ -44,7 +44,7 @@ def two_versions(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     root = tmp_path_factory.mktemp("registry")
     shutil.copytree(model_dir, root, dirs_exist_ok=True)
     v1 = ModelRegistry(root).served()
-    train_main(["--events", "150000", "--seed", "9", "--out", str(root)])  # registered, not served
+    train_main(["--events", "50000", "--seed", "9", "--out", str(root)])  # registered, not served (small: quick)
     v2 = next(v for v in ModelRegistry(root).versions() if v != v1)
     assert v1 is not None
     return root, v1, v2
