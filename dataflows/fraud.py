@@ -467,7 +467,7 @@ def _window_letter(item: tuple[str, Windowed[CardEvent]]) -> DeadLetter:
         reason = f"duplicate event id {w.event.txn.event_id!r}: this card already has a decision for it"
     else:
         reason = "event time too far ahead of the clock: decided without moving the card's window"
-    return DeadLetter(reason, "window", w.event.source)
+    return DeadLetter(reason, "window", w.event.source, decided=True)
 
 
 def _source_of(x: EnrichedEvent | Scored) -> SourceRecord:

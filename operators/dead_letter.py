@@ -40,6 +40,9 @@ class DeadLetter:
     reason: str
     step: str
     source: SourceRecord
+    # the flow also processed this input (an event decided from its window but kept for inspection): the
+    # record says so (``dlq.decided: 1``), and ``sluice dlq redrive`` never sends it back
+    decided: bool = False
 
     def to_record(self, topic: str, max_bytes: int = MAX_DEAD_LETTER_BYTES) -> KafkaRecord:
         """The original bytes (or a reference to them when too large), reason, position and trace in headers.
@@ -58,6 +61,8 @@ class DeadLetter:
             *src.position.headers(),
             *trace_headers(src),
         ]
+        if self.decided:
+            headers.append(("dlq.decided", b"1"))
         value = src.value
         if value is not None and len(value) > max_bytes:
             value = orjson.dumps(

@@ -10,6 +10,7 @@
     sluice settings fraud [--markdown]
     sluice review serve | add-reviewer | policy
     sluice audit verify --topic audit
+    sluice dlq summary | list | redrive --reason TEXT
     sluice top [PORT|HOST:PORT|URL ...]
     sluice deploy render | topics
 
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_review_commands(sub)
     _observability_arguments(sub)
     add_deploy_commands(sub)
+    add_dead_letter_commands(sub)
     return parser
 
 
@@ -374,6 +376,17 @@ def add_deploy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     from sluice import deploy
 
     deploy.add_arguments(sub.add_parser("deploy", help="Kubernetes manifests (an N-process cluster per flow), topics"))
+
+
+# --- Dead letters: summary, list, redrive (sluice/dead_letters.py) ---
+
+
+def add_dead_letter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sluice import dead_letters
+
+    dead_letters.add_arguments(
+        sub.add_parser("dlq", help="dead letters: by reason, one by one, sent back once the cause is fixed"), FLOWS
+    )
 
 
 def _one_line(exc: BaseException) -> str | None:

@@ -36,7 +36,7 @@ def _sluice(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_the_subcommands():
     out = _sluice("--help")
     assert out.returncode == 0
-    for command in ("run", "stack", "demo", "produce", "replay", "train", "settings"):
+    for command in ("run", "stack", "demo", "produce", "replay", "train", "settings", "dlq"):
         assert command in out.stdout
     assert "list" in _sluice("replay", "--help").stdout
 

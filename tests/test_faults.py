@@ -31,6 +31,7 @@ from operators.kafka.admin import create_topics, delete_topics, read_all
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.output import kafka_output
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
+from sluice.dead_letters import Letter, Selection, plan
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
 from sluice.local.profiles import load_profiles
@@ -177,6 +178,11 @@ def test_poison_records_bad_profiles_future_dates_and_duplicates_never_stop_the_
     assert any(r.startswith("event time too far ahead") for r in reasons)
     references = [m for m in dead if header_value(m.headers(), "dlq.reference") == b"1"]
     assert len(references) == 1 and orjson.loads(references[0].value() or b"{}")["size"] == len(huge)
+    # the duplicate and the future event were decided: their letters say so, and a redrive never sends them
+    decided = [r for r, m in reasons.items() if header_value(m.headers(), "dlq.decided") == b"1"]
+    assert sorted(r.split()[0] for r in decided) == ["duplicate", "event"]
+    left = plan([Letter.from_message(m) for m in dead], Selection(), redriven=set()).left
+    assert (left["decided"], left["reference"]) == (2, 1)
 
 
 def test_a_redis_stall_degrades_flagged_decisions_and_recovers(running, stack):

@@ -15,10 +15,11 @@ import orjson
 import pytest
 import redis
 
-from models.shopping import CatalogItem, RecommendRequest
+from models.shopping import CatalogItem, Interaction, Kind, RecommendRequest
 from models.synthetic_shopping import HOUR_MS
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import header_value
+from sluice.cli import main
 from sluice.local.shopping import (
     Shop,
     bulk_load_catalogue,
@@ -244,6 +245,34 @@ def test_bad_input_is_dead_lettered_with_reasons_and_the_flow_goes_on(running):
     dead = _wait(settings, settings.dlq_topic, lambda ms: all(any(w in r for r in reasons(ms)) for w in wanted), flow)
     assert all(any(w in r for r in reasons(dead)) for w in wanted), reasons(dead)
     assert _ask(settings, flow, "u6")["items"]  # still answering
+
+
+def test_a_view_of_an_item_the_catalogue_did_not_have_yet_counts_once_redriven(running, monkeypatch, capsys):
+    """The classic redrive: an interaction arrives before its item and is dead-lettered; once the catalogue has
+    the item, ``sluice dlq redrive`` sends it back and the user's taste counts it, once however often it runs."""
+    settings, flow, shop = running
+    monkeypatch.setenv("SLUICE_BROKERS", settings.brokers)
+    client = redis.Redis.from_url(settings.redis_url)
+    user = f"{settings.redis_namespace}-user:u9"
+    before = int(client.hget(user, "count") or 0)
+    publish_interactions(settings, [Interaction("u9", "late-item", Kind.PURCHASE, time.time() * 1000)])
+    reason = "unknown item 'late-item'"
+    _wait(
+        settings, settings.dlq_topic, lambda ms: any(reason in str(dict(m.headers())["dlq.reason"]) for m in ms), flow
+    )
+    assert int(client.hget(user, "count") or 0) == before  # not counted while the item is unknown
+
+    late = replace(shop.items[0], item_id="late-item", version=1, title="A late arrival")
+    publish_catalogue(settings, [late])
+    _wait(settings, settings.catalog_changes_topic, lambda bs: any(b["item_id"] == "late-item" for b in bs), flow)
+    redrive = ["dlq", "redrive", "--topic", settings.dlq_topic, "--reason", reason]
+    assert main(redrive) == 0 and "redrove 1 dead letter:" in capsys.readouterr().out
+    deadline = time.monotonic() + 60
+    while int(client.hget(user, "count") or 0) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert int(client.hget(user, "count") or 0) == before + 1
+    assert "late-item" in {item for item, _ in orjson.loads(client.hget(user, "seen") or b"[]")}
+    assert main(redrive) == 0 and "redrove nothing" in capsys.readouterr().out  # at most once
 
 
 def _user_hashes(settings: PersonalizeSettings) -> dict[Any, dict[Any, Any]]:

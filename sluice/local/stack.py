@@ -259,10 +259,14 @@ def _terminate(pid: int, grace: float = 5.0) -> None:
 
 
 def workflow_topics(env: dict[str, str] | None = None) -> dict[str, int]:
-    """Every workflow's topics, with partition counts, as its settings (``SLUICE_*``) name them."""
+    """Every workflow's topics, with partition counts, as its settings (``SLUICE_*``) name them, and the
+    ledger of each dead-letter topic's redrives (``sluice dlq redrive``; one partition)."""
+    from sluice.dead_letters import ledger_topic
+
     topics: dict[str, int] = {}
     for cls in FlowSettings.all_classes:
-        topics |= cls.from_env(env).topics()
+        settings = cls.from_env(env)
+        topics |= settings.topics() | {ledger_topic(settings.dlq_topic): 1}
     return topics
 
 

@@ -1,0 +1,461 @@
+"""``sluice dlq summary | list | redrive``: what a flow dead-lettered, and sending it back once the cause is fixed.
+
+A dead letter (:class:`operators.dead_letter.DeadLetter`) holds the input's original
+key and bytes, the reason, the step that rejected it and the input's position.
+Some causes are fixed later without touching the input: an interaction that named
+an item the catalogue did not have yet, a rule set that referred to a segment
+added since, a bug fixed in a release. For those, ``redrive`` produces the
+selected letters' original key and value again to the topic they were consumed
+from (or ``--to``), where the flow reads them as new input.
+
+Each dead letter is redriven at most once. Every redriven letter gets a ledger
+record (key: the letter's own ``topic/partition/offset``) on ``<dlq>-redriven``,
+written in the same Kafka transaction as the record it sent, so a redrive that
+stops half way has sent exactly the letters its ledger names and a rerun sends the
+rest. Selections may overlap: a letter already in the ledger is skipped whichever
+selection matches it again (``--again`` sends it anyway). The producer's
+``transactional.id`` is fixed per dead-letter topic, so a second redrive of the
+same topic fences the first instead of racing it.
+
+What is not redriven, and why, is reported by name:
+
+* a copy of an input the flow did process, kept for inspection (``dlq.decided``:
+  the fraud flow's duplicates and events dated too far ahead, which were decided);
+* a letter holding a *reference* instead of its bytes (the original was too
+  large to dead-letter): its original is still at the position it names, if the
+  topic's retention kept it;
+* a letter without a ``source.topic`` header, unless ``--to`` names a topic.
+
+Redriven records carry ``redrive.of`` (the input's ``sluice.id``) and
+``redrive.from`` (the dead letter's position) headers, and the input's trace
+headers, so a trace continues across the redrive. They are new input at a new
+position: the flow gives them new identities, and a flow that keeps per-key
+history (a window, a duplicate check) treats them by their content and event time
+like any other input: an event too old for its window is dead-lettered again,
+with that reason.
+
+On a broker that shows aborted transactions to ``read_committed`` readers (Tansu
+0.6; see the README), the ledger entries of a redrive that failed and aborted
+stay visible, so its letters count as redriven; run that selection again with
+``--again`` after checking the target topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from operators.kafka.admin import create_topics, log, read_all, require_topics, topic_partitions
+from operators.kafka.connection import KafkaConnection
+from operators.kafka.records import ID_HEADER, header_value
+from operators.metrics import reason_class
+from operators.tracing import header_pairs
+
+LEDGER_SUFFIX = "-redriven"
+REDRIVE_OF = "redrive.of"
+REDRIVE_FROM = "redrive.from"
+CHUNK = 5_000  # letters per transaction: a failure loses at most this much progress, never sends anything twice
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One dead letter as read back from its topic."""
+
+    id: str  # its own position, ``dlq/partition/offset``
+    reason: str
+    step: str
+    origin: str  # the input's ``sluice.id`` (``topic/partition/offset``), "" if the header is missing
+    source_topic: str
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    reference: bool
+    trace: list[tuple[str, bytes]] = field(default_factory=list)
+    decided: bool = False  # a copy kept for inspection of an input the flow processed
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Letter:
+        headers = msg.headers() or []
+
+        def text(name: str) -> str:
+            raw = header_value(headers, name)
+            return raw.decode("utf-8", "replace") if raw is not None else ""
+
+        return cls(
+            id=f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
+            reason=text("dlq.reason"),
+            step=text("dlq.step"),
+            origin=text(ID_HEADER),
+            source_topic=text("source.topic"),
+            key=msg.key(),
+            value=msg.value(),
+            timestamp_ms=msg.timestamp()[1],
+            reference=header_value(headers, "dlq.reference") == b"1",
+            trace=header_pairs(headers),
+            decided=header_value(headers, "dlq.decided") == b"1",
+        )
+
+    def as_json(self, redriven: bool) -> dict[str, Any]:
+        """One line of ``sluice dlq list``: the value as text when it is UTF-8, else its size.
+
+        >>> Letter("d/0/3", "not valid JSON: x", "parse", "tx/1/9", "tx", b"k", b"\\xff", 5, False).as_json(True)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'id': 'd/0/3', 'step': 'parse', 'reason': 'not valid JSON: x', 'origin': 'tx/1/9', 'source_topic': 'tx',
+         'timestamp_ms': 5, 'redriven': True, 'key': 'k', 'value': None, 'value_bytes': 1}
+        """
+        return {
+            "id": self.id,
+            "step": self.step,
+            "reason": self.reason,
+            "origin": self.origin,
+            "source_topic": self.source_topic,
+            "timestamp_ms": self.timestamp_ms,
+            "redriven": redriven,
+            "key": _text(self.key),
+            "value": _text(self.value),
+            "value_bytes": len(self.value or b""),
+            **({"reference": True} if self.reference else {}),
+            **({"decided": True} if self.decided else {}),
+        }
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which letters a command means: every given filter must match (none given: all).
+
+    >>> d = Letter("d/0/1", "unknown item 'i9': it is not in the catalogue", "items", "in/0/4", "in", None, b"", 0, False)
+    >>> Selection(reason="UNKNOWN ITEM").matches(d), Selection(step="parse").matches(d), Selection().matches(d)
+    (True, False, True)
+    >>> Selection(source_topic="in", reason="catalogue").matches(d)
+    True
+    """
+
+    reason: str = ""  # a substring of the reason, case-insensitive
+    step: str = ""  # the step's name, exactly
+    source_topic: str = ""  # the topic the input was read from, exactly
+
+    def matches(self, letter: Letter) -> bool:
+        return (
+            (not self.reason or self.reason.casefold() in letter.reason.casefold())
+            and (not self.step or letter.step == self.step)
+            and (not self.source_topic or letter.source_topic == self.source_topic)
+        )
+
+    @property
+    def chosen(self) -> bool:
+        return bool(self.reason or self.step or self.source_topic)
+
+
+@dataclass
+class Plan:
+    """What a redrive sends where, and how many letters it leaves, by why."""
+
+    send: list[tuple[Letter, str]] = field(default_factory=list)
+    left: Counter[str] = field(default_factory=Counter)
+
+    def describe(self, sent: bool) -> list[str]:
+        """The report's lines.
+
+        >>> p = Plan([(Letter("d/0/1", "r", "items", "in/0/4", "in", None, b"", 0, False), "in")], Counter(already=2))
+        >>> p.describe(sent=False)
+        ['would redrive 1 dead letter: 1 to in (step items)', 'left: already redriven 2']
+        """
+        verb = "redrove" if sent else "would redrive"
+        if not self.send:
+            lines = [f"{verb} nothing"]
+        else:
+            by_target = Counter(target for _, target in self.send)
+            steps = Counter(letter.step for letter, _ in self.send)
+            targets = ", ".join(f"{n} to {t}" for t, n in sorted(by_target.items()))
+            how = ", ".join(f"step {s}" + (f" {n}" if len(steps) > 1 else "") for s, n in sorted(steps.items()))
+            lines = [f"{verb} {len(self.send)} dead letter{'s' * (len(self.send) != 1)}: {targets} ({how})"]
+        if self.left:
+            lines.append(
+                "left: " + ", ".join(f"{text} {self.left[why]}" for why, text in _LEFT.items() if self.left[why])
+            )
+        return lines
+
+
+_LEFT = {
+    "already": "already redriven",
+    "decided": "copies of inputs the flow processed (kept for inspection)",
+    "reference": "holding a reference, not the bytes (the original is at its source position)",
+    "no_source": "without a source topic (use --to)",
+    "unselected": "not selected",
+    "limit": "over --limit",
+}
+
+
+def plan(
+    letters: Iterable[Letter],
+    selection: Selection,
+    redriven: set[str],
+    to: str = "",
+    limit: int | None = None,
+    again: bool = False,
+) -> Plan:
+    """Which letters a redrive sends, and where, in the dead-letter topic's order.
+
+    >>> a = Letter("d/0/1", "unknown item 'x'", "items", "in/0/4", "in", None, b"{}", 0, False)
+    >>> b = Letter("d/0/2", "unknown item 'y'", "items", "in/0/5", "in", None, b"{}", 0, True)
+    >>> c = Letter("d/0/3", "not valid JSON", "parse", "in/0/6", "in", None, b"{", 0, False)
+    >>> p = plan([a, b, c], Selection(reason="unknown item"), redriven=set())
+    >>> [(l.id, t) for l, t in p.send], dict(p.left)
+    ([('d/0/1', 'in')], {'reference': 1, 'unselected': 1})
+    >>> plan([a, c], Selection(), redriven={"d/0/1"}, to="staging").send[0][1], dict(plan([a], Selection(), {"d/0/1"}).left)
+    ('staging', {'already': 1})
+    >>> len(plan([a], Selection(), {"d/0/1"}, again=True).send), dict(plan([a, c], Selection(), set(), limit=1).left)
+    (1, {'limit': 1})
+    >>> from dataclasses import replace
+    >>> dict(plan([replace(a, decided=True)], Selection(), set(), again=True).left)  # never, not even --again
+    {'decided': 1}
+    """
+    out = Plan()
+    for letter in letters:
+        why = ""
+        if not selection.matches(letter):
+            why = "unselected"
+        elif letter.id in redriven and not again:
+            why = "already"
+        elif letter.decided:
+            why = "decided"
+        elif letter.reference:
+            why = "reference"
+        elif not (to or letter.source_topic):
+            why = "no_source"
+        elif limit is not None and len(out.send) >= limit:
+            why = "limit"
+        if why:
+            out.left[why] += 1
+        else:
+            out.send.append((letter, to or letter.source_topic))
+    return out
+
+
+@dataclass
+class Group:
+    """Dead letters of one step and reason class (``sluice dlq summary``)."""
+
+    step: str
+    reason_class: str
+    count: int = 0
+    redriven: int = 0
+    source_topics: Counter[str] = field(default_factory=Counter)
+    example: str = ""
+    first_ms: int = 0
+    last_ms: int = 0
+
+
+def summarize(letters: Iterable[Letter], redriven: set[str]) -> list[Group]:
+    """Letters grouped by step and reason class, the largest group first.
+
+    >>> ls = [Letter(f"d/0/{i}", f"field 'amount' out of range [{i}]", "parse", "", "tx", None, b"", i, False)
+    ...       for i in range(3)]
+    >>> [(g.step, g.reason_class, g.count, g.redriven, g.first_ms, g.last_ms) for g in summarize(ls, {"d/0/1"})]
+    [('parse', 'field out of range', 3, 1, 0, 2)]
+    """
+    groups: dict[tuple[str, str], Group] = {}
+    for letter in letters:
+        label = reason_class(letter.reason)
+        g = groups.get((letter.step, label))
+        if g is None:
+            g = groups[(letter.step, label)] = Group(letter.step, label, example=letter.reason)
+            g.first_ms = letter.timestamp_ms
+        g.count += 1
+        g.redriven += letter.id in redriven
+        g.source_topics[letter.source_topic or "?"] += 1
+        g.first_ms, g.last_ms = min(g.first_ms, letter.timestamp_ms), max(g.last_ms, letter.timestamp_ms)
+    return sorted(groups.values(), key=lambda g: (-g.count, g.step, g.reason_class))
+
+
+# --- Kafka ------------------------------------------------------------------------------------------------------------
+
+
+def ledger_topic(dlq_topic: str) -> str:
+    return dlq_topic + LEDGER_SUFFIX
+
+
+def read_letters(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> list[Letter]:
+    """Every committed dead letter of ``dlq_topic``, partition by partition in offset order."""
+    msgs = read_all(conn, dlq_topic, timeout_s)
+    msgs.sort(key=lambda m: (m.partition() or 0, m.offset() or 0))
+    return [Letter.from_message(m) for m in msgs]
+
+
+def read_ledger(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> set[str]:
+    """The ids of the letters of ``dlq_topic`` redriven so far (none when it has no ledger yet)."""
+    ledger = ledger_topic(dlq_topic)
+    if ledger not in topic_partitions(conn, [ledger]):
+        return set()
+    return {key.decode() for m in read_all(conn, ledger, timeout_s) if (key := m.key())}
+
+
+def redrive(conn: KafkaConnection, dlq_topic: str, sends: Sequence[tuple[Letter, str]], timeout_s: float) -> int:
+    """Produce each letter's original key and value to its target, with its ledger record, in transactions of
+    :data:`CHUNK` letters. Returns how many were sent; raises when a transaction fails (it is aborted)."""
+    if not sends:
+        return 0
+    require_topics(conn, {target for _, target in sends})
+    ledger = ledger_topic(dlq_topic)
+    create_topics(conn, {ledger: 1})
+    producer = Producer(
+        conn.producer_config(**{"transactional.id": f"sluice-redrive-{dlq_topic}", "linger.ms": 5, "logger": log})
+    )
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failed.append(f"{msg.topic()}: {err.str()}")
+
+    producer.init_transactions(timeout_s)  # fences a redrive of the same topic still running elsewhere
+    done = 0
+    for start in range(0, len(sends), CHUNK):
+        chunk = sends[start : start + CHUNK]
+        producer.begin_transaction()
+        try:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            for letter, target in chunk:
+                headers: list[tuple[str, str | bytes | None]] = [
+                    *letter.trace,
+                    (REDRIVE_OF, letter.origin.encode()),
+                    (REDRIVE_FROM, letter.id.encode()),
+                ]
+                producer.produce(target, key=letter.key, value=letter.value, headers=headers, on_delivery=delivered)
+                entry = {"to": target, "of": letter.origin, "step": letter.step, "reason": letter.reason, "at": at}
+                producer.produce(ledger, key=letter.id.encode(), value=orjson.dumps(entry), on_delivery=delivered)
+                producer.poll(0)
+            producer.flush(timeout_s)
+            if failed:
+                raise RuntimeError(f"redrive: {len(failed)} records were not delivered (first: {failed[0]})")
+            producer.commit_transaction(timeout_s)
+        except BaseException:
+            producer.abort_transaction(timeout_s)
+            raise
+        done += len(chunk)
+    return done
+
+
+# --- the command ------------------------------------------------------------------------------------------------------
+
+
+def _topic(args: argparse.Namespace) -> str:
+    if args.topic:
+        return str(args.topic)
+    from sluice.cli import FLOWS
+
+    return str(FLOWS[args.flow][1].from_env().dlq_topic)
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(args.reason, args.step, args.source_topic)
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) if ms > 0 else "?"
+
+
+def _summary_lines(topic: str, groups: list[Group]) -> Iterator[str]:
+    total, redriven = sum(g.count for g in groups), sum(g.redriven for g in groups)
+    if not total:
+        yield f"{topic}: no dead letters"
+        return
+    first, last = min(g.first_ms for g in groups), max(g.last_ms for g in groups)
+    yield f"{topic}: {total} dead letters, {redriven} redriven, {_when(first)} to {_when(last)} UTC"
+    yield f"{'count':>7} {'redriven':>8}  {'step':<12} {'reason':<34} {'from':<20} example"
+    for g in groups:
+        sources = ",".join(t for t, _ in g.source_topics.most_common(2)) + ("…" if len(g.source_topics) > 2 else "")
+        example = g.example if len(g.example) <= 70 else g.example[:69] + "…"
+        yield f"{g.count:>7} {g.redriven:>8}  {g.step:<12} {g.reason_class:<34} {sources:<20} {example}"
+
+
+def cmd_summary(args: argparse.Namespace, conn: KafkaConnection) -> int:
+    topic = _topic(args)
+    letters, done = read_letters(conn, topic, args.timeout), read_ledger(conn, topic, args.timeout)
+    groups = summarize(letters, done)
+    if args.json:
+        for g in groups:
+            row = {**vars(g), "source_topics": dict(g.source_topics)}
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+    else:
+        print("\n".join(_summary_lines(topic, groups)))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, conn: KafkaConnection) -> int:
+    topic, selection = _topic(args), _selection(args)
+    done = read_ledger(conn, topic, args.timeout)
+    chosen = [letter for letter in read_letters(conn, topic, args.timeout) if selection.matches(letter)]
+    for letter in chosen[-args.last :] if args.last else chosen:
+        sys.stdout.write(orjson.dumps(letter.as_json(letter.id in done)).decode() + "\n")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace, conn: KafkaConnection) -> int:
+    selection = _selection(args)
+    if not (selection.chosen or args.all):
+        print("sluice dlq redrive: say which letters: --reason TEXT, --step STEP, --source-topic T, or --all",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    topic = _topic(args)
+    letters, done = read_letters(conn, topic, args.timeout), read_ledger(conn, topic, args.timeout)
+    chosen = plan(letters, selection, done, to=args.to, limit=args.limit, again=args.again)
+    if not args.dry_run:
+        redrive(conn, topic, chosen.send, args.timeout)
+    print("\n".join(f"{topic}: {line}" for line in chosen.describe(sent=not args.dry_run)))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from sluice.settings import FlowSettings
+
+    settings = FlowSettings.from_env()
+    command = {"summary": cmd_summary, "list": cmd_list, "redrive": cmd_redrive}[args.dlq_command]
+    return command(args, settings.connection())
+
+
+def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None:
+    """``summary``, ``list`` and ``redrive`` under ``parser`` (``sluice dlq ...``)."""
+    from sluice.cli import COUNT
+
+    sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="{summary,list,redrive}")
+
+    def common(p: argparse.ArgumentParser, selecting: bool) -> None:
+        p.add_argument("--flow", choices=list(flows), default="fraud", help="whose dead letters (default: fraud)")
+        p.add_argument("--topic", default="", help="the dead-letter topic (default: the flow's SLUICE_DLQ_TOPIC)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds to read a topic to its end")
+        if selecting:
+            p.add_argument("--reason", default="", help="letters whose reason contains TEXT (any case)")
+            p.add_argument("--step", default="", help="letters rejected by this step")
+            p.add_argument("--source-topic", default="", help="letters read from this topic")
+        p.set_defaults(fn=run, needs_broker=True)
+
+    p = sub.add_parser("summary", help="dead letters by step and reason: counts, sources, redriven, an example")
+    p.add_argument("--json", action="store_true", help="one JSON object per group")
+    common(p, selecting=False)
+    p = sub.add_parser("list", help="the selected dead letters, one JSON object per line")
+    p.add_argument("--last", type=COUNT, default=0, help="only the last N of them (default: all)")
+    common(p, selecting=True)
+    p = sub.add_parser("redrive", help="send selected dead letters back to their source topic, each at most once")
+    common(p, selecting=True)
+    p.add_argument("--all", action="store_true", help="every letter not redriven yet")
+    p.add_argument("--to", default="", help="send to this topic instead of each letter's source topic")
+    p.add_argument("--limit", type=COUNT, default=None, help="at most N letters")
+    p.add_argument("--again", action="store_true", help="also letters redriven before")
+    p.add_argument("--dry-run", action="store_true", help="report what would be sent; send nothing")
