@@ -39,7 +39,15 @@ from models.train_fraud import main as train_main
 from operators.event_windows import WindowStatus
 from operators.kafka.records import SourceRecord
 from perf.bench import RunConfig, RunResult, describe, run_one
-from perf.summary import REPORTS, median_and_spread, record, record_unless, report_stem, why_not_recorded
+from perf.summary import (
+    REPORTS,
+    changed_options,
+    median_and_spread,
+    record,
+    record_unless,
+    report_stem,
+    why_not_recorded,
+)
 from sluice.local.stack import PROJECT_ROOT
 from sluice.settings import FraudSettings
 from state.windows import SlidingAggregates, WindowSpec
@@ -303,12 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["llm_notes_per_s_cpu"] = report["notes"]["llm_notes_per_s_batch16"]
         timings["llm_note_accepted_share"] = report["notes"]["llm_accepted_share"]
     if timings:
-        other = (args.duration, args.rates, args.swap_rate, args.note_batches) != (
-            DEFAULT_DURATION_S,
-            [5000, 10000],
-            5000,
-            6,
-        )
+        other = changed_options(parser, args, "duration", "rates", "swap_rate", "note_batches")
         record_unless(why_not_recorded(args.runs, other_load=other), "cascade", timings)
     print(json.dumps(figures | timings, indent=1))
     print(f"report: {path}")

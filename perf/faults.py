@@ -46,7 +46,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import ID_HEADER, header_value
-from perf.summary import MIN_RUNS, record, report_stem, why_not_recorded
+from perf.summary import MIN_RUNS, changed_options, record, report_stem, why_not_recorded
 from sluice.harness.collector import latency_summary
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "outcomes": [asdict(o) for o in outcomes],
     }
     report_stem("faults").with_suffix(".json").write_text(json.dumps(report, indent=1))
-    reason = why_not_recorded(MIN_RUNS, only=args.only, rate=args.rate if args.rate != 10_000 else 0,
-                              seconds=args.seconds if args.seconds != 10.0 else 0)  # fmt: skip
+    reason = why_not_recorded(MIN_RUNS, only=args.only, changed=changed_options(parser, args, "rate", "seconds"))
     if reason:
         print(f"summary untouched: {reason}")
     else:

@@ -39,7 +39,7 @@ import orjson
 from models.rules import Candidate, RuleSet, Shopper, rank
 from models.synthetic_shopping import HOUR_MS
 from models.user_taste import Taste, parse_kind_weights
-from perf.summary import MIN_RUNS, REPORTS, record_unless, why_not_recorded
+from perf.summary import MIN_RUNS, REPORTS, changed_options, record_unless, why_not_recorded
 from sluice.local.shopping import catalogue_vectors, make_shop
 from sluice.settings import PersonalizeSettings
 from state.ann_index import AnnIndex, Change
@@ -154,9 +154,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "ann_recall_at_10_vs_exact": round(recall, 4),
         "seconds": {"tastes": round(t_ann - t0, 1), "ann_ranking": round(t_exact - t_ann, 1)},
     }
-    smaller = (args.items, args.users, args.per_user, args.seed) != (100_000, 5_000, 20, 7)
     # seeded and deterministic: one run is the figure (MIN_RUNS stands for it); only the default data counts
-    record_unless(why_not_recorded(MIN_RUNS, smaller_or_other_data=smaller), "personalize", {
+    record_unless(why_not_recorded(MIN_RUNS, other_data=args.changed), "personalize", {
         "hit_rate_at_10": hr, "popularity_hit_rate_at_10": hr_pop, "exact_hit_rate_at_10": hr_exact,
         "ndcg_at_10": ndcg, "ann_recall_at_10": recall,
     })  # fmt: skip
@@ -243,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100_000, 1_000_000])
     args = parser.parse_args(argv)
+    args.changed = changed_options(parser, args, "items", "users", "per_user", "seed")
     report = quality(args) if args.mode == "quality" else index_costs(args)
     report["command"] = "python -m perf.personalize_eval " + " ".join(sys.argv[1:] if argv is None else argv)
     report["machine"] = "2-core shared dev VM, CPU only"

@@ -53,7 +53,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import create_topics, end_offsets, list_partitions, log, read_all, read_to_end
 from perf.bench import _Cpu, _machine
-from perf.summary import REPORTS, median_and_spread, record_unless, report_stem, why_not_recorded
+from perf.summary import REPORTS, changed_options, median_and_spread, record_unless, report_stem, why_not_recorded
 from sluice.harness.collector import BackgroundCollector, latency_histogram, latency_summary
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     figures = {k: v["median"] if isinstance(v, dict) else v for k, v in summary.items()}
     figures |= {f"{k}_{end}": v[end] for k, v in summary.items() if isinstance(v, dict) for end in ("min", "max")}
-    smoke = (args.rate, args.seconds, args.reviewers) != (RATE, SECONDS, REVIEWERS)
+    smoke = changed_options(parser, args, "rate", "seconds", "reviewers")
     runs_each = min((v["runs"] for v in summary.values() if isinstance(v, dict)), default=0)
     reason = why_not_recorded(runs_each, no_record=args.no_record, smoke=smoke)
     record_unless(reason, "review", figures, owns=[f"{k}{e}" for k in TIMED for e in ("", "_min", "_max")])

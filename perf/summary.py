@@ -130,6 +130,22 @@ def why_not_recorded(runs: int, **variant: object) -> str:
     return f"a variant ({', '.join(named)})" if named else ""
 
 
+def changed_options(parser: argparse.ArgumentParser, args: argparse.Namespace, *dests: str) -> str:
+    """The options among ``dests`` set to something other than the parser's default, as a command line gives
+    them ('' when all are the defaults): a benchmark's recorded configuration is declared once, in its parser.
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--per-user", type=int, default=20), p.add_argument("--seed", type=int, default=7)
+    >>> changed_options(p, p.parse_args(["--seed", "3"]), "per_user", "seed"), changed_options(p, p.parse_args([]), "seed")
+    ('--seed 3', '')
+    """
+    return " ".join(
+        f"--{dest.replace('_', '-')} {getattr(args, dest)}"
+        for dest in dests
+        if getattr(args, dest) != parser.get_default(dest)
+    )
+
+
 def record_unless(
     reason: str, section: str, figures: Mapping[str, float | int | bool], owns: Iterable[str] = ()
 ) -> dict[str, float | int] | None:
