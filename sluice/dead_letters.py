@@ -43,6 +43,7 @@ stay visible, so its letters count as redriven; run that selection again with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from operators.kafka.admin import create_topics, log, read_all, require_topics, topic_partitions
 from operators.kafka.connection import KafkaConnection
@@ -346,7 +347,8 @@ def redrive(conn: KafkaConnection, dlq_topic: str, sends: Sequence[tuple[Letter,
                 raise RuntimeError(f"redrive: {len(failed)} records were not delivered (first: {failed[0]})")
             producer.commit_transaction(timeout_s)
         except BaseException:
-            producer.abort_transaction(timeout_s)
+            with contextlib.suppress(KafkaException):  # fenced or the broker gone: the original error tells more
+                producer.abort_transaction(timeout_s)
             raise
         done += len(chunk)
     return done
