@@ -22,13 +22,14 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Stream, operator
 
-from operators.kafka.records import KafkaRecord, SourceRecord
+from operators.kafka.records import KafkaRecord, SourceRecord, header_value
 from operators.metrics import DEAD_LETTERS, PROCESS, reason_class
 from operators.probes import StageProbe, stage_name
 from operators.tracing import trace_headers
 
 T = TypeVar("T")
 
+REDRIVE_ATTEMPT = "redrive.attempt"  # on an input ``sluice dlq redrive`` sent back: how many times it has been
 MAX_DEAD_LETTER_BYTES = 900_000  # under the 1 MB Kafka default, with room for headers
 REFERENCE_PREFIX_BYTES = 1024
 
@@ -51,6 +52,9 @@ class DeadLetter:
         >>> rec = DeadLetter("too big", "parse", src).to_record("dlq", max_bytes=10)
         >>> orjson.loads(rec.value)["size"], dict(rec.headers)["dlq.reference"]
         (50, b'1')
+        >>> again = SourceRecord("tx", 0, 9, b"k", b"{}", 0, [(REDRIVE_ATTEMPT, b"2")])  # sent back twice already
+        >>> dict(DeadLetter("still unknown", "items", again).to_record("dlq").headers)[REDRIVE_ATTEMPT]
+        b'2'
         """
         src = self.source
         if PROCESS.on:
@@ -63,6 +67,9 @@ class DeadLetter:
         ]
         if self.decided:
             headers.append(("dlq.decided", b"1"))
+        attempt = header_value(src.headers, REDRIVE_ATTEMPT) if src.headers else None
+        if attempt is not None:  # a redriven input failed again: the next redrive counts on from here
+            headers.append((REDRIVE_ATTEMPT, attempt))
         value = src.value
         if value is not None and len(value) > max_bytes:
             value = orjson.dumps(

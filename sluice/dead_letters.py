@@ -17,6 +17,16 @@ selection matches it again (``--again`` sends it anyway). The producer's
 ``transactional.id`` is fixed per dead-letter topic, so a second redrive of the
 same topic fences the first instead of racing it.
 
+Retries. ``--every SECONDS`` keeps the command running as a retrier for a
+transient cause (the item store was unreachable, an item not in the catalogue
+yet): each cycle sends what was dead-lettered since. A redriven record carries
+``redrive.attempt``; when the flow rejects it again, its new dead letter keeps
+that count (:class:`operators.dead_letter.DeadLetter` copies the header), and an
+input that has failed after ``--max-attempts`` redrives (5 with ``--every``) is
+left for a person to look at, so a cause that is not transient does not cycle
+forever. Each cycle rereads the dead-letter topic and the ledger: a retrier is
+meant for dead-letter topics of thousands of records, not millions.
+
 What is not redriven, and why, is reported by name:
 
 * a copy of an input the flow did process, kept for inspection (``dlq.decided``:
@@ -24,10 +34,11 @@ What is not redriven, and why, is reported by name:
 * a letter holding a *reference* instead of its bytes (the original was too
   large to dead-letter): its original is still at the position it names, if the
   topic's retention kept it;
+* an input out of attempts (``--max-attempts``);
 * a letter without a ``source.topic`` header, unless ``--to`` names a topic.
 
-Redriven records carry ``redrive.of`` (the input's ``sluice.id``) and
-``redrive.from`` (the dead letter's position) headers, and the input's trace
+Redriven records carry ``redrive.of`` (the input's ``sluice.id``),
+``redrive.from`` (the dead letter's position) and ``redrive.attempt`` headers, and the input's trace
 headers, so a trace continues across the redrive. They are new input at a new
 position: the flow gives them new identities, and a flow that keeps per-key
 history (a window, a duplicate check) treats them by their content and event time
@@ -44,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from collections import Counter
@@ -54,6 +66,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from operators.dead_letter import REDRIVE_ATTEMPT
 from operators.kafka.admin import create_topics, log, read_all, require_topics, topic_partitions
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, header_value
@@ -63,6 +76,7 @@ from operators.tracing import header_pairs
 LEDGER_SUFFIX = "-redriven"
 REDRIVE_OF = "redrive.of"
 REDRIVE_FROM = "redrive.from"
+DEFAULT_MAX_ATTEMPTS = 5  # with --every: an input that failed this often after redrives is left for a person
 CHUNK = 5_000  # letters per transaction: a failure loses at most this much progress, never sends anything twice
 
 
@@ -81,6 +95,7 @@ class Letter:
     reference: bool
     trace: list[tuple[str, bytes]] = field(default_factory=list)
     decided: bool = False  # a copy kept for inspection of an input the flow processed
+    attempt: int = 0  # how many times this input had been redriven when the flow rejected it
 
     @classmethod
     def from_message(cls, msg: Message) -> Letter:
@@ -102,6 +117,7 @@ class Letter:
             reference=header_value(headers, "dlq.reference") == b"1",
             trace=header_pairs(headers),
             decided=header_value(headers, "dlq.decided") == b"1",
+            attempt=_count(header_value(headers, REDRIVE_ATTEMPT)),
         )
 
     def as_json(self, redriven: bool) -> dict[str, Any]:
@@ -125,7 +141,17 @@ class Letter:
             "value_bytes": len(self.value or b""),
             **({"reference": True} if self.reference else {}),
             **({"decided": True} if self.decided else {}),
+            **({"attempt": self.attempt} if self.attempt else {}),
         }
+
+
+def _count(raw: bytes | None) -> int:
+    """A header's count (0 when absent or not a count).
+
+    >>> _count(b"3"), _count(None), _count(b"x")
+    (3, 0, 0)
+    """
+    return int(raw) if raw is not None and raw.isdigit() else 0
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -197,6 +223,7 @@ class Plan:
 _LEFT = {
     "already": "already redriven",
     "decided": "copies of inputs the flow processed (kept for inspection)",
+    "attempts": "out of attempts (--max-attempts)",
     "reference": "holding a reference, not the bytes (the original is at its source position)",
     "no_source": "without a source topic (use --to)",
     "unselected": "not selected",
@@ -211,6 +238,7 @@ def plan(
     to: str = "",
     limit: int | None = None,
     again: bool = False,
+    max_attempts: int | None = None,
 ) -> Plan:
     """Which letters a redrive sends, and where, in the dead-letter topic's order.
 
@@ -227,6 +255,8 @@ def plan(
     >>> from dataclasses import replace
     >>> dict(plan([replace(a, decided=True)], Selection(), set(), again=True).left)  # never, not even --again
     {'decided': 1}
+    >>> dict(plan([replace(a, attempt=3)], Selection(), set(), max_attempts=3).left)  # sent back 3 times, failed 3 times
+    {'attempts': 1}
     """
     out = Plan()
     for letter in letters:
@@ -237,6 +267,8 @@ def plan(
             why = "already"
         elif letter.decided:
             why = "decided"
+        elif max_attempts is not None and letter.attempt >= max_attempts:
+            why = "attempts"
         elif letter.reference:
             why = "reference"
         elif not (to or letter.source_topic):
@@ -337,6 +369,7 @@ def redrive(conn: KafkaConnection, dlq_topic: str, sends: Sequence[tuple[Letter,
                     *letter.trace,
                     (REDRIVE_OF, letter.origin.encode()),
                     (REDRIVE_FROM, letter.id.encode()),
+                    (REDRIVE_ATTEMPT, b"%d" % (letter.attempt + 1)),
                 ]
                 producer.produce(target, key=letter.key, value=letter.value, headers=headers, on_delivery=delivered)
                 entry = {"to": target, "of": letter.origin, "step": letter.step, "reason": letter.reason, "at": at}
@@ -416,12 +449,23 @@ def cmd_redrive(args: argparse.Namespace, conn: KafkaConnection) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     topic = _topic(args)
-    letters, done = read_letters(conn, topic, args.timeout), read_ledger(conn, topic, args.timeout)
-    chosen = plan(letters, selection, done, to=args.to, limit=args.limit, again=args.again)
-    if not args.dry_run:
-        redrive(conn, topic, chosen.send, args.timeout)
-    print("\n".join(f"{topic}: {line}" for line in chosen.describe(sent=not args.dry_run)))
-    return 0
+    max_attempts = (
+        args.max_attempts if args.max_attempts is not None else (DEFAULT_MAX_ATTEMPTS if args.every else None)
+    )
+    stop_at = time.monotonic() + args.stop_after if args.stop_after else math.inf
+    cycle = 0
+    while True:
+        letters, done = read_letters(conn, topic, args.timeout), read_ledger(conn, topic, args.timeout)
+        chosen = plan(letters, selection, done, args.to, args.limit, args.again, max_attempts)
+        if not args.dry_run:
+            redrive(conn, topic, chosen.send, args.timeout)
+        if cycle == 0 or chosen.send:  # a retrier says what it did, not that it found nothing again
+            stamp = time.strftime("%H:%M:%S ") if args.every else ""
+            print("\n".join(f"{stamp}{topic}: {line}" for line in chosen.describe(sent=not args.dry_run)), flush=True)
+        cycle += 1
+        if not args.every or args.dry_run or time.monotonic() + args.every >= stop_at:
+            return 0
+        time.sleep(args.every)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -434,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None:
     """``summary``, ``list`` and ``redrive`` under ``parser`` (``sluice dlq ...``)."""
-    from sluice.cli import COUNT
+    from sluice.cli import COUNT, POSITIVE
 
     sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="{summary,list,redrive}")
 
@@ -460,4 +504,15 @@ def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None
     p.add_argument("--to", default="", help="send to this topic instead of each letter's source topic")
     p.add_argument("--limit", type=COUNT, default=None, help="at most N letters")
     p.add_argument("--again", action="store_true", help="also letters redriven before")
+    p.add_argument(
+        "--every", type=POSITIVE, default=0.0, metavar="SECONDS",
+        help="keep going: redrive what is new every SECONDS (a retrier for transient causes), until Ctrl-C",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-attempts", type=COUNT, default=None,
+        help=f"leave an input that failed again after N redrives (default: {DEFAULT_MAX_ATTEMPTS} with --every, else no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stop-after", type=POSITIVE, default=0.0, metavar="SECONDS", help="with --every: stop after this long"
+    )
     p.add_argument("--dry-run", action="store_true", help="report what would be sent; send nothing")

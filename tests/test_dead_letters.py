@@ -13,7 +13,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.dead_letter import DeadLetter
+from operators.dead_letter import REDRIVE_ATTEMPT, DeadLetter
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import SourceRecord
 from sluice.cli import main
@@ -111,6 +111,7 @@ def test_redrive_sends_the_original_bytes_back_once_whatever_the_selection(topic
         "traceparent": TRACE,
         REDRIVE_OF: f"{source}/0/3".encode(),
         REDRIVE_FROM: f"{dlq}/0/0".encode(),
+        REDRIVE_ATTEMPT: b"1",
     }
     assert by_key[b"u2"][REDRIVE_OF] == f"{source}/1/8".encode() and "traceparent" not in by_key[b"u2"]
     ledger = _bodies(settings, ledger_topic(dlq))

@@ -3,6 +3,10 @@ against the real broker and Redis: recommendations, live catalogue and rule chan
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -257,9 +261,11 @@ def test_a_view_of_an_item_the_catalogue_did_not_have_yet_counts_once_redriven(r
     before = int(client.hget(user, "count") or 0)
     publish_interactions(settings, [Interaction("u9", "late-item", Kind.PURCHASE, time.time() * 1000)])
     reason = "unknown item 'late-item'"
-    _wait(
-        settings, settings.dlq_topic, lambda ms: any(reason in str(dict(m.headers())["dlq.reason"]) for m in ms), flow
-    )
+
+    def rejected(ms: list[Any]) -> bool:
+        return any(reason in str(dict(m.headers())["dlq.reason"]) for m in ms)
+
+    assert rejected(_wait(settings, settings.dlq_topic, rejected, flow))
     assert int(client.hget(user, "count") or 0) == before  # not counted while the item is unknown
 
     late = replace(shop.items[0], item_id="late-item", version=1, title="A late arrival")
@@ -273,6 +279,67 @@ def test_a_view_of_an_item_the_catalogue_did_not_have_yet_counts_once_redriven(r
     assert int(client.hget(user, "count") or 0) == before + 1
     assert "late-item" in {item for item, _ in orjson.loads(client.hget(user, "seen") or b"[]")}
     assert main(redrive) == 0 and "redrove nothing" in capsys.readouterr().out  # at most once
+
+
+def test_a_retrier_sends_a_view_back_until_its_item_arrives_and_an_input_runs_out_of_attempts(
+    running, monkeypatch, capsys
+):
+    """``redrive --every``, an automatic retry for a transient cause: the retrier sends a view of an item the
+    catalogue gets only later back each second; the flow rejects it again (attempt 1) until the item arrives,
+    then counts it once. A view of an item that never arrives is left once it has had its attempts."""
+    settings, flow, shop = running
+    monkeypatch.setenv("SLUICE_BROKERS", settings.brokers)
+    client = redis.Redis.from_url(settings.redis_url)
+    user = f"{settings.redis_namespace}-user:u8"
+    before = int(client.hget(user, "count") or 0)
+    now = time.time() * 1000
+    publish_interactions(
+        settings, [Interaction("u8", "later-item", Kind.CLICK, now), Interaction("u7", "never-item", Kind.VIEW, now)]
+    )
+
+    def letters(item: str, attempt: int) -> Callable[[list[Any]], bool]:
+        def there(ms: list[Any]) -> bool:
+            return any(
+                item.encode() in (m.value() or b"") and int(dict(m.headers()).get("redrive.attempt", b"0")) == attempt
+                for m in ms
+            )
+
+        return there
+
+    assert letters("later-item", 0)(_wait(settings, settings.dlq_topic, letters("later-item", 0), flow))
+    retrier = subprocess.Popen(
+        [sys.executable, "-m", "sluice", "dlq", "redrive", "--topic", settings.dlq_topic, "--reason", "later-item",
+         "--every", "1"],
+        env={**os.environ, "SLUICE_BROKERS": settings.brokers}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert letters("later-item", 1)(
+            _wait(settings, settings.dlq_topic, letters("later-item", 1), flow)
+        )  # sent back once, rejected again
+        assert int(client.hget(user, "count") or 0) == before
+        publish_catalogue(settings, [replace(shop.items[1], item_id="later-item", version=1)])
+        deadline = time.monotonic() + 60
+        while int(client.hget(user, "count") or 0) == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.5)  # two more cycles: nothing is sent again once the view counted
+    finally:
+        retrier.send_signal(signal.SIGINT)
+        out, _ = retrier.communicate(timeout=30)
+    assert retrier.returncode == 130, out
+    assert int(client.hget(user, "count") or 0) == before + 1, out  # counted once
+    sent = [
+        m for m in read_all(settings.connection(), settings.interactions_topic) if b"later-item" in (m.value() or b"")
+    ]
+    assert [dict(m.headers() or []).get("redrive.attempt") for m in sent][-1] == str(len(sent) - 1).encode()
+    assert "redrove 1 dead letter" in out
+
+    redrive = ["dlq", "redrive", "--topic", settings.dlq_topic, "--reason", "never-item", "--max-attempts", "1"]
+    assert letters("never-item", 0)(_wait(settings, settings.dlq_topic, letters("never-item", 0), flow))
+    assert main(redrive) == 0 and "redrove 1 dead letter" in capsys.readouterr().out
+    assert letters("never-item", 1)(_wait(settings, settings.dlq_topic, letters("never-item", 1), flow))
+    assert main(redrive) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{settings.dlq_topic}: redrove nothing\n") and "out of attempts (--max-attempts) 1" in out
 
 
 def _user_hashes(settings: PersonalizeSettings) -> dict[Any, dict[Any, Any]]:
