@@ -29,7 +29,10 @@ from operators.tracing import trace_headers
 
 T = TypeVar("T")
 
-REDRIVE_ATTEMPT = "redrive.attempt"  # on an input ``sluice dlq redrive`` sent back: how many times it has been
+# headers ``sluice dlq redrive`` puts on an input it sends back, which a dead letter made from it again keeps:
+REDRIVE_ATTEMPT = "redrive.attempt"  # how many times the input has been sent back
+REDRIVE_OF = "redrive.of"  # the ``sluice.id`` of the input as it first arrived
+REDRIVE_HEADERS = (REDRIVE_ATTEMPT, REDRIVE_OF)
 MAX_DEAD_LETTER_BYTES = 900_000  # under the 1 MB Kafka default, with room for headers
 REFERENCE_PREFIX_BYTES = 1024
 
@@ -52,6 +55,9 @@ class DeadLetter:
         >>> rec = DeadLetter("too big", "parse", src).to_record("dlq", max_bytes=10)
         >>> orjson.loads(rec.value)["size"], dict(rec.headers)["dlq.reference"]
         (50, b'1')
+        >>> long_key = DeadLetter("bad", "parse", SourceRecord("tx", 0, 8, b"k" * 2000, b"{}")).to_record("dlq")
+        >>> len(long_key.key), dict(long_key.headers)["dlq.key_truncated"]
+        (1024, b'1')
         >>> again = SourceRecord("tx", 0, 9, b"k", b"{}", 0, [(REDRIVE_ATTEMPT, b"2")])  # sent back twice already
         >>> dict(DeadLetter("still unknown", "items", again).to_record("dlq").headers)[REDRIVE_ATTEMPT]
         b'2'
@@ -67,9 +73,10 @@ class DeadLetter:
         ]
         if self.decided:
             headers.append(("dlq.decided", b"1"))
-        attempt = header_value(src.headers, REDRIVE_ATTEMPT) if src.headers else None
-        if attempt is not None:  # a redriven input failed again: the next redrive counts on from here
-            headers.append((REDRIVE_ATTEMPT, attempt))
+        for name in REDRIVE_HEADERS if src.headers else ():  # a redriven input failed again: count on from here
+            kept = header_value(src.headers, name)
+            if kept is not None:
+                headers.append((name, kept))
         value = src.value
         if value is not None and len(value) > max_bytes:
             value = orjson.dumps(
@@ -81,7 +88,10 @@ class DeadLetter:
                 }
             )
             headers.append(("dlq.reference", b"1"))
-        key = src.key if src.key is None or len(src.key) <= REFERENCE_PREFIX_BYTES else src.key[:REFERENCE_PREFIX_BYTES]
+        key = src.key
+        if key is not None and len(key) > REFERENCE_PREFIX_BYTES:  # cut: a redrive must not send it to another key
+            key = key[:REFERENCE_PREFIX_BYTES]
+            headers.append(("dlq.key_truncated", b"1"))
         return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
 
 

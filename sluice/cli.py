@@ -93,6 +93,7 @@ def _number(
 
 POSITIVE = _number(float, 0.0, low_open=True)
 COUNT = _number(int, 0)
+AT_LEAST_ONE = _number(int, 1)
 SHARE = _number(float, 0.0, 1.0)
 
 
@@ -397,6 +398,7 @@ def _one_line(exc: BaseException) -> str | None:
     from models.registry import ModelUnusable, UnknownVersion
     from operators.kafka.admin import BrokerUnreachable, TopicsMissing
     from operators.kafka.sink import DeliveryFailed
+    from sluice.dead_letters import RedriveFenced
     from sluice.harness.loadgen import NotDelivered
     from sluice.local.stack import StackError
     from state.checkpoints import InconsistentBackup
@@ -418,6 +420,7 @@ def _one_line(exc: BaseException) -> str | None:
         InconsistentBackup,
         FileExistsError,
         DeliveryFailed,
+        RedriveFenced,
         StackError,  # a demo's stack: its port is taken (the stack is up already), a server did not start
     )
     if isinstance(exc, known):

@@ -13,9 +13,10 @@ record (key: the letter's own ``topic/partition/offset``) on ``<dlq>-redriven``,
 written in the same Kafka transaction as the record it sent, so a redrive that
 stops half way has sent exactly the letters its ledger names and a rerun sends the
 rest. Selections may overlap: a letter already in the ledger is skipped whichever
-selection matches it again (``--again`` sends it anyway). The producer's
-``transactional.id`` is fixed per dead-letter topic, so a second redrive of the
-same topic fences the first instead of racing it.
+selection matches it again (``--again`` sends it anyway). Two redrives at once
+cannot both send a letter: the producer's ``transactional.id`` is fixed per
+dead-letter topic, and each redrive fences the earlier ones *before* it reads the
+ledger (:class:`Redriver`), so the earlier one can no longer commit.
 
 Retries. ``--every SECONDS`` keeps the command running as a retrier for a
 transient cause (the item store was unreachable, an item not in the catalogue
@@ -35,9 +36,12 @@ What is not redriven, and why, is reported by name:
   large to dead-letter): its original is still at the position it names, if the
   topic's retention kept it;
 * an input out of attempts (``--max-attempts``);
+* a letter whose key was cut to 1 kB (``dlq.key_truncated``): sent back, it would
+  land under another key, and so on another partition and in another key's state;
 * a letter without a ``source.topic`` header, unless ``--to`` names a topic.
 
-Redriven records carry ``redrive.of`` (the input's ``sluice.id``),
+Redriven records carry ``redrive.of`` (the input's ``sluice.id`` as it first
+arrived, kept across redrives),
 ``redrive.from`` (the dead letter's position) and ``redrive.attempt`` headers, and the input's trace
 headers, so a trace continues across the redrive. They are new input at a new
 position: the flow gives them new identities, and a flow that keeps per-key
@@ -46,9 +50,9 @@ like any other input: an event too old for its window is dead-lettered again,
 with that reason.
 
 On a broker that shows aborted transactions to ``read_committed`` readers (Tansu
-0.6; see the README), the ledger entries of a redrive that failed and aborted
-stay visible, so its letters count as redriven; run that selection again with
-``--again`` after checking the target topic.
+0.6; see the README), the records and ledger entries of a redrive that failed and
+aborted stay visible, so its letters count as redriven; run that selection again
+with ``--again`` after checking the target topic.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,7 +72,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.dead_letter import REDRIVE_ATTEMPT
+from operators.dead_letter import REDRIVE_ATTEMPT, REDRIVE_OF
 from operators.kafka.admin import create_topics, log, read_all, require_topics, topic_partitions
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, header_value
@@ -74,10 +80,10 @@ from operators.metrics import reason_class
 from operators.tracing import header_pairs
 
 LEDGER_SUFFIX = "-redriven"
-REDRIVE_OF = "redrive.of"
 REDRIVE_FROM = "redrive.from"
 DEFAULT_MAX_ATTEMPTS = 5  # with --every: an input that failed this often after redrives is left for a person
 CHUNK = 5_000  # letters per transaction: a failure loses at most this much progress, never sends anything twice
+CHUNK_BYTES = 32 << 20  # and bytes: well inside librdkafka's queue and a transaction's timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +102,11 @@ class Letter:
     trace: list[tuple[str, bytes]] = field(default_factory=list)
     decided: bool = False  # a copy kept for inspection of an input the flow processed
     attempt: int = 0  # how many times this input had been redriven when the flow rejected it
+    key_truncated: bool = False  # the key was too long to keep whole: sending it back would change its key
 
     @classmethod
     def from_message(cls, msg: Message) -> Letter:
+        """A consumed dead letter; its ``origin`` is the input as it first arrived, across redrives."""
         headers = msg.headers() or []
 
         def text(name: str) -> str:
@@ -109,7 +117,7 @@ class Letter:
             id=f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
             reason=text("dlq.reason"),
             step=text("dlq.step"),
-            origin=text(ID_HEADER),
+            origin=text(REDRIVE_OF) or text(ID_HEADER),
             source_topic=text("source.topic"),
             key=msg.key(),
             value=msg.value(),
@@ -118,6 +126,7 @@ class Letter:
             trace=header_pairs(headers),
             decided=header_value(headers, "dlq.decided") == b"1",
             attempt=_count(header_value(headers, REDRIVE_ATTEMPT)),
+            key_truncated=header_value(headers, "dlq.key_truncated") == b"1",
         )
 
     def as_json(self, redriven: bool) -> dict[str, Any]:
@@ -155,6 +164,11 @@ def _count(raw: bytes | None) -> int:
 
 
 def _text(raw: bytes | None) -> str | None:
+    """Bytes as text when they are UTF-8 (else None).
+
+    >>> _text(b"caf\\xc3\\xa9"), _text(b"\\xff"), _text(None)
+    ('café', None, None)
+    """
     if raw is None:
         return None
     try:
@@ -224,6 +238,7 @@ _LEFT = {
     "already": "already redriven",
     "decided": "copies of inputs the flow processed (kept for inspection)",
     "attempts": "out of attempts (--max-attempts)",
+    "key": "with a key cut to 1 kB (sent back, it would land under another key)",
     "reference": "holding a reference, not the bytes (the original is at its source position)",
     "no_source": "without a source topic (use --to)",
     "unselected": "not selected",
@@ -271,6 +286,8 @@ def plan(
             why = "attempts"
         elif letter.reference:
             why = "reference"
+        elif letter.key_truncated:
+            why = "key"
         elif not (to or letter.source_topic):
             why = "no_source"
         elif limit is not None and len(out.send) >= limit:
@@ -322,6 +339,7 @@ def summarize(letters: Iterable[Letter], redriven: set[str]) -> list[Group]:
 
 
 def ledger_topic(dlq_topic: str) -> str:
+    """Where the redrives of ``dlq_topic`` are recorded, one entry per letter."""
     return dlq_topic + LEDGER_SUFFIX
 
 
@@ -340,27 +358,52 @@ def read_ledger(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> set[
     return {key.decode() for m in read_all(conn, ledger, timeout_s) if (key := m.key())}
 
 
-def redrive(conn: KafkaConnection, dlq_topic: str, sends: Sequence[tuple[Letter, str]], timeout_s: float) -> int:
-    """Produce each letter's original key and value to its target, with its ledger record, in transactions of
-    :data:`CHUNK` letters. Returns how many were sent; raises when a transaction fails (it is aborted)."""
-    if not sends:
-        return 0
-    require_topics(conn, {target for _, target in sends})
-    ledger = ledger_topic(dlq_topic)
-    create_topics(conn, {ledger: 1})
-    producer = Producer(
-        conn.producer_config(**{"transactional.id": f"sluice-redrive-{dlq_topic}", "linger.ms": 5, "logger": log})
-    )
-    failed: list[str] = []
+class RedriveFenced(RuntimeError):
+    """Another redrive of the same dead-letter topic started: this one stopped (what it had not committed was not sent)."""
 
-    def delivered(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            failed.append(f"{msg.topic()}: {err.str()}")
 
-    producer.init_transactions(timeout_s)  # fences a redrive of the same topic still running elsewhere
-    done = 0
-    for start in range(0, len(sends), CHUNK):
-        chunk = sends[start : start + CHUNK]
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+class Redriver:
+    """Redrives of one dead-letter topic through one transactional producer.
+
+    The producer's ``transactional.id`` is fixed per topic, and it is initialised, which fences any other
+    redriver of the topic and aborts its open transaction, *before* the ledger is read. So a redriver that
+    read the ledger before another one started can no longer commit: two redrives at once cannot send a
+    letter twice. A fenced redriver raises :class:`RedriveFenced`.
+
+    The ledger topic is created on first use: compacted (its key is the letter, so compaction keeps one
+    entry per letter, and no retention can drop it) and, on a real cluster, with the cluster's default
+    replication.
+    """
+
+    def __init__(self, conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> None:
+        self.conn, self.dlq_topic, self.ledger, self.timeout_s = conn, dlq_topic, ledger_topic(dlq_topic), timeout_s
+        create_topics(conn, {self.ledger: 1}, replication_factor=-1, config={"cleanup.policy": "compact"})
+        config = {"transactional.id": f"sluice-redrive-{dlq_topic}", "linger.ms": 5, "logger": log}
+        self._producer = Producer(conn.producer_config(**config))
+        with self._fenced_is_one_line():
+            self._producer.init_transactions(timeout_s)
+
+    def redriven(self) -> set[str]:
+        """The letters redriven so far (read after this redriver fenced every earlier one)."""
+        return read_ledger(self.conn, self.dlq_topic, self.timeout_s)
+
+    def send(self, sends: Sequence[tuple[Letter, str]]) -> int:
+        """Produce each letter's original key and value to its target, with its ledger record, in transactions
+        of at most :data:`CHUNK` letters or :data:`CHUNK_BYTES`. Returns how many were sent; raises when a
+        transaction fails (it is aborted: none of its letters count as sent)."""
+        require_topics(self.conn, {target for _, target in sends})
+        done = 0
+        for chunk in _chunks(sends):
+            with self._fenced_is_one_line():
+                self._send(chunk)
+            done += len(chunk)
+        return done
+
+    def _send(self, chunk: Sequence[tuple[Letter, str]]) -> None:
+        producer = self._producer
         producer.begin_transaction()
         try:
             at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -371,20 +414,49 @@ def redrive(conn: KafkaConnection, dlq_topic: str, sends: Sequence[tuple[Letter,
                     (REDRIVE_FROM, letter.id.encode()),
                     (REDRIVE_ATTEMPT, b"%d" % (letter.attempt + 1)),
                 ]
-                producer.produce(target, key=letter.key, value=letter.value, headers=headers, on_delivery=delivered)
+                producer.produce(target, key=letter.key, value=letter.value, headers=headers)
                 entry = {"to": target, "of": letter.origin, "step": letter.step, "reason": letter.reason, "at": at}
-                producer.produce(ledger, key=letter.id.encode(), value=orjson.dumps(entry), on_delivery=delivered)
+                producer.produce(self.ledger, key=letter.id.encode(), value=orjson.dumps(entry))
                 producer.poll(0)
-            producer.flush(timeout_s)
-            if failed:
-                raise RuntimeError(f"redrive: {len(failed)} records were not delivered (first: {failed[0]})")
-            producer.commit_transaction(timeout_s)
+            # no delivery callbacks: a record that cannot be delivered makes the commit fail (librdkafka puts the
+            # transaction in an abortable state), and a callback run after a fatal error (fenced) raises
+            # SystemError inside confluent-kafka instead of the fencing error
+            producer.commit_transaction(self.timeout_s)
         except BaseException:
             with contextlib.suppress(KafkaException):  # fenced or the broker gone: the original error tells more
-                producer.abort_transaction(timeout_s)
+                producer.abort_transaction(self.timeout_s)
             raise
-        done += len(chunk)
-    return done
+
+    @contextlib.contextmanager
+    def _fenced_is_one_line(self) -> Iterator[None]:
+        try:
+            yield
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() in _FENCED:
+                raise RedriveFenced(
+                    f"another redrive of {self.dlq_topic} started (transactional.id sluice-redrive-{self.dlq_topic}); "
+                    "this one stopped, and what it had not committed was not sent"
+                ) from None
+            raise
+
+
+def _chunks(sends: Sequence[tuple[Letter, str]]) -> Iterator[Sequence[tuple[Letter, str]]]:
+    """``sends`` cut into transactions of at most :data:`CHUNK` letters and about :data:`CHUNK_BYTES`.
+
+    >>> big = Letter("d/0/1", "r", "s", "", "t", None, b"x" * (CHUNK_BYTES // 2), 0, False)
+    >>> [len(c) for c in _chunks([(big, "t")] * 5)]
+    [2, 2, 1]
+    """
+    start, size = 0, 0
+    for i, (letter, _) in enumerate(sends):
+        n = len(letter.value or b"") + len(letter.key or b"")
+        if i > start and (i - start >= CHUNK or size + n > CHUNK_BYTES):
+            yield sends[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(sends):
+        yield sends[start:]
 
 
 # --- the command ------------------------------------------------------------------------------------------------------
@@ -403,6 +475,11 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 def _when(ms: int) -> str:
+    """A record timestamp as UTC time.
+
+    >>> _when(86_400_000), _when(0)
+    ('1970-01-02 00:00:00', '?')
+    """
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) if ms > 0 else "?"
 
 
@@ -442,30 +519,77 @@ def cmd_list(args: argparse.Namespace, conn: KafkaConnection) -> int:
     return 0
 
 
+def refusal(args: argparse.Namespace) -> str:
+    """Why ``redrive``'s options cannot run as given ('' when they can).
+
+    >>> ns = lambda **kw: argparse.Namespace(**{"reason": "", "step": "", "source_topic": "", "all": False,
+    ...     "every": 0.0, "again": False, "dry_run": False, "stop_after": 0.0} | kw)
+    >>> refusal(ns(all=True)), refusal(ns(every=5, again=True, reason="x"))
+    ('', '--again with --every would send the same letters every cycle, for ever')
+    >>> refusal(ns()), refusal(ns(all=True, stop_after=9))
+    ('say which letters: --reason TEXT, --step STEP, --source-topic T, or --all', '--stop-after needs --every')
+    """
+    if not (_selection(args).chosen or args.all):
+        return "say which letters: --reason TEXT, --step STEP, --source-topic T, or --all"
+    if args.every and args.again:
+        return "--again with --every would send the same letters every cycle, for ever"
+    if args.every and args.dry_run:
+        return "--dry-run reports what one cycle would send: leave out --every"
+    if args.stop_after and not args.every:
+        return "--stop-after needs --every"
+    return ""
+
+
 def cmd_redrive(args: argparse.Namespace, conn: KafkaConnection) -> int:
-    selection = _selection(args)
-    if not (selection.chosen or args.all):
-        print("sluice dlq redrive: say which letters: --reason TEXT, --step STEP, --source-topic T, or --all",
-              file=sys.stderr)  # fmt: skip
+    why = refusal(args)
+    if why:
+        print(f"sluice dlq redrive: {why}", file=sys.stderr)
         return 2
-    topic = _topic(args)
+    topic, selection = _topic(args), _selection(args)
     max_attempts = (
         args.max_attempts if args.max_attempts is not None else (DEFAULT_MAX_ATTEMPTS if args.every else None)
     )
     stop_at = time.monotonic() + args.stop_after if args.stop_after else math.inf
-    cycle = 0
-    while True:
-        letters, done = read_letters(conn, topic, args.timeout), read_ledger(conn, topic, args.timeout)
-        chosen = plan(letters, selection, done, args.to, args.limit, args.again, max_attempts)
-        if not args.dry_run:
-            redrive(conn, topic, chosen.send, args.timeout)
-        if cycle == 0 or chosen.send:  # a retrier says what it did, not that it found nothing again
+    left: int | None = args.limit  # --limit counts over every cycle of a retrier
+    redriver = None if args.dry_run else Redriver(conn, topic, args.timeout)
+    with _stop_requested() as stop:
+        cycle = sent = 0
+        while True:
+            letters = read_letters(conn, topic, args.timeout)
+            done = redriver.redriven() if redriver is not None else read_ledger(conn, topic, args.timeout)
+            chosen = plan(letters, selection, done, args.to, left, args.again, max_attempts)
+            if redriver is not None and chosen.send:
+                sent += redriver.send(chosen.send)
+            if left is not None:
+                left -= len(chosen.send)
             stamp = time.strftime("%H:%M:%S ") if args.every else ""
-            print("\n".join(f"{stamp}{topic}: {line}" for line in chosen.describe(sent=not args.dry_run)), flush=True)
-        cycle += 1
-        if not args.every or args.dry_run or time.monotonic() + args.every >= stop_at:
-            return 0
-        time.sleep(args.every)
+            if cycle == 0 or chosen.send:  # a retrier says what it did, not that it found nothing again
+                lines = chosen.describe(sent=redriver is not None)
+                print("\n".join(f"{stamp}{topic}: {line}" for line in lines), flush=True)
+            cycle += 1
+            if not args.every or (left is not None and left <= 0) or time.monotonic() + args.every >= stop_at:
+                break
+            if stop.wait(args.every):
+                print(f"{stamp}{topic}: stopped after {cycle} cycles, {sent} dead letters redriven", flush=True)
+                break
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM while the block runs: a retrier finishes its cycle (a transaction is
+    committed or aborted, never cut) and exits 0. Outside the main thread (a test calling the command in a
+    thread) the signals keep their handlers."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -478,7 +602,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None:
     """``summary``, ``list`` and ``redrive`` under ``parser`` (``sluice dlq ...``)."""
-    from sluice.cli import COUNT, POSITIVE
+    from sluice.cli import AT_LEAST_ONE, COUNT, POSITIVE
 
     sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="{summary,list,redrive}")
 
@@ -502,14 +626,14 @@ def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None
     common(p, selecting=True)
     p.add_argument("--all", action="store_true", help="every letter not redriven yet")
     p.add_argument("--to", default="", help="send to this topic instead of each letter's source topic")
-    p.add_argument("--limit", type=COUNT, default=None, help="at most N letters")
+    p.add_argument("--limit", type=AT_LEAST_ONE, default=None, help="at most N letters (with --every: over all cycles)")
     p.add_argument("--again", action="store_true", help="also letters redriven before")
     p.add_argument(
         "--every", type=POSITIVE, default=0.0, metavar="SECONDS",
         help="keep going: redrive what is new every SECONDS (a retrier for transient causes), until Ctrl-C",
     )  # fmt: skip
     p.add_argument(
-        "--max-attempts", type=COUNT, default=None,
+        "--max-attempts", type=AT_LEAST_ONE, default=None,
         help=f"leave an input that failed again after N redrives (default: {DEFAULT_MAX_ATTEMPTS} with --every, else no limit)",
     )  # fmt: skip
     p.add_argument(

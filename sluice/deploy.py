@@ -429,7 +429,7 @@ def topics_script(
     with one replica, which suits only a single-broker test cluster. ``brokers`` defaults to
     ``SLUICE_BROKERS``; ``command_config`` is kafka-topics.sh's client properties file (SASL, TLS).
     The topics whose latest record per key is the state (the assistant's documents, the review
-    cases) are compacted.
+    cases, the redrive ledgers) are compacted.
 
     >>> print(topics_script(3, 2, {"SLUICE_BROKERS": "k:9092"}).splitlines()[1])
     kafka-topics.sh --bootstrap-server k:9092 --create --if-not-exists --topic transactions --partitions 4 --replication-factor 3 --config min.insync.replicas=2
@@ -449,7 +449,12 @@ def topics_script(
     from sluice.settings import AssistantSettings, ReviewSettings
 
     brokers = brokers or FlowSettings.from_env(env).brokers
+    from sluice.dead_letters import ledger_topic
+
+    # the topics whose latest record per key is the state: the assistant's documents, the review cases, and
+    # the redrive ledgers (one entry per dead letter: compaction keeps each, and no retention drops it)
     compacted = {AssistantSettings.from_env(env).documents_topic, ReviewSettings.from_env(env).cases_topic}
+    compacted |= {ledger_topic(cls.from_env(env).dlq_topic) for cls in FlowSettings.all_classes}
     client = f" --command-config {shlex.quote(command_config)}" if command_config else ""
     lines = [f"# every workflow's topics, replication factor {replication_factor}"]
     for topic, partitions in workflow_topics(dict(env) if env is not None else None).items():

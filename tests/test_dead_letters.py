@@ -17,7 +17,16 @@ from operators.dead_letter import REDRIVE_ATTEMPT, DeadLetter
 from operators.kafka.admin import create_topics, read_all
 from operators.kafka.records import SourceRecord
 from sluice.cli import main
-from sluice.dead_letters import REDRIVE_FROM, REDRIVE_OF, ledger_topic
+from sluice.dead_letters import (
+    REDRIVE_FROM,
+    REDRIVE_OF,
+    RedriveFenced,
+    Redriver,
+    Selection,
+    ledger_topic,
+    plan,
+    read_letters,
+)
 from sluice.local.stack import LocalStack
 from sluice.settings import FlowSettings
 
@@ -143,3 +152,25 @@ def test_a_missing_target_topic_or_dead_letter_topic_is_one_line(topics, capsys)
     assert main(["dlq", "summary", "--topic", "no-such-dlq-here"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'no-such-dlq-here' is not available" in err[0]
+
+
+def test_a_second_redrive_fences_the_first_so_two_at_once_send_each_letter_once(topics, capsys):
+    """The first redriver read the ledger and planned; a second redrive of the topic starts and sends. The
+    first one, fenced by the second's transactional producer, can no longer commit: nothing is sent twice."""
+    settings, source, _, dlq = topics
+    first = Redriver(settings.connection(), dlq, 30)
+    planned = plan(read_letters(settings.connection(), dlq, 30), Selection(reason="unknown item"), first.redriven())
+    assert len(planned.send) == 2
+    assert main(["dlq", "redrive", "--topic", dlq, "--reason", "unknown item"]) == 0
+    assert "redrove 2 dead letters" in capsys.readouterr().out
+    with pytest.raises(RedriveFenced, match="another redrive of"):
+        first.send(planned.send)
+    assert len(_bodies(settings, source)) == 2
+
+
+def test_options_that_cannot_run_together_are_refused_in_one_line(topics, capsys):
+    _, _, _, dlq = topics
+    for options in (["--every", "5", "--again"], ["--every", "5", "--dry-run"], ["--stop-after", "5"]):
+        assert main(["dlq", "redrive", "--topic", dlq, "--all", *options]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sluice dlq redrive: "), err

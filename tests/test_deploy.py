@@ -164,7 +164,11 @@ def test_topics_for_a_real_cluster_cover_every_workflow_topic_with_replication()
     assert all("--replication-factor 3" in c and "min.insync.replicas=2" in c for c in commands)
     assert all("--bootstrap-server kafka-0:9092,kafka-1:9092" in c for c in commands)
     compacted = {option(c.split(), "--topic") for c in commands if "cleanup.policy=compact" in c}
-    assert compacted == {"documents", "review-cases"}  # the topics whose latest record per key is the state
+    ledgers = {
+        f"{dlq}-redriven"
+        for dlq in ("dead-letters", "assistant-dead-letters", "personalize-dead-letters", "review-dead-letters")
+    }
+    assert compacted == {"documents", "review-cases", *ledgers}  # the topics whose latest record per key is the state
     secured = topics_script(3, 2, {}, brokers="k:9093", command_config="/etc/kafka/client.properties")
     assert all(
         "--bootstrap-server k:9093 --command-config /etc/kafka/client.properties" in line

@@ -279,6 +279,10 @@ def test_a_view_of_an_item_the_catalogue_did_not_have_yet_counts_once_redriven(r
     assert int(client.hget(user, "count") or 0) == before + 1
     assert "late-item" in {item for item, _ in orjson.loads(client.hget(user, "seen") or b"[]")}
     assert main(redrive) == 0 and "redrove nothing" in capsys.readouterr().out  # at most once
+    sent = [
+        m for m in read_all(settings.connection(), settings.interactions_topic) if b"late-item" in (m.value() or b"")
+    ]
+    assert len(sent) == 2 and int(client.hget(user, "count") or 0) == before + 1  # the original and one resend
 
 
 def test_a_retrier_sends_a_view_back_until_its_item_arrives_and_an_input_runs_out_of_attempts(
@@ -309,7 +313,7 @@ def test_a_retrier_sends_a_view_back_until_its_item_arrives_and_an_input_runs_ou
     assert letters("later-item", 0)(_wait(settings, settings.dlq_topic, letters("later-item", 0), flow))
     retrier = subprocess.Popen(
         [sys.executable, "-m", "sluice", "dlq", "redrive", "--topic", settings.dlq_topic, "--reason", "later-item",
-         "--every", "1"],
+         "--every", "1", "--max-attempts", "30"],
         env={**os.environ, "SLUICE_BROKERS": settings.brokers}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -318,19 +322,23 @@ def test_a_retrier_sends_a_view_back_until_its_item_arrives_and_an_input_runs_ou
         )  # sent back once, rejected again
         assert int(client.hget(user, "count") or 0) == before
         publish_catalogue(settings, [replace(shop.items[1], item_id="later-item", version=1)])
+        _wait(settings, settings.catalog_changes_topic, lambda bs: any(b["item_id"] == "later-item" for b in bs), flow)
         deadline = time.monotonic() + 60
         while int(client.hget(user, "count") or 0) == before and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2.5)  # two more cycles: nothing is sent again once the view counted
     finally:
-        retrier.send_signal(signal.SIGINT)
-        out, _ = retrier.communicate(timeout=30)
-    assert retrier.returncode == 130, out
+        retrier.send_signal(signal.SIGTERM)  # it finishes its cycle and exits 0
+        out, _ = retrier.communicate(timeout=60)
+    assert retrier.returncode == 0 and "stopped after" in out, out
     assert int(client.hget(user, "count") or 0) == before + 1, out  # counted once
     sent = [
         m for m in read_all(settings.connection(), settings.interactions_topic) if b"later-item" in (m.value() or b"")
     ]
-    assert [dict(m.headers() or []).get("redrive.attempt") for m in sent][-1] == str(len(sent) - 1).encode()
+    heads = [dict(m.headers() or []) for m in sent]
+    assert [h.get("redrive.attempt") for h in heads] == [None, *(b"%d" % n for n in range(1, len(sent)))]
+    first = f"{sent[0].topic()}/{sent[0].partition()}/{sent[0].offset()}".encode()
+    assert {h["redrive.of"] for h in heads[1:]} == {first}  # every resend names the input as it first arrived
     assert "redrove 1 dead letter" in out
 
     redrive = ["dlq", "redrive", "--topic", settings.dlq_topic, "--reason", "never-item", "--max-attempts", "1"]

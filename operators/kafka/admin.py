@@ -76,11 +76,22 @@ def require_topics(conn: KafkaConnection, topics: Iterable[str], timeout_s: floa
         )
 
 
-def create_topics(conn: KafkaConnection, topics: Mapping[str, int], timeout_s: float = 15.0) -> list[str]:
-    """Create ``{name: partitions}`` topics that do not exist yet; returns the ones created."""
+def create_topics(
+    conn: KafkaConnection,
+    topics: Mapping[str, int],
+    timeout_s: float = 15.0,
+    replication_factor: int = 1,
+    config: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create ``{name: partitions}`` topics that do not exist yet; returns the ones created.
+    ``replication_factor`` -1 is the cluster's default (for a topic a tool creates on a real cluster)."""
     admin = admin_client(conn)
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items() if t not in existing]
+    wanted = [
+        NewTopic(t, num_partitions=n, replication_factor=replication_factor, config=dict(config or {}))
+        for t, n in topics.items()
+        if t not in existing
+    ]
     if not wanted:
         return []
     for topic, fut in admin.create_topics(wanted).items():
