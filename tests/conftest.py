@@ -25,9 +25,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model (trees, MLP and GRU) trained on a generated stream (about a minute: the sequence model needs that much to learn)."""
+    """A real model (trees, MLP and GRU) trained on a generated stream: ~30 s for 250,000 events, enough for the
+    sequence model to beat stage 1 in its band (band PR-AUC 0.868 vs 0.853 on test_model's held-out events;
+    0.897 vs 0.873 with 400,000, which took ~40 s)."""
     out = tmp_path_factory.mktemp("model")
-    train_main(["--events", "400000", "--seed", "3", "--out", str(out)])
+    train_main(["--events", "250000", "--seed", "3", "--out", str(out)])
     return out
 
 
