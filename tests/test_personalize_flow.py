@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -366,19 +367,17 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     base = _settings(stack, source_batch_size=40)  # small batches: many epochs, so the kills land mid-stream
     publish_interactions(base, shop.simulation.interactions(40, time.time() * 1000, 5 * HOUR_MS))
-    runs = {}
     written_at_kill: list[int] = []
-    for name, kills in (("clean", 0), ("crashed", 2)):
+
+    def one_run(name: str, kills: int) -> tuple[PersonalizeSettings, Path]:
         settings = replace(base, redis_namespace=f"{base.redis_namespace}-{name}")
         bulk_load_catalogue(settings, shop.items, vectors)
         recovery = tmp_path / name / "recovery"
         init_recovery(recovery)
 
-        def start(
-            s: PersonalizeSettings = settings, r: Path = recovery, life: str = "", run: str = name, processes: int = 1
-        ) -> FlowProcesses:
+        def start(s: PersonalizeSettings = settings, life: str = "", processes: int = 1) -> FlowProcesses:
             return FlowProcesses(
-                FLOW, s.to_env(), processes=processes, recovery_dir=r, log_dir=tmp_path / run / life
+                FLOW, s.to_env(), processes=processes, recovery_dir=recovery, log_dir=tmp_path / name / life
             ).start()
 
         for life in range(kills):
@@ -396,7 +395,11 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
             processes=2 if rescaled else 1,
         )
         assert all(c == 0 for c in last.wait(180))
-        runs[name] = (settings, recovery)
+        return settings, recovery
+
+    with ThreadPoolExecutor(1) as pool:  # the crash-free run beside the crashed one: namespaces of their own
+        clean_run = pool.submit(one_run, "clean", 0)
+        runs = {"crashed": one_run("crashed", 2), "clean": clean_run.result()}
     assert written_at_kill[0] < 80, "the first kill came after every user was written: nothing was tested"
     clean, crashed = (_user_hashes(runs[n][0]) for n in ("clean", "crashed"))
     strip = {k.split(b":", 1)[1]: v for k, v in clean.items()}
