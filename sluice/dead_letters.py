@@ -186,16 +186,19 @@ class Selection:
     (True, False, True)
     >>> Selection(source_topic="in", reason="catalogue").matches(d)
     True
+    >>> p = Letter("d/0/2", "not valid JSON", "fraud.parse", "tx/0/1", "tx", None, b"{", 0, False)
+    >>> Selection(step="parse").matches(p), Selection(step="fraud.parse").matches(p), Selection(step="arse").matches(p)
+    (True, True, False)
     """
 
     reason: str = ""  # a substring of the reason, case-insensitive
-    step: str = ""  # the step's name, exactly
+    step: str = ""  # the step's id (``fraud.parse``) or its last part (``parse``)
     source_topic: str = ""  # the topic the input was read from, exactly
 
     def matches(self, letter: Letter) -> bool:
         return (
             (not self.reason or self.reason.casefold() in letter.reason.casefold())
-            and (not self.step or letter.step == self.step)
+            and (not self.step or self.step in (letter.step, letter.step.rpartition(".")[2]))
             and (not self.source_topic or letter.source_topic == self.source_topic)
         )
 
@@ -612,7 +615,11 @@ def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to read a topic to its end")
         if selecting:
             p.add_argument("--reason", default="", help="letters whose reason contains TEXT (any case)")
-            p.add_argument("--step", default="", help="letters rejected by this step")
+            p.add_argument(
+                "--step",
+                default="",
+                help="letters rejected by this step (its id, fraud.parse, or its last part, parse)",
+            )
             p.add_argument("--source-topic", default="", help="letters read from this topic")
         p.set_defaults(fn=run, needs_broker=True)
 
