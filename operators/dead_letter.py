@@ -29,6 +29,12 @@ from operators.tracing import trace_headers
 
 T = TypeVar("T")
 
+# a dead letter's own headers, beside the input's position and trace (``sluice dlq`` reads them back by name)
+REASON_HEADER = "dlq.reason"
+STEP_HEADER = "dlq.step"
+REFERENCE_HEADER = "dlq.reference"  # "1": the value is a reference to the original, which was too large
+DECIDED_HEADER = "dlq.decided"  # "1": a copy of an input the flow also processed
+KEY_TRUNCATED_HEADER = "dlq.key_truncated"  # "1": the key was cut to REFERENCE_PREFIX_BYTES
 # headers ``sluice dlq redrive`` puts on an input it sends back, which a dead letter made from it again keeps:
 REDRIVE_ATTEMPT = "redrive.attempt"  # how many times the input has been sent back
 REDRIVE_OF = "redrive.of"  # the ``sluice.id`` of the input as it first arrived
@@ -66,13 +72,13 @@ class DeadLetter:
         if PROCESS.on:
             DEAD_LETTERS.add((stage_name(self.step), reason_class(self.reason)))
         headers = [
-            ("dlq.reason", self.reason.encode()),
-            ("dlq.step", self.step.encode()),
+            (REASON_HEADER, self.reason.encode()),
+            (STEP_HEADER, self.step.encode()),
             *src.position.headers(),
             *trace_headers(src),
         ]
         if self.decided:
-            headers.append(("dlq.decided", b"1"))
+            headers.append((DECIDED_HEADER, b"1"))
         for name in REDRIVE_HEADERS if src.headers else ():  # a redriven input failed again: count on from here
             kept = header_value(src.headers, name)
             if kept is not None:
@@ -87,11 +93,11 @@ class DeadLetter:
                     "prefix": value[:REFERENCE_PREFIX_BYTES].decode("utf-8", "replace"),
                 }
             )
-            headers.append(("dlq.reference", b"1"))
+            headers.append((REFERENCE_HEADER, b"1"))
         key = src.key
         if key is not None and len(key) > REFERENCE_PREFIX_BYTES:  # cut: a redrive must not send it to another key
             key = key[:REFERENCE_PREFIX_BYTES]
-            headers.append(("dlq.key_truncated", b"1"))
+            headers.append((KEY_TRUNCATED_HEADER, b"1"))
         return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
 
 

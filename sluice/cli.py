@@ -386,7 +386,7 @@ def add_dead_letter_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     from sluice import dead_letters
 
     dead_letters.add_arguments(
-        sub.add_parser("dlq", help="dead letters: by reason, one by one, sent back once the cause is fixed"), FLOWS
+        sub.add_parser("dlq", help="dead letters: by reason, one by one, sent back once the cause is fixed")
     )
 
 

@@ -72,12 +72,21 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.dead_letter import REDRIVE_ATTEMPT, REDRIVE_OF
-from operators.kafka.admin import create_topics, log, read_all, require_topics, topic_partitions
+from operators.dead_letter import (
+    DECIDED_HEADER,
+    KEY_TRUNCATED_HEADER,
+    REASON_HEADER,
+    REDRIVE_ATTEMPT,
+    REDRIVE_OF,
+    REFERENCE_HEADER,
+    STEP_HEADER,
+)
+from operators.kafka.admin import TopicsMissing, create_topics, log, read_all, require_topics
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, header_value
 from operators.metrics import reason_class
 from operators.tracing import header_pairs
+from sluice.cli import AT_LEAST_ONE, COUNT, FLOWS, POSITIVE
 
 LEDGER_SUFFIX = "-redriven"
 REDRIVE_FROM = "redrive.from"
@@ -113,20 +122,23 @@ class Letter:
             raw = header_value(headers, name)
             return raw.decode("utf-8", "replace") if raw is not None else ""
 
+        def flag(name: str) -> bool:
+            return header_value(headers, name) == b"1"
+
         return cls(
             id=f"{msg.topic()}/{msg.partition()}/{msg.offset()}",
-            reason=text("dlq.reason"),
-            step=text("dlq.step"),
+            reason=text(REASON_HEADER),
+            step=text(STEP_HEADER),
             origin=text(REDRIVE_OF) or text(ID_HEADER),
             source_topic=text("source.topic"),
             key=msg.key(),
             value=msg.value(),
             timestamp_ms=msg.timestamp()[1],
-            reference=header_value(headers, "dlq.reference") == b"1",
+            reference=flag(REFERENCE_HEADER),
             trace=header_pairs(headers),
-            decided=header_value(headers, "dlq.decided") == b"1",
+            decided=flag(DECIDED_HEADER),
             attempt=_count(header_value(headers, REDRIVE_ATTEMPT)),
-            key_truncated=header_value(headers, "dlq.key_truncated") == b"1",
+            key_truncated=flag(KEY_TRUNCATED_HEADER),
         )
 
     def as_json(self, redriven: bool) -> dict[str, Any]:
@@ -329,8 +341,8 @@ def summarize(letters: Iterable[Letter], redriven: set[str]) -> list[Group]:
         label = reason_class(letter.reason)
         g = groups.get((letter.step, label))
         if g is None:
-            g = groups[(letter.step, label)] = Group(letter.step, label, example=letter.reason)
-            g.first_ms = letter.timestamp_ms
+            at = letter.timestamp_ms
+            g = groups[(letter.step, label)] = Group(letter.step, label, example=letter.reason, first_ms=at, last_ms=at)
         g.count += 1
         g.redriven += letter.id in redriven
         g.source_topics[letter.source_topic or "?"] += 1
@@ -355,10 +367,11 @@ def read_letters(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> lis
 
 def read_ledger(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> set[str]:
     """The ids of the letters of ``dlq_topic`` redriven so far (none when it has no ledger yet)."""
-    ledger = ledger_topic(dlq_topic)
-    if ledger not in topic_partitions(conn, [ledger]):
+    try:
+        ledger = read_all(conn, ledger_topic(dlq_topic), timeout_s)
+    except TopicsMissing:
         return set()
-    return {key.decode() for m in read_all(conn, ledger, timeout_s) if (key := m.key())}
+    return {key.decode() for m in ledger if (key := m.key())}
 
 
 class RedriveFenced(RuntimeError):
@@ -466,11 +479,7 @@ def _chunks(sends: Sequence[tuple[Letter, str]]) -> Iterator[Sequence[tuple[Lett
 
 
 def _topic(args: argparse.Namespace) -> str:
-    if args.topic:
-        return str(args.topic)
-    from sluice.cli import FLOWS
-
-    return str(FLOWS[args.flow][1].from_env().dlq_topic)
+    return str(args.topic or FLOWS[args.flow][1].from_env().dlq_topic)
 
 
 def _selection(args: argparse.Namespace) -> Selection:
@@ -603,14 +612,12 @@ def run(args: argparse.Namespace) -> int:
     return command(args, settings.connection())
 
 
-def add_arguments(parser: argparse.ArgumentParser, flows: Iterable[str]) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``summary``, ``list`` and ``redrive`` under ``parser`` (``sluice dlq ...``)."""
-    from sluice.cli import AT_LEAST_ONE, COUNT, POSITIVE
-
     sub = parser.add_subparsers(dest="dlq_command", required=True, metavar="{summary,list,redrive}")
 
     def common(p: argparse.ArgumentParser, selecting: bool) -> None:
-        p.add_argument("--flow", choices=list(flows), default="fraud", help="whose dead letters (default: fraud)")
+        p.add_argument("--flow", choices=FLOWS, default="fraud", help="whose dead letters (default: fraud)")
         p.add_argument("--topic", default="", help="the dead-letter topic (default: the flow's SLUICE_DLQ_TOPIC)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to read a topic to its end")
         if selecting:

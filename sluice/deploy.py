@@ -445,12 +445,11 @@ def topics_script(
             if min_insync_replicas > replication_factor
             else "--min-insync-replicas must be at least 1"
         )
+    from sluice.dead_letters import ledger_topic
     from sluice.local.stack import workflow_topics
     from sluice.settings import AssistantSettings, ReviewSettings
 
     brokers = brokers or FlowSettings.from_env(env).brokers
-    from sluice.dead_letters import ledger_topic
-
     # the topics whose latest record per key is the state: the assistant's documents, the review cases, and
     # the redrive ledgers (one entry per dead letter: compaction keeps each, and no retention drops it)
     compacted = {AssistantSettings.from_env(env).documents_topic, ReviewSettings.from_env(env).cases_topic}
