@@ -25,8 +25,12 @@ yet): each cycle sends what was dead-lettered since. A redriven record carries
 that count (:class:`operators.dead_letter.DeadLetter` copies the header), and an
 input that has failed after ``--max-attempts`` redrives (5 with ``--every``) is
 left for a person to look at, so a cause that is not transient does not cycle
-forever. Each cycle rereads the dead-letter topic and the ledger: a retrier is
-meant for dead-letter topics of thousands of records, not millions.
+forever. A retrier reads the ledger once, after it has fenced every earlier redrive
+(from then on only its own sends can add to it), and the dead-letter topic
+incrementally (:class:`LetterTail`): each cycle reads the letters appended since the
+last one, so a cycle costs what is new, not the whole topic. Every letter is
+planned once: what a cycle leaves (unselected, out of attempts, a reference, ...)
+stays left.
 
 What is not redriven, and why, is reported by name:
 
@@ -81,7 +85,15 @@ from operators.dead_letter import (
     REFERENCE_HEADER,
     STEP_HEADER,
 )
-from operators.kafka.admin import TopicsMissing, create_topics, log, read_all, require_topics
+from operators.kafka.admin import (
+    TopicsMissing,
+    create_topics,
+    list_partitions,
+    log,
+    read_all,
+    read_to_end,
+    require_topics,
+)
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, header_value
 from operators.metrics import reason_class
@@ -360,9 +372,27 @@ def ledger_topic(dlq_topic: str) -> str:
 
 def read_letters(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> list[Letter]:
     """Every committed dead letter of ``dlq_topic``, partition by partition in offset order."""
-    msgs = read_all(conn, dlq_topic, timeout_s)
-    msgs.sort(key=lambda m: (m.partition() or 0, m.offset() or 0))
-    return [Letter.from_message(m) for m in msgs]
+    return LetterTail(conn, dlq_topic, timeout_s).read_new()
+
+
+class LetterTail:
+    """The dead letters of a topic, read incrementally: each :meth:`read_new` returns the letters appended
+    since the previous one (all of them the first time), partition by partition in offset order.
+
+    It remembers where each partition's last read ended; a partition added to the topic since is read
+    from its start.
+    """
+
+    def __init__(self, conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> None:
+        self.conn, self.topic, self.timeout_s = conn, dlq_topic, timeout_s
+        self.ends: dict[int, int] = {}  # partition -> offset the next read starts from
+
+    def read_new(self) -> list[Letter]:
+        starts = {p: self.ends.get(p, 0) for p in list_partitions(self.conn, self.topic)}
+        msgs, ends = read_to_end(self.conn, self.topic, starts, self.timeout_s)
+        self.ends.update(ends)
+        msgs.sort(key=lambda m: (m.partition() or 0, m.offset() or 0))
+        return [Letter.from_message(m) for m in msgs]
 
 
 def read_ledger(conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> set[str]:
@@ -564,14 +594,16 @@ def cmd_redrive(args: argparse.Namespace, conn: KafkaConnection) -> int:
     stop_at = time.monotonic() + args.stop_after if args.stop_after else math.inf
     left: int | None = args.limit  # --limit counts over every cycle of a retrier
     redriver = None if args.dry_run else Redriver(conn, topic, args.timeout)
+    # read after the redriver fenced every earlier one: from here on only this redriver's sends add to it
+    done = redriver.redriven() if redriver is not None else read_ledger(conn, topic, args.timeout)
+    tail = LetterTail(conn, topic, args.timeout)
     with _stop_requested() as stop:
         cycle = sent = 0
         while True:
-            letters = read_letters(conn, topic, args.timeout)
-            done = redriver.redriven() if redriver is not None else read_ledger(conn, topic, args.timeout)
-            chosen = plan(letters, selection, done, args.to, left, args.again, max_attempts)
+            chosen = plan(tail.read_new(), selection, done, args.to, left, args.again, max_attempts)
             if redriver is not None and chosen.send:
                 sent += redriver.send(chosen.send)
+                done.update(letter.id for letter, _ in chosen.send)
             if left is not None:
                 left -= len(chosen.send)
             stamp = time.strftime("%H:%M:%S ") if args.every else ""

@@ -20,6 +20,7 @@ from sluice.cli import main
 from sluice.dead_letters import (
     REDRIVE_FROM,
     REDRIVE_OF,
+    LetterTail,
     RedriveFenced,
     Redriver,
     Selection,
@@ -142,6 +143,24 @@ def test_redrive_sends_the_original_bytes_back_once_whatever_the_selection(topic
     assert main(["dlq", "redrive", "--topic", dlq, "--step", "items", "--again", "--limit", "1"]) == 0
     again = _bodies(settings, source)
     assert sorted(k or b"" for k, _, _ in again) == [b"u1", b"u1", b"u2"]  # the first letter of the step, again
+
+
+def test_a_retriers_tail_reads_only_the_letters_appended_since_its_last_cycle(topics):
+    """A retrier's cycle costs what is new, not the whole dead-letter topic: the tail returns the five letters,
+    then exactly the one dead-lettered after them, then nothing."""
+    settings, source, _, dlq = topics
+    tail = LetterTail(settings.connection(), dlq, 30)
+    assert [letter.id for letter in tail.read_new()] == [f"{dlq}/0/{i}" for i in range(5)]
+    late = DeadLetter("unknown item 'i5': it is not in the catalogue", "items",
+                      SourceRecord(source, 0, 11, b"u5", b'{"item_id":"i5"}')).to_record(dlq, max_bytes=1000)  # fmt: skip
+    producer = Producer(settings.connection().producer_config())
+    producer.produce(late.topic, key=late.key, value=late.value, headers=[*late.headers])
+    assert producer.flush(30) == 0
+    new = tail.read_new()
+    assert [(letter.id, letter.value, letter.origin) for letter in new] == [
+        (f"{dlq}/0/5", b'{"item_id":"i5"}', f"{source}/0/11")
+    ]
+    assert tail.read_new() == []
 
 
 def test_a_missing_target_topic_or_dead_letter_topic_is_one_line(topics, capsys):
