@@ -349,9 +349,10 @@ class CatalogueReplica:
         )
         if hits is not None:
             top, excluded = rank(self._similar(hits), req.k, self.rules, shopper, best_first=True)
-            if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops
+            if len(top) < req.k:  # the rules left too few: fill from what is popular where the user shops, then
+                # from what is popular everywhere (a diversity cap can exhaust one category's brands)
                 favourite = next(iter(shopper.affinity), req.category)
-                every = [*self._similar(hits), *self.popular_in(req.category or favourite)]
+                every = [*self._similar(hits), *self.popular_in(req.category or favourite), *self.popular_in(EVERYONE)]
                 top, excluded = rank(every, req.k, self.rules, shopper)
                 flags.append("filled_from_popularity")
         else:
