@@ -27,15 +27,16 @@ redis-server:
 		sudo apt-get install -y -q redis-server; \
 	else echo "redis-server is missing: install it, or set SLUICE_REDIS_SERVER=/path/to/redis-server" >&2; exit 1; fi
 
-# Headless Chromium and its driver for the reviewer web app's browser tests: Debian's packages when missing
-# (needs root or sudo). Nothing ever downloads a browser: Selenium is pointed at /usr/bin/chromium{,driver}.
+# Headless Chromium and its driver for the reviewer web app's browser tests, and tmux for the live view's
+# terminal test: Debian's packages when missing (needs root or sudo). Nothing ever downloads a browser:
+# Selenium is pointed at /usr/bin/chromium{,driver}.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && command -v tmux >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)); \
+		(apt-get install -y -q chromium chromium-driver tmux >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver tmux >/dev/null)); \
 	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-		sudo apt-get install -y -q chromium chromium-driver; \
-	else echo "chromium is missing: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)" >&2; exit 1; fi
+		sudo apt-get install -y -q chromium chromium-driver tmux; \
+	else echo "chromium or tmux is missing: install Debian's chromium, chromium-driver and tmux (apt-get install chromium chromium-driver tmux)" >&2; exit 1; fi
 
 demo: install
 	$(BIN)/sluice demo fraud

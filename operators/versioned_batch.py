@@ -146,7 +146,7 @@ class VersionedModels(Generic[M]):
             if error is not None:  # keep serving the old version; try again later
                 self._failed[version] = now
                 self.load_failures += 1
-                log.warning("model %s did not load (%s); serving %s, trying again in %.0fs",
+                log.warning("model %s did not load (%s); serving %s, trying again in %gs",
                             version, error, self._served, self.retry_after_s)  # fmt: skip
             return
         if now - self._failed.get(version, float("-inf")) < self.retry_after_s:

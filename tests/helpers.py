@@ -18,6 +18,7 @@ from operators.kafka.admin import create_topics, read_all
 from sluice.local.stack import LocalStack
 from sluice.processes import FlowProcesses
 from sluice.settings import FlowSettings, FraudSettings
+from state.checkpoints import summarize
 
 FRAUD_FLOW = "dataflows.fraud:from_env()"
 
@@ -65,6 +66,16 @@ def wait_for(settings: FlowSettings, topic: str, count: int, timeout_s: float = 
         if len(msgs) >= count or time.monotonic() > deadline:
             return msgs
         time.sleep(0.3)
+
+
+def wait_for_checkpoints(recovery_dir: Path, epochs: int = 1, timeout_s: float = 60) -> None:
+    """Wait until the recovery store has committed ``epochs`` more epochs than it had on the call: what the flow
+    had done by then is in a checkpoint."""
+    seen = summarize(recovery_dir).committed_epoch or 0
+    deadline = time.monotonic() + timeout_s
+    while (summarize(recovery_dir).committed_epoch or 0) < seen + epochs:
+        assert time.monotonic() < deadline, f"no {epochs} more checkpoints in {recovery_dir} within {timeout_s} s"
+        time.sleep(0.2)
 
 
 def decisions(msgs: list[Message]) -> dict[str, list[dict[str, Any]]]:

@@ -7,6 +7,7 @@ import itertools
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -190,10 +191,18 @@ def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(settings
     assert {ds[0]["model_version"] for ds in got.values()} == {v1}  # the served version decides
     assert {b["model_version"] for b in shadow} == {v2} and all(b["shadow"] for b in shadow)
     report = shadow_report(s)
-    assert report.served_versions == [v1] and report.shadow_versions == [v2] and report.events >= n
-    changed = sum(report.changed.values())
-    assert report.agreement == round(1 - changed / report.events, 4) and report.agreement > 0.9
-    assert report.mean_abs_score_shift > 0  # two different models: not the same scores
+    # the report, against a join of the two topics made here (the start-up probes are decided and shadowed too)
+    served = {b["event_id"]: b for b in _bodies(s, s.decisions_topic)}
+    pairs = [
+        (served[b["event_id"]], b)
+        for b in _bodies(s, s.shadow_topic)
+        if b["model_version"] == v2 and b["event_id"] in served
+    ]
+    changed = Counter(f"{a['decision']}->{b['decision']}" for a, b in pairs if a["decision"] != b["decision"])
+    assert report.served_versions == [v1] and report.shadow_versions == [v2] and report.events == len(pairs) >= n
+    assert report.changed == dict(changed) and report.agreement == round(1 - changed.total() / len(pairs), 4) > 0.9
+    shift = float(np.mean([abs(b["score"] - a["score"]) for a, b in pairs]))
+    assert report.mean_abs_score_shift == pytest.approx(shift, abs=1e-4) and shift > 0  # two models: other scores
     reg.shadow(None)  # no candidate now: the report is about the newest shadow decisions' version
     assert shadow_report(s).shadow_versions == [v2]
     with pytest.raises(SystemExit, match="no-such-version"):  # another candidate's session holds no events
@@ -311,5 +320,7 @@ def test_the_flow_writes_notes_for_cases_with_the_llm_and_never_obeys_a_merchant
     assert all(n["source"] == "llm" or n["not_generated_because"] for n in notes.values())  # never silently
     # every case was generated (60 s leaves time): a fallback is the note check refusing what the LLM wrote
     # (on a CPU ~4 in 10 generated notes pass it), never a row the flow skipped
-    assert not any("no time" in (n["not_generated_because"] or "") for n in notes.values()), notes
+    refusals = ("not a single line", "instruction-like text", "names another decision", "numbers not in the facts",
+                "names none of the case's signals", "generated note cut at the token limit")  # fmt: skip
+    assert all(n["source"] == "llm" or n["not_generated_because"].startswith(refusals) for n in notes.values()), notes
     assert all(n["model"] != "template" for n in notes.values() if n["source"] == "llm")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,12 +18,11 @@ from confluent_kafka import Producer
 
 from models.review_policy import DEFAULT_POLICY
 from operators.kafka.admin import create_topics, read_all, topic_partitions
-from sluice.cli import main
+from sluice.cli import build_parser, main
 from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
 from sluice.review_web.auth import Reviewers
-from state.checkpoints import summarize
-from tests.helpers import produce_txns, start_flow, txn, wait_for
+from tests.helpers import produce_txns, start_flow, txn, wait_for, wait_for_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,11 @@ def _sluice(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_the_subcommands():
     out = _sluice("--help")
     assert out.returncode == 0
-    for command in ("run", "stack", "demo", "produce", "replay", "train", "settings", "dlq"):
-        assert command in out.stdout
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    helped = set(re.findall(r"^    ([a-z-]+)", out.stdout.split("positional arguments:", 1)[1], re.M))
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## The `sluice` command")[1]
+    documented = set(re.findall(r"^sluice ([a-z-]+)", section.split("\n## ", 1)[0], re.M))
+    assert helped == commands == documented and len(commands) >= 15  # every command in --help and the README
     assert "list" in _sluice("replay", "--help").stdout
 
 
@@ -65,11 +68,7 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     flow = start_flow(settings, tmp_path, recovery_dir=recovery, snapshot_s=1)
     try:
         assert len(wait_for(settings, settings.decisions_topic, 20)) == 20
-        seen = summarize(recovery).committed_epoch or 0
-        deadline = time.monotonic() + 60
-        while (summarize(recovery).committed_epoch or 0) <= seen and time.monotonic() < deadline:
-            time.sleep(0.2)  # one more checkpoint: it holds every input offset of the 20 decided events
-        assert (summarize(recovery).committed_epoch or 0) > seen
+        wait_for_checkpoints(recovery)  # one more checkpoint: it holds every input offset of the 20 decided events
     finally:
         flow.stop()
     for name, value in settings.to_env().items():
@@ -207,14 +206,17 @@ def test_a_replay_runs_only_the_flow_whose_outputs_it_redirects(capsys):
 
 
 def test_sluice_read_prints_a_topics_newest_records_read_to_the_end(settings, capsys, monkeypatch):
-    from tests.helpers import produce
-
-    produce(settings, [(f"k{i}".encode(), f'{{"n": {i}}}'.encode()) for i in range(12)], settings.decisions_topic)
+    first = Producer(settings.connection().producer_config())
+    at = int(time.time() * 1000) - 60_000
+    for i in range(12):  # one second apart, spread over the partitions by key: newest by time is k9, k10, k11
+        first.produce(
+            settings.decisions_topic, key=f"k{i}".encode(), value=f'{{"n": {i}}}'.encode(), timestamp=at + i * 1000
+        )
+    assert first.flush(30) == 0
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     assert main(["read", settings.decisions_topic, "--last", "3", "--keys"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and {line.split("\t")[0] for line in lines} <= {f"k{i}" for i in range(12)}
+    assert capsys.readouterr().out.splitlines() == [f'k{i}\t{{"n": {i}}}' for i in (9, 10, 11)]  # oldest first
     assert main(["read", settings.decisions_topic, "--last", "100"]) == 0
     assert sorted(capsys.readouterr().out.splitlines()) == sorted(f'{{"n": {i}}}' for i in range(12))
 

@@ -55,6 +55,27 @@ def test_late_event_is_refused_and_changes_nothing():
     assert _ok(agg.add(1001.0, 1.0, "c"))[:2] == (2, 2)
 
 
+def test_the_lateness_boundary_and_what_eviction_keeps_for_late_events():
+    agg = SlidingAggregates(SPEC)  # horizon 3,600 s, lateness 30 s: events are kept 3,630 s
+    agg.add(1.0, 1.0, "a", event_id="e1")
+    agg.add(3625.0, 1.0, "b")
+    # 3,600 is allowed (newest 3,625 minus 30 is 3,595) and its hour (0, 3600] still holds the event at 1
+    assert _ok(agg.add(3600.0, 1.0, "c"))[2] == 2
+    assert agg.add(3595.0, 1.0, "d") is not None and agg.add(3594.9, 1.0, "d") is None  # exactly at the bound: in
+    assert agg.seen("e1") and SlidingAggregates(SPEC, agg.state()).seen("e1")  # ids survive a checkpoint
+    agg.add(10_000.0, 1.0, "e")
+    assert not agg.seen("e1") and agg.times == [10_000.0]  # evicted events' ids go with them
+
+
+def test_a_key_keeps_at_most_max_events_per_key_and_peek_leaves_the_extras_in_step():
+    agg = SlidingAggregates(WindowSpec(max_events_per_key=3))
+    for t in range(5):
+        agg.add(float(t), 1.0, "m", extra=f"x{t}")
+    assert agg.times == [2.0, 3.0, 4.0] and agg.extras == ["x2", "x3", "x4"]  # the newest three
+    agg.peek(2.5, 9.0, "m")  # inserted in the middle, then taken out again: every column
+    assert agg.recent(4.0, 3) == [(2.0, 1.0, "x2"), (3.0, 1.0, "x3"), (4.0, 1.0, "x4")]
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 20_000), st.floats(0.01, 100)), min_size=1, max_size=200))
 def test_matches_brute_force_and_state_stays_bounded(events):

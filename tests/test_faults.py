@@ -71,7 +71,15 @@ def _redis_with_password() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while True:  # up once it asks for the password
+            try:
+                redis.Redis(port=port, socket_timeout=1).ping()
+            except redis.AuthenticationError:
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
         yield f"redis://:wrong-password@127.0.0.1:{port}/0"
     finally:
         proc.kill()
@@ -85,12 +93,8 @@ def _redis_with_password() -> Iterator[str]:
         ({"SLUICE_DECISIONS_TOPIC": "no-such-output"}, "no-such-output do not exist"),
         ({"SLUICE_BROKERS": "127.0.0.1:{free}", "SLUICE_CONNECT_TIMEOUT_S": "2"}, "no Kafka broker answered at"),
         ({"SLUICE_REDIS_URL": "redis://127.0.0.1:{free}/0", "SLUICE_CONNECT_TIMEOUT_S": "1"}, "cannot reach Redis"),
-        ({"SLUICE_REDIS_URL": "localhost:6379"}, "SLUICE_REDIS_URL='localhost:6379'"),
+        # one bad value, to prove the wiring: every setting's own check is tested in test_settings.py
         ({"SLUICE_EXACTLY_ONCE": "ture"}, "SLUICE_EXACTLY_ONCE='ture' is not a boolean"),
-        ({"SLUICE_SOURCE_BATCH_SIZE": "0"}, "SLUICE_SOURCE_BATCH_SIZE=0 is too small"),
-        ({"SLUICE_INFERENCE_SHARDS": "0"}, "SLUICE_INFERENCE_SHARDS=0 is too small"),
-        ({"SLUICE_MAX_BATCH": "abc"}, "SLUICE_MAX_BATCH='abc' is not a whole number"),
-        ({"SLUICE_ALLOWED_LATENESS_S": "-1"}, "SLUICE_ALLOWED_LATENESS_S=-1.0 is too small"),
         ({"SLUICE_DEVICE": "cuda"}, "no usable CUDA GPU"),
     ],
 )
@@ -171,13 +175,14 @@ def test_poison_records_bad_profiles_future_dates_and_duplicates_never_stop_the_
     assert one["future-1"]["flags"] == ["event_ahead"]
     assert all(one[t.event_id]["flags"] == [] for t in after_future)  # the future event did not make them late
     assert one["after-2"]["features"]["count_1m"] == 4  # v-ok-card + the three, not the future one
+    assert len(dead) == len(poison) + 2  # one letter per poison record, the duplicate and the future event
     reasons = {header_value(m.headers(), "dlq.reason").decode(): m for m in dead}  # type: ignore[union-attr]
-    assert any(r.startswith("field 'amount' out of range") for r in reasons)
-    assert any(r == "not valid JSON: the value is not UTF-8 text" or r.startswith("not valid JSON") for r in reasons)
-    assert any(r.startswith("duplicate event id 'v-ok-card'") for r in reasons)
-    assert any(r.startswith("event time too far ahead") for r in reasons)
     references = [m for m in dead if header_value(m.headers(), "dlq.reference") == b"1"]
     assert len(references) == 1 and orjson.loads(references[0].value() or b"{}")["size"] == len(huge)
+    others = sorted(header_value(m.headers(), "dlq.reason").decode() for m in dead if m not in references)  # type: ignore[union-attr]
+    starts = ["duplicate event id 'v-ok-card'", "empty message value", "event time too far ahead",
+              "field 'amount' out of range", "not valid JSON", "not valid JSON"]  # fmt: skip
+    assert len(others) == len(starts) and all(r.startswith(x) for r, x in zip(others, starts, strict=True)), others
     # the duplicate and the future event were decided: their letters say so, and a redrive never sends them
     decided = [r for r, m in reasons.items() if header_value(m.headers(), "dlq.decided") == b"1"]
     assert sorted(r.split()[0] for r in decided) == ["duplicate", "event"]
@@ -207,7 +212,7 @@ def test_a_redis_stall_degrades_flagged_decisions_and_recovers(running, stack):
     assert stalled and all(d["flags"] == ["feature_store_down"] and d["profile_fallback"] for d in stalled)
     last = sorted(got.values(), key=lambda ds: ds[0]["decided_at"])[-500:]
     assert not any(ds[0]["feature_store_down"] for ds in last)  # recovered once Redis answered again
-    assert sum(ds[0]["profile_fallback"] for ds in last) < 50
+    assert not any(ds[0]["profile_fallback"] for ds in last)  # every card has a profile: none is cached as missing
 
 
 def test_an_output_stall_then_kill_9_loses_no_decision(running, stack, tmp_path):

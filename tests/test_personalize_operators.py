@@ -12,7 +12,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 
 from operators.decayed_top import _DecayedTopLogic, decayed_top
-from operators.keyed_fold import fold_latest
+from operators.keyed_fold import _FoldLogic, fold_latest
 from operators.replicated import replicated
 from operators.write_through import Pending, WriteThroughLogic, write_through
 from sluice.local.stack import LocalStack
@@ -66,6 +66,22 @@ def test_fold_latest_emits_one_view_per_key_and_batch():
     op.output("out", folded, TestingSink(out))
     run_main(flow)
     assert sorted(out) == [("u1", 6), ("u2", 5)]
+
+
+def test_fold_latest_keeps_each_keys_state_across_batches_and_checkpoints_a_copy():
+    def add(s: list[int], x: int) -> None:
+        s[0] += x
+
+    flow = Dataflow("fold-batches")
+    src = op.input("in", flow, TestingSource([("u1", 1), ("u1", 2), ("u2", 5), ("u1", 3)], batch_size=1))
+    out: list[tuple[str, int]] = []
+    op.output("out", fold_latest("sum", src, lambda: [0], add, lambda s: s[0], list, list), TestingSink(out))
+    run_main(flow)
+    assert out == [("u1", 1), ("u1", 3), ("u2", 5), ("u1", 6)]  # one view per batch, the state kept between them
+    logic = _FoldLogic([0], add, lambda s: s[0], list)
+    logic.on_batch([2])
+    snapshot = logic.snapshot()
+    assert logic.on_batch([5]) == ([7], _FoldLogic.RETAIN) and snapshot == [2]  # later events leave it alone
 
 
 def test_write_through_keeps_the_newest_unwritten_value_until_the_store_is_back():

@@ -168,7 +168,8 @@ def test_chains_verdict_rules_policy_reload_no_pii_and_a_verifiable_audit(stack,
     opened = next(a for a in audit if a["what"] == "case_opened" and a["case_id"] == large)
     assert opened["model_version"] == "fraud-test-1" and opened["policy_version"] == "default-1"
     assert len(opened["input_hash"]) == 64 and opened["card_token"].startswith("tok_")
-    assert all(not c.broken and c.records for c in verify_topic(conn, settings.audit_topic) if c.records)
+    checks = verify_topic(conn, settings.audit_topic)  # every partition's chain intact, and it holds every entry
+    assert [c.broken for c in checks] == [None] * len(checks) and sum(c.records for c in checks) == len(audit)
 
     everything = b"".join(
         m.value() or b""
@@ -238,7 +239,8 @@ def test_kill_9_mid_chain_loses_no_case_decides_none_twice_and_fires_timers_due_
     opened = Counter(b["case_id"] for b in cases if b["event"] == "opened")
     assert set(opened.values()) == {1}  # no case opened twice by the replay
     checks = verify_topic(settings.connection(), settings.audit_topic)
-    assert all(c.broken is None for c in checks), checks
+    audit = bodies(settings, settings.audit_topic)
+    assert [c.broken for c in checks] == [None] * len(checks) and sum(c.records for c in checks) == len(audit) > 0
 
 
 def test_the_fraud_flows_flagged_decisions_become_cases(settings, stack, tmp_path):

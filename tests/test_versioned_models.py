@@ -63,7 +63,7 @@ def test_a_version_that_fails_to_load_is_logged_once_and_retried_after_a_while(c
             assert models.ready_version() == "v1"
     assert reg.loads.count("v2") == 1
     assert [r.getMessage() for r in caplog.records] == [
-        "model v2 did not load (v2: truncated weights); serving v1, trying again in 0s"
+        "model v2 did not load (v2: truncated weights); serving v1, trying again in 0.5s"
     ]
     reg.broken.clear()  # fixed in place
     time.sleep(0.5)
