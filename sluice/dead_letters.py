@@ -208,8 +208,8 @@ class Selection:
     >>> d = Letter("d/0/1", "unknown item 'i9': it is not in the catalogue", "items", "in/0/4", "in", None, b"", 0, False)
     >>> Selection(reason="UNKNOWN ITEM").matches(d), Selection(step="parse").matches(d), Selection().matches(d)
     (True, False, True)
-    >>> Selection(source_topic="in", reason="catalogue").matches(d)
-    True
+    >>> Selection(source_topic="in", reason="catalogue").matches(d), Selection(source_topic="i").matches(d)
+    (True, False)
     >>> p = Letter("d/0/2", "not valid JSON", "fraud.parse", "tx/0/1", "tx", None, b"{", 0, False)
     >>> Selection(step="parse").matches(p), Selection(step="fraud.parse").matches(p), Selection(step="arse").matches(p)
     (True, True, False)
@@ -299,6 +299,8 @@ def plan(
     {'decided': 1}
     >>> dict(plan([replace(a, attempt=3)], Selection(), set(), max_attempts=3).left)  # sent back 3 times, failed 3 times
     {'attempts': 1}
+    >>> dict(plan([replace(a, key_truncated=True)], Selection(), set()).left)  # under a cut key: another partition
+    {'key': 1}
     """
     out = Plan()
     for letter in letters:
@@ -343,10 +345,10 @@ class Group:
 def summarize(letters: Iterable[Letter], redriven: set[str]) -> list[Group]:
     """Letters grouped by step and reason class, the largest group first.
 
-    >>> ls = [Letter(f"d/0/{i}", f"field 'amount' out of range [{i}]", "parse", "", "tx", None, b"", i, False)
-    ...       for i in range(3)]
-    >>> [(g.step, g.reason_class, g.count, g.redriven, g.first_ms, g.last_ms) for g in summarize(ls, {"d/0/1"})]
-    [('parse', 'field out of range', 3, 1, 0, 2)]
+    >>> ls = [Letter(f"d/{i}/0", f"field 'amount' out of range [{i}]", "parse", "", "tx", None, b"", at, False)
+    ...       for i, at in enumerate((5, 1, 9))]  # read partition by partition: not in time order
+    >>> [(g.step, g.reason_class, g.count, g.redriven, g.first_ms, g.last_ms) for g in summarize(ls, {"d/1/0"})]
+    [('parse', 'field out of range', 3, 1, 1, 9)]
     """
     groups: dict[tuple[str, str], Group] = {}
     for letter in letters:

@@ -57,7 +57,9 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def link_hash(prev: str, seq: int, key: bytes | None, value: bytes | None) -> str:
-    """SHA-256 over (prev, seq, key, value), each length-prefixed so no two inputs encode alike."""
+    """SHA-256 over (prev, seq, key, value), each length-prefixed, so no bytes can move from one part to
+    another. A missing key is hashed as the one byte 0xff, which no UTF-8 key (every key Sluice writes) can
+    be; a missing value as an empty one (chained records always have a value)."""
     h = hashlib.sha256(_DOMAIN)
     for part in (prev.encode(), b"%d" % seq, key if key is not None else b"\xff", value or b""):
         h.update(b"%d:" % len(part))

@@ -64,6 +64,16 @@ def test_any_single_change_removal_or_reordering_is_found_where_it_happened(item
     assert _first_break(_renumbered([*rows[:i], (0, b"k", b"{}", None), *rows[i:]])) == (i, "unchained")
 
 
+def test_parts_cannot_be_shifted_between_fields_and_a_first_record_must_start_from_genesis():
+    prev = "a" * 64
+    assert link_hash(prev, 0, b"ab", b"c") != link_hash(prev, 0, b"a", b"bc")  # bytes moved from key to value
+    assert link_hash(prev, 1, b"k", b"v") != link_hash(prev[:-1], 11, b"k", b"v")  # from prev to seq
+    assert link_hash(prev, 0, None, b"v") != link_hash(prev, 0, b"", b"v")  # no key is not an empty key
+    forged = "1" * 64  # a first record that claims to follow something: its own hash is right, its start is not
+    value = canonical_json({"n": 0})
+    assert _first_break([(0, b"k", value, Link(0, forged, link_hash(forged, 0, b"k", value)))]) == (0, "changed")
+
+
 def _write(conn: KafkaConnection, topic: str, start: int, count: int, exactly_once: bool) -> None:
     """One run of a flow writing ``count`` records to the chained ``topic`` (2 partitions)."""
     records = [

@@ -36,7 +36,7 @@ def _sluice(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_the_subcommands():
     out = _sluice("--help")
     assert out.returncode == 0
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = set(build_parser()._subparsers._group_actions[0].choices or ())  # type: ignore[union-attr]
     helped = set(re.findall(r"^    ([a-z-]+)", out.stdout.split("positional arguments:", 1)[1], re.M))
     section = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## The `sluice` command")[1]
     documented = set(re.findall(r"^sluice ([a-z-]+)", section.split("\n## ", 1)[0], re.M))

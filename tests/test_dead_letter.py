@@ -1,16 +1,18 @@
+import hashlib
 from dataclasses import astuple
 
 import bytewax.operators as op
 import orjson
 import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.transaction import checked_transaction, parse_transaction
 from models.wire import InvalidEvent
-from operators.dead_letter import parse_or_dead_letter
+from operators.dead_letter import DECIDED_HEADER, REFERENCE_HEADER, DeadLetter, parse_or_dead_letter
 from operators.kafka.records import SourceRecord
 from tests.helpers import txn
 
@@ -103,3 +105,48 @@ def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():
     assert record.value == b"{broken"
     assert headers["dlq.reason"].startswith(b"not valid JSON")
     assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (b"tx", b"0", b"1")
+
+
+def _parse_with(parser) -> tuple[list, list]:
+    flow = Dataflow("dlq-parser")
+    recs = [SourceRecord("tx", 0, 0, b"k", b"{}")]
+    parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(recs)), parser)
+    ok: list = []
+    dead: list = []
+    op.output("ok", parsed.ok, TestingSink(ok))
+    op.output("dead", parsed.dead, TestingSink(dead))
+    run_main(flow)
+    return ok, dead
+
+
+def test_a_parser_bug_fails_the_flow_and_a_reason_is_never_empty():
+    def buggy(raw: bytes | None) -> dict:
+        empty: dict[str, dict] = {}
+        return empty["missing"]  # a KeyError: a bug in the parser, not bad input
+
+    with pytest.raises(BytewaxRuntimeError, match="dlq-parser.parse.parse") as info:  # not dead-lettered quietly
+        _parse_with(buggy)
+    causes: list[type[BaseException]] = []
+    exc: BaseException | None = info.value
+    while exc is not None:
+        causes.append(type(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert KeyError in causes
+
+    def terse(raw: bytes | None) -> dict:
+        raise InvalidEvent("")
+
+    _, dead = _parse_with(terse)
+    assert [d.reason for d in dead] == ["InvalidEvent"]  # something a summary and --reason can select
+
+
+def test_a_reference_letter_names_the_whole_value_and_flags_travel_in_headers():
+    value = b'{"pad": "' + b"x" * 5000 + b'"}'
+    src = SourceRecord("tx", 1, 7, b"k", value)
+    ref = DeadLetter("too odd", "parse", src, decided=True).to_record("dlq", max_bytes=len(value) - 1)
+    body, headers = orjson.loads(ref.value or b"{}"), dict(ref.headers)
+    assert body["sha256"] == hashlib.sha256(value).hexdigest() and body["size"] == len(value)
+    assert headers[REFERENCE_HEADER] == b"1" and headers[DECIDED_HEADER] == b"1"
+    whole = DeadLetter("too odd", "parse", src).to_record("dlq", max_bytes=len(value))  # at the limit: kept
+    assert whole.value == value and REFERENCE_HEADER not in dict(whole.headers)
+    assert DECIDED_HEADER not in dict(whole.headers)

@@ -48,6 +48,7 @@ def test_search_agrees_with_the_textbook_formula_after_a_restart_and_any_changes
         idx.add(cid, text)
     idx.search(query)  # compile the postings, so the changes below must invalidate them
     idx = LexicalIndex.from_state(idx.state())  # a restart from a checkpoint changes nothing below
+    idx.search(query)  # the restored index compiles its own postings: the changes below must invalidate them too
     for cid in removed:
         idx.remove(cid)
         chunks.pop(cid, None)

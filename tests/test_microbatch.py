@@ -1,13 +1,14 @@
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 from hypothesis import given
 from hypothesis import strategies as st
 
 from operators.batching import BatchBuffer
-from operators.microbatch import MicroBatchLogic, micro_batch, shard_of
+from operators.microbatch import MicroBatchLogic, call_batch, micro_batch, shard_of
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -33,6 +34,24 @@ def test_flushes_by_size_then_at_eof():
     calls, out = _run(list(range(7)), max_batch=3, max_wait=timedelta(hours=1))
     assert [len(c) for c in calls] == [3, 3, 1]
     assert sorted(out) == [x * 10 for x in range(7)]
+
+
+def test_a_large_input_batch_flushes_every_full_batch_at_once_and_keeps_the_rest():
+    calls: list[list[int]] = []
+
+    def fn(batch: list[int]) -> list[int]:
+        calls.append(list(batch))
+        return [x * 10 for x in batch]
+
+    logic: MicroBatchLogic[int, int] = MicroBatchLogic(fn, 3, timedelta(hours=1), None, TimeTestingGetter(T0).get)
+    assert logic.on_batch(list(range(7))) == ([x * 10 for x in range(6)], MicroBatchLogic.RETAIN)
+    assert calls == [[0, 1, 2], [3, 4, 5]] and logic.snapshot() == [6]  # not one batch now and the rest later
+
+
+def test_a_batch_function_must_give_exactly_one_result_per_item():
+    for wrong in (lambda xs: [*xs, 0], lambda xs: xs[1:]):
+        with pytest.raises(ValueError, match="results for"):
+            call_batch(wrong, [1, 2])
 
 
 def test_flushes_by_deadline_in_a_running_flow():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -25,7 +26,7 @@ from models.shopping import (
 )
 from models.synthetic_shopping import HOUR_MS, ShopSimulation, make_catalogue
 from models.text_encoder import shared_encoder
-from models.user_taste import Taste, decay, parse_user_profile
+from models.user_taste import Taste, decay, parse_kind_weights, parse_user_profile
 from models.wire import InvalidEvent
 from operators.kafka.records import SourceRecord
 from state.ann_index import AnnIndex, Change
@@ -47,20 +48,22 @@ events = st.lists(
 )
 
 
-def _fold(evs: list[tuple[str, float, float, str]]) -> Taste:
+def _fold(evs: list[tuple[str, float, float, str]], positions: list[int] | None = None) -> Taste:
     taste = Taste(DIM, half_life_ms=HOUR_MS)
     for n, (item, t, w, cat) in enumerate(evs):
-        taste.add(item, ITEM_VECTORS[item], cat, 10.0 * w, w, t, n)
+        taste.add(item, ITEM_VECTORS[item], cat, 10.0 * w, w, t, positions[n] if positions else n)
     return taste
 
 
 @settings(max_examples=60, deadline=None)
 @given(events, st.randoms(use_true_random=False))
 def test_a_taste_depends_on_the_set_of_interactions_not_their_arrival_order(evs, rnd):
-    shuffled = list(evs)
-    rnd.shuffle(shuffled)
-    a, b = _fold(evs), _fold(shuffled)
+    order = list(range(len(evs)))
+    rnd.shuffle(order)
+    a, b = _fold(evs), _fold([evs[i] for i in order], order)  # each interaction keeps its position
     assert a.ref_ms == b.ref_ms == max(t for _, t, _, _ in evs)
+    assert a.version == b.version == len(evs) - 1  # the newest position, never moved back by an older one
+    assert a.seen == b.seen  # each item's latest time, whichever arrived last
     assert math.isclose(a.weight, b.weight, rel_tol=1e-9)
     va, vb = a.unit_vector(), b.unit_vector()
     assert (va is None) == (vb is None)
@@ -101,6 +104,16 @@ def test_the_online_store_hash_round_trips_and_a_snapshot_is_a_copy():
     assert Taste.from_state(saved).to_fields() == {k.decode(): v for k, v in fields.items()}
     with pytest.raises(ValueError, match="expected 4"):
         parse_user_profile(fields, 4)
+    poisoned = np.full(DIM, np.nan, dtype=np.float32).tobytes()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        parse_user_profile({**fields, b"vector": poisoned}, DIM)
+
+
+@pytest.mark.parametrize("spec", ["view=0,click=2,add_to_cart=4,purchase=8", "view=1,click=inf,add_to_cart=4,purchase=8",
+                                  "view=1,click=2,add_to_cart=4", "view=1,clik=2,add_to_cart=4,purchase=8"])  # fmt: skip
+def test_kind_weights_must_name_every_kind_with_a_positive_finite_weight(spec):
+    with pytest.raises(ValueError, match="give a weight for every kind"):
+        parse_kind_weights(spec)
 
 
 def test_a_user_remembers_the_newest_items_and_at_most_a_quarter_more_than_max_seen():
@@ -125,11 +138,15 @@ def test_a_user_remembers_the_newest_items_and_at_most_a_quarter_more_than_max_s
             "0 <= low <= high",
         ),
         (b'{"version": 1, "exclusion": {}}', "unknown key(s) in the rule set: exclusion"),
+        (
+            b'{"version": 1, "boosts": {"promoted": [{"item_id": "a", "boots": 1}]}}',  # a typo is not "no boost"
+            "boosts.promoted[0] must be an object with item_id, boost, start, end",
+        ),
         (b"[]", "must be a JSON object"),
     ],
 )
 def test_a_bad_rule_set_is_rejected_with_its_reason(body, reason):
-    with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InvalidEvent, match=re.escape(reason)):
         parse_rule_set(body)
 
 
@@ -152,6 +169,16 @@ def test_rules_exclude_seen_items_within_their_window_price_bands_and_promote_in
     assert excluded == {"seen": 1, "price_band": 1}
     later, _ = rank(cands, 5, rules, Shopper({}, {}, 15.0, "", 300.0))
     assert [r.item_id for r in later] == ["a", "b", "d"]  # the promotion is over
+    assert [r.item_id for r in rank(cands, 5, rules, shopper)[0]] == ["d", "b"]  # back in its window: promoted again
+
+
+def test_price_bands_include_their_lower_bounds_and_an_items_price_at_either_end():
+    bands = (PriceBand("budget", (0.0, 20.0), (0.0, 50.0)), PriceBand("premium", (20.0, 1e9), (50.0, 500.0)))
+    rules = RuleSet(seen_within_days=0, price_bands=bands)
+    assert [rules.segment(x).segment for x in (0.0, 19.99, 20.0)] == ["budget", "budget", "premium"]  # type: ignore[union-attr]
+    cands = [_cand("low", 0.9, price=0.0), _cand("top", 0.8, price=50.0), _cand("over", 0.7, price=50.01)]
+    top, excluded = rank(cands, 3, rules, Shopper({}, {}, 10.0, "", 0.0))
+    assert [r.item_id for r in top] == ["low", "top"] and excluded == {"price_band": 1}
 
 
 def _textbook_rank(
@@ -331,6 +358,12 @@ def test_ranking_best_first_stops_early_with_the_same_top_k(
     1,
     RuleSet(seen_within_days=0, category_affinity_boost=-0.3),
     Shopper({}, {"bags": -0.5}, 0.0, "", 0.0),
+)
+@example(  # a running promotion lifts c, far down the hits, to the top: the bound must include it
+    [_cand("a", 0.9), _cand("b", 0.8), _cand("c", 0.7)],
+    1,
+    RuleSet(seen_within_days=0, promotions=(Promotion("c", 0.5, 0.0, 100.0),)),
+    Shopper({}, {}, 0.0, "", 50.0),
 )
 @example(  # a tie with the k-th, decided by item id: stopping on "equal" would lose "a"
     [_cand("b", 0.9), _cand("c", 0.5), _cand("a", 0.5)],
