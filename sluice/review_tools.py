@@ -80,9 +80,12 @@ def policy(args: argparse.Namespace) -> int:
     if not args.file:
         print(f"sluice: error: `sluice review policy {args.action}` needs a policy file", file=sys.stderr)
         return 2
-    raw = Path(args.file).read_bytes()
     try:
+        raw = Path(args.file).read_bytes()
         parsed = parse_policy(raw)
+    except OSError as exc:
+        print(f"sluice: error: cannot read the policy {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
     except InvalidEvent as exc:
         print(f"sluice: error: {args.file}: {exc}", file=sys.stderr)
         return 2

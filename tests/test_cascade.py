@@ -26,6 +26,7 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import main as train_main
 from models.train_fraud import train_cascade
 from operators.kafka.admin import create_topics, read_all
+from sluice.cli import main
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
 from sluice.local.profiles import load_profiles
@@ -171,7 +172,9 @@ def test_kill9_during_a_swap_resumes_on_a_consistent_version_exactly_once(settin
     _assert_scores_match_their_versions(s, reg, got)
 
 
-def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(settings, registry, tmp_path):
+def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(
+    settings, registry, tmp_path, capsys, monkeypatch
+):
     reg, v1, v2 = registry
     reg.shadow(v2)
     s = replace(settings, model_path=str(reg.root), model_check_s=0.2)
@@ -203,6 +206,15 @@ def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(settings
     assert report.changed == dict(changed) and report.agreement == round(1 - changed.total() / len(pairs), 4) > 0.9
     shift = float(np.mean([abs(b["score"] - a["score"]) for a, b in pairs]))
     assert report.mean_abs_score_shift == pytest.approx(shift, abs=1e-4) and shift > 0  # two models: other scores
+    for name, value in s.to_env().items():  # the same, as users ask for it
+        monkeypatch.setenv(name, value)
+    assert main(["model", "list"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[v1] == "served" and rows[v2] == "shadow"
+    assert main(["model", "shadow-report"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"served {v1} vs shadow {v2} on {report.events:,} events"
+    assert out[1].startswith(f"same decision: {report.agreement:.2%}")
     reg.shadow(None)  # no candidate now: the report is about the newest shadow decisions' version
     assert shadow_report(s).shadow_versions == [v2]
     with pytest.raises(SystemExit, match="no-such-version"):  # another candidate's session holds no events

@@ -22,6 +22,7 @@ from sluice.cli import build_parser, main
 from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
 from sluice.review_web.auth import Reviewers
+from sluice.settings import FraudSettings
 from tests.helpers import produce_txns, start_flow, txn, wait_for, wait_for_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +266,27 @@ def test_add_reviewer_refuses_a_role_no_chain_can_ask_for_and_checks_against_a_g
     assert saved is not None and saved.role == "auditor"
     assert main([*args, "--policy", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_review_policy_checks_a_file_in_one_line_and_publishes_it_as_given(stack, tmp_path, capsys, monkeypatch):
+    topic = f"policies-{tmp_path.name}"
+    monkeypatch.setenv("SLUICE_BROKERS", stack.brokers)
+    monkeypatch.setenv("SLUICE_POLICIES_TOPIC", topic)
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(dict(DEFAULT_POLICY, roles=[])))
+    good.write_text(json.dumps(dict(DEFAULT_POLICY, version="cli-2")))
+    for path in (bad, tmp_path / "missing.json"):
+        assert main(["review", "policy", "check", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sluice: error:") and path.name in err[0], err
+    assert main(["review", "policy", "check", str(good)]) == 0
+    assert capsys.readouterr().out.startswith("policy cli-2: roles analyst < senior < head; chains ")
+    assert main(["review", "policy", "publish", str(good)]) == 1  # its topic does not exist yet: one line
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    create_topics(FraudSettings(brokers=stack.brokers).connection(), {topic: 1})
+    assert main(["review", "policy", "publish", str(good)]) == 0
+    [record] = read_all(FraudSettings(brokers=stack.brokers).connection(), topic)
+    assert record.key() == b"policy" and orjson.loads(record.value() or b"{}") == json.loads(good.read_text())
 
 
 @pytest.mark.parametrize("demo", ["fraud"])  # every demo starts its stack through the same LocalStack.start
