@@ -3,7 +3,9 @@ broker and Redis."""
 
 import itertools
 import threading
+from dataclasses import replace
 
+import pytest
 from confluent_kafka import Producer
 
 from models.synthetic_transactions import TransactionStream
@@ -25,7 +27,9 @@ PROFILES = {
 }
 
 
-def test_hand_made_cases_get_the_right_decisions_and_bad_input_goes_to_the_dlq(settings, tmp_path):
+@pytest.mark.parametrize("cascade", [True, False], ids=["cascade", "single-model"])
+def test_hand_made_cases_get_the_right_decisions_and_bad_input_goes_to_the_dlq(settings, tmp_path, cascade):
+    settings = replace(settings, cascade=cascade)  # SLUICE_CASCADE=false: stage 1 decides everything
     FeatureStore(settings.redis_url, "card").put_many(PROFILES)
     t = 12 * 3600.0  # noon UTC: not night for US cards
     cases = [txn("normal-1", "hm-normal", 35.0, t_s=t)]
@@ -47,6 +51,11 @@ def test_hand_made_cases_get_the_right_decisions_and_bad_input_goes_to_the_dlq(s
         flow.stop()
     assert set(got) == {c.event_id for c in cases}
     one = {k: v[0] for k, v in got.items()}
+    paths = {tuple(d["stages"]) for d in one.values()}
+    if cascade:  # the burst's doubtful events go on to the sequence model
+        assert {len(p) for p in paths} == {1, 2} and all(p[1:] in ((), ("gru",)) for p in paths), paths
+    else:
+        assert len(paths) == 1 and len(next(iter(paths))) == 1 and not any("gru" in d["scores"] for d in one.values())
     assert one["normal-1"]["decision"] == "approve" and one["normal-1"]["rules"] == []
     assert one["burst-7"]["features"]["count_1m"] == 8
     assert "velocity_burst" in one["burst-7"]["rules"] and one["burst-7"]["decision"] != "approve"
