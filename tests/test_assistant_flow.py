@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from models.answering import SUPPORT_THRESHOLD
 from models.chat import ChatRequest
 from models.chunking import document_chunks
 from models.document import DocumentEvent
@@ -129,6 +130,31 @@ def test_a_question_about_a_known_topic_is_answered_from_that_topic_and_cites_it
     cited = {s["passage"] for s in body["answer_sentences"]}
     assert all(c["cited"] == (c["n"] in cited) for c in body["citations"])  # cited means: the answer quotes it
     assert set(body["latency_ms"]) == {"queue", "embed", "index_wait", "search", "answer", "total"}
+
+
+def test_with_answer_mode_generate_the_flow_rewrites_the_answer_and_keeps_only_what_a_passage_supports(stack):
+    """The LLM path inside the flow (the default on a GPU): the answer is generated within the deadline, and
+    each sentence it keeps is supported by a passage it cites; if none is, the grounded extractive answer stays."""
+    settings = _settings(stack, answer_mode="generate", gen_max_new_tokens=24, gen_deadline_ms=60_000.0)
+    corpus = {d.doc_id: d for d in load_corpus()}
+    publish(settings, [corpus["pydoc:lambda"], corpus["pydoc:global"]])
+    flow = FlowProcesses(FLOW, settings.to_env()).start()
+    try:
+        _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= 2, flow=flow)
+        _ask(settings, "s-gen", "1", "Can I put an assignment inside a lambda?")
+        body = _answer(settings, "s-gen", "1", flow)
+    finally:
+        flow.stop()
+    generation = body["generation"]
+    assert generation["model"] and 0 < generation["new_tokens"] <= 24, generation  # generated, not skipped
+    cited = {c["n"] for c in body["citations"] if c["cited"]}
+    assert body["answer_sentences"] and {s["passage"] for s in body["answer_sentences"]} == cited
+    if body["answer_mode"] == "generated":
+        assert generation["kept_sentences"] == len(body["answer_sentences"])
+        assert all(s["support"] >= SUPPORT_THRESHOLD for s in body["answer_sentences"])
+    else:  # every generated sentence was unsupported: the extractive answer, which quotes its passage
+        assert body["answer_mode"] == "extractive" and generation["kept_sentences"] == 0
+        assert generation["dropped_sentences"] >= 1
 
 
 def test_the_index_announces_readiness(running):

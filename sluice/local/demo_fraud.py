@@ -91,15 +91,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def precision_recall(chosen: set[str], fraud_ids: set[str]) -> str:
+    """How many of the ``chosen`` events are fraud (precision) and how many fraud events were chosen (recall).
+
+    >>> precision_recall({"a", "b", "c", "d"}, {"a", "b", "x"})
+    'precision 0.500 recall 0.667'
+    >>> precision_recall(set(), set())  # nothing flagged, no fraud: zeros, not a division by zero
+    'precision 0.000 recall 0.000'
+    """
+    tp = len(chosen & fraud_ids)
+    return f"precision {tp / max(1, len(chosen)):.3f} recall {tp / max(1, len(fraud_ids)):.3f}"
+
+
 def summarize(sent: SendReport, got: Collected, dead: int, fraud_ids: set[str], version: str) -> None:
     flagged = {e for e, d in got.by_event.items() if d != "approve"}
     declined = {e for e, d in got.by_event.items() if d == "decline"}
     span_s = max(1e-9, (got.last_receive - got.first_receive) / 1000)
     lat = got.latency_ms
-
-    def pr(ids: set[str]) -> str:
-        tp = len(ids & fraud_ids)
-        return f"precision {tp / max(1, len(ids)):.3f} recall {tp / max(1, len(fraud_ids)):.3f}"
 
     print("\n=== Sluice fraud demo ===")
     print(f"model                 {version}")
@@ -111,6 +119,6 @@ def summarize(sent: SendReport, got: Collected, dead: int, fraud_ids: set[str], 
         f"  max {lat.get('max', float('nan')):.1f} ms  ({lat.get('timed', 0):.0f} timed after warm-up)"
     )
     print("decisions             " + "  ".join(f"{k} {v}" for k, v in sorted(got.decisions.items())))
-    print(f"flagged (review+decline) {pr(flagged)}")
-    print(f"declined only            {pr(declined)}")
+    print(f"flagged (review+decline) {precision_recall(flagged, fraud_ids)}")
+    print(f"declined only            {precision_recall(declined, fraud_ids)}")
     print(f"fraud events in stream   {len(fraud_ids)}")
