@@ -171,7 +171,7 @@ def test_traced_inputs_get_a_span_per_stage_and_their_header_on_dead_letters(tra
     records = [
         SourceRecord("tx", 0, 0, None, b"1", 0, [(TRACEPARENT, PARENT), ("tracestate", b"k=v")]),
         SourceRecord("tx", 0, 1, None, b"2"),
-        SourceRecord("tx", 0, 2, None, b"x", 0, [(TRACEPARENT, PARENT)]),
+        SourceRecord("tx", 0, 2, None, b"x", 0, [(TRACEPARENT, PARENT), ("tracestate", b"vendor=abc")]),
         SourceRecord("tx", 0, 3, None, b"3", 0, [(TRACEPARENT, unsampled)]),
     ]
     flow = Dataflow("tr")
@@ -189,6 +189,28 @@ def test_traced_inputs_get_a_span_per_stage_and_their_header_on_dead_letters(tra
         assert f"{s.context.trace_id:032x}" == TRACE_ID and s.parent is not None
         assert f"{s.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert header_value(dead[0].headers, TRACEPARENT) == PARENT  # type: ignore[attr-defined]
+    assert header_value(dead[0].headers, "tracestate") == b"vendor=abc"  # type: ignore[attr-defined]  # vendors' too
+
+
+def test_a_sample_share_records_exactly_the_traces_whose_id_falls_under_it():
+    """SLUICE_TRACE_SAMPLE=0.25: the producer-sampled traces whose id's low 64 bits are under a quarter of
+    their range, the same ones in every process (a trace is recorded whole or not at all)."""
+    tracing.configure("t", exporter="memory", sample=0.25)
+    try:
+        ids = [f"{(i * 0x9E3779B97F4A7C15) % (1 << 128):032x}" for i in range(1, 201)]
+        records = [
+            SourceRecord("tx", 0, i, None, b"1", 0, [(TRACEPARENT, f"00-{t}-{'3' * 16}-01".encode())])
+            for i, t in enumerate(ids)
+        ]
+        flow = Dataflow("sampled")
+        parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(records)), number)
+        op.output("out", parsed.ok, TestingSink([]))
+        run_main(flow)
+        recorded = {f"{s.context.trace_id:032x}" for s in tracing.memory_exporter().get_finished_spans()}
+    finally:
+        tracing.shutdown()
+    expected = {t for t in ids if int(t, 16) & ((1 << 64) - 1) < round(0.25 * (1 << 64))}
+    assert recorded == expected and 20 < len(expected) < 80
 
 
 def test_a_taken_metrics_port_is_one_line_naming_the_setting():
