@@ -135,18 +135,17 @@ def test_a_question_about_a_known_topic_is_answered_from_that_topic_and_cites_it
 def test_with_answer_mode_generate_the_flow_rewrites_the_answer_and_keeps_only_what_a_passage_supports(stack):
     """The LLM path inside the flow (the default on a GPU): the answer is generated within the deadline, and
     each sentence it keeps is supported by a passage it cites; if none is, the grounded extractive answer stays."""
-    settings = _settings(stack, answer_mode="generate", gen_max_new_tokens=24, gen_deadline_ms=60_000.0)
-    corpus = {d.doc_id: d for d in load_corpus()}
-    publish(settings, [corpus["pydoc:lambda"], corpus["pydoc:global"]])
+    settings = _settings(stack, answer_mode="generate", gen_max_new_tokens=16, gen_deadline_ms=60_000.0)
+    publish(settings, [next(d for d in load_corpus() if d.doc_id == "pydoc:lambda")])
     flow = FlowProcesses(FLOW, settings.to_env()).start()
     try:
-        _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= 2, flow=flow)
+        _wait(settings, settings.index_changes_topic, lambda bs: len(bs) >= 1, flow=flow)
         _ask(settings, "s-gen", "1", "Can I put an assignment inside a lambda?")
         body = _answer(settings, "s-gen", "1", flow)
     finally:
         flow.stop()
     generation = body["generation"]
-    assert generation["model"] and 0 < generation["new_tokens"] <= 24, generation  # generated, not skipped
+    assert generation["model"] and 0 < generation["new_tokens"] <= 16, generation  # generated, not skipped
     cited = {c["n"] for c in body["citations"] if c["cited"]}
     assert body["answer_sentences"] and {s["passage"] for s in body["answer_sentences"]} == cited
     if body["answer_mode"] == "generated":

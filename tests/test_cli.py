@@ -65,7 +65,10 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     recovery = tmp_path / "recovery"
     init_recovery(recovery)
     cases = [txn(f"r-{i}", f"card-{i % 5}", 10.0 + i, t_s=i) for i in range(20)]
-    produce_txns(settings, cases)
+    produce_txns(settings, cases[:10])
+    cut_ms = int(time.time() * 1000) + 1  # the backfill below starts here: the second ten only
+    time.sleep(0.01)
+    produce_txns(settings, cases[10:])
     flow = start_flow(settings, tmp_path, recovery_dir=recovery, snapshot_s=1)
     try:
         assert len(wait_for(settings, settings.decisions_topic, 20)) == 20
@@ -83,14 +86,15 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
     side = [settings.features_topic, settings.shadow_topic, settings.rationales_topic]
     live_side = {topic: len(read_all(settings.connection(), topic)) for topic in side}
     backfill = f"{settings.decisions_topic}-backfill"
-    assert main(["replay", "run", "--output-topic", backfill, "--from-offset", "0", "--timeout", "300"]) == 0
-    replayed = {orjson.loads(m.value() or b"{}")["event_id"] for m in read_all(settings.connection(), backfill)}
-    assert replayed == {c.event_id for c in cases}
+    assert main(["replay", "run", "--output-topic", backfill, "--from-time", str(cut_ms), "--timeout", "300"]) == 0
+    replayed = [orjson.loads(m.value() or b"{}") for m in read_all(settings.connection(), backfill)]
+    assert sorted(d["event_id"] for d in replayed) == sorted(c.event_id for c in cases[10:])
+    assert {d["features"]["count_1h"] for d in replayed} == {1, 2}  # empty state: each card's two events since
     assert len(read_all(settings.connection(), settings.decisions_topic)) == 20  # the live output is untouched
     capsys.readouterr()
     assert main(["replay", "run", "--output-topic", backfill, "--from-offset", "0"]) == 2  # would append again
     refused = capsys.readouterr().err
-    assert f"{backfill} holds 20 records," in refused and refused.endswith("replay into a new --output-topic\n")
+    assert f"{backfill} holds 10 records," in refused and refused.endswith("replay into a new --output-topic\n")
     assert main(["replay", "run", "--output-topic", settings.labels_topic]) == 2  # any flow's topic, not only outputs
     assert f"{settings.labels_topic} belongs to a flow" in capsys.readouterr().err
 
