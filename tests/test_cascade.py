@@ -24,7 +24,6 @@ from models.fraud_rationale import WITHHELD, Case, note_messages, template_note
 from models.registry import ModelRegistry
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import main as train_main
-from models.train_fraud import train_cascade
 from operators.kafka.admin import create_topics, read_all
 from sluice.cli import main
 from sluice.harness.loadgen import send_open_loop
@@ -35,7 +34,7 @@ from sluice.model_lifecycle import shadow_report
 from sluice.processes import init_recovery
 from sluice.settings import FraudSettings
 from state.windows import SlidingAggregates, WindowSpec
-from tests.helpers import produce_txns, start_flow, txn, wait_for_decisions
+from tests.helpers import produce, produce_txns, start_flow, txn, wait_for_decisions
 
 CARDS = 20_000  # the population the models were trained on (fewer cards would mean busier cards than any seen)
 
@@ -240,7 +239,9 @@ def _offline_rows(seed: int, n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def test_the_feature_log_holds_exactly_what_was_served_and_retraining_from_it_uses_those_values(settings, tmp_path):
+def test_the_feature_log_holds_exactly_what_was_served_and_retraining_from_it_uses_those_values(
+    settings, tmp_path, capsys, monkeypatch
+):
     s = settings
     load_profiles(s, 34, CARDS)
     flow = start_flow(s, tmp_path)
@@ -274,10 +275,43 @@ def test_the_feature_log_holds_exactly_what_was_served_and_retraining_from_it_us
     assert data.event_times_ms.max() <= newest - 120_000 + 1
     served_rows = {x.row.tobytes() for x in logged.values()}
     assert all(row.tobytes() in served_rows for row in data.rows)  # the training rows are the served rows
-    version, metrics = train_cascade(data, 1, tmp_path / "from-log", {"kind": "feature-log"}, promote=False)
-    manifest = orjson.loads((tmp_path / "from-log" / version / "manifest.json").read_bytes())
-    assert manifest["training_data"]["kind"] == "feature-log" and manifest["training_data"]["events"] == len(data)
-    assert metrics["train_events"] + metrics["test_events"] == len(data)
+
+    # the same as users run it, with people's verdicts: a case a person declined is fraud, one an expired SLA
+    # closed is no label (nobody judged it)
+    legit = next(
+        x for x in sorted(logged.values(), key=lambda x: x.event_time_ms) if x.event_time_ms + 120_000 <= as_of
+    )
+    young = max(logged.values(), key=lambda x: x.event_time_ms)  # no chargeback could be known for it yet
+    verdicts = f"verdicts-{tmp_path.name}"
+    create_topics(s.connection(), {verdicts: 1})
+    sent_verdicts = [
+        {"event_id": legit.event_id, "decision": "decline", "by": "chain", "decided_at": as_of - 1},
+        {"event_id": young.event_id, "decision": "decline", "by": "sla_default", "decided_at": as_of - 1},
+    ]
+    produce(s, [(None, orjson.dumps(v)) for v in sent_verdicts], verdicts)
+    for v in sent_verdicts:
+        book.add_verdict(orjson.dumps(v))
+    with_verdicts = join_labels(logged.values(), book, as_of_ms=as_of, maturity_ms=120_000)
+    assert with_verdicts.labels.sum() == data.labels.sum() + 1 and len(with_verdicts) == len(data)
+    for name, value in s.to_env().items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "from-log"
+    argv = ["train", "fraud", "--from-log", "--verdicts-topic", verdicts, "--maturity-s", "120"]
+    assert main([*argv, "--min-events", "100", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{len(logged):,} logged decisions, {len(with_verdicts):,} with a known label")
+    assert f"({int(with_verdicts.labels.sum()):,} fraud)" in printed[0]
+    assert printed[1].endswith("(served)")  # the registry's first version is served
+    [version] = [v.name for v in out.iterdir() if (v / "manifest.json").exists()]
+    manifest = orjson.loads((out / version / "manifest.json").read_bytes())
+    trained_on = manifest["training_data"]
+    assert (trained_on["kind"], trained_on["events"], trained_on["verdicts_topic"]) == (
+        "feature-log",
+        len(with_verdicts),
+        verdicts,
+    )
+    metrics = orjson.loads((out / version / "metrics.json").read_bytes())
+    assert metrics["train_events"] + metrics["test_events"] == len(with_verdicts)
 
 
 def _injected_case(merchant: str) -> Case:
