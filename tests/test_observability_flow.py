@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -72,6 +73,8 @@ def run(stack, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         tracing=True,
         trace_exporter=f"jsonl:{work / 'spans.jsonl'}",
         slo_ms=10_000.0,  # the SLO-burn alarm has its own test; on a loaded CI box the 35 ms target would fire here
+        alarm_window_s=2.0,  # the dead-letter alarm's test (last) fires it with a few seconds of bad input
+        alarm_dlq_rate=0.05,  # above the fixture's own share of bad records (1.5%)
     )
     now = time.time() * 1000
     txns = [txn(f"o-{i}", f"card-{i % 23}", 10.0 + i % 50, t_s=43_200 + i) for i in range(VALID)]
@@ -217,3 +220,22 @@ def _stage_rows(screen: str) -> dict[str, float]:
             except ValueError:
                 continue
     return rows
+
+
+def test_a_share_of_bad_input_over_the_threshold_fires_the_dead_letter_alarm_on_its_topic_and_gauge(run: Run):
+    """Last in the module (the live view's test expects no alarm): five seconds of input, a fifth of it
+    malformed, against a 5% threshold over a 2 s window."""
+    s = run.settings
+    send_open_loop(sender(s), event_records(TransactionStream(12, n_cards=200), s, 0.2), 200, 1000, progress=None)
+    deadline = time.monotonic() + 30
+    while not (firing := [a for a in _alarms(s) if (a["alarm"], a["state"]) == ("dlq_rate", "firing")]):
+        assert time.monotonic() < deadline, _alarms(s)
+        time.sleep(0.5)
+    # over the threshold, and at most the share sent (the window may still hold clean input from the test before)
+    assert firing[0]["flow"] == "fraud" and firing[0]["threshold"] == 0.05 < firing[0]["value"] < 0.35, firing
+    assert run.total(run.scrape(), "sluice_alarm_active", alarm="dlq_rate") == 1
+    assert run.total(run.scrape(), "sluice_alarms_total", alarm="dlq_rate") >= 1
+
+
+def _alarms(s: FraudSettings) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value() or b"{}") for m in read_all(s.connection(), s.alarms_topic)]
