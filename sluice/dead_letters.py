@@ -382,7 +382,8 @@ class LetterTail:
     since the previous one (all of them the first time), partition by partition in offset order.
 
     It remembers where each partition's last read ended; a partition added to the topic since is read
-    from its start.
+    from its start. A topic deleted and created again under the same name is read from its start again,
+    and its letters' ids (``topic/partition/offset``) repeat the old ones: give a new topic a new name.
     """
 
     def __init__(self, conn: KafkaConnection, dlq_topic: str, timeout_s: float) -> None:
@@ -596,13 +597,17 @@ def cmd_redrive(args: argparse.Namespace, conn: KafkaConnection) -> int:
     stop_at = time.monotonic() + args.stop_after if args.stop_after else math.inf
     left: int | None = args.limit  # --limit counts over every cycle of a retrier
     redriver = None if args.dry_run else Redriver(conn, topic, args.timeout)
-    # read after the redriver fenced every earlier one: from here on only this redriver's sends add to it
-    done = redriver.redriven() if redriver is not None else read_ledger(conn, topic, args.timeout)
     tail = LetterTail(conn, topic, args.timeout)
+    done: set[str] | None = None
     with _stop_requested() as stop:
         cycle = sent = 0
         while True:
-            chosen = plan(tail.read_new(), selection, done, args.to, left, args.again, max_attempts)
+            letters = tail.read_new()
+            if done is None:  # the ledger once, after the letters (a dry run's redrive done meanwhile is not
+                # reported as to do) and after the redriver fenced every earlier one: from then on only its
+                # own sends add to it
+                done = redriver.redriven() if redriver is not None else read_ledger(conn, topic, args.timeout)
+            chosen = plan(letters, selection, done, args.to, left, args.again, max_attempts)
             if redriver is not None and chosen.send:
                 sent += redriver.send(chosen.send)
                 done.update(letter.id for letter, _ in chosen.send)

@@ -84,7 +84,7 @@ def policy(args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
         parsed = parse_policy(raw)
     except OSError as exc:
-        print(f"sluice: error: cannot read the policy {args.file}: {exc.strerror}", file=sys.stderr)
+        print(f"sluice: error: cannot read the policy {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except InvalidEvent as exc:
         print(f"sluice: error: {args.file}: {exc}", file=sys.stderr)

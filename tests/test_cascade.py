@@ -194,12 +194,14 @@ def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(
     assert {b["model_version"] for b in shadow} == {v2} and all(b["shadow"] for b in shadow)
     report = shadow_report(s)
     # the report, against a join of the two topics made here (the start-up probes are decided and shadowed too)
-    served = {b["event_id"]: b for b in _bodies(s, s.decisions_topic)}
-    pairs = [
-        (served[b["event_id"]], b)
-        for b in _bodies(s, s.shadow_topic)
-        if b["model_version"] == v2 and b["event_id"] in served
-    ]
+    served: dict[str, dict[str, Any]] = {}
+    for b in _bodies(s, s.decisions_topic):
+        served.setdefault(b["event_id"], b)  # an event's first decision, as the report takes it
+    shadowed: dict[str, dict[str, Any]] = {}
+    for b in _bodies(s, s.shadow_topic):
+        if b["model_version"] == v2 and b["event_id"] in served:
+            shadowed.setdefault(b["event_id"], b)
+    pairs = [(served[e], b) for e, b in shadowed.items()]
     changed = Counter(f"{a['decision']}->{b['decision']}" for a, b in pairs if a["decision"] != b["decision"])
     assert report.served_versions == [v1] and report.shadow_versions == [v2] and report.events == len(pairs) >= n
     assert report.changed == dict(changed) and report.agreement == round(1 - changed.total() / len(pairs), 4) > 0.9

@@ -150,7 +150,7 @@ def test_a_retriers_tail_reads_only_the_letters_appended_since_its_last_cycle(to
     then exactly the one dead-lettered after them, then nothing."""
     settings, source, _, dlq = topics
     tail = LetterTail(settings.connection(), dlq, 30)
-    assert [letter.id for letter in tail.read_new()] == [f"{dlq}/0/{i}" for i in range(5)]
+    assert [letter.id for letter in tail.read_new()] == [f"{dlq}/0/{i}" for i in range(5)] and tail.ends == {0: 5}
     late = DeadLetter("unknown item 'i5': it is not in the catalogue", "items",
                       SourceRecord(source, 0, 11, b"u5", b'{"item_id":"i5"}')).to_record(dlq, max_bytes=1000)  # fmt: skip
     producer = Producer(settings.connection().producer_config())
@@ -160,7 +160,7 @@ def test_a_retriers_tail_reads_only_the_letters_appended_since_its_last_cycle(to
     assert [(letter.id, letter.value, letter.origin) for letter in new] == [
         (f"{dlq}/0/5", b'{"item_id":"i5"}', f"{source}/0/11")
     ]
-    assert tail.read_new() == []
+    assert tail.read_new() == [] and tail.ends == {0: 6}
 
 
 def test_a_missing_target_topic_or_dead_letter_topic_is_one_line(topics, capsys):

@@ -77,7 +77,7 @@ def _redis_with_password() -> Iterator[str]:
                 redis.Redis(port=port, socket_timeout=1).ping()
             except redis.AuthenticationError:
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 assert time.monotonic() < deadline, "redis-server did not start"
                 time.sleep(0.05)
         yield f"redis://:wrong-password@127.0.0.1:{port}/0"

@@ -98,7 +98,7 @@ def test_sigkill_and_resume_decides_every_event_and_keeps_window_state(settings,
     )
     sender.start()
     try:
-        wait_for(settings, settings.decisions_topic, n // 2, timeout_s=60)
+        wait_for(settings, settings.decisions_topic, n // 3, timeout_s=60)
         flow.kill()  # SIGKILL mid-stream
         assert len(decisions(read_all(settings.connection(), settings.decisions_topic))) < n  # else nothing was tested
         flow = start_flow(settings, tmp_path, recovery_dir=recovery, snapshot_s=1)

@@ -74,7 +74,7 @@ def run(stack, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         trace_exporter=f"jsonl:{work / 'spans.jsonl'}",
         slo_ms=10_000.0,  # the SLO-burn alarm has its own test; on a loaded CI box the 35 ms target would fire here
         alarm_window_s=2.0,  # the dead-letter alarm's test (last) fires it with a few seconds of bad input
-        alarm_dlq_rate=0.05,  # above the fixture's own share of bad records (1.5%)
+        alarm_dlq_rate=0.1,  # above any window of the fixture's own input (6 bad records, windows of 100 or more)
     )
     now = time.time() * 1000
     txns = [txn(f"o-{i}", f"card-{i % 23}", 10.0 + i % 50, t_s=43_200 + i) for i in range(VALID)]
@@ -224,7 +224,7 @@ def _stage_rows(screen: str) -> dict[str, float]:
 
 def test_a_share_of_bad_input_over_the_threshold_fires_the_dead_letter_alarm_on_its_topic_and_gauge(run: Run):
     """Last in the module (the live view's test expects no alarm): five seconds of input, a fifth of it
-    malformed, against a 5% threshold over a 2 s window."""
+    malformed, against a 10% threshold over a 2 s window."""
     s = run.settings
     send_open_loop(sender(s), event_records(TransactionStream(12, n_cards=200), s, 0.2), 200, 1000, progress=None)
     deadline = time.monotonic() + 30
@@ -232,7 +232,7 @@ def test_a_share_of_bad_input_over_the_threshold_fires_the_dead_letter_alarm_on_
         assert time.monotonic() < deadline, _alarms(s)
         time.sleep(0.5)
     # over the threshold, and at most the share sent (the window may still hold clean input from the test before)
-    assert firing[0]["flow"] == "fraud" and firing[0]["threshold"] == 0.05 < firing[0]["value"] < 0.35, firing
+    assert firing[0]["flow"] == "fraud" and firing[0]["threshold"] == 0.1 < firing[0]["value"] < 0.35, firing
     assert run.total(run.scrape(), "sluice_alarm_active", alarm="dlq_rate") == 1
     assert run.total(run.scrape(), "sluice_alarms_total", alarm="dlq_rate") >= 1
 

@@ -403,7 +403,7 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
             publish_interactions(settings, parts[life])
             committed = summarize(recovery, "interactions").committed_epoch or 0
             flow = start(life=f"life-{life}")
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 180
             while (summarize(recovery, "interactions").committed_epoch or 0) <= committed:
                 assert flow.alive() and time.monotonic() < deadline  # until this life checkpointed once
                 time.sleep(0.05)

@@ -142,8 +142,10 @@ def read_to_end(
     conn: KafkaConnection, topic: str, starts: Mapping[int, int], timeout_s: float = 60.0
 ) -> tuple[list[Message], dict[int, int]]:
     """Every committed record of ``topic`` from ``starts`` (partition -> offset) to the end of
-    each partition, and each partition's end offset. Raises ``TimeoutError`` if the end is
-    not reached in ``timeout_s``."""
+    each partition, and where each partition's read ended: its end offset, or past the last record
+    returned when records arrived after the end was reached (the partition is fetched until every
+    other one has reached its end too), so a read from there returns none of them again. Raises
+    ``TimeoutError`` if the end is not reached in ``timeout_s``."""
     consumer = reader(
         conn,
         "sluice-read-to-end",
@@ -163,11 +165,13 @@ def read_to_end(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
             for msg in consumer.consume(5000, 0.2):
-                err = msg.error()
+                err, partition = msg.error(), msg.partition() or 0
                 if err is None:
                     out.append(msg)
+                    if partition in ends:  # arrived after this partition's end was reached
+                        ends[partition] = max(ends[partition], (msg.offset() or 0) + 1)
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    ends[msg.partition() or 0] = msg.offset() or 0
+                    ends[partition] = msg.offset() or 0
                 else:
                     raise RuntimeError(f"reading {topic}[{msg.partition()}] to its end: {err}")
         return out, ends
