@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Message, Producer
 
 from models.synthetic_transactions import START_MS
@@ -66,6 +67,12 @@ def wait_for(settings: FlowSettings, topic: str, count: int, timeout_s: float = 
         if len(msgs) >= count or time.monotonic() > deadline:
             return msgs
         time.sleep(0.3)
+
+
+def export_settings(monkeypatch: pytest.MonkeyPatch, settings: FlowSettings) -> None:
+    """Put ``settings`` in the environment (``SLUICE_*``), where the ``sluice`` command reads them."""
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
 
 
 def wait_for_checkpoints(recovery_dir: Path, epochs: int = 1, timeout_s: float = 60) -> None:

@@ -34,7 +34,7 @@ from sluice.model_lifecycle import shadow_report
 from sluice.processes import init_recovery
 from sluice.settings import FraudSettings
 from state.windows import SlidingAggregates, WindowSpec
-from tests.helpers import produce, produce_txns, start_flow, txn, wait_for_decisions
+from tests.helpers import export_settings, produce, produce_txns, start_flow, txn, wait_for_decisions
 
 CARDS = 20_000  # the population the models were trained on (fewer cards would mean busier cards than any seen)
 
@@ -207,8 +207,7 @@ def test_a_shadowed_candidate_scores_the_same_events_into_its_own_topic(
     assert report.changed == dict(changed) and report.agreement == round(1 - changed.total() / len(pairs), 4) > 0.9
     shift = float(np.mean([abs(b["score"] - a["score"]) for a, b in pairs]))
     assert report.mean_abs_score_shift == pytest.approx(shift, abs=1e-4) and shift > 0  # two models: other scores
-    for name, value in s.to_env().items():  # the same, as users ask for it
-        monkeypatch.setenv(name, value)
+    export_settings(monkeypatch, s)  # the same, as users ask for it
     assert main(["model", "list"]) == 0
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows[v1] == "served" and rows[v2] == "shadow"
@@ -295,8 +294,7 @@ def test_the_feature_log_holds_exactly_what_was_served_and_retraining_from_it_us
         book.add_verdict(orjson.dumps(v))
     with_verdicts = join_labels(logged.values(), book, as_of_ms=as_of, maturity_ms=120_000)
     assert with_verdicts.labels.sum() == data.labels.sum() + 1 and len(with_verdicts) == len(data)
-    for name, value in s.to_env().items():
-        monkeypatch.setenv(name, value)
+    export_settings(monkeypatch, s)
     out = tmp_path / "from-log"
     argv = ["train", "fraud", "--from-log", "--verdicts-topic", verdicts, "--maturity-s", "120"]
     assert main([*argv, "--min-events", "100", "--out", str(out)]) == 0

@@ -23,7 +23,7 @@ from sluice.local.stack import stack_from_env
 from sluice.processes import init_recovery
 from sluice.review_web.auth import Reviewers
 from sluice.settings import FraudSettings
-from tests.helpers import produce_txns, start_flow, txn, wait_for, wait_for_checkpoints
+from tests.helpers import export_settings, produce_txns, start_flow, txn, wait_for, wait_for_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,7 @@ def test_replay_lists_a_checkpoint_and_backfills_into_its_own_topic(settings, tm
         wait_for_checkpoints(recovery)  # one more checkpoint: it holds every input offset of the 20 decided events
     finally:
         flow.stop()
-    for name, value in settings.to_env().items():
-        monkeypatch.setenv(name, value)
+    export_settings(monkeypatch, settings)
     assert main(["replay", "list", str(recovery)]) == 0
     listing = capsys.readouterr().out
     assert "committed epoch" in listing and f"0-{settings.transactions_topic}=" in listing
@@ -218,8 +217,7 @@ def test_sluice_read_prints_a_topics_newest_records_read_to_the_end(settings, ca
             settings.decisions_topic, key=f"k{i}".encode(), value=f'{{"n": {i}}}'.encode(), timestamp=at + i * 1000
         )
     assert first.flush(30) == 0
-    for name, value in settings.to_env().items():
-        monkeypatch.setenv(name, value)
+    export_settings(monkeypatch, settings)
     assert main(["read", settings.decisions_topic, "--last", "3", "--keys"]) == 0
     assert capsys.readouterr().out.splitlines() == [f'k{i}\t{{"n": {i}}}' for i in (9, 10, 11)]  # oldest first
     assert main(["read", settings.decisions_topic, "--last", "100"]) == 0
@@ -287,9 +285,10 @@ def test_review_policy_checks_a_file_in_one_line_and_publishes_it_as_given(stack
     assert capsys.readouterr().out.startswith("policy cli-2: roles analyst < senior < head; chains ")
     assert main(["review", "policy", "publish", str(good)]) == 1  # its topic does not exist yet: one line
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    create_topics(FraudSettings(brokers=stack.brokers).connection(), {topic: 1})
+    conn = FraudSettings(brokers=stack.brokers).connection()
+    create_topics(conn, {topic: 1})
     assert main(["review", "policy", "publish", str(good)]) == 0
-    [record] = read_all(FraudSettings(brokers=stack.brokers).connection(), topic)
+    [record] = read_all(conn, topic)
     assert record.key() == b"policy" and orjson.loads(record.value() or b"{}") == json.loads(good.read_text())
 
 

@@ -89,27 +89,10 @@ def test_the_fast_parse_accepts_and_refuses_exactly_what_the_field_checks_do(obj
         assert [(type(v), v) for v in astuple(got)] == [(type(v), v) for v in astuple(expected)]
 
 
-def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():
-    recs = [SourceRecord("tx", 0, i, b"k", v) for i, v in enumerate([GOOD, b"{broken", GOOD, None])]
-    flow = Dataflow("dlq")
-    parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(recs)), parse_transaction)
-    ok: list = []
-    dead: list = []
-    op.output("ok", parsed.ok, TestingSink(ok))
-    op.output("dead", parsed.dead, TestingSink(dead))
-    run_main(flow)
-    assert [r.offset for r, _ in ok] == [0, 2]
-    assert [(d.source.offset, d.source.value) for d in dead] == [(1, b"{broken"), (3, None)]
-    record = dead[0].to_record("dead-letters")
-    headers = dict(record.headers)
-    assert record.value == b"{broken"
-    assert headers["dlq.reason"].startswith(b"not valid JSON")
-    assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (b"tx", b"0", b"1")
-
-
-def _parse_with(parser) -> tuple[list, list]:
+def _parse_with(parser, values: list[bytes | None]) -> tuple[list, list]:
+    """``parse_or_dead_letter`` over records of ``values`` (offsets 0, 1, ...): what parsed, what was dead-lettered."""
+    recs = [SourceRecord("tx", 0, i, b"k", v) for i, v in enumerate(values)]
     flow = Dataflow("dlq-parser")
-    recs = [SourceRecord("tx", 0, 0, b"k", b"{}")]
     parsed = parse_or_dead_letter("parse", op.input("in", flow, TestingSource(recs)), parser)
     ok: list = []
     dead: list = []
@@ -119,13 +102,24 @@ def _parse_with(parser) -> tuple[list, list]:
     return ok, dead
 
 
+def test_bad_records_go_to_dead_letters_and_the_rest_flow_on():
+    ok, dead = _parse_with(parse_transaction, [GOOD, b"{broken", GOOD, None])
+    assert [r.offset for r, _ in ok] == [0, 2]
+    assert [(d.source.offset, d.source.value) for d in dead] == [(1, b"{broken"), (3, None)]
+    record = dead[0].to_record("dead-letters")
+    headers = dict(record.headers)
+    assert record.value == b"{broken"
+    assert headers["dlq.reason"].startswith(b"not valid JSON")
+    assert (headers["source.topic"], headers["source.partition"], headers["source.offset"]) == (b"tx", b"0", b"1")
+
+
 def test_a_parser_bug_fails_the_flow_and_a_reason_is_never_empty():
     def buggy(raw: bytes | None) -> dict:
         empty: dict[str, dict] = {}
         return empty["missing"]  # a KeyError: a bug in the parser, not bad input
 
     with pytest.raises(BytewaxRuntimeError, match="dlq-parser.parse.parse") as info:  # not dead-lettered quietly
-        _parse_with(buggy)
+        _parse_with(buggy, [b"{}"])
     causes: list[type[BaseException]] = []
     exc: BaseException | None = info.value
     while exc is not None:
@@ -136,7 +130,7 @@ def test_a_parser_bug_fails_the_flow_and_a_reason_is_never_empty():
     def terse(raw: bytes | None) -> dict:
         raise InvalidEvent("")
 
-    _, dead = _parse_with(terse)
+    _, dead = _parse_with(terse, [b"{}"])
     assert [d.reason for d in dead] == ["InvalidEvent"]  # something a summary and --reason can select
 
 
