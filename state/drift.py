@@ -64,11 +64,17 @@ def cut_points(values: np.ndarray, bins: int) -> tuple[float, ...]:
 
     A value equal to a cut falls in the lower bin. With no more distinct values than
     bins (flags, small counts), every value gets its own bin (cuts halfway between).
+    A quantile that lands on the largest value (a mass of ties at the top, such as a
+    capped feature) would leave the top bin empty; it is moved halfway down to the
+    next distinct value, so that the tied mass keeps a bin of its own and a window
+    without it still shows as drift.
 
     >>> cut_points(np.array([0.0, 0.0, 1.0, 0.0]), 10)
     (0.5,)
     >>> cut_points(np.arange(100.0), 4)
     (24.75, 49.5, 74.25)
+    >>> cut_points(np.r_[np.arange(20.0), [100.0] * 80], 4)  # 80% tied at the top
+    (59.5,)
     """
     if bins < 2:
         raise ValueError("bins must be >= 2")
@@ -78,8 +84,9 @@ def cut_points(values: np.ndarray, bins: int) -> tuple[float, ...]:
     distinct = np.unique(finite)
     if len(distinct) <= bins:
         return tuple(float(x) for x in (distinct[:-1] + distinct[1:]) / 2.0)
-    cuts = np.unique(np.quantile(finite, np.arange(1, bins) / bins))
-    return tuple(float(c) for c in cuts if c < distinct[-1])
+    top, below_top = distinct[-1], (distinct[-2] + distinct[-1]) / 2.0
+    quantiles = np.quantile(finite, np.arange(1, bins) / bins)
+    return tuple(float(c) for c in np.unique(np.where(quantiles < top, quantiles, below_top)))
 
 
 @dataclass(frozen=True)

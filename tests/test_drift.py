@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -19,9 +19,19 @@ from hypothesis import strategies as st
 
 from models.fraud_model import load_cascade, model_name
 from models.registry import ModelRegistry
-from operators.alarms import Alarm, DriftSettings, HealthRules, HealthSnapshot, health_alarms
+from operators.alarms import (
+    Alarm,
+    DriftSettings,
+    HealthRules,
+    HealthSnapshot,
+    ScoreSample,
+    _DriftLogic,
+    _HealthLogic,
+    check_health,
+    health_alarms,
+)
 from perf.observe_drift import SHIFT, reference_of, run_drift, scored_batches
-from state.drift import ModelReference, Reference, psi
+from state.drift import DriftCounts, ModelReference, Reference, cut_points, psi
 
 counts = st.lists(st.integers(min_value=0, max_value=1000), min_size=2, max_size=12).filter(lambda c: sum(c) > 0)
 
@@ -199,3 +209,56 @@ def test_an_slo_burn_fires_when_too_many_events_exceed_the_slo_and_resolves_when
     fired = alarms[0]
     assert fired.subject == "fraud/0" and rules.slo_burn < fired.value <= 0.05  # fires on the first window over it
     assert 10_000 <= fired.at_ms < 20_000 < alarms[1].at_ms  # while the burst lasts, resolved after it
+
+
+def test_a_mass_of_ties_at_the_top_keeps_a_bin_and_a_window_without_it_is_drift():
+    """A capped feature: 80% of training values at the cap. Before, every cut landed on the cap and was
+    dropped, the reference had one bin, and a window of all zeros scored PSI 0."""
+    ref = Reference.from_values(list(range(20)) + [100.0] * 80, bins=4)
+    assert ref.cuts == (59.5,) and ref.proportions == (0.2, 0.8)
+    assert ref.psi(ref.counts(np.zeros(100))) > 1.0
+    assert max(cut_points(np.r_[np.arange(60.0), [100.0] * 40], 4)) < 100.0
+    assert cut_points(np.array([0.0] * 97 + [1.0, 2.0, 3.0]), 4) == (0.5, 1.5, 2.5)  # as many values as bins
+
+
+def test_drift_counts_survive_a_checkpoint_and_a_batch_without_feature_rows_counts_only_scores():
+    rows = np.random.default_rng(1).normal(size=(1000, 2))
+    ref = ModelReference.build("m", rows[:, 0], rows, ["a", "b"], top=["b"])
+    window = DriftCounts(ref)
+    window.add(rows[:100, 0])  # a call that sampled no rows
+    assert set(window.psi()) == {"score"}
+    window.add(rows[:100, 0], rows[:100])
+    again = DriftCounts(ref, window.state())
+    assert again.count == window.count == 200 and again.psi() == window.psi()
+
+
+def test_after_an_idle_gap_the_next_drift_window_ends_in_the_future():
+    """A flow idle for five windows: the window that closes on its return is followed by one that ends a
+    window from now, not by a run of windows closing at once (which would resolve alarms as unjudged)."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
+    settings = DriftSettings(window=timedelta(minutes=1), min_count=10)
+    logic = _DriftLogic(lambda m, v: reference, settings, "fraud", None, lambda: now[0])
+    logic.on_batch([ScoreSample("m", "v1", np.full(20, 0.2))])
+    now[0] += timedelta(minutes=5, seconds=1)
+    logic.on_notify()
+    assert now[0] < logic.window_end <= now[0] + settings.window
+
+
+def test_a_firing_health_alarm_resolves_after_a_restart():
+    """The alarm board is part of the checkpoint: a process restarted while dlq_rate fires still resolves it."""
+    rules = HealthRules(dlq_rate=0.05, window_s=4, min_events=50)
+    before = _HealthLogic(rules, "fraud", None)
+    fired, _ = before.on_batch(_snapshots([(t, 0.0, 1000 * t, 200 * t, 0, 0) for t in range(6)]))
+    assert [(a.alarm, a.state) for a in fired] == [("dlq_rate", "firing")]
+    after = _HealthLogic(rules, "fraud", before.snapshot())
+    resolved, _ = after.on_batch(_snapshots([(t, 0.0, 1000 * t, 1000, 0, 0) for t in range(6, 14)]))
+    assert [(a.alarm, a.state) for a in resolved] == [("dlq_rate", "resolved")]
+
+
+def test_lag_growing_slowly_below_its_floor_is_no_alarm_and_rates_are_judged_from_min_events():
+    rules = HealthRules(lag_growing_s=6, min_lag_records=100, dlq_rate=0.05, window_s=4, min_events=50)
+    rising = _snapshots([(t, float(t), 0, 0, 0, 0) for t in range(60)])  # grows, but never reaches 100
+    assert [a for a, _, _, over in check_health(rising, rules) if over] == []
+    exactly = _snapshots([(0, 0.0, 0, 0, 0, 0), (4, 0.0, 50, 10, 0, 0)])  # 50 events: enough to judge
+    assert [(a, v, over) for a, v, _, over in check_health(exactly, rules)] == [("dlq_rate", 0.2, True)]
