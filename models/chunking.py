@@ -36,7 +36,8 @@ class Chunk:
 
 
 def sections(text: str) -> list[Section]:
-    """Split on headings underlined with a repeated punctuation character of (at least) the heading's length.
+    """Split on headings underlined with a repeated punctuation character at least as long as the heading, or one
+    shorter (hand-written reST often misses one; pydoc's topics are drawn from such text).
 
     >>> [s.heading for s in sections("Intro\\n*****\\n\\nA.\\n\\nPart one\\n========\\n\\nB.\\n")]
     ['Intro', 'Part one']
@@ -121,36 +122,6 @@ def split_sentences(text: str, max_chars: int = 400) -> list[str]:
         if len(unit) >= 3:
             out.append(unit if first else "… " + unit)
     return out
-
-
-def chunk_text(tokenizer: Any, text: str, max_tokens: int = 160, overlap: int = 32) -> list[str]:
-    """Windows of at most ``max_tokens`` tokens, each starting ``max_tokens - overlap`` after the last.
-
-    Chunks are slices of the original text (character offsets from a fast
-    tokenizer), so nothing is lost to detokenisation.
-
-    >>> from models.text_encoder import shared_encoder
-    >>> tok = shared_encoder().tokenizer
-    >>> chunks = chunk_text(tok, " ".join(f"word{i}" for i in range(300)), max_tokens=100, overlap=20)
-    >>> len(chunks) > 1, chunks[0].startswith("word0"), chunks[-1].endswith("word299")
-    (True, True, True)
-    """
-    if overlap >= max_tokens:
-        raise ValueError("overlap must be smaller than max_tokens")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = enc["offset_mapping"]
-    if not offsets:
-        return []
-    step = max_tokens - overlap
-    chunks = []
-    for start in range(0, len(offsets), step):
-        window = offsets[start : start + max_tokens]
-        piece = text[window[0][0] : window[-1][1]].strip()
-        if piece:
-            chunks.append(piece)
-        if start + max_tokens >= len(offsets):
-            break
-    return chunks
 
 
 def sentence_windows(tokenizer: Any, sentences: list[str], max_tokens: int = 160, overlap: int = 32) -> list[list[str]]:

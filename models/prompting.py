@@ -76,6 +76,12 @@ def neutralise(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+def _clean_sentence(sentence: str) -> str:
+    """A retrieved sentence without chat delimiters (cached like :func:`is_instruction_like`, for the same reason)."""
+    return neutralise(sentence).strip()
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def is_instruction_like(sentence: str) -> bool:
     """Whether ``sentence`` reads like an instruction to the model (checked on every retrieved passage).
 
@@ -85,7 +91,8 @@ def is_instruction_like(sentence: str) -> bool:
 
 
 def redact(passage: Retrieved) -> tuple[Retrieved, int]:
-    """The passage without its instruction-like sentences (and their vectors); how many were removed.
+    """The passage without its instruction-like sentences (and their vectors), and with no chat delimiter in
+    the rest; how many sentences were removed.
 
     >>> import numpy as np
     >>> from state.vector_index import Hit
@@ -97,10 +104,10 @@ def redact(passage: Retrieved) -> tuple[Retrieved, int]:
     (('The with statement wraps a block.',), 1)
     """
     keep = [i for i, s in enumerate(passage.sentences) if not is_instruction_like(s)]
+    sentences = tuple(_clean_sentence(passage.sentences[i]) for i in keep)
     removed = len(passage.sentences) - len(keep)
-    if not removed:
+    if sentences == passage.sentences:  # nothing removed, no delimiter in any sentence
         return passage, 0
-    sentences = tuple(neutralise(passage.sentences[i]).strip() for i in keep)
     vectors = passage.sentence_vectors[keep] if keep else passage.sentence_vectors[:0]
     return replace(passage, sentences=sentences, sentence_vectors=vectors), removed
 
