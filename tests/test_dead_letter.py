@@ -1,5 +1,5 @@
 import hashlib
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import bytewax.operators as op
 import orjson
@@ -26,6 +26,8 @@ GOOD = txn("e1", "c1", 12.5, t_s=0).to_json(sent_at_ms=1.0)
         (b"[1, 2]", "JSON object"),
         (GOOD.replace(b'"amount":12.5', b'"amount":"12.5"'), "'amount' must be a number"),
         (GOOD.replace(b'"amount":12.5', b'"amount":-3'), "'amount' out of range"),
+        (GOOD.replace(b'"amount":12.5', b'"amount":true'), "'amount' must be a number"),  # not a payment of 1
+        (GOOD.replace(b'"currency":"USD"', b'"currency":"US"'), "currency must be 3 letters"),
         (GOOD.replace(b'"card_id":"c1",', b""), "'card_id' must be a non-empty string"),
         (GOOD.replace(b'"currency":"USD"', b'"currency":"DOLLARS"'), "'currency' is longer"),
         (GOOD.replace(b'"event_time":', b'"event_time":1'), "outside 2000..2100"),
@@ -35,6 +37,12 @@ GOOD = txn("e1", "c1", 12.5, t_s=0).to_json(sent_at_ms=1.0)
 def test_parser_names_the_problem(raw, reason):
     with pytest.raises(InvalidEvent, match=reason):
         parse_transaction(raw)
+
+
+def test_the_smallest_amount_is_accepted_and_a_merchant_name_travels_with_the_event():
+    assert parse_transaction(GOOD.replace(b'"amount":12.5', b'"amount":0.01')).amount == 0.01
+    named = replace(txn("e1", "c1", 12.5, t_s=0), merchant_name="ACME <b>Store</b>")
+    assert parse_transaction(named.to_json(sent_at_ms=1.0)) == replace(named, sent_at_ms=1.0)
 
 
 # each field: a valid value, or something near a boundary or of the wrong type (bools, str vs number, nan)

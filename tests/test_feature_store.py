@@ -25,6 +25,13 @@ def test_batch_read_is_one_round_trip_and_cached(stack):
     assert got["c7"] == {"avg_amount": "7", "home_country": "US"} and got["unknown"] is None
     again, _ = store.get_many(["c7", "c8"])
     assert store.round_trips == 1 and again["c8"] == {"avg_amount": "8", "home_country": "US"}  # from the cache
+    assert (store.hits, store.misses) == (2, 51)
+
+
+def test_a_card_with_several_events_in_a_batch_is_fetched_once(stack):
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-dup", ttl_s=60)
+    got, _ = store.get_many(["x", "x", "x"])
+    assert got == {"x": None} and (store.hits, store.misses, store.round_trips) == (0, 1, 1)
 
 
 def test_no_profile_is_cached_only_briefly(stack):
@@ -61,6 +68,22 @@ def test_a_bad_key_is_unreadable_on_its_own_and_never_opens_the_circuit(stack):
     assert isinstance(got["good"], CardProfile) and got["good"].avg_amount == 12.5
 
 
+def test_an_unreadable_profile_is_retried_as_soon_as_a_missing_one(stack):
+    """A repaired profile is used within the negative TTL, not after the full TTL of a good one."""
+    client = redis.Redis.from_url(stack.redis_url)
+    client.set("fix:c1", "a plain string, not a hash")
+    clock = FakeClock()
+    store: FeatureStore[CardProfile] = FeatureStore(
+        stack.redis_url, "fix", parse=parse_profile, ttl_s=60, negative_ttl_s=1.0, clock=clock
+    )
+    assert isinstance(store.get_many(["c1"])[0]["c1"], Unreadable)
+    client.delete("fix:c1")
+    client.hset("fix:c1", mapping={"avg_amount": "7"})
+    clock.now += 1.1
+    repaired = store.get_many(["c1"])[0]["c1"]
+    assert isinstance(repaired, CardProfile) and repaired.avg_amount == 7.0
+
+
 def test_the_circuit_opens_after_consecutive_failures_and_probes_again():
     clock = FakeClock()
     store: FeatureStore[Profile] = FeatureStore(
@@ -75,6 +98,21 @@ def test_the_circuit_opens_after_consecutive_failures_and_probes_again():
     clock.now += 5.1
     store.get_many(["a"])
     assert store.failures == 4 and store.circuit_open  # half-open probe failed: open again
+
+
+def test_only_failures_in_a_row_open_the_circuit(stack):
+    clock = FakeClock()
+    store: FeatureStore[Profile] = FeatureStore(
+        f"redis://127.0.0.1:{free_port()}/0", "x", failures_to_open=2, retry_after_s=5, clock=clock
+    )
+    unreachable, reachable = store._client, redis.Redis.from_url(stack.redis_url)
+    for client in (unreachable, reachable, unreachable):  # a success between two failures
+        store._client = client
+        store.get_many(["a"])
+        clock.now += 2.0  # past the cached miss of the success
+    assert store.failures == 2 and not store.circuit_open
+    store.get_many(["a"])
+    assert store.failures == 3 and store.circuit_open
 
 
 def test_operator_does_one_round_trip_per_runtime_batch(stack):

@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import bytewax.operators as op
@@ -81,6 +81,12 @@ def test_histograms_take_batches_and_export_cumulative_buckets(observed):
     assert all(s.labels["flow"] == "test" for s in samples)
 
 
+def _slow_lookup(keys: Iterable[int]) -> tuple[dict[int, int], bool]:
+    """A lookup that takes (at least) 2 ms, like a store's round trip."""
+    time.sleep(0.002)
+    return {k: k for k in keys}, False
+
+
 def test_the_generic_operators_record_their_stages(observed):
     """parse -> window -> lookup -> micro-batch, in-process: items per stage, dead letters by reason, window
     statuses, batch sizes and waits, event ages from the records' Kafka timestamps."""
@@ -102,7 +108,7 @@ def test_the_generic_operators_record_their_stages(observed):
     looked: Stream[tuple[Windowed[tuple[SourceRecord, int]], int | None, bool]] = enrich_batch(
         "m_lookup",
         op.map("unkey", windows, lambda kv: kv[1]),
-        lambda: lambda keys: ({k: k for k in keys}, False),
+        lambda: _slow_lookup,
         lambda w: w.event[1],
         origin=lambda w: w.event[0],
     )
@@ -124,7 +130,9 @@ def test_the_generic_operators_record_their_stages(observed):
     assert size.total == 300 and size.count == metrics.BATCH_WAIT.value(("m_score",)).count
     ages = metrics.STAGE_AGE.value(("m_score",))
     assert ages.count == 300 and ages.quantile(0.5) >= 25.0  # the records were 40 ms old when read
-    assert metrics.LOOKUP_DURATION.value(("m_lookup",)).count == metrics.STAGE_DURATION.value(("m_lookup",)).count
+    lookups = metrics.LOOKUP_DURATION.value(("m_lookup",))
+    assert lookups.count == metrics.STAGE_DURATION.value(("m_lookup",)).count
+    assert lookups.total / lookups.count >= 2.0  # milliseconds: every lookup sleeps 2 ms
 
 
 def test_nothing_is_recorded_while_metrics_are_off():

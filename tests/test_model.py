@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from models.devices import pick_device
-from models.fraud_features import FEATURE_NAMES, N_FEATURES, feature_row
+from models.fraud_features import FEATURE_NAMES, N_FEATURES, feature_row, parse_profile
 from models.fraud_model import Band, combine_scores, load_cascade
+from models.fraud_policy import Policy
 from models.registry import ModelRegistry
 from models.train_fraud import build_dataset, pr_auc, roc_auc
+from models.transaction import Transaction
 from tests.helpers import txn
 
 
@@ -98,6 +100,21 @@ def test_band_routes_uncertain_scores_and_fired_rules():
 def test_profile_fallback_sets_the_flag():
     row = feature_row(txn("e", "c", 100.0, t_s=0), (1, 100, 1, 100, 1, 3600), None)
     assert len(row) == N_FEATURES and row[FEATURE_NAMES.index("profile_missing")] == 1.0
+
+
+def test_policy_rules_fire_from_their_bounds_and_a_high_risk_country_only_for_cards_from_elsewhere():
+    def paid(country: str, at_ms: int, category: str = "grocery") -> Transaction:
+        return Transaction("e", "c", 20.0, "USD", "m", category, country, at_ms, 0.0)
+
+    policy, calm = Policy(), (1.0, 0, 0, 0, 0, 0)
+    assert policy.rules(paid("GB", 0), (5.0, 0, 0, 0, 0, 0), None) == ["velocity_burst"]  # the fifth in a minute
+    assert policy.rules(paid("GB", 0), (4.0, 0, 0, 0, 0, 0), None) == []
+    assert policy.rules(paid("NG", 0), calm, None) == []  # no profile: the card is taken to be from there
+    assert policy.rules(paid("NG", 0), calm, parse_profile({"home_country": "NG"})) == []  # at home
+    assert policy.rules(paid("NG", 0), calm, parse_profile({"home_country": "GB"})) == ["high_risk_country"]
+    hour_ms = 3_600_000  # GB's clock is UTC
+    assert policy.rules(paid("GB", 5 * hour_ms - 60_000, "crypto"), calm, None) == ["risky_category_at_night"]
+    assert policy.rules(paid("GB", 5 * hour_ms, "crypto"), calm, None) == []  # five o'clock is morning
 
 
 def _registry_with_a_copy(tmp_path: Path, model_dir: Path, prefix: str) -> tuple[ModelRegistry, str, str]:

@@ -421,10 +421,27 @@ def test_decayed_popularity_does_not_depend_on_arrival_order(occurrences, rnd):
     rnd.shuffle(shuffled)
     for item, t in shuffled:
         b.add(item, 1.0, t)
-    assert [i for i, _ in a.top(6)] == [i for i, _ in b.top(6)] or all(
-        math.isclose(x, y, rel_tol=1e-9) for (_, x), (_, y) in zip(a.top(6), b.top(6), strict=True)
-    )
+    in_order, shuffled_top = dict(a.top(6)), dict(b.top(6))  # every item: at most six are counted
+    assert in_order.keys() == shuffled_top.keys() == {item for item, _ in occurrences}
+    assert all(math.isclose(in_order[i], shuffled_top[i], rel_tol=1e-9) for i in in_order)
     assert DecayedCounts(900.0, state=a.state()).top(6) == a.top(6)
+
+
+def test_decayed_popularity_keeps_the_strongest_items_orders_ties_by_id_and_survives_rescaling():
+    counts = DecayedCounts(60.0, capacity=2)
+    for item in ["a"] * 3 + ["b"] * 2 + ["c", "d", "e"]:  # five items held: more than twice the capacity
+        counts.add(item, 1.0, 0.0)
+    assert counts.top(2) == [("a", 3.0), ("b", 2.0)]
+    tied = DecayedCounts(60.0)
+    tied.add("b", 1.0, 0.0)
+    tied.add("a", 1.0, 0.0)
+    assert [i for i, _ in tied.top(2)] == ["a", "b"]
+    late = DecayedCounts(60.0)
+    for _ in range(5):
+        late.add("a", 1.0, 0.0)
+    late.add("b", 1.0, 61 * 60.0)  # past RESCALE_AFTER half-lives: rescaled, and "a" (5 * 2**-61) is dropped
+    [(item, count)] = late.top(2)
+    assert item == "b" and math.isclose(count, 1.0)
 
 
 def _clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 1) -> np.ndarray:

@@ -169,6 +169,31 @@ def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weigh
     assert [i for i, _ in ranking] == ["a", "b"] and logic.notify_at() is None
 
 
+def _popularity(clock: TimeTestingGetter, resume=None) -> _DecayedTopLogic[tuple[str, float]]:
+    return _DecayedTopLogic(
+        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]), timedelta(seconds=60), 2, 100, timedelta(seconds=1),
+        resume, clock.get,
+    )  # fmt: skip
+
+
+def test_after_an_idle_gap_popularity_is_emitted_once_then_held_back_again():
+    clock = TimeTestingGetter(T0)
+    logic = _popularity(clock)
+    assert len(logic.on_batch([("a", 0.0)])[0]) == 1
+    clock.advance(timedelta(seconds=10))
+    assert len(logic.on_batch([("b", 1.0)])[0]) == 1
+    clock.advance(timedelta(seconds=0.1))
+    assert logic.on_batch([("b", 2.0)])[0] == []  # a second after the last emission, not after the first
+
+
+def test_popularity_resumes_from_its_snapshot():
+    clock = TimeTestingGetter(T0)
+    before = _popularity(clock)
+    before.on_batch([("a", 0.0), ("b", 0.0), ("b", 0.0)])
+    after = _popularity(clock, before.snapshot())
+    assert after.on_batch([("a", 0.0)])[0] == [(("a", 2.0), ("b", 2.0))]
+
+
 def test_decayed_top_runs_per_key_in_a_flow():
     flow = Dataflow("pop")
     events = [("shoes", ("s1", 1.0)), ("bags", ("b1", 1.0)), ("shoes", ("s2", 2.0)), ("shoes", ("s2", 3.0))]

@@ -127,6 +127,11 @@ def test_request_info_keeps_the_step_open_and_its_sla_running():
     chain = Chain("c", "v1", ROLES, (StepSpec("analyst", 10), StepSpec("senior", 10)), "hold")
     case, _ = apply_verdict(open_case("k", chain, 0.0), Verdict("v1", "k", 0, "ann", "analyst", "request_info", "?", 1))
     assert case.status == "info_requested" and case.current == 0 and case.steps[0].deadline_ms == 10_000
+    again, events = apply_verdict(case, Verdict("v1", "k", 0, "ann", "analyst", "request_info", "?", 5))
+    assert again == case and [(type(e).__name__, getattr(e, "code", None)) for e in events] == [
+        ("Rejected", "duplicate")
+    ]
+    assert len(case.history) == 1  # a verdict sent twice counts once
     case, _ = apply_verdict(case, Verdict("v2", "k", 0, "ann", "analyst", "approve", "ok", 2_000))
     assert case.status == "open" and case.current == 1 and case.steps[1].deadline_ms == 12_000
 
@@ -150,8 +155,21 @@ def test_request_info_keeps_the_step_open_and_its_sla_running():
             {"chains": [{"name": "x", "when": {"min_amount": 5}, "steps": [{"role": "analyst", "sla_s": 5}]}]},
             "chains[0] must have no 'when': the last chain is the catch-all",
         ),
+        (
+            {"chains": [{"name": "x", "steps": [{"role": "analyst", "sla_s": 5}]}] * 2},
+            "chain names must be distinct",
+        ),
+        (
+            {"chains": [{"name": "x", "when": {"decisions": ["approve"]}, "steps": [{"role": "analyst", "sla_s": 5}]},
+                        {"name": "rest", "steps": [{"role": "analyst", "sla_s": 5}]}]},
+            "chains[0].when.decisions may only hold review and decline",
+        ),
+        (
+            {"chains": [{"name": "x", "steps": [{"role": "analyst", "sla_s": 5, "sla": 9}]}]},
+            'chains[0].steps[0] must be an object {"role"',
+        ),
     ],
-)
+)  # fmt: skip
 def test_a_bad_policy_is_refused_naming_its_path(change, message):
     with pytest.raises(InvalidEvent) as info:
         policy_from_object({**DEFAULT_POLICY, **change})
@@ -171,6 +189,41 @@ def test_every_case_gets_the_first_chain_that_applies(amount, country, decision)
     assert chain.name == expected and chain.policy_version == "default-1"
 
 
+def test_amount_bands_end_below_their_bound_and_a_rule_condition_wants_any_of_its_rules():
+    def chain(when: dict) -> str:
+        policy = policy_from_object(
+            {
+                "version": "b",
+                "roles": ["analyst"],
+                "default_action": "hold",
+                "chains": [
+                    {
+                        "name": "hit",
+                        "when": when,
+                        "default_action": "decline",
+                        "steps": [{"role": "analyst", "sla_s": 5}],
+                    },
+                    {"name": "rest", "steps": [{"role": "analyst", "sla_s": 5}]},
+                ],
+            }  # fmt: skip
+        )
+        return policy.chain_for(facts).name + "/" + policy.chain_for(facts).default_action
+
+    facts = CaseFacts(99.99, "US", "review", ("a",))
+    assert chain({"below_amount": 100}) == "hit/decline"  # the chain's own default action, not the policy's
+    facts = CaseFacts(100.0, "US", "review", ("a",))
+    assert chain({"below_amount": 100}) == "rest/hold"
+    assert chain({"rules": ["a", "b"]}) == "hit/decline"  # any of them fired
+    assert chain({"rules": ["b"]}) == "rest/hold"
+
+
+def test_the_same_policy_written_in_another_key_order_has_the_same_digest():
+    """Republishing a policy whose keys an editor reordered is the same version, not a conflicting one."""
+    reordered = {k: DEFAULT_POLICY[k] for k in reversed(list(DEFAULT_POLICY))}
+    assert list(reordered) != list(DEFAULT_POLICY)
+    assert policy_from_object(reordered).digest == default_policy().digest
+
+
 def test_conditions_on_decisions_and_rules():
     policy = policy_from_object(
         {
@@ -187,6 +240,7 @@ def test_conditions_on_decisions_and_rules():
     assert policy.chain_for(CaseFacts(5, "US", "decline", ())).name == "declines"
     assert policy.chain_for(CaseFacts(5, "US", "review", ("velocity_burst",))).name == "bursts"
     assert policy.chain_for(CaseFacts(5, "US", "review", ("other",))).name == "rest"
+    assert policy.chain_for(CaseFacts(5, "US", "decline", ())).default_action == "hold"  # the policy's own
     assert parse_policy(
         b'{"version": "r", "roles": ["a"], "default_action": "hold", "chains": '
         b'[{"name": "x", "steps": [{"role": "a", "sla_s": 1}]}]}'

@@ -51,3 +51,38 @@ def test_idle_expiry_discards_the_state_and_activity_postpones_it():
     out, keep = logic.on_notify()
     assert out == [] and keep is StatefulBatchLogic.DISCARD
     assert logic.snapshot() == (("hello", "again"), (clock.now - timedelta(minutes=15)).timestamp())
+
+
+def test_memory_resumes_from_its_snapshot_and_a_graceful_stop_keeps_it():
+    clock = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+    before: SessionMemoryLogic[str, str] = SessionMemoryLogic(6, timedelta(minutes=15), None, lambda v: v, clock.get)
+    before.on_batch(["hello"])
+    assert before.on_eof() == ([], StatefulBatchLogic.RETAIN)  # the input ending (a stop) forgets nothing
+    after: SessionMemoryLogic[str, str] = SessionMemoryLogic(
+        6, timedelta(minutes=15), before.snapshot(), lambda v: v, clock.get
+    )
+    assert after.on_batch(["again"])[0] == [("again", ("hello",))]
+
+
+def test_notes_are_remembered_not_emitted_and_a_transformed_value_is_both_emitted_and_remembered():
+    """The assistant's answers come back as notes (memory only); its turns are rewritten against the memory."""
+    clock = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+    logic: SessionMemoryLogic[str, str] = SessionMemoryLogic(
+        6,
+        timedelta(minutes=15),
+        None,
+        lambda v: v,
+        clock.get,
+        is_note=lambda v: v.startswith("note:"),
+        transform=lambda v, memory: f"{v}+{len(memory)}",
+    )
+    out, _ = logic.on_batch(["q1", "note:a1", "q2"])
+    assert out == [("q1+0", ()), ("q2+2", ("q1+0", "note:a1"))]
+    assert logic.snapshot()[0] == ("q1+0", "note:a1", "q2+2")
+
+
+def test_max_turns_zero_remembers_nothing():
+    clock = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+    logic: SessionMemoryLogic[str, str] = SessionMemoryLogic(0, timedelta(minutes=15), None, lambda v: v, clock.get)
+    assert logic.on_batch(["a", "b"])[0] == [("a", ()), ("b", ())]
+    assert logic.snapshot()[0] == ()
