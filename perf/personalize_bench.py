@@ -150,8 +150,12 @@ def run_one(
         count = int(rate * args.seconds)
         collector = AnswerCollector(connection=settings.connection(), topic=settings.recommendations_topic,
                                     id_field="request_id", expected=count, timeout_s=args.seconds + 120, warmup_s=args.warmup)  # fmt: skip
+        # every replica acknowledges every catalogue change: wait for all of them (a flow that falls behind goes
+        # quiet for seconds; stopping at the first silence timed only the changes applied before it)
+        expected_changes = int(args.catalog_rate * args.seconds) * args.replicas
         changes = AnswerCollector(connection=settings.connection(), topic=settings.catalog_changes_topic,
-                                  id_field="change_id", expected=10**9, timeout_s=args.seconds + 30, keep=True, idle_stop_s=5)  # fmt: skip
+                                  id_field="change_id", expected=expected_changes, timeout_s=args.seconds + 180,
+                                  keep=True, idle_stop_s=60)  # fmt: skip
         ctx = mp.get_context("spawn")
         queue: Any = ctx.Queue()
         knobs = {"items": args.items, "users": args.users, "seed": args.seed,
@@ -165,8 +169,9 @@ def run_one(
         cpu = _cpu(flow.pids) - cpu0
         result["background"] = queue.get(timeout=120)
         background.join(10)
-        acks = changes.result(timeout_s=args.seconds + 60)
+        acks = changes.result(timeout_s=args.seconds + 180)
         fresh = sorted(b["applied_at"] - b["sent_at"] for b in acks.kept.values() if b.get("sent_at"))
+        whole = len(fresh) >= expected_changes  # a percentile of the changes applied so far flatters a lagging flow
         result |= {
             "sent": sent.sent,
             "sender_lag_p99_ms": round(sent.lag_p99_ms, 2),
@@ -178,8 +183,9 @@ def run_one(
             "flow_cpu_ms_per_request": round(1000 * cpu / max(1, got.answered), 3),
             "freshness_ms": {
                 "n": len(fresh),
-                "p50": round(fresh[len(fresh) // 2], 1) if fresh else None,
-                "p99": round(fresh[int(0.99 * (len(fresh) - 1))], 1) if fresh else None,
+                "expected": expected_changes,
+                "p50": round(fresh[len(fresh) // 2], 1) if fresh and whole else None,
+                "p99": round(fresh[int(0.99 * (len(fresh) - 1))], 1) if fresh and whole else None,
             },  # fmt: skip
         }
     finally:
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             p99 = median_and_spread([r["latency_ms"].get("p99", float("inf")) for r in rs])
             achieved = median_and_spread([r["achieved_per_s"] for r in rs])
             fresh = [r["freshness_ms"]["p99"] for r in rs if r.get("freshness_ms", {}).get("p99") is not None]
+            fresh = fresh if len(fresh) == len(rs) else []  # a median over the runs that kept up would flatter
             medians.setdefault(system, {})[rate_key] = {
                 "p99_ms": p99[0], "p99_ms_spread": p99[1:], "achieved_per_s": achieved[0], "achieved_spread": achieved[1:],
                 "freshness_p99_ms": median_and_spread(fresh)[0] if fresh else None,
@@ -252,20 +259,28 @@ def main(argv: list[str] | None = None) -> int:
     path = report_stem("personalize", args.label).with_suffix(".json")
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"report: {path}")
-    at_5k = medians.get("personalize", {}).get("5000")
-    # the headline only: the default flow, the full catalogue, 3+ runs; variants (--label) stay in their report
+    # the target's rate (5k) and a rate this box sustains (1k): the default flow, the full catalogue, 3+ runs;
+    # variants (--label, --set, another profile) stay in their report
+    figures: dict[str, float] = {}
+    owns: list[str] = []  # the keys of the rates run: one left without a figure (freshness not whole) is removed
+    for rate_key, at in (("5000", "5k"), ("1000", "1k")):
+        m = medians.get("personalize", {}).get(rate_key)
+        if m is None:
+            continue
+        fresh_key = "freshness_p99_ms" if at == "5k" else f"freshness_p99_ms_at_{at}"  # 5k's keeps its first name
+        owns += [f"p99_ms_at_{at}", f"achieved_req_per_s_at_{at}", fresh_key]
+        figures |= {f"p99_ms_at_{at}": m["p99_ms"], f"achieved_req_per_s_at_{at}": m["achieved_per_s"]}
+        if m["freshness_p99_ms"] is not None:
+            figures[fresh_key] = m["freshness_p99_ms"]
     if (
-        at_5k
+        figures
         and args.items == 100_000
         and not args.label
         and not args.env
         and args.profile == "latency"
         and args.runs >= 3
     ):
-        figures = {"p99_ms_at_5k": at_5k["p99_ms"], "achieved_req_per_s_at_5k": at_5k["achieved_per_s"]}
-        if at_5k["freshness_p99_ms"] is not None:
-            figures["freshness_p99_ms"] = at_5k["freshness_p99_ms"]
-        record("personalize", figures)
+        record("personalize", figures, owns=owns)
     return 0
 
 
