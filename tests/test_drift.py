@@ -245,6 +245,22 @@ def test_after_an_idle_gap_the_next_drift_window_ends_in_the_future():
     assert now[0] < logic.window_end <= now[0] + settings.window
 
 
+def test_a_firing_drift_alarm_resolves_after_a_restart():
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
+    settings = DriftSettings(window=timedelta(minutes=1), min_count=10, warmup_windows=0)
+    before = _DriftLogic(lambda m, v: reference, settings, "fraud", None, lambda: now[0])
+    before.on_batch([ScoreSample("m", "v1", np.full(20, 0.2))])  # every score below the reference's median
+    now[0] += timedelta(minutes=1)
+    fired, _ = before.on_notify()
+    assert [(a.alarm, a.state) for a in fired] == [("score_drift", "firing")]
+    after = _DriftLogic(lambda m, v: reference, settings, "fraud", before.snapshot(), lambda: now[0])
+    after.on_batch([ScoreSample("m", "v1", np.r_[np.full(10, 0.2), np.full(10, 0.8)])])  # back to the reference
+    now[0] += timedelta(minutes=1)
+    resolved, _ = after.on_notify()
+    assert [(a.alarm, a.state) for a in resolved] == [("score_drift", "resolved")]
+
+
 def test_a_firing_health_alarm_resolves_after_a_restart():
     """The alarm board is part of the checkpoint: a process restarted while dlq_rate fires still resolves it."""
     rules = HealthRules(dlq_rate=0.05, window_s=4, min_events=50)
