@@ -248,7 +248,7 @@ def test_after_an_idle_gap_the_next_drift_window_ends_in_the_future():
 def test_a_firing_drift_alarm_resolves_after_a_restart():
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
     reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
-    settings = DriftSettings(window=timedelta(minutes=1), min_count=10, warmup_windows=0)
+    settings = DriftSettings(window=timedelta(minutes=1), min_count=20, warmup_windows=0)  # each window has 20
     before = _DriftLogic(lambda m, v: reference, settings, "fraud", None, lambda: now[0])
     before.on_batch([ScoreSample("m", "v1", np.full(20, 0.2))])  # every score below the reference's median
     now[0] += timedelta(minutes=1)
