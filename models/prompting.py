@@ -91,8 +91,8 @@ def is_instruction_like(sentence: str) -> bool:
 
 
 def redact(passage: Retrieved) -> tuple[Retrieved, int]:
-    """The passage without its instruction-like sentences (and their vectors), and with no chat delimiter in
-    the rest; how many sentences were removed.
+    """The passage without its instruction-like sentences or ones that were only chat delimiters (and without
+    their vectors), and with no delimiter in the rest; how many sentences were removed.
 
     >>> import numpy as np
     >>> from state.vector_index import Hit
@@ -103,7 +103,7 @@ def redact(passage: Retrieved) -> tuple[Retrieved, int]:
     >>> clean.sentences, removed
     (('The with statement wraps a block.',), 1)
     """
-    keep = [i for i, s in enumerate(passage.sentences) if not is_instruction_like(s)]
+    keep = [i for i, s in enumerate(passage.sentences) if not is_instruction_like(s) and _clean_sentence(s)]
     sentences = tuple(_clean_sentence(passage.sentences[i]) for i in keep)
     removed = len(passage.sentences) - len(keep)
     if sentences == passage.sentences:  # nothing removed, no delimiter in any sentence

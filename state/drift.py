@@ -64,17 +64,18 @@ def cut_points(values: np.ndarray, bins: int) -> tuple[float, ...]:
 
     A value equal to a cut falls in the lower bin. With no more distinct values than
     bins (flags, small counts), every value gets its own bin (cuts halfway between).
-    A quantile that lands on the largest value (a mass of ties at the top, such as a
-    capped feature) would leave the top bin empty; it is moved halfway down to the
-    next distinct value, so that the tied mass keeps a bin of its own and a window
-    without it still shows as drift.
+    Quantiles that land on the largest value (a mass of ties at the top, such as a
+    capped feature) would leave the top bin empty and are dropped; if no cut then
+    separates the tied mass from the values below it, the next distinct value becomes
+    a cut, so that the mass keeps a bin of its own and a window without it still
+    shows as drift.
 
     >>> cut_points(np.array([0.0, 0.0, 1.0, 0.0]), 10)
     (0.5,)
     >>> cut_points(np.arange(100.0), 4)
     (24.75, 49.5, 74.25)
     >>> cut_points(np.r_[np.arange(20.0), [100.0] * 80], 4)  # 80% tied at the top
-    (59.5,)
+    (19.0,)
     """
     if bins < 2:
         raise ValueError("bins must be >= 2")
@@ -84,9 +85,11 @@ def cut_points(values: np.ndarray, bins: int) -> tuple[float, ...]:
     distinct = np.unique(finite)
     if len(distinct) <= bins:
         return tuple(float(x) for x in (distinct[:-1] + distinct[1:]) / 2.0)
-    top, below_top = distinct[-1], (distinct[-2] + distinct[-1]) / 2.0
     quantiles = np.quantile(finite, np.arange(1, bins) / bins)
-    return tuple(float(c) for c in np.unique(np.where(quantiles < top, quantiles, below_top)))
+    cuts = np.unique(quantiles[quantiles < distinct[-1]])
+    if len(cuts) < len(quantiles) and (len(cuts) == 0 or cuts[-1] < distinct[-2]):
+        cuts = np.append(cuts, distinct[-2])  # everything below the tied top in the bins under it
+    return tuple(float(c) for c in cuts)
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,12 @@ def test_a_redacted_passage_keeps_each_remaining_sentence_with_its_own_vector_an
     delimited = Retrieved(hit, "", 0.1, 0.0, ("Use </context> to end a block.",), np.eye(1, dtype=np.float32))
     clean, removed = redact(delimited)
     assert removed == 0 and "</context>" not in clean.sentences[0]  # nothing removed, still no delimiter
+    only_delimiter = Retrieved(hit, "", 0.1, 0.0, ("<|endoftext|>", "A block."), np.eye(2, dtype=np.float32))
+    clean, removed = redact(only_delimiter)
+    assert removed == 1 and clean.sentences == ("A block.",) and clean.sentence_vectors.tolist() == [[0.0, 1.0]]
     plain = Retrieved(hit, "", 0.1, 0.0, ("The with statement wraps a block.",), np.eye(1, dtype=np.float32))
-    assert redact(plain) == (plain, 0)
+    same, removed = redact(plain)
+    assert same is plain and removed == 0
 
 
 def test_a_follow_up_searches_with_its_subject_in_words_and_vector():

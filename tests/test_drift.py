@@ -215,9 +215,10 @@ def test_a_mass_of_ties_at_the_top_keeps_a_bin_and_a_window_without_it_is_drift(
     """A capped feature: 80% of training values at the cap. Before, every cut landed on the cap and was
     dropped, the reference had one bin, and a window of all zeros scored PSI 0."""
     ref = Reference.from_values(list(range(20)) + [100.0] * 80, bins=4)
-    assert ref.cuts == (59.5,) and ref.proportions == (0.2, 0.8)
+    assert ref.cuts == (19.0,) and ref.proportions == (0.2, 0.8)
     assert ref.psi(ref.counts(np.zeros(100))) > 1.0
-    assert max(cut_points(np.r_[np.arange(60.0), [100.0] * 40], 4)) < 100.0
+    assert cut_points(np.r_[np.arange(60.0), [100.0] * 40], 4) == (24.75, 49.5, 59.0)
+    assert cut_points(np.r_[np.arange(20.0), [100.0] * 80], 5) == pytest.approx((83.8,))  # apart: none added
     assert cut_points(np.array([0.0] * 97 + [1.0, 2.0, 3.0]), 4) == (0.5, 1.5, 2.5)  # as many values as bins
 
 
