@@ -75,8 +75,10 @@ class VersionedModels(Generic[M]):
         background: bool = True,
         retry_after_s: float = 30.0,
         optional: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.optional = optional
+        self._clock = clock  # seconds; tests drive a fake one
         self._current, self._load = current, load
         self.check_every_s, self.keep, self.retry_after_s = check_every_s, keep, retry_after_s
         self._loaded: OrderedDict[str, M] = OrderedDict()
@@ -114,7 +116,7 @@ class VersionedModels(Generic[M]):
     def ready_version(self) -> str | None:
         """The version to serve now, if it is loaded; otherwise the newest one that is (a swap waits for its
         load). Looks at ``current`` at most every ``check_every_s``."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked_at >= self.check_every_s:
             self._checked_at = now
             self._wanted = self._current()

@@ -54,7 +54,8 @@ def test_while_a_new_version_loads_the_one_served_before_goes_on_even_if_an_olde
 
 def test_a_version_that_fails_to_load_is_logged_once_and_retried_after_a_while(caplog):
     reg = Registry()
-    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, retry_after_s=0.5)
+    clock = [0.0]  # the retry clock stands still until the test moves it, however slow the machine
+    models = VersionedModels(lambda: reg.served, reg.load, check_every_s=0, retry_after_s=0.5, clock=lambda: clock[0])
     assert models.ready_version() == "v1"
     reg.broken.add("v2")
     reg.served = "v2"
@@ -69,7 +70,7 @@ def test_a_version_that_fails_to_load_is_logged_once_and_retried_after_a_while(c
         "model v2 did not load (v2: truncated weights); serving v1, trying again in 0.5s"
     ]
     reg.broken.clear()  # fixed in place
-    time.sleep(0.5)
+    clock[0] += 0.5
     _until(lambda: models.ready_version() == "v2")
     assert reg.loads.count("v2") == 2
 
