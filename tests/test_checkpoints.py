@@ -11,14 +11,28 @@ import pytest
 from state.checkpoints import InconsistentBackup, backup, latest_state, summarize
 
 
-def _store(folder: Path, epochs: list[int]) -> Path:
-    """A stand-in recovery store: one partition file per commit epoch given (only what backup reads)."""
+def _store_with_snapshots(folder: Path, partitions: list[tuple[int, list[tuple[str, str, int, object]]]]) -> Path:
+    """A stand-in store in Bytewax's schema: per partition, its commit epoch and (step, key, epoch, state) rows."""
     folder.mkdir(parents=True, exist_ok=True)
-    for n, epoch in enumerate(epochs):
+    for n, (commit, snaps) in enumerate(partitions):
         with sqlite3.connect(folder / f"part-{n}.sqlite3") as db:
             db.execute("CREATE TABLE commits (worker_index INTEGER, commit_epoch INTEGER)")
-            db.execute("INSERT INTO commits VALUES (?, ?)", (n, epoch))
+            db.execute("INSERT INTO commits VALUES (?, ?)", (n, commit))
+            db.execute("CREATE TABLE exs (ex_num INTEGER, worker_count INTEGER, resume_epoch INTEGER, created_at TEXT)")
+            db.execute("INSERT INTO exs VALUES (0, 2, 1, '2026-01-01T00:00:00')")
+            db.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER, ser_change BLOB, "
+                       "created_at TEXT)")  # fmt: skip
+            for step, key, epoch, state in snaps:
+                blob = None if state is None else pickle.dumps(state)
+                db.execute(
+                    "INSERT INTO snaps VALUES (?, ?, ?, ?, ?)", (step, key, epoch, blob, f"2026-01-01T00:0{epoch}")
+                )
     return folder
+
+
+def _store(folder: Path, epochs: list[int]) -> Path:
+    """A stand-in recovery store: one partition file per commit epoch given, with no snapshots."""
+    return _store_with_snapshots(folder, [(epoch, []) for epoch in epochs])
 
 
 def test_a_backup_of_partitions_at_one_epoch_lands_whole_in_its_own_folder(tmp_path):
@@ -43,25 +57,6 @@ def test_a_backup_never_mixes_into_an_older_one(tmp_path):
     with pytest.raises(FileExistsError, match="not an empty folder"):
         backup(store, old)
     assert len(list(old.glob("part-*"))) == 3
-
-
-def _store_with_snapshots(folder: Path, partitions: list[tuple[int, list[tuple[str, str, int, object]]]]) -> Path:
-    """A stand-in store in Bytewax's schema: per partition, its commit epoch and (step, key, epoch, state) rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for n, (commit, snaps) in enumerate(partitions):
-        with sqlite3.connect(folder / f"part-{n}.sqlite3") as db:
-            db.execute("CREATE TABLE commits (worker_index INTEGER, commit_epoch INTEGER)")
-            db.execute("INSERT INTO commits VALUES (?, ?)", (n, commit))
-            db.execute("CREATE TABLE exs (ex_num INTEGER, worker_count INTEGER, resume_epoch INTEGER, created_at TEXT)")
-            db.execute("INSERT INTO exs VALUES (0, 2, 1, '2026-01-01T00:00:00')")
-            db.execute("CREATE TABLE snaps (step_id TEXT, state_key TEXT, snap_epoch INTEGER, ser_change BLOB, "
-                       "created_at TEXT)")  # fmt: skip
-            for step, key, epoch, state in snaps:
-                blob = None if state is None else pickle.dumps(state)
-                db.execute(
-                    "INSERT INTO snaps VALUES (?, ?, ?, ?, ?)", (step, key, epoch, blob, f"2026-01-01T00:0{epoch}")
-                )
-    return folder
 
 
 def test_the_state_read_back_is_the_newest_at_or_before_the_committed_epoch(tmp_path):

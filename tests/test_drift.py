@@ -233,13 +233,18 @@ def test_drift_counts_survive_a_checkpoint_and_a_batch_without_feature_rows_coun
     assert again.count == window.count == 200 and again.psi() == window.psi()
 
 
+def _drift_logic(settings: DriftSettings, now: list[datetime], resume: dict | None = None) -> _DriftLogic:
+    """One model's drift alarms against a reference split evenly at 0.5, on the clock ``now[0]``."""
+    reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
+    return _DriftLogic(lambda m, v: reference, settings, "fraud", resume, lambda: now[0])
+
+
 def test_after_an_idle_gap_the_next_drift_window_ends_in_the_future():
     """A flow idle for five windows: the window that closes on its return is followed by one that ends a
     window from now, not by a run of windows closing at once (which would resolve alarms as unjudged)."""
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
     settings = DriftSettings(window=timedelta(minutes=1), min_count=10)
-    logic = _DriftLogic(lambda m, v: reference, settings, "fraud", None, lambda: now[0])
+    logic = _drift_logic(settings, now)
     logic.on_batch([ScoreSample("m", "v1", np.full(20, 0.2))])
     now[0] += timedelta(minutes=5, seconds=1)
     logic.on_notify()
@@ -248,14 +253,13 @@ def test_after_an_idle_gap_the_next_drift_window_ends_in_the_future():
 
 def test_a_firing_drift_alarm_resolves_after_a_restart():
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    reference = ModelReference("m", Reference((0.5,), (0.5, 0.5)))
     settings = DriftSettings(window=timedelta(minutes=1), min_count=20, warmup_windows=0)  # each window has 20
-    before = _DriftLogic(lambda m, v: reference, settings, "fraud", None, lambda: now[0])
+    before = _drift_logic(settings, now)
     before.on_batch([ScoreSample("m", "v1", np.full(20, 0.2))])  # every score below the reference's median
     now[0] += timedelta(minutes=1)
     fired, _ = before.on_notify()
     assert [(a.alarm, a.state) for a in fired] == [("score_drift", "firing")]
-    after = _DriftLogic(lambda m, v: reference, settings, "fraud", before.snapshot(), lambda: now[0])
+    after = _drift_logic(settings, now, before.snapshot())
     after.on_batch([ScoreSample("m", "v1", np.r_[np.full(10, 0.2), np.full(10, 0.8)])])  # back to the reference
     now[0] += timedelta(minutes=1)
     resolved, _ = after.on_notify()

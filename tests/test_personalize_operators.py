@@ -149,17 +149,17 @@ def test_a_key_redis_refuses_is_logged_and_not_retried_while_the_others_are_writ
     )
 
 
+def _popularity(clock: TimeTestingGetter, resume=None) -> _DecayedTopLogic[tuple[str, float]]:
+    """Popularity per key: top 2 by weight 1 each, half-life 60 s, emitted at most every second."""
+    return _DecayedTopLogic(
+        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]), timedelta(seconds=60), 2, 100, timedelta(seconds=1),
+        resume, clock.get,
+    )  # fmt: skip
+
+
 def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weight():
     clock = TimeTestingGetter(T0)
-    logic: _DecayedTopLogic[tuple[str, float]] = _DecayedTopLogic(
-        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]),
-        timedelta(seconds=60),
-        2,
-        100,
-        timedelta(seconds=1),
-        None,
-        clock.get,
-    )
+    logic = _popularity(clock)
     first, _ = logic.on_batch([("a", 0.0), ("b", 0.0), ("b", 0.0)])
     assert [[i for i, _ in r] for r in first] == [["b", "a"]]
     assert logic.on_batch([("a", 120.0), ("a", 120.0)])[0] == []  # too soon: held back
@@ -167,13 +167,6 @@ def test_popularity_is_emitted_at_most_every_interval_and_ranks_by_decayed_weigh
     clock.advance(timedelta(seconds=1))
     [ranking], _ = logic.on_notify()
     assert [i for i, _ in ranking] == ["a", "b"] and logic.notify_at() is None
-
-
-def _popularity(clock: TimeTestingGetter, resume=None) -> _DecayedTopLogic[tuple[str, float]]:
-    return _DecayedTopLogic(
-        (lambda e: e[0], lambda e: 1.0, lambda e: e[1]), timedelta(seconds=60), 2, 100, timedelta(seconds=1),
-        resume, clock.get,
-    )  # fmt: skip
 
 
 def test_after_an_idle_gap_popularity_is_emitted_once_then_held_back_again():
