@@ -17,8 +17,9 @@ age of the events when their results are ready.
 
 from __future__ import annotations
 
+import functools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -145,6 +146,62 @@ def micro_batch(
     return per_shard(up, shard_key, shards, builder)
 
 
+class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
+    """A shard's logic fed lists: each upstream batch reaches a shard as one ``(shard, items)`` pair, not as one
+    keyed pair per item, and each call's results leave as one list.
+
+    Bytewax routes, groups and wraps every keyed item and output on its own; for a step that sees every event
+    (the fraud flow's stage 1) that was ~0.6 us per item spent moving tuples. The inner logic, its snapshots
+    and its step names are unchanged, so checkpoints written before still resume.
+    """
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: StatefulBatchLogic[X, Y, S]) -> None:
+        self.inner = inner
+
+    @staticmethod
+    def _out(result: tuple[Iterable[Y], bool]) -> tuple[list[list[Y]], bool]:
+        out = list(result[0])
+        return ([out] if out else []), result[1]
+
+    def on_batch(self, values: list[list[X]]) -> tuple[list[list[Y]], bool]:
+        return self._out(self.inner.on_batch(values[0] if len(values) == 1 else [x for xs in values for x in xs]))
+
+    def on_notify(self) -> tuple[list[list[Y]], bool]:
+        return self._out(self.inner.on_notify())
+
+    def on_eof(self) -> tuple[list[list[Y]], bool]:
+        return self._out(self.inner.on_eof())
+
+    def notify_at(self) -> datetime | None:
+        return self.inner.notify_at()
+
+    def snapshot(self) -> S:
+        return self.inner.snapshot()
+
+
+def shard_lists(items: list[X], shard_key: Callable[[X], str], shards: int) -> list[tuple[str, list[X]]]:
+    """``items`` grouped by shard, each shard's in their order (one shard: no key is computed).
+
+    >>> shard_lists(["a", "b", "a"], lambda x: x, 1)
+    [('0', ['a', 'b', 'a'])]
+    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, 64)) == sorted([(shard_of("a", 64), ["a", "a"]), (shard_of("b", 64), ["b"])])
+    True
+    """
+    if shards == 1:
+        return [("0", items)] if items else []
+    groups: dict[str, list[X]] = {}
+    for x in items:
+        shard = shard_of(shard_key(x), shards)
+        group = groups.get(shard)
+        if group is None:
+            groups[shard] = [x]
+        else:
+            group.append(x)
+    return list(groups.items())
+
+
 def per_shard(
     up: Stream[X],
     shard_key: Callable[[X], str],
@@ -153,9 +210,13 @@ def per_shard(
 ) -> Stream[Y]:
     """Spread ``up`` over ``shards`` keys, run one ``builder`` logic per shard, drop the keys again.
 
-    Call it inside an ``@operator`` (its steps are named ``shard``, ``batch`` and ``unshard``).
+    Each upstream batch reaches a shard as one list (:class:`_ShardLists`). Call it inside an ``@operator``
+    (its steps are named ``shard``, ``batch`` and ``unshard``).
     """
-    # batch steps with list comprehensions rather than per-item key_on/map: two Python calls fewer per item
-    keyed = op.flat_map_batch("shard", up, lambda xs: [(shard_of(shard_key(x), shards), x) for x in xs])
-    done = op.stateful_batch("batch", keyed, builder)  # type: ignore[arg-type]
-    return op.flat_map_batch("unshard", done, lambda kvs: [v for _, v in kvs])
+    keyed = op.flat_map_batch("shard", up, functools.partial(shard_lists, shard_key=shard_key, shards=shards))
+    done = op.stateful_batch("batch", keyed, lambda resume: _ShardLists(builder(resume)))  # type: ignore[arg-type]
+    return op.flat_map_batch("unshard", done, _unshard)
+
+
+def _unshard(pairs: list[tuple[str, list[Y]]]) -> list[Y]:
+    return [y for _, ys in pairs for y in ys]

@@ -54,6 +54,7 @@ from operators.kafka.sink import (
     Sealer,
     TopicPartitionedSink,
     count_written,
+    flat,
     ms_since,
     produce_all,
 )
@@ -112,7 +113,7 @@ class SkipList:
         return out
 
 
-class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]):
+class _TransactionalPartition(StatefulSinkPartition[list[KafkaRecord], PartitionState]):
     def __init__(
         self,
         conn: KafkaConnection,
@@ -148,8 +149,9 @@ class _TransactionalPartition(StatefulSinkPartition[KafkaRecord, PartitionState]
         else:
             self._next_offset = max(self._next_offset, (msg.offset() or 0) + 1)
 
-    def write_batch(self, items: list[KafkaRecord]) -> None:
+    def write_batch(self, groups: list[list[KafkaRecord]]) -> None:
         started = SINK_PROBE.start()
+        items = flat(groups)
         fresh = self._skip.fresh(items)
         if started and PROCESS.on and len(fresh) < len(items):
             REPLAY_SKIPPED.add((), len(items) - len(fresh))
