@@ -40,7 +40,7 @@ import orjson
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.observability import alarm_records, artifact_references
-from dataflows.runtime import flow_from_env, kafka_source
+from dataflows.runtime import flow_from_env, kafka_source, shard_count
 from models.devices import pick_device
 from models.fraud_feature_log import feature_log_body
 from models.fraud_features import CardProfile, feature_matrix, feature_row, parse_profile, sequence_rows
@@ -514,7 +514,7 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
         origin=lambda item: item[1].event.source,
     )
     max_wait = timedelta(milliseconds=settings.max_wait_ms)
-    shards = settings.inference_shards
+    shards = shard_count(settings.inference_shards)
     samples: BatchTap[ScoreSample] = BatchTap()  # every model call's scores, for the drift alarms
     stage1 = versioned_batch(
         "stage1",

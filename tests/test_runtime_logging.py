@@ -55,3 +55,14 @@ def test_warning_level_quiets_sluice_info(logged):
 def test_an_unknown_level_is_one_line_naming_the_setting():
     with pytest.raises(SettingsError, match="SLUICE_LOG_LEVEL"):
         FraudSettings.from_env({"SLUICE_LOG_LEVEL": "loud"})
+
+
+def test_zero_shards_means_one_per_worker_that_bytewax_run_was_started_with(monkeypatch):
+    from dataflows.runtime import shard_count
+
+    monkeypatch.setattr("sys.argv", ["/venv/lib/bytewax/run.py", "dataflows.fraud:from_env()", "-w", "2"])
+    monkeypatch.setenv("BYTEWAX_ADDRESSES", "a:1;b:1;c:1")
+    assert shard_count(0) == 6
+    assert shard_count(5) == 5  # a configured count stands
+    monkeypatch.setattr("sys.argv", ["pytest"])  # built in-process (tests, run_main): one worker
+    assert shard_count(0) == 1
