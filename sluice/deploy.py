@@ -7,7 +7,7 @@
 The manifests are generated rather than written by hand so that four flows are one template, and so
 that the numbers which must agree do: the StatefulSet's ``replicas``, ``BYTEWAX_REPLICAS`` (from
 which ``deploy/entrypoint.sh`` computes every process's id and address), the shard settings that
-must cover the worker count, and the recovery partitions. ``deploy/k8s/`` holds the rendering for
+must cover the worker count (where they do not default to one per worker), and the recovery partitions. ``deploy/k8s/`` holds the rendering for
 the defaults; ``tests/test_deploy.py`` fails when it is stale and validates every resource against
 the Kubernetes schemas offline.
 
@@ -85,10 +85,10 @@ FLOW_SPECS: Mapping[str, FlowSpec] = {
     "fraud": FlowSpec(
         Resources("1", "1Gi", "2", "2Gi"),
         {"SLUICE_EXACTLY_ONCE": "1", "SLUICE_MODEL_PATH": f"{MODELS_MOUNT}/fraud"},
-        shard_settings=("SLUICE_INFERENCE_SHARDS",),
         models=True,
     ),
-    "assistant": FlowSpec(Resources("1", "1536Mi", "2", "3Gi"), shard_settings=("SLUICE_EMBED_SHARDS",)),
+    # the fraud and assistant shard settings default to one per worker, read from the -i/-a the entrypoint passes
+    "assistant": FlowSpec(Resources("1", "1536Mi", "2", "3Gi")),
     "personalize": FlowSpec(Resources("1", "2Gi", "2", "4Gi"), shard_settings=("SLUICE_WRITE_SHARDS",)),
     "review": FlowSpec(Resources("500m", "512Mi", "1", "1Gi"), {"SLUICE_EXACTLY_ONCE": "1"}),
 }
@@ -125,7 +125,7 @@ def recovery_partitions(processes: int) -> int:
 def flow_settings(flow: str, target: Target) -> dict[str, str]:
     """The flow's ``SLUICE_*`` settings on the cluster, checked by its settings class.
 
-    >>> flow_settings("fraud", Target(processes=12))["SLUICE_INFERENCE_SHARDS"]
+    >>> flow_settings("personalize", Target(processes=12))["SLUICE_WRITE_SHARDS"]
     '12'
     >>> flow_settings("review", Target(settings={"SLUICE_MAX_BACH": "1"}))
     Traceback (most recent call last):
