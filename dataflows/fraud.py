@@ -38,6 +38,8 @@ import bytewax.operators as op
 import numpy as np
 import orjson
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 
 from dataflows.observability import alarm_records, artifact_references
 from dataflows.runtime import flow_from_env, kafka_source, shard_count
@@ -482,12 +484,20 @@ def _card_id(x: EnrichedEvent | Scored) -> str:
     return x.event.txn.card_id if isinstance(x, EnrichedEvent) else x.item.event.txn.card_id
 
 
-def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "fraud") -> Dataflow:
-    """The fraud dataflow for ``settings`` (see the module docstring)."""
+def build_flow(
+    settings: FraudSettings,
+    policy: Policy = Policy(),
+    name: str = "fraud",
+    *,
+    source: Source[SourceRecord] | None = None,
+    sink: Sink[KafkaRecord] | None = None,
+) -> Dataflow:
+    """The fraud dataflow for ``settings`` (see the module docstring). ``source`` and ``sink`` replace the
+    Kafka input and output (in-memory ones: :mod:`perf.fraud_inprocess` measures the flow without Kafka)."""
     served, shadowed = model_sources(settings)  # a missing model fails at start, not mid-stream
     flow = Dataflow(name)
     records: Stream[SourceRecord] = op.input(
-        "transactions", flow, kafka_source(settings, settings.transactions_topic, settings.start_from)
+        "transactions", flow, source or kafka_source(settings, settings.transactions_topic, settings.start_from)
     )
     parsed = parse_or_dead_letter("parse", records, parse_transaction)
     windows = sliding_features(
@@ -578,6 +588,9 @@ def build_flow(settings: FraudSettings, policy: Policy = Policy(), name: str = "
 
     dead = op.merge("dead", parsed.dead, op.flat_map_batch("window_letters", windows, _window_letters))
     outputs.append(op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic)))
+    if sink is not None:
+        op.output("out", op.merge("all_out", *outputs), sink)
+        return flow
     kafka_output(
         "out",
         op.merge("all_out", *outputs),
