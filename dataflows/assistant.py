@@ -42,7 +42,7 @@ import torch
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.observability import alarm_records
-from dataflows.runtime import flow_from_env, kafka_source, limit_threads, shard_count
+from dataflows.runtime import flow_from_env, kafka_source, limit_threads, shards_for
 from models.answering import Answer, extract_answer, verify_generated
 from models.chat import AnswerNote, ChatRequest, parse_answer_note, parse_chat_request, reply_address
 from models.document import DocumentEvent, parse_document_event
@@ -413,7 +413,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
         shard_key=lambda t: t.request.session_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),
-        shards=shard_count(settings.embed_shards),
+        shards=shards_for(settings.embed_shards),
         origin=_turn_source,
     )
     said = parse_or_dead_letter(
@@ -456,7 +456,7 @@ def build_flow(settings: AssistantSettings, name: str = "assistant") -> Dataflow
             shard_key=lambda g: g.turn.request.session_id,
             max_batch=settings.gen_max_batch,
             max_wait=timedelta(milliseconds=settings.gen_max_wait_ms),
-            shards=shard_count(settings.gen_shards),
+            shards=shards_for(settings.gen_shards),
             origin=_grounded_source,
         )
     answers = op.map("respond", grounded, functools.partial(knowledge_response, settings))

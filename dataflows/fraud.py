@@ -42,7 +42,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.observability import alarm_records, artifact_references
-from dataflows.runtime import flow_from_env, kafka_source, shard_count
+from dataflows.runtime import flow_from_env, kafka_source, shards_for
 from models.devices import pick_device
 from models.fraud_feature_log import feature_log_body
 from models.fraud_features import CardProfile, feature_matrix, feature_row, parse_profile, sequence_rows
@@ -524,7 +524,7 @@ def build_flow(
         origin=lambda item: item[1].event.source,
     )
     max_wait = timedelta(milliseconds=settings.max_wait_ms)
-    shards = shard_count(settings.inference_shards)
+    shards = shards_for(settings.inference_shards)
     samples: BatchTap[ScoreSample] = BatchTap()  # every model call's scores, for the drift alarms
     stage1 = versioned_batch(
         "stage1",

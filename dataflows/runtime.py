@@ -23,10 +23,12 @@ from bytewax.dataflow import Dataflow
 from dataflows import observability
 from models.devices import DeviceUnavailable, pick_device
 from models.registry import ModelUnusable
+from operators.batching import Shards
 from operators.gc_pacing import PACER
 from operators.kafka.admin import BrokerUnreachable, TopicsMissing, check_broker, require_topics
 from operators.kafka.source import KafkaPartitionSource
 from operators.lifecycle import exit_process, request_stop, set_failure_handler, stop_requested
+from operators.shard_keys import worker_keys
 from sluice.settings import FlowSettings, SettingsError
 from state.checkpoints import store_partitions
 from state.feature_store import RedisUnavailable, check_redis
@@ -72,45 +74,64 @@ def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str 
     return _option(bytewax_args, "-r", "--recovery-directory") or env.get("BYTEWAX_RECOVERY_DIRECTORY")
 
 
-def worker_count_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> int:
-    """The flow's workers in all, as a ``bytewax.run`` command line (or its environment) sets them: workers per
-    process (``-w``) times processes (the addresses of ``-a``, or of the Helm chart's hostfile).
+def under_bytewax_run() -> bool:
+    """Whether this process is ``python -m bytewax.run`` (whose arguments are then in ``sys.argv``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == "bytewax.run"
 
-    >>> worker_count_of([], {}), worker_count_of(["-w", "2"], {}), worker_count_of(["-w4", "-i", "0", "-a", "h:1;h:2"], {})
-    (1, 2, 8)
-    >>> worker_count_of(["-i", "1"], {"BYTEWAX_WORKERS_PER_PROCESS": "3", "BYTEWAX_ADDRESSES": "a:1;b:1;c:1"})
+
+def worker_count_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> int:
+    """The flow's workers in all, as ``bytewax.run`` reads its command line and environment: workers per
+    process (``-w``) times processes (the addresses of ``-a``, or of the Helm chart's hostfile), the
+    addresses counting only once a process id is given (``-i``, or the pod's ordinal). Parsed with
+    ``bytewax.run``'s own parser, so abbreviations and repeated options read as it reads them.
+
+    >>> worker_count_of(["f:flow"], {}), worker_count_of(["f:flow", "-w", "2"], {})
+    (1, 2)
+    >>> worker_count_of(["f:flow", "--workers", "4", "-i", "0", "--addr", "h:1;h:2", "-w", "3"], {})
+    6
+    >>> worker_count_of(["f:flow", "-i", "1"], {"BYTEWAX_WORKERS_PER_PROCESS": "3", "BYTEWAX_ADDRESSES": "a:1;b:1;c:1"})
     9
+    >>> worker_count_of(["f:flow"], {"BYTEWAX_ADDRESSES": "a:1;b:1"})  # no process id: one process
+    1
     """
+    from bytewax.run import _create_arg_parser  # bytewax.run's parser (0.21), without its scaling options
+
+    parser = _create_arg_parser()
+    parser.add_argument("-w", "--workers-per-process", type=int, default=env.get("BYTEWAX_WORKERS_PER_PROCESS"))
+    parser.add_argument("-i", "--process-id", type=int, default=env.get("BYTEWAX_PROCESS_ID"))
+    parser.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES"))
     try:
-        workers = int(
-            _option(bytewax_args, "-w", "--workers-per-process") or env.get("BYTEWAX_WORKERS_PER_PROCESS") or 1
-        )
-    except ValueError:  # bytewax.run refuses it before the flow is built
-        workers = 1
-    addresses = _option(bytewax_args, "-a", "--addresses") or env.get("BYTEWAX_ADDRESSES")
-    if addresses is None and "BYTEWAX_HOSTFILE_PATH" in env:
+        args, _ = parser.parse_known_args(list(bytewax_args))
+    except SystemExit:  # bytewax.run refuses such a command line before the flow is built
+        return 1
+    process_id = args.process_id
+    if process_id is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
+        process_id = env["BYTEWAX_POD_NAME"].removeprefix(env["BYTEWAX_STATEFULSET_NAME"] + "-")
+    addresses = args.addresses
+    if process_id is not None and addresses is None and "BYTEWAX_HOSTFILE_PATH" in env:
         try:
             with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:
                 addresses = ";".join(line.strip() for line in hostfile if line.strip())
         except OSError:  # bytewax.run reads it too and says what is wrong
             addresses = None
-    processes = len([a for a in addresses.split(";") if a.strip()]) if addresses else 1
-    return max(1, workers) * max(1, processes)
+    processes = len([a for a in addresses.split(";") if a.strip()]) if process_id is not None and addresses else 1
+    return max(1, args.workers_per_process or 1) * max(1, processes)
 
 
-def shard_count(configured: int) -> int:
-    """``configured`` shard keys for a batching step, or for 0 one per worker: the workers ``bytewax.run`` was
-    started with (a flow built in-process, as by tests, has one).
+def shards_for(configured: int) -> Shards:
+    """A batching step's shards: ``configured`` keys, or for 0 one key per worker that ``bytewax.run`` was
+    started with, each placed on its own worker (:func:`operators.shard_keys.worker_keys`; a flow built
+    in-process, as tests build it, has one worker).
 
-    Batching steps spread their items over shard keys so that every worker batches its share. More keys than
-    workers only cut every batch into smaller ones: with the old default of 8 keys on one worker, the fraud
-    flow's sequence model ran ~5 events per call at ~0.3 ms of fixed cost each (perf/REPORT.md, round five).
+    Batching steps spread their items over shard keys so that every worker batches its share. More keys
+    than workers only cut every batch into smaller ones: with the old default of 8 keys on one worker, the
+    fraud flow's sequence model ran ~5 events per call at ~0.3 ms of fixed cost each (perf/REPORT.md,
+    round five). And Bytewax places a key by its hash, not its number: 8 plain keys on 2 workers split 6/2.
     """
     if configured > 0:
         return configured
-    if "bytewax" in sys.argv[0]:  # under bytewax.run, whose arguments are in sys.argv
-        return worker_count_of(sys.argv[1:], os.environ)
-    return 1
+    return worker_keys(worker_count_of(sys.argv[1:], os.environ) if under_bytewax_run() else 1)
 
 
 class RecoveryStoreMissing(FileNotFoundError):
@@ -242,7 +263,7 @@ def flow_from_env(settings_cls: type[S], build: Callable[[S], Dataflow], *, redi
     try:
         settings = settings_cls.from_env()
         configure_logging(settings.log_level)
-        if "bytewax" in sys.argv[0]:  # under bytewax.run: its -r is ours to check (not a test runner's options)
+        if under_bytewax_run():  # its -r is ours to check (not a test runner's options)
             check_recovery_dir(sys.argv[1:], os.environ)
             warning = without_recovery_warning(getattr(settings, "exactly_once", False), sys.argv[1:], os.environ)
             if warning:

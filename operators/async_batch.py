@@ -27,7 +27,7 @@ from typing import TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer, check_batching
+from operators.batching import BatchBuffer, Shards, check_batching
 from operators.clock import Clock, utc_now
 from operators.metrics import ASYNC_QUEUE
 from operators.microbatch import observed_call, per_shard
@@ -128,7 +128,7 @@ def async_micro_batch(
     shard_key: Callable[[X], str],
     max_batch: int = 16,
     max_wait: timedelta = timedelta(milliseconds=5),
-    shards: int = 1,
+    shards: Shards = 1,
     poll: timedelta = timedelta(milliseconds=2),
     now_getter: Clock = utc_now,
     origin: Origin[X] | None = None,

@@ -11,13 +11,25 @@ batch of a thousand items costs one list extend.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 X = TypeVar("X")
 
+Shards = int | Sequence[str]  # a count (keys "0", "1", ...) or the keys (operators.shard_keys.worker_keys)
 
-def check_batching(max_batch: int, shards: int = 1) -> None:
+
+def shard_names(shards: Shards) -> Sequence[str]:
+    """The shard keys ``shards`` stands for.
+
+    >>> shard_names(3), shard_names(("4", "0"))
+    (['0', '1', '2'], ('4', '0'))
+    """
+    return [str(i) for i in range(shards)] if isinstance(shards, int) else shards
+
+
+def check_batching(max_batch: int, shards: Shards = 1) -> None:
     """The bounds every batching operator checks when its dataflow is built (a worker builds its buffer
     only later, when the flow runs).
 
@@ -28,8 +40,11 @@ def check_batching(max_batch: int, shards: int = 1) -> None:
     """
     if max_batch < 1:
         raise ValueError("max_batch must be >= 1")
-    if shards < 1:
+    names = shard_names(shards)
+    if not names:
         raise ValueError("shards must be >= 1")
+    if len(set(names)) < len(names):
+        raise ValueError(f"shard keys must differ, not {list(names)}")
 
 
 class BatchBuffer(Generic[X]):

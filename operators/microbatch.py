@@ -27,7 +27,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer, check_batching
+from operators.batching import BatchBuffer, Shards, check_batching, shard_names
 from operators.clock import Clock, utc_now
 from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
 from operators.probes import Origin, StageProbe
@@ -125,7 +125,7 @@ def micro_batch(
     shard_key: Callable[[X], str],
     max_batch: int = 256,
     max_wait: timedelta = timedelta(milliseconds=5),
-    shards: int = 8,
+    shards: Shards = 8,
     now_getter: Clock = utc_now,
     origin: Origin[X] | None = None,
 ) -> Stream[Y]:
@@ -155,8 +155,6 @@ class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
     and its step names are unchanged, so checkpoints written before still resume.
     """
 
-    __slots__ = ("inner",)
-
     def __init__(self, inner: StatefulBatchLogic[X, Y, S]) -> None:
         self.inner = inner
 
@@ -181,19 +179,22 @@ class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
         return self.inner.snapshot()
 
 
-def shard_lists(items: list[X], shard_key: Callable[[X], str], shards: int) -> list[tuple[str, list[X]]]:
-    """``items`` grouped by shard, each shard's in their order (one shard: no key is computed).
+def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[str]) -> list[tuple[str, list[X]]]:
+    """``items`` grouped by shard, each shard's in their order: ``names[crc32(key) % len(names)]`` (one
+    shard: no key is computed). With the names ``"0"`` ... ``"n-1"`` that is :func:`shard_of`.
 
-    >>> shard_lists(["a", "b", "a"], lambda x: x, 1)
+    >>> shard_lists(["a", "b", "a"], lambda x: x, ["0"])
     [('0', ['a', 'b', 'a'])]
-    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, 64)) == sorted([(shard_of("a", 64), ["a", "a"]), (shard_of("b", 64), ["b"])])
+    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, [str(i) for i in range(64)])) == sorted(
+    ...     [(shard_of("a", 64), ["a", "a"]), (shard_of("b", 64), ["b"])])
     True
     """
-    if shards == 1:
-        return [("0", items)] if items else []
+    if len(names) == 1:
+        return [(names[0], items)] if items else []
+    count = len(names)
     groups: dict[str, list[X]] = {}
     for x in items:
-        shard = shard_of(shard_key(x), shards)
+        shard = names[zlib.crc32(shard_key(x).encode()) % count]
         group = groups.get(shard)
         if group is None:
             groups[shard] = [x]
@@ -205,15 +206,17 @@ def shard_lists(items: list[X], shard_key: Callable[[X], str], shards: int) -> l
 def per_shard(
     up: Stream[X],
     shard_key: Callable[[X], str],
-    shards: int,
+    shards: Shards,
     builder: Callable[[S | None], StatefulBatchLogic[X, Y, S]],
 ) -> Stream[Y]:
-    """Spread ``up`` over ``shards`` keys, run one ``builder`` logic per shard, drop the keys again.
+    """Spread ``up`` over ``shards`` keys (a count, or the keys: :func:`operators.shard_keys.worker_keys`
+    places one on each worker), run one ``builder`` logic per shard, drop the keys again.
 
     Each upstream batch reaches a shard as one list (:class:`_ShardLists`). Call it inside an ``@operator``
     (its steps are named ``shard``, ``batch`` and ``unshard``).
     """
-    keyed = op.flat_map_batch("shard", up, functools.partial(shard_lists, shard_key=shard_key, shards=shards))
+    names = list(shard_names(shards))
+    keyed = op.flat_map_batch("shard", up, functools.partial(shard_lists, shard_key=shard_key, names=names))
     done = op.stateful_batch("batch", keyed, lambda resume: _ShardLists(builder(resume)))  # type: ignore[arg-type]
     return op.flat_map_batch("unshard", done, _unshard)
 

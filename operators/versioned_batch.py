@@ -34,7 +34,7 @@ from typing import Generic, TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import check_batching
+from operators.batching import Shards, check_batching
 from operators.clock import Clock, utc_now
 from operators.microbatch import MicroBatchLogic, per_shard
 from operators.probes import Origin, StageProbe
@@ -222,7 +222,7 @@ def versioned_batch(
     shard_key: Callable[[X], str],
     max_batch: int = 256,
     max_wait: timedelta = timedelta(milliseconds=5),
-    shards: int = 8,
+    shards: Shards = 8,
     now_getter: Clock = utc_now,
     origin: Origin[X] | None = None,
 ) -> Stream[Y]:

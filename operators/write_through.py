@@ -30,6 +30,7 @@ from typing import TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from operators.batching import Shards
 from operators.clock import Clock, utc_now
 from operators.microbatch import per_shard
 
@@ -96,7 +97,7 @@ def write_through(
     up: Stream[X],
     writer_factory: Callable[[], WriteMany],
     record: Callable[[X], tuple[str, int, Fields]],
-    shards: int = 1,
+    shards: Shards = 1,
     retry_after: timedelta = timedelta(seconds=1),
     now_getter: Clock = utc_now,
 ) -> Stream[X]:

@@ -386,7 +386,7 @@ class FraudSettings(FlowSettings):
     max_batch: int = setting(1024, "inference micro-batch size", minimum=1)
     max_wait_ms: float = setting(1.0, "micro-batch deadline from its first item", minimum=0.0)
     inference_shards: int = setting(
-        0, "shard keys for batching (0: one per worker; else at least the total worker count)", minimum=0
+        0, "shard keys for batching (0: one on each worker; N: N keys placed by hash)", minimum=0
     )
     model_path: str = setting("models/artifacts/fraud", "model artifact folder (LATEST names the version)")
     profile_cache_ttl_s: float = setting(30.0, "how long a card profile is cached", minimum=0.0)
@@ -468,7 +468,7 @@ class AssistantSettings(FlowSettings):
     context_chars: int = setting(400, "characters per passage in the prompt", minimum=50)
     embed_max_batch: int = setting(64, "embedding micro-batch size", minimum=1)
     embed_max_wait_ms: float = setting(2.0, "embedding micro-batch deadline", minimum=0.0)
-    embed_shards: int = setting(0, "shard keys for embedding (0: one per worker)", minimum=0)
+    embed_shards: int = setting(0, "shard keys for embedding (0: one on each worker)", minimum=0)
     embed_async: bool = setting(
         True, "embed turns on a background thread (the encoder computes without the GIL while the flow goes on)"
     )
@@ -498,7 +498,7 @@ class AssistantSettings(FlowSettings):
     llm_path: str = setting("", "LLM folder (empty: the converted SmolLM2)")
     gen_max_batch: int = setting(16, "generation micro-batch size", minimum=1)
     gen_max_wait_ms: float = setting(5.0, "generation micro-batch deadline", minimum=0.0)
-    gen_shards: int = setting(0, "shard keys for generation (0: one per worker)", minimum=0)
+    gen_shards: int = setting(0, "shard keys for generation (0: one on each worker)", minimum=0)
     gen_max_new_tokens: int = setting(48, "longest generated answer in tokens", minimum=1)
     gen_min_new_tokens: int = setting(
         12, "a turn that cannot get this many tokens before its deadline is not generated", minimum=1

@@ -3,12 +3,14 @@ from datetime import UTC, datetime, timedelta
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
 from hypothesis import given
 from hypothesis import strategies as st
 
 from operators.batching import BatchBuffer
 from operators.microbatch import MicroBatchLogic, call_batch, micro_batch, shard_of
+from operators.shard_keys import worker_keys, worker_of
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -100,6 +102,52 @@ def test_buffer_survives_snapshot_and_flushes_first_after_restore():
     restored = MicroBatchLogic(lambda b: [x + 1 for x in b], 10, timedelta(seconds=5), snap, clock.get)
     assert restored.notify_at() == T0  # overdue: flush at the first chance
     assert restored.on_notify()[0] == [2, 3, 4]
+
+
+class _WhereRun(DynamicSink[tuple[str, str]]):
+    """Records which worker each key's logic ran on (a keyed step's output stays on that worker)."""
+
+    def __init__(self) -> None:
+        self.placed: dict[str, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[tuple[str, str]]:
+        placed = self.placed
+
+        class Part(StatelessSinkPartition[tuple[str, str]]):
+            def write_batch(self, items: list[tuple[str, str]]) -> None:
+                placed.update((key, worker_index) for key, _ in items)
+
+        return Part()
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_worker_keys_put_one_shard_on_each_worker_of_a_real_cluster(workers):
+    keys = list(worker_keys(workers))
+    flow = Dataflow("placement")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(keys * 3)), str)
+    where = _WhereRun()
+    op.output("out", op.stateful_map("seen", keyed, lambda state, x: (state, x)), where)
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    assert where.placed == {key: w for w, key in enumerate(keys)}
+    # and plain numbered keys, as shards used to be named, do not spread like that
+    assert [worker_of(str(i), 2) for i in range(2)] == [1, 1]
+
+
+def test_a_micro_batch_on_worker_keys_scores_every_item_once_on_four_workers():
+    calls: list[list[int]] = []
+    flow = Dataflow("mb4")
+    src = op.input("in", flow, TestingSource(list(range(400)), batch_size=50))
+    out: list[int] = []
+
+    def fn(batch: list[int]) -> list[int]:
+        calls.append(list(batch))
+        return [x * 10 for x in batch]
+
+    batched = micro_batch("mb", src, fn, str, shards=worker_keys(4))
+    op.output("out", batched, TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=4)
+    assert sorted(out) == [x * 10 for x in range(400)]
+    assert sorted(x for c in calls for x in c) == list(range(400))
 
 
 def test_shards_are_stable_and_spread():
