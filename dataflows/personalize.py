@@ -44,7 +44,7 @@ import redis
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.observability import alarm_records
-from dataflows.runtime import flow_from_env, limit_threads
+from dataflows.runtime import flow_from_env, limit_threads, shards_for
 from models.rules import Candidate, Ranked, RuleSet, Shopper, parse_rule_set, rank
 from models.shopping import (
     CatalogItem,
@@ -592,7 +592,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         "catalogue",
         updates,
         asks,
-        settings.index_replicas,
+        shards_for(settings.index_replicas),
         lambda a: a.request.request_id,
         functools.partial(CatalogueReplica.build, settings, dim),
         origin=_ask_source,

@@ -48,6 +48,15 @@ def shard_of(key: str, shards: int) -> str:
     return str(zlib.crc32(key.encode()) % shards)
 
 
+def pick_shard(key: str, names: Sequence[str]) -> str:
+    """The shard of ``names`` that ``key`` belongs to (with names ``"0"`` .. ``"n-1"``, :func:`shard_of`).
+
+    >>> pick_shard("card-1", [str(i) for i in range(8)]) == shard_of("card-1", 8)
+    True
+    """
+    return names[zlib.crc32(key.encode()) % len(names)]
+
+
 def call_batch(fn: BatchFn[X, Y], items: list[X]) -> list[Y]:
     """``fn(items)``, checked to give one result per item."""
     results = list(fn(items))

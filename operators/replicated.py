@@ -3,7 +3,7 @@
 A read-mostly structure that every request needs (an item index, a rule set, a
 popularity table) is kept as ``replicas`` copies, keyed ``"0"`` .. ``"N-1"``:
 updates are broadcast to all copies, and each query is routed to one copy by a
-stable hash of its key (``shard_of``), so queries spread over workers while
+stable hash of its key (``pick_shard``), so queries spread over workers while
 updates cost ``replicas`` times. The alternative, one copy that every query is
 routed to, keeps memory down but serialises every search on one worker.
 
@@ -16,9 +16,9 @@ the worker, lazily, knowing its own name and its checkpointed state, so it can
 load what it does not checkpoint (e.g. bulk-load a large index from an online
 store instead of snapshotting it every epoch).
 
-Bytewax places keys on workers by hash; with as many replicas as workers two
-replicas may share a worker. Use more replicas than workers to spread them
-further, at the memory cost of one copy each.
+Bytewax places keys on workers by hash: ``replicas=N`` names the copies ``"0"`` ..
+``"N-1"``, and two of them may share a worker. Given the names of
+:func:`operators.shard_keys.worker_keys` instead, each worker holds exactly one copy.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.microbatch import shard_of
+from operators.batching import Shards, shard_names
+from operators.microbatch import pick_shard
 from operators.probes import Origin, StageProbe
 
 U = TypeVar("U")
@@ -96,12 +97,13 @@ def replicated(
     step_id: str,
     updates: Stream[U],
     queries: Stream[Q],
-    replicas: int,
+    replicas: Shards,
     query_key: Callable[[Q], str],
     make: Callable[[str, S | None], Replica[U, Q, Y, S]],
     origin: Origin[Q] | None = None,
 ) -> Stream[Y]:
-    """Keep ``replicas`` copies built by ``make(name, resume)``; broadcast ``updates``, route ``queries``.
+    """Keep ``replicas`` copies (a count, or their names) built by ``make(name, resume)``; broadcast
+    ``updates``, route ``queries``.
 
     Instrumented as stages ``<step_id>_update`` and ``<step_id>_query`` (one call per
     run of updates or queries); ``origin`` (the record a query came from) adds the
@@ -111,15 +113,15 @@ def replicated(
     answers = replicated("catalogue", item_changes, requests, 2, lambda r: r.request_id, CatalogueReplica.build)
     ```
     """
-    if replicas < 1:
+    names = list(shard_names(replicas))
+    if not names:
         raise ValueError("replicas must be >= 1")
-    names = [str(i) for i in range(replicas)]
 
     def broadcast(u: U) -> list[tuple[str, tuple[str, Tagged]]]:
         return [(name, (name, ("u", u))) for name in names]
 
     def route(q: Q) -> tuple[str, tuple[str, Tagged]]:
-        name = shard_of(query_key(q), replicas)
+        name = pick_shard(query_key(q), names)
         return name, (name, ("q", q))
 
     merged = op.merge("in", op.flat_map("broadcast", updates, broadcast), op.map("route", queries, route))

@@ -159,7 +159,7 @@ def run_one(
                                     id_field="request_id", expected=count, timeout_s=args.seconds + 120, warmup_s=args.warmup)  # fmt: skip
         # every replica acknowledges every catalogue change: wait for all of them (a flow that falls behind goes
         # quiet for seconds; stopping at the first silence timed only the changes applied before it)
-        expected_changes = int(args.catalog_rate * args.seconds) * args.replicas
+        expected_changes = int(args.catalog_rate * args.seconds) * (args.replicas or args.processes)
         changes = AnswerCollector(connection=settings.connection(), topic=settings.catalog_changes_topic,
                                   id_field="change_id", expected=expected_changes, timeout_s=args.seconds + 180,
                                   keep=True, idle_stop_s=60)  # fmt: skip
@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog-rate", type=float, default=50.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument(
-        "--replicas", type=int, default=1, help="SLUICE_INDEX_REPLICAS (set to --processes to replicate)"
-    )
+    parser.add_argument("--replicas", type=int, default=1, help="SLUICE_INDEX_REPLICAS (0: one on each process)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--profile", default="latency", help="broker profile of every client (latency, throughput, kafka)"

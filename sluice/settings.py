@@ -612,7 +612,7 @@ class PersonalizeSettings(FlowSettings):
     user_cache_ttl_ms: float = setting(1000.0, "how long a user's vector read from Redis is reused", minimum=0.0)
     item_cache_ttl_s: float = setting(60.0, "how long an item read from Redis is reused (interactions)", minimum=0.0)
     redis_timeout_ms: float = setting(500.0, "Redis socket timeout", minimum=1.0)
-    index_replicas: int = setting(1, "copies of the item index (one per serving worker)", minimum=1)
+    index_replicas: int = setting(1, "copies of the item index (0: one on each worker)", minimum=0)
     ann_nlist: int = setting(1024, "most IVF cells of the item index (at least 39 items a cell)", minimum=1)
     ann_nprobe: int = setting(16, "IVF cells scanned per search", minimum=1)
     ann_train_at: int = setting(10_000, "items before the index switches from exact to IVF", minimum=1)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Message, Producer
 
 from models.synthetic_transactions import START_MS
@@ -137,3 +138,21 @@ def fraud_settings(stack: LocalStack, model_dir: Path, **overrides: Any) -> Frau
     s = replace(s, **overrides)
     create_topics(s.connection(), s.topics())
     return s
+
+
+class PlacementSink(DynamicSink[Any]):
+    """Records which worker wrote each item, as ``where[name_of(item)] = worker index``: after a keyed step, an
+    item is written on the worker that ran its key's logic."""
+
+    def __init__(self, name_of: Callable[[Any], str]) -> None:
+        self.name_of = name_of
+        self.where: dict[str, int] = {}
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[Any]:
+        where, name_of = self.where, self.name_of
+
+        class Part(StatelessSinkPartition[Any]):
+            def write_batch(self, items: list[Any]) -> None:
+                where.update((name_of(item), worker_index) for item in items)
+
+        return Part()

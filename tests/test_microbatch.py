@@ -3,7 +3,6 @@ from datetime import UTC, datetime, timedelta
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 from operators.batching import BatchBuffer
 from operators.microbatch import MicroBatchLogic, call_batch, micro_batch, shard_of
 from operators.shard_keys import worker_keys, worker_of
+from tests.helpers import PlacementSink
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -104,31 +104,15 @@ def test_buffer_survives_snapshot_and_flushes_first_after_restore():
     assert restored.on_notify()[0] == [2, 3, 4]
 
 
-class _WhereRun(DynamicSink[tuple[str, str]]):
-    """Records which worker each key's logic ran on (a keyed step's output stays on that worker)."""
-
-    def __init__(self) -> None:
-        self.placed: dict[str, int] = {}
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[tuple[str, str]]:
-        placed = self.placed
-
-        class Part(StatelessSinkPartition[tuple[str, str]]):
-            def write_batch(self, items: list[tuple[str, str]]) -> None:
-                placed.update((key, worker_index) for key, _ in items)
-
-        return Part()
-
-
 @pytest.mark.parametrize("workers", [2, 3, 4])
 def test_worker_keys_put_one_shard_on_each_worker_of_a_real_cluster(workers):
     keys = list(worker_keys(workers))
     flow = Dataflow("placement")
     keyed = op.key_on("key", op.input("in", flow, TestingSource(keys * 3)), str)
-    where = _WhereRun()
-    op.output("out", op.stateful_map("seen", keyed, lambda state, x: (state, x)), where)
+    placed = PlacementSink(lambda kv: kv[0])
+    op.output("out", op.stateful_map("seen", keyed, lambda state, x: (state, x)), placed)
     cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    assert where.placed == {key: w for w, key in enumerate(keys)}
+    assert placed.where == {key: w for w, key in enumerate(keys)}
     # and plain numbered keys, as shards used to be named, do not spread like that
     assert [worker_of(str(i), 2) for i in range(2)] == [1, 1]
 

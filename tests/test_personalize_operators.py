@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 import bytewax.operators as op
 import redis
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
 
 from operators.decayed_top import _DecayedTopLogic, decayed_top
 from operators.keyed_fold import _FoldLogic, fold_latest
 from operators.replicated import replicated
+from operators.shard_keys import worker_keys
 from operators.write_through import Pending, WriteThroughLogic, write_through
 from sluice.local.stack import LocalStack
 from state.feature_store import FeatureStore
+from tests.helpers import PlacementSink
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -56,6 +58,17 @@ def test_every_replica_gets_every_update_and_each_query_one_answer():
     assert {answers[q].split(":")[1] for q in answers} <= {"a,b", "a,b,c"}
     assert answers["q4"].split(":")[1] == "a,b,c"
     assert len({answers[q].split(":")[0] for q in answers}) >= 2  # queries spread over replicas
+
+
+def test_replicas_named_by_worker_keys_sit_one_on_each_worker():
+    keys = worker_keys(3)
+    flow = Dataflow("replicas-3")
+    ups = op.input("ups", flow, TestingSource(["a"]))
+    qs = op.input("qs", flow, TestingSource([f"q{i}" for i in range(60)], batch_size=10))
+    placed = PlacementSink(lambda answer: answer.split("@")[1].split(":")[0])  # the replica that answered
+    op.output("out", replicated("idx", ups, qs, keys, lambda q: q, Copy), placed)
+    cluster_main(flow, [], 0, worker_count_per_proc=3)
+    assert placed.where == {key: w for w, key in enumerate(keys)}
 
 
 def test_fold_latest_emits_one_view_per_key_and_batch():
