@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import torch
 from torch import nn
@@ -35,6 +34,10 @@ from torch import nn
 from models.artifacts import resolve
 from models.devices import pick_device
 from models.fraud_features import FEATURE_NAMES, SEQUENCE_FEATURES, SEQUENCE_LENGTH
+from models.lightgbm_import import scikit_learn_hidden
+
+with scikit_learn_hidden():
+    import lightgbm as lgb
 
 
 class FraudMLP(nn.Module):

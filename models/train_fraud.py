@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import torch
 from torch import nn
@@ -46,10 +45,14 @@ from models.fraud_features import (
 )
 from models.fraud_model import Band, FraudGRU, FraudMLP, combine_scores, model_name, save_cascade
 from models.fraud_policy import Policy
+from models.lightgbm_import import scikit_learn_hidden
 from models.registry import ModelRegistry
 from models.synthetic_transactions import TransactionStream
 from state.drift import ModelReference
 from state.windows import SlidingAggregates, WindowSpec
+
+with scikit_learn_hidden():
+    import lightgbm as lgb
 
 POLICY = Policy()
 TRAIN_BAND_LOW = 0.01
