@@ -588,12 +588,13 @@ def build_flow(
 
     dead = op.merge("dead", parsed.dead, op.flat_map_batch("window_letters", windows, _window_letters))
     outputs.append(op.map("dlq_records", dead, lambda d: d.to_record(settings.dlq_topic)))
+    everything = op.merge("all_out", *outputs)
     if sink is not None:
-        op.output("out", op.merge("all_out", *outputs), sink)
+        op.output("out", everything, sink)
         return flow
     kafka_output(
         "out",
-        op.merge("all_out", *outputs),
+        everything,
         settings.connection(),
         settings.output_topics(),
         exactly_once=settings.exactly_once,

@@ -49,18 +49,6 @@ STARTUP_ERRORS = (
 )  # RecoveryStoreMissing is a FileNotFoundError
 
 
-def _option(bytewax_args: Sequence[str], short: str, long: str) -> str | None:
-    """The value a ``bytewax.run`` command line gives an option, in any of argparse's spellings."""
-    for i, arg in enumerate(bytewax_args):
-        if arg in (short, long) and i + 1 < len(bytewax_args):
-            return bytewax_args[i + 1]
-        if arg.startswith(long + "="):
-            return arg.split("=", 1)[1]
-        if arg.startswith(short) and not arg.startswith("--") and len(arg) > 2:
-            return arg[2:].removeprefix("=")
-    return None
-
-
 def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str | None:
     """The recovery folder a ``bytewax.run`` command line (or its environment) names, if any.
 
@@ -71,7 +59,14 @@ def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str 
     >>> recovery_dir_of(["-r/tmp/rec", "-s", "1"], {})  # argparse takes a short option's value glued on too
     '/tmp/rec'
     """
-    return _option(bytewax_args, "-r", "--recovery-directory") or env.get("BYTEWAX_RECOVERY_DIRECTORY")
+    for i, arg in enumerate(bytewax_args):
+        if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
+            return bytewax_args[i + 1]
+        if arg.startswith("--recovery-directory="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-r") and not arg.startswith("--") and len(arg) > 2:
+            return arg[2:].removeprefix("=")
+    return env.get("BYTEWAX_RECOVERY_DIRECTORY")
 
 
 def under_bytewax_run() -> bool:

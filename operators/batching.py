@@ -11,7 +11,7 @@ batch of a thousand items costs one list extend.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
@@ -27,6 +27,25 @@ def shard_names(shards: Shards) -> Sequence[str]:
     (['0', '1', '2'], ('4', '0'))
     """
     return [str(i) for i in range(shards)] if isinstance(shards, int) else shards
+
+
+def group_in_order(items: list[X], key: Callable[[X], str]) -> list[tuple[str, list[X]]]:
+    """``items`` grouped by ``key``, the groups in the order their keys first appear and each group's items in
+    their order: one ``(key, items)`` pair per key and batch for Bytewax to route (it routes, groups and wraps
+    every item of a keyed step on its own, ~0.6 us each).
+
+    >>> group_in_order(["a1", "b1", "a2"], lambda x: x[0])
+    [('a', ['a1', 'a2']), ('b', ['b1'])]
+    """
+    groups: dict[str, list[X]] = {}
+    for x in items:
+        k = key(x)
+        group = groups.get(k)
+        if group is None:
+            groups[k] = [x]
+        else:
+            group.append(x)
+    return list(groups.items())
 
 
 def check_batching(max_batch: int, shards: Shards = 1) -> None:

@@ -27,7 +27,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer, Shards, check_batching, shard_names
+from operators.batching import BatchBuffer, Shards, check_batching, group_in_order, shard_names
 from operators.clock import Clock, utc_now
 from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
 from operators.probes import Origin, StageProbe
@@ -39,19 +39,11 @@ S = TypeVar("S")
 BatchFn = Callable[[list[X]], Sequence[Y]]
 
 
-def shard_of(key: str, shards: int) -> str:
-    """A stable shard name for ``key`` (stable across processes, unlike ``hash``).
-
-    >>> shard_of("card-1", 8) == shard_of("card-1", 8)
-    True
-    """
-    return str(zlib.crc32(key.encode()) % shards)
-
-
 def pick_shard(key: str, names: Sequence[str]) -> str:
-    """The shard of ``names`` that ``key`` belongs to (with names ``"0"`` .. ``"n-1"``, :func:`shard_of`).
+    """The shard of ``names`` that ``key`` belongs to: ``crc32`` of the key, stable across processes (unlike
+    ``hash``).
 
-    >>> pick_shard("card-1", [str(i) for i in range(8)]) == shard_of("card-1", 8)
+    >>> pick_shard("card-1", ["0", "1", "2"]) == pick_shard("card-1", ["0", "1", "2"])
     True
     """
     return names[zlib.crc32(key.encode()) % len(names)]
@@ -189,27 +181,19 @@ class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
 
 
 def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[str]) -> list[tuple[str, list[X]]]:
-    """``items`` grouped by shard, each shard's in their order: ``names[crc32(key) % len(names)]`` (one
-    shard: no key is computed). With the names ``"0"`` ... ``"n-1"`` that is :func:`shard_of`.
+    """``items`` grouped by shard (:func:`pick_shard` of their key), each shard's in their order (one shard: no
+    key is computed).
 
     >>> shard_lists(["a", "b", "a"], lambda x: x, ["0"])
     [('0', ['a', 'b', 'a'])]
-    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, [str(i) for i in range(64)])) == sorted(
-    ...     [(shard_of("a", 64), ["a", "a"]), (shard_of("b", 64), ["b"])])
+    >>> names = [str(i) for i in range(64)]
+    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, names)) == sorted(
+    ...     [(pick_shard("a", names), ["a", "a"]), (pick_shard("b", names), ["b"])])
     True
     """
     if len(names) == 1:
         return [(names[0], items)] if items else []
-    count = len(names)
-    groups: dict[str, list[X]] = {}
-    for x in items:
-        shard = names[zlib.crc32(shard_key(x).encode()) % count]
-        group = groups.get(shard)
-        if group is None:
-            groups[shard] = [x]
-        else:
-            group.append(x)
-    return list(groups.items())
+    return group_in_order(items, lambda x: pick_shard(shard_key(x), names))
 
 
 def per_shard(

@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from operators.batching import group_in_order
 from operators.kafka.admin import last_record, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import KafkaRecord
@@ -130,30 +131,25 @@ class Partitioner:
         self._names: dict[str, list[str]] = {}
 
     def __call__(self, rec: KafkaRecord) -> Routed:
+        return self.name_of(rec), rec
+
+    def name_of(self, rec: KafkaRecord) -> str:
+        """The ``topic:partition`` the record goes to."""
         names = self._names.get(rec.topic)
         if names is None:
             names = self._names[rec.topic] = [f"{rec.topic}:{p}" for p in range(self._partition_count(rec.topic))]
-        part = rec.partition if rec.partition is not None else zlib.crc32(rec.key or b"") % len(names)
-        return names[part], rec
+        return names[rec.partition if rec.partition is not None else zlib.crc32(rec.key or b"") % len(names)]
 
     def batch(self, records: list[KafkaRecord]) -> list[tuple[str, list[KafkaRecord]]]:
-        """A batch's records grouped by ``topic:partition``, each partition's in their order: one item per
-        partition and batch for Bytewax to route, not one per record (~0.6 us less per record, measured).
+        """A batch's records grouped by ``topic:partition`` (:func:`operators.batching.group_in_order`): one item
+        per partition and batch for Bytewax to route, not one per record (~0.6 us less per record, measured).
 
         >>> p = Partitioner(lambda topic: 4)
         >>> [(name, [r.value for r in recs]) for name, recs in p.batch([KafkaRecord("t", b"k", b"1", partition=1),
         ...     KafkaRecord("t", b"k", b"2", partition=0), KafkaRecord("t", b"k", b"3", partition=1)])]
         [('t:1', [b'1', b'3']), ('t:0', [b'2'])]
         """
-        groups: dict[str, list[KafkaRecord]] = {}
-        for rec in records:
-            name = self(rec)[0]
-            group = groups.get(name)
-            if group is None:
-                groups[name] = [rec]
-            else:
-                group.append(rec)
-        return list(groups.items())
+        return group_in_order(records, self.name_of)
 
 
 def flat(groups: list[list[KafkaRecord]]) -> list[KafkaRecord]:
