@@ -513,6 +513,7 @@ def build_flow(
         extra_getter=lambda ev: (ev.txn.merchant_category, ev.txn.country),
         recent=RECENT_EVENTS,
         origin=lambda ev: ev.source,
+        buckets=settings.window_buckets,
     )
     to_score = op.flat_map_batch("not_duplicates", windows, _to_score)  # batch steps: no call per item
     enriched: Stream[EnrichedEvent] = enrich_batch(

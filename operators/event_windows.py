@@ -6,15 +6,23 @@ features *of this event* now. The per-key core is
 distinct values, seconds since the previous event); this module runs one per
 key as checkpointed state and routes events that are too late.
 
+**Keys live in buckets.** Bytewax routes, groups and calls a stateful step once
+per key and batch: one key per card cost ~1.7 µs per event before the window did
+any work, and one logic, one notification and one snapshot per card. The keys
+are spread over a fixed number of buckets (``crc32`` of the key), each bucket is
+one Bytewax key holding its keys' windows, and a batch reaches a bucket as one
+list. The count is fixed for a recovery store's life: a key's state is found in
+the bucket its hash names, so a resume with another count is refused at start.
+Bucket names do not depend on the worker count, so a store resumes on any number
+of workers (Bytewax moves whole buckets).
+
 Instrumented as stage ``step_id``: every event is counted, and those that did
-not simply join their window by status (``sluice_window_events_total``). A call
-handles one key, about one event, so its time (and, given an ``origin``, the
-events' age) is recorded for one call in ``TIMED_EVERY`` only (every call while tracing is on,
-so that each traced event gets its span).
+not simply join their window by status (``sluice_window_events_total``).
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -26,14 +34,16 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from operators import tracing
+from operators.batching import group_in_order
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
+from operators.microbatch import pick_shard
 from operators.probes import Origin, StageProbe
-from state.windows import Features, Recent, SlidingAggregates, WindowSpec, WindowState
+from state.windows import Features, Recent, SlidingAggregates, WindowSpec
 
 E = TypeVar("E")
-TIMED_EVERY = 32
+STATE_LAYOUT = 1  # what a bucket's snapshot holds: (STATE_LAYOUT, bucket count, {key: pickled WindowState})
+BucketState = tuple[int, int, dict[str, bytes]]
 
 __all__ = ["Features", "Recent", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
 
@@ -61,8 +71,7 @@ class Windowed(Generic[E]):
 
 @dataclass(frozen=True, slots=True)
 class _StepConfig(Generic[E]):
-    """What every key's logic of one window step shares (built once per step: a new card builds only its
-    logic and its aggregates, on about one event in ten of a drain)."""
+    """What every bucket's logic of one window step shares (built once per step)."""
 
     spec: WindowSpec
     ts: Callable[[E], float]
@@ -75,6 +84,7 @@ class _StepConfig(Generic[E]):
     idle_s: float
     now_s: Callable[[], float]  # the clock in epoch seconds
     probe: StageProbe[E]
+    buckets: int
 
     def due(self, seen_at: float) -> datetime:
         """When a key last seen at ``seen_at`` (this step's clock) becomes idle, on the system clock: Bytewax
@@ -91,76 +101,104 @@ def _seconds_of(clock: Clock) -> Callable[[], float]:
     return time.time if clock is utc_now else lambda: clock().timestamp()
 
 
-class _SlidingLogic(StatefulBatchLogic[E, Windowed[E], WindowState]):
-    """One key's window. Its idle expiry is armed lazily: Bytewax keeps a key's scheduled notification until
-    it fires, and ``notify_at`` returning ``None`` leaves it in place, so the logic schedules one notification
-    per idle period (at the last event's time plus the timeout, as known then) instead of handing Bytewax a
-    new datetime after every event. When it fires, a key that has had events since is re-armed, not dropped."""
+class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windowed[E]]], BucketState]):
+    """The windows of the keys of one bucket.
 
-    __slots__ = ("cfg", "agg", "seen_at", "armed", "_cells", "_traced")
+    A key's :class:`SlidingAggregates` is built from its pickled state at its first event after a resume, so
+    a resume unpickles only the keys that come back. A snapshot pickles only the keys that changed since the
+    previous one and hands Bytewax the bytes it kept for the rest.
 
-    def __init__(self, cfg: _StepConfig[E], resume_state: WindowState | None) -> None:
+    Idle keys are dropped by one notification per bucket, armed lazily (Bytewax keeps a scheduled
+    notification until it fires, and ``notify_at`` returning ``None`` leaves it in place): when it fires,
+    it drops every key idle for the timeout and is armed again for the earliest of the others. A key may
+    outlive its timeout by up to one timeout, which changes no result: a key with no events left inside
+    the window's horizon gives the same features as a dropped one.
+    """
+
+    __slots__ = ("cfg", "live", "pickled", "seen_at", "dirty", "armed")
+
+    def __init__(self, cfg: _StepConfig[E], resume_state: BucketState | None) -> None:
         self.cfg = cfg
-        self.agg = SlidingAggregates(cfg.spec, resume_state)
-        self.seen_at = cfg.now_s()  # when the key last had an event (or was built)
-        self.armed = False  # whether Bytewax holds a notification for this key
-        # this worker thread's cells (a logic runs on one worker): events seen, calls made; None with metrics off.
-        # Inlined in on_batch (no method calls): this runs once per key, about once per event.
-        self._cells = cfg.probe.cells() if PROCESS.on else None
-        self._traced = tracing.enabled()  # then every call is recorded: each traced event gets its span
+        self.live: dict[str, SlidingAggregates] = {}
+        self.pickled: dict[str, bytes] = {}  # every key's state as of the last snapshot (or the resume)
+        self.dirty: set[str] = set()  # keys with events since the last snapshot
+        self.armed = False  # whether Bytewax holds a notification for this bucket
+        if resume_state is not None:
+            layout, buckets, keys = resume_state
+            if (layout, buckets) != (STATE_LAYOUT, cfg.buckets):
+                raise ValueError(
+                    f"window step {cfg.probe.stage!r}: the recovery store holds its keys in {buckets} buckets "
+                    f"(layout {layout}), this flow in {cfg.buckets} (layout {STATE_LAYOUT}); resume with the "
+                    "bucket count the store was written with"
+                )
+            self.pickled = dict(keys)
+        self.seen_at = dict.fromkeys(self.pickled, cfg.now_s())  # when each key last had an event (or resumed)
+
+    def _load(self, key: str) -> SlidingAggregates:
+        frozen = self.pickled.get(key)
+        agg = self.live[key] = SlidingAggregates(self.cfg.spec, None if frozen is None else pickle.loads(frozen))
+        return agg
 
     def _odd(self, status: WindowStatus) -> None:
         if PROCESS.on:
             WINDOW_EVENTS.add((self.cfg.probe.stage, status.value))
 
-    def on_batch(self, values: list[E]) -> tuple[list[Windowed[E]], bool]:
+    def on_batch(self, values: list[list[tuple[str, E]]]) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
         cfg = self.cfg
-        started = 0
-        cells = self._cells
-        if cells is not None:
-            cells[0][0] += len(values)
-            cells[1][0] += 1
-            if not cells[1][0] % TIMED_EVERY:
-                started = cfg.probe.start()
-        if self._traced and not started:
-            started = cfg.probe.start()
-        agg, ts, value, tag, ident, extra_of, n = self.agg, cfg.ts, cfg.value, cfg.tag, cfg.ident, cfg.extra, cfg.recent
-        self.seen_at = now = cfg.now_s()
+        started = cfg.probe.start()
+        ts, value, tag, ident, extra_of, n = cfg.ts, cfg.value, cfg.tag, cfg.ident, cfg.extra, cfg.recent
+        live, seen_at, dirty = self.live, self.seen_at, self.dirty
+        now = cfg.now_s()
         horizon = now + cfg.max_ahead_s
-        out: list[Windowed[E]] = []
-        for ev in values:
-            t = ts(ev)
-            event_id = ident(ev) if ident is not None else None
-            extra = extra_of(ev) if extra_of is not None else None
-            if event_id is not None and agg.seen(event_id):
-                out.append(Windowed(ev, None, WindowStatus.DUPLICATE))
-                self._odd(WindowStatus.DUPLICATE)
-                continue
-            feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
-            if feats is not None:
-                out.append(Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None))
-                continue
-            status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
-            recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if there
-            out.append(Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent))
-            self._odd(status)
+        out: list[tuple[str, Windowed[E]]] = []
+        for group in values:
+            for key, ev in group:
+                agg = live.get(key)
+                if agg is None:
+                    agg = self._load(key)
+                seen_at[key] = now
+                dirty.add(key)
+                t = ts(ev)
+                event_id = ident(ev) if ident is not None else None
+                if event_id is not None and agg.seen(event_id):
+                    out.append((key, Windowed(ev, None, WindowStatus.DUPLICATE)))
+                    self._odd(WindowStatus.DUPLICATE)
+                    continue
+                extra = extra_of(ev) if extra_of is not None else None
+                feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
+                if feats is not None:
+                    out.append((key, Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None)))
+                    continue
+                status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
+                recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if there
+                out.append((key, Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent)))
+                self._odd(status)
         if started:
-            cfg.probe.done(values, started, count=False)
-        return out, StatefulBatchLogic.RETAIN
+            cfg.probe.done([w.event for _, w in out], started)
+        return [out], StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[Windowed[E]], bool]:
+    def on_notify(self) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
         self.armed = False  # it fired: Bytewax no longer holds it
-        idle = self.cfg.now_s() - self.seen_at >= self.cfg.idle_s
-        return [], StatefulBatchLogic.DISCARD if idle else StatefulBatchLogic.RETAIN
+        cutoff = self.cfg.now_s() - self.cfg.idle_s
+        for key in [k for k, seen in self.seen_at.items() if seen <= cutoff]:
+            del self.seen_at[key]
+            self.live.pop(key, None)
+            self.pickled.pop(key, None)
+            self.dirty.discard(key)
+        return [], StatefulBatchLogic.RETAIN if self.seen_at else StatefulBatchLogic.DISCARD
 
     def notify_at(self) -> datetime | None:
-        if self.armed:
-            return None  # the notification given before still stands
+        if self.armed or not self.seen_at:
+            return None  # the notification given before still stands (or there is nothing to expire)
         self.armed = True
-        return self.cfg.due(self.seen_at)
+        return self.cfg.due(min(self.seen_at.values()))
 
-    def snapshot(self) -> WindowState:
-        return self.agg.state()
+    def snapshot(self) -> BucketState:
+        pickled, live = self.pickled, self.live
+        for key in self.dirty:
+            pickled[key] = live[key].pickled()
+        self.dirty.clear()
+        return STATE_LAYOUT, self.cfg.buckets, dict(pickled)  # a copy: later snapshots change this dict
 
 
 @operator
@@ -178,6 +216,7 @@ def sliding_features(
     extra_getter: Callable[[E], Any] | None = None,
     recent: int = 0,
     origin: Origin[E] | None = None,
+    buckets: int = 64,
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
@@ -200,6 +239,11 @@ def sliding_features(
     reproduces them exactly. ``origin`` (the input record an event came from)
     adds event ages and spans to the metrics.
 
+    The keys' windows are kept in ``buckets`` checkpointed buckets (see the module
+    docstring): more buckets spread the keys over more workers more evenly and
+    snapshot fewer unchanged keys, fewer make fewer, larger calls. A recovery
+    store resumes only with the count it was written with.
+
     ```python
     win = sliding_features("window", keyed, lambda e: e.t, lambda e: e.amount, lambda e: e.merchant)
     # KeyedStream[Windowed(event, (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev), status)]
@@ -217,9 +261,18 @@ def sliding_features(
         idle_timeout.total_seconds(),
         _seconds_of(now_getter),
         StageProbe(step_id, origin),
+        buckets,
     )
+    if buckets < 1:
+        raise ValueError(f"window step {step_id!r}: buckets must be at least 1, got {buckets}")
+    names = [str(i) for i in range(buckets)]
 
-    def builder(resume_state: WindowState | None) -> _SlidingLogic[E]:
-        return _SlidingLogic(cfg, resume_state)
+    def by_bucket(items: list[tuple[str, E]]) -> list[tuple[str, list[tuple[str, E]]]]:
+        return group_in_order(items, lambda item: pick_shard(item[0], names))
 
-    return op.stateful_batch("aggregate", up, builder)
+    def builder(resume_state: BucketState | None) -> _BucketLogic[E]:
+        return _BucketLogic(cfg, resume_state)
+
+    # step ids unlike the per-key version's ("aggregate"): a store it wrote resumes with fresh windows
+    windows = op.stateful_batch("buckets", op.flat_map_batch("bucket", up, by_bucket), builder)
+    return op.flat_map_batch("unbucket", windows, lambda done: [kv for _, out in done for kv in out])

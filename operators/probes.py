@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -49,14 +48,12 @@ def stage_name(step_id: str) -> str:
 class StageProbe(Generic[X]):
     """The instrumentation of one stage (see the module docstring).
 
-    Steps that run once per key (a call is about one event) count items and time
-    one call in N themselves (:meth:`cells`). ``headers`` finds an
-    item's trace headers when it is not its origin's (output records). Stages are
+    ``headers`` finds an item's trace headers when it is not its origin's (output records). Stages are
     numbered in the order they are built (``order`` overrides it), which is how a
     flow is written, upstream first.
     """
 
-    __slots__ = ("stage", "origin", "headers", "key", "_local")
+    __slots__ = ("stage", "origin", "headers", "key")
 
     def __init__(
         self,
@@ -71,22 +68,12 @@ class StageProbe(Generic[X]):
             headers = functools.partial(_origin_headers, origin)
         self.headers = headers
         self.key = (stage,)
-        self._local = threading.local()
         if STAGE_ORDER.value(self.key) is None or order is not None:
             STAGE_ORDER.set(self.key, next(_built) if order is None else order)
 
     def start(self) -> int:
         """A start mark for :meth:`done` (0 when nothing is recorded)."""
         return time.perf_counter_ns() if PROCESS.on or tracing.enabled() else 0
-
-    def cells(self) -> tuple[list[int], list[int]]:
-        """This thread's (items, calls) cells, for steps that run once per key and so count items and time one
-        call in N themselves (``items[0] += n``, ``calls[0] += 1``). One lookup, as a new key's logic is built
-        for about every new key's first event; shared by every key the thread runs."""
-        mine: tuple[list[int], list[int]] | None = getattr(self._local, "cells", None)
-        if mine is None:
-            mine = self._local.cells = (STAGE_ITEMS.cell(self.key), [0])
-        return mine
 
     def done(self, items: Sequence[X], started: int, count: bool = True) -> None:
         """Record a call that began at ``started`` and processed ``items``."""

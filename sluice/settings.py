@@ -391,6 +391,11 @@ class FraudSettings(FlowSettings):
     model_path: str = setting("models/artifacts/fraud", "model artifact folder (LATEST names the version)")
     profile_cache_ttl_s: float = setting(30.0, "how long a card profile is cached", minimum=0.0)
     card_idle_timeout_s: float = setting(3600.0, "window state of an idle card is dropped after this", minimum=1.0)
+    window_buckets: int = setting(
+        64,
+        "the cards' windows are checkpointed in this many buckets; a recovery store resumes only with its count",
+        minimum=1,
+    )
     allowed_lateness_s: float = setting(60.0, "how far out of order an event may arrive", minimum=0.0)
     max_event_ahead_s: float = setting(
         3600.0, "an event dated further ahead of the clock is decided without moving its card's window", minimum=0.0

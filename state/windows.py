@@ -15,6 +15,7 @@ features it is served.
 from __future__ import annotations
 
 import functools
+import pickle
 from bisect import bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -202,6 +203,17 @@ class SlidingAggregates:
             for event_id in self.ids[:drop]:
                 self._id_set.discard(event_id)
             del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.extras[:drop]
+
+    def pickled(self) -> bytes:
+        """The key's state, pickled (what :meth:`state` gives, without copying the lists first).
+
+        >>> agg = SlidingAggregates(WindowSpec())
+        >>> _ = agg.add(5.0, 1.0, "m", event_id="e1")
+        >>> SlidingAggregates(WindowSpec(), pickle.loads(agg.pickled())).seen("e1")
+        True
+        """
+        parts = (self.times, self.values, self.tags, self.ids, self.extras, self.newest)
+        return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
 
     def state(self) -> WindowState:
         """Copies of the key's events (a snapshot must not change when :meth:`add` runs later)."""

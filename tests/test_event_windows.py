@@ -1,8 +1,12 @@
+import pickle
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,8 +16,8 @@ from operators.event_windows import (
     SlidingAggregates,
     WindowSpec,
     WindowStatus,
+    _BucketLogic,
     _seconds_of,
-    _SlidingLogic,
     _StepConfig,
     sliding_features,
 )
@@ -104,6 +108,32 @@ def _run(items, idle=timedelta(hours=1), **kwargs):
     return [(k, w.event, w.features, w.status) for k, w in out]
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 500)), min_size=1, max_size=60),
+    st.sampled_from([1, 2, 64]),
+    st.integers(1, 7),
+)
+def test_any_bucket_count_gives_each_key_the_features_of_its_own_window(events, buckets, batch_size):
+    items = [(k, t, 1.0, f"m{i % 3}") for i, (k, t) in enumerate(events)]
+    expected: dict[str, list] = {}
+    per_key: dict[str, SlidingAggregates] = {}
+    for k, t, v, m in items:
+        agg = per_key.setdefault(k, SlidingAggregates(SPEC))
+        feats = agg.add(t, v, m)
+        expected.setdefault(k, []).append(feats if feats is not None else agg.peek(t, v, m))
+    flow = Dataflow("win")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(items, batch_size=batch_size)), lambda e: e[0])
+    out: list = []
+    win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, buckets=buckets)
+    op.output("out", win, TestingSink(out))
+    run_main(flow)
+    got: dict[str, list] = {}
+    for k, w in out:  # keys of different buckets may leave in another order; each key's events keep theirs
+        got.setdefault(k, []).append(w.features)
+    assert got == expected
+
+
 def test_operator_keeps_keys_apart_and_decides_late_events_from_the_window_without_adding_them():
     items = [
         ("c1", 0.0, 5.0, "m1"),
@@ -161,28 +191,101 @@ def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_
     assert [f[0] for _, _, f, _ in out] == [*range(1, 25), 1]
 
 
-def test_the_expiry_is_armed_once_per_idle_period_and_rearmed_when_it_fires_early():
-    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+def _logic(clock: TimeTestingGetter, resume=None, buckets: int = 4, idle_s: float = 60.0) -> _BucketLogic:
     cfg: _StepConfig[tuple[str, float, float, str]] = _StepConfig(
-        SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), 60.0,
-        _seconds_of(clock.get), StageProbe("w"),
+        SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), idle_s,
+        _seconds_of(clock.get), StageProbe("w"), buckets,
     )  # fmt: skip
-    logic = _SlidingLogic(cfg, None)
-    logic.on_batch([("c1", 0.0, 5.0, "m1")])
+    return _BucketLogic(cfg, resume)
+
+
+def _events(logic: _BucketLogic, *events: tuple[str, float, float, str]) -> list:
+    out, done = logic.on_batch([[(e[0], e) for e in events]])
+    assert done == StatefulBatchLogic.RETAIN
+    return [w.features for _, w in out[0]]
+
+
+def test_the_expiry_is_armed_once_per_idle_period_and_drops_only_the_idle_keys():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    logic = _logic(clock)
+    _events(logic, ("c1", 0.0, 5.0, "m1"), ("c2", 0.0, 5.0, "m1"))
     first = logic.notify_at()
     assert first is not None  # armed: 60 s (test clock) from now, as a delay on the system clock
     assert timedelta(seconds=59) < first - datetime.now(UTC) <= timedelta(seconds=60)
     clock.advance(timedelta(seconds=30))
-    logic.on_batch([("c1", 30.0, 5.0, "m1")])
+    _events(logic, ("c1", 30.0, 5.0, "m1"))
     assert logic.notify_at() is None  # still armed: Bytewax keeps the first schedule
-    clock.advance(timedelta(seconds=30))  # the first schedule fires; the key had an event 30 s ago
+    clock.advance(timedelta(seconds=30))  # the first schedule fires: c2 is idle, c1 had an event 30 s ago
     _, done = logic.on_notify()
-    assert done == StatefulBatchLogic.RETAIN
-    again = logic.notify_at()
+    assert done == StatefulBatchLogic.RETAIN and set(logic.seen_at) == {"c1"}
+    again = logic.notify_at()  # armed again, for the earliest key left
     assert again is not None and timedelta(seconds=29) < again - datetime.now(UTC) <= timedelta(seconds=30)
-    clock.advance(timedelta(seconds=30))  # now idle for the whole timeout
+    assert _events(logic, ("c2", 61.0, 5.0, "m1"))[0][0] == 1  # c2 starts fresh
+    clock.advance(timedelta(seconds=61))  # now every key is idle for the whole timeout
     _, done = logic.on_notify()
     assert done == StatefulBatchLogic.DISCARD
+
+
+def test_a_resumed_bucket_gives_the_features_an_uninterrupted_one_gives():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    events = [(f"c{i % 3}", float(i), float(i), f"m{i % 2}") for i in range(12)]
+    straight = _logic(clock)
+    expected = _events(straight, *events)
+    first = _logic(clock)
+    got = _events(first, *events[:7])
+    snap = pickle.loads(pickle.dumps(first.snapshot()))  # as Bytewax stores it
+    resumed = _logic(clock, snap)
+    assert resumed.live == {}  # nothing unpickled until a key has an event
+    got += _events(resumed, *events[7:])
+    assert got == expected
+
+
+def test_a_snapshot_pickles_only_the_keys_that_changed_and_drops_expired_ones():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    logic = _logic(clock)
+    _events(logic, ("c1", 0.0, 5.0, "m1"), ("c2", 0.0, 5.0, "m1"))
+    _, _, first = logic.snapshot()
+    _events(logic, ("c1", 1.0, 5.0, "m1"))
+    _, _, second = logic.snapshot()
+    assert second["c2"] is first["c2"]  # c2 had no event: its bytes are reused
+    assert second["c1"] != first["c1"]
+    clock.advance(timedelta(seconds=61))
+    logic.notify_at()
+    logic.on_notify()
+    assert logic.snapshot()[2] == {}
+    assert set(second) == {"c1", "c2"}  # an earlier snapshot is a copy: it keeps what it held
+
+
+def test_a_store_written_with_another_bucket_count_is_refused_with_both_counts():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    logic = _logic(clock, buckets=4)
+    _events(logic, ("c1", 0.0, 5.0, "m1"))
+    with pytest.raises(ValueError, match="holds its keys in 4 buckets .* this flow in 8"):
+        _logic(clock, logic.snapshot(), buckets=8)
+
+
+def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_features(tmp_path: Path):
+    items = [(f"c{i % 5}", float(i), float(i % 7), f"m{i % 3}") for i in range(40)]
+
+    def run(source_items: list, recovery: RecoveryConfig | None) -> list:
+        flow = Dataflow("win")
+        keyed = op.key_on("key", op.input("in", flow, TestingSource(source_items, batch_size=3)), lambda e: e[0])
+        win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, buckets=3)
+        out: list = []
+        op.output("out", win, TestingSink(out))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+        return [(w.event, w.features) for _, w in out]
+
+    expected = run(items, None)
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    crashed = items[:20] + [TestingSource.ABORT()] + items[20:]
+    before = run(crashed, recovery)
+    after = run(crashed, recovery)  # resumes after the last epoch it finished
+    assert len(before) < len(expected)
+    got = {e: f for e, f in before + after}  # an event re-run after the crash gets the same features again
+    assert [(e, got[e]) for e, _ in expected] == expected
+    assert len(after) < len(expected)  # it resumed rather than starting over
 
 
 def test_a_snapshot_does_not_change_when_events_are_added_after_it():
