@@ -514,6 +514,7 @@ def build_flow(
         recent=RECENT_EVENTS,
         origin=lambda ev: ev.source,
         buckets=settings.window_buckets,
+        buckets_setting="SLUICE_WINDOW_BUCKETS",
     )
     to_score = op.flat_map_batch("not_duplicates", windows, _to_score)  # batch steps: no call per item
     enriched: Stream[EnrichedEvent] = enrich_batch(

@@ -85,6 +85,7 @@ class _StepConfig(Generic[E]):
     now_s: Callable[[], float]  # the clock in epoch seconds
     probe: StageProbe[E]
     buckets: int
+    buckets_setting: str  # named when a recovery store holds another count
 
     def due(self, seen_at: float) -> datetime:
         """When a key last seen at ``seen_at`` (this step's clock) becomes idle, on the system clock: Bytewax
@@ -128,8 +129,8 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
             if (layout, buckets) != (STATE_LAYOUT, cfg.buckets):
                 raise ValueError(
                     f"window step {cfg.probe.stage!r}: the recovery store holds its keys in {buckets} buckets "
-                    f"(layout {layout}), this flow in {cfg.buckets} (layout {STATE_LAYOUT}); resume with the "
-                    "bucket count the store was written with"
+                    f"(layout {layout}), this flow in {cfg.buckets} (layout {STATE_LAYOUT}): set "
+                    f"{cfg.buckets_setting}={buckets} to resume it"
                 )
             self.pickled = dict(keys)
         self.seen_at = dict.fromkeys(self.pickled, cfg.now_s())  # when each key last had an event (or resumed)
@@ -217,6 +218,7 @@ def sliding_features(
     recent: int = 0,
     origin: Origin[E] | None = None,
     buckets: int = 64,
+    buckets_setting: str = "buckets",
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
@@ -242,7 +244,8 @@ def sliding_features(
     The keys' windows are kept in ``buckets`` checkpointed buckets (see the module
     docstring): more buckets spread the keys over more workers more evenly and
     snapshot fewer unchanged keys, fewer make fewer, larger calls. A recovery
-    store resumes only with the count it was written with.
+    store resumes only with the count it was written with; the error says so and
+    names ``buckets_setting`` (where the flow's user sets the count).
 
     ```python
     win = sliding_features("window", keyed, lambda e: e.t, lambda e: e.amount, lambda e: e.merchant)
@@ -262,9 +265,10 @@ def sliding_features(
         _seconds_of(now_getter),
         StageProbe(step_id, origin),
         buckets,
+        buckets_setting,
     )
     if buckets < 1:
-        raise ValueError(f"window step {step_id!r}: buckets must be at least 1, got {buckets}")
+        raise ValueError(f"window step {step_id!r}: {buckets_setting} must be at least 1, got {buckets}")
     names = [str(i) for i in range(buckets)]
 
     def by_bucket(items: list[tuple[str, E]]) -> list[tuple[str, list[tuple[str, E]]]]:

@@ -194,7 +194,7 @@ def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_
 def _logic(clock: TimeTestingGetter, resume=None, buckets: int = 4, idle_s: float = 60.0) -> _BucketLogic:
     cfg: _StepConfig[tuple[str, float, float, str]] = _StepConfig(
         SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), idle_s,
-        _seconds_of(clock.get), StageProbe("w"), buckets,
+        _seconds_of(clock.get), StageProbe("w"), buckets, "SLUICE_WINDOW_BUCKETS",
     )  # fmt: skip
     return _BucketLogic(cfg, resume)
 
@@ -260,17 +260,22 @@ def test_a_store_written_with_another_bucket_count_is_refused_with_both_counts()
     clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
     logic = _logic(clock, buckets=4)
     _events(logic, ("c1", 0.0, 5.0, "m1"))
-    with pytest.raises(ValueError, match="holds its keys in 4 buckets .* this flow in 8"):
+    with pytest.raises(
+        ValueError, match="holds its keys in 4 buckets .* this flow in 8 .*: set SLUICE_WINDOW_BUCKETS=4"
+    ):
         _logic(clock, logic.snapshot(), buckets=8)
 
 
 def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_features(tmp_path: Path):
     items = [(f"c{i % 5}", float(i), float(i % 7), f"m{i % 3}") for i in range(40)]
 
-    def run(source_items: list, recovery: RecoveryConfig | None) -> list:
+    def run(source_items: list, recovery: RecoveryConfig | None, buckets: int = 3) -> list:
         flow = Dataflow("win")
         keyed = op.key_on("key", op.input("in", flow, TestingSource(source_items, batch_size=3)), lambda e: e[0])
-        win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, buckets=3)
+        win = sliding_features(
+            "w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, buckets=buckets,
+            buckets_setting="SLUICE_WINDOW_BUCKETS",
+        )  # fmt: skip
         out: list = []
         op.output("out", win, TestingSink(out))
         run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
@@ -286,6 +291,8 @@ def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_featu
     got = {e: f for e, f in before + after}  # an event re-run after the crash gets the same features again
     assert [(e, got[e]) for e, _ in expected] == expected
     assert len(after) < len(expected)  # it resumed rather than starting over
+    with pytest.raises(Exception, match="set SLUICE_WINDOW_BUCKETS=3 to resume it"):
+        run(items, recovery, buckets=4)  # the store's keys are in 3 buckets: refused, not silently re-windowed
 
 
 def test_a_snapshot_does_not_change_when_events_are_added_after_it():
