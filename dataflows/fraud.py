@@ -51,6 +51,7 @@ from models.fraud_policy import Policy
 from models.fraud_rationale import Case, choose_notes, note_messages
 from models.registry import ModelRegistry, ModelUnusable
 from models.transaction import Transaction, parse_transaction
+from models.wire import four_decimals
 from operators.alarms import ScoreSample
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
@@ -203,14 +204,14 @@ def _stages(version: str, stage1_kind: str, escalated: bool) -> tuple[list[str],
 def _decision_body(s: Scored) -> dict[str, Any]:
     txn, feats, item = s.item.event.txn, s.item.features, s.item
     stages, models = _stages(s.version, s.stage1_kind, s.stage2 is not None)
-    scores = {s.stage1_kind: round(s.stage1, 4)}
+    scores = {s.stage1_kind: four_decimals(s.stage1)}
     if s.stage2 is not None:
-        scores["gru"] = round(s.stage2, 4)
+        scores["gru"] = four_decimals(s.stage2)
     body: dict[str, Any] = {
         "event_id": txn.event_id,
         "card_id": txn.card_id,
         "decision": s.decision,
-        "score": round(s.score, 4),
+        "score": four_decimals(s.score),
         "rules": s.rules,
         "model_version": s.version,
         "stages": stages,

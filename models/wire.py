@@ -63,3 +63,16 @@ def json_object(raw: bytes | None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidEvent("event must be a JSON object")
     return obj
+
+
+def four_decimals(x: float) -> float:
+    """``x`` rounded to four decimals, as scores are written: ``round(x * 10000) / 10000``.
+
+    ``round(x, 4)`` converts through decimal digits and costs ~0.3 µs; this costs ~0.09, and a decision
+    rounds two or three scores. The two differ only where ``x * 10000`` lands within an ulp of a half
+    (none in 2,000,000 random scores); then this rounds half to even.
+
+    >>> four_decimals(0.123456), four_decimals(0.99999), four_decimals(1.0)
+    (0.1235, 1.0, 1.0)
+    """
+    return round(x * 10000.0) / 10000.0
