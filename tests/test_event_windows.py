@@ -7,7 +7,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
+from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, cluster_main, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -266,10 +266,10 @@ def test_a_store_written_with_another_bucket_count_is_refused_with_both_counts()
         _logic(clock, logic.snapshot(), buckets=8)
 
 
-def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_features(tmp_path: Path):
+def test_a_flow_resumed_on_more_workers_gives_every_event_the_features_an_uncrashed_run_gives(tmp_path: Path):
     items = [(f"c{i % 5}", float(i), float(i % 7), f"m{i % 3}") for i in range(40)]
 
-    def run(source_items: list, recovery: RecoveryConfig | None, buckets: int = 3) -> list:
+    def run(source_items: list, recovery: RecoveryConfig | None, buckets: int = 3, workers: int = 1) -> list:
         flow = Dataflow("win")
         keyed = op.key_on("key", op.input("in", flow, TestingSource(source_items, batch_size=3)), lambda e: e[0])
         win = sliding_features(
@@ -278,7 +278,12 @@ def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_featu
         )  # fmt: skip
         out: list = []
         op.output("out", win, TestingSink(out))
-        run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+        if workers == 1:
+            run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+        else:
+            cluster_main(
+                flow, [], 0, epoch_interval=timedelta(0), recovery_config=recovery, worker_count_per_proc=workers
+            )
         return [(w.event, w.features) for _, w in out]
 
     expected = run(items, None)
@@ -286,7 +291,7 @@ def test_a_flow_resumed_from_its_recovery_store_gives_every_event_the_same_featu
     recovery = RecoveryConfig(str(tmp_path))
     crashed = items[:20] + [TestingSource.ABORT()] + items[20:]
     before = run(crashed, recovery)
-    after = run(crashed, recovery)  # resumes after the last epoch it finished
+    after = run(crashed, recovery, workers=3)  # resumes after the last epoch it finished, on 3 workers
     assert len(before) < len(expected)
     got = {e: f for e, f in before + after}  # an event re-run after the crash gets the same features again
     assert [(e, got[e]) for e, _ in expected] == expected
