@@ -50,6 +50,7 @@ from sluice.settings import FraudSettings
 
 DEFAULT_FLOW = "dataflows.fraud:from_env()"
 DEFAULT_COUNT = 200_000  # the recorded backlog; a smaller one is a smoke run
+DEFAULT_CARDS = 20_000
 
 
 class OutputCounter:
@@ -81,6 +82,7 @@ class DrainRun:
     seconds: float
     events_per_s: float
     cpu_us_per_event: float
+    disk_bytes_per_event: float  # what the flow process wrote to disk (its recovery store), per decision
 
 
 def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
@@ -92,7 +94,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
     state = PROJECT_ROOT / ".stack" / "drain" / f"run-{run}"
     stack = LocalStack(free_port(), free_port(), state, topics=base.topics()).start()
     settings = replace(base, brokers=stack.brokers, redis_url=stack.redis_url, exactly_once=args.exactly_once)
-    metrics = getattr(args, "metrics", False)
+    metrics = args.metrics
     if metrics:
         settings = replace(settings, metrics_port=free_port(), metrics_addr="127.0.0.1")
     scraping: Scraper | None = None
@@ -103,18 +105,20 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
         init_recovery(recovery)
     flow = FlowProcesses(args.flow, settings.to_env(), log_dir=state, recovery_dir=recovery)
     try:
-        load_profiles(settings, 7, 20_000)
-        send_open_loop(sender(settings), event_records(TransactionStream(3, n_cards=20_000), settings), 1e9, args.count)
+        load_profiles(settings, 7, min(args.cards, DEFAULT_CARDS))  # more cards: the rest have no profile
+        stream = TransactionStream(3, n_cards=args.cards)
+        send_open_loop(sender(settings), event_records(stream, settings), 1e9, args.count)
         counter = OutputCounter(settings.connection(), settings.decisions_topic, args.partitions)
         flow.start()
-        scrape_every = getattr(args, "scrape_every", 1.0)
+        scrape_every = args.scrape_every
         scraping = Scraper(settings.metrics_port, scrape_every) if metrics and scrape_every > 0 else None
         proc = psutil.Process(flow.pids[0])
-        flame = getattr(args, "flame", "")  # perf.observe_overhead's arguments have none
+        flame = args.flame
         if flame and run == 0:
             profiler = flame_graph(flow.pids[0], REPORTS / flame)
         shown = Progress(args.count, "decided", enabled=None)
         samples: list[tuple[float, float]] = []  # (epoch ms, flow CPU seconds)
+        written_at_start = proc.io_counters().write_bytes
         while counter.poll() < args.count * 0.99:
             samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
             shown.update(counter.count)
@@ -122,6 +126,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
                 raise RuntimeError(f"the flow exited; see {state}")
         shown.close()
         samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
+        written = proc.io_counters().write_bytes - written_at_start
         cpu_at_first = next(c for t, c in samples if t >= counter.first_ms)
         cpu_at_last = next((c for t, c in samples if t >= counter.last_ms), samples[-1][1])
         span_s = (counter.last_ms - counter.first_ms) / 1000
@@ -130,6 +135,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
             round(span_s, 3),
             round(counter.count / span_s, 1),
             round(1e6 * (cpu_at_last - cpu_at_first) / counter.count, 2),
+            round(written / counter.count, 1),
         )
     finally:
         if profiler is not None:
@@ -174,9 +180,11 @@ class Scraper:
         self._thread.join(5)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line, also what :mod:`perf.observe_overhead` parses to get every option ``drain_once`` reads."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
+    parser.add_argument("--cards", type=int, default=DEFAULT_CARDS, help="cards in the backlog (profiles: 20,000)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flow", default=DEFAULT_FLOW)
     parser.add_argument("--partitions", type=int, default=4)
@@ -187,14 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
     add_variant_option(parser, FraudSettings)
     parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     ensure_trained(FraudSettings().model_path)
     runs = []
     for i in range(args.runs):
         r = drain_once(args, i)
         runs.append(r)
         print(f"run {i + 1}: {r.decisions} decisions in {r.seconds:.2f}s = {r.events_per_s:,.0f}/s; "
-              f"flow CPU {r.cpu_us_per_event:.1f} us/event", flush=True)  # fmt: skip
+              f"flow CPU {r.cpu_us_per_event:.1f} us/event, {r.disk_bytes_per_event:,.0f} bytes/event to disk",
+              flush=True)  # fmt: skip
     rate, rate_lo, rate_hi = median_and_spread([r.events_per_s for r in runs])
     cpu, cpu_lo, cpu_hi = median_and_spread([r.cpu_us_per_event for r in runs])
     mode = ("exactly-once" if args.exactly_once else "at-least-once") + (" + metrics" if args.metrics else "")
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = why_not_recorded(
         args.runs, metrics=args.metrics, flame=args.flame, set=args.env, label=args.label,
         flow=args.flow if args.flow != DEFAULT_FLOW else "", profile=args.profile if args.profile != "latency" else "",
-        other_backlog=args.count != DEFAULT_COUNT, partitions=args.partitions if args.partitions != 4 else 0,
+        other_backlog=args.count != DEFAULT_COUNT or args.cards != DEFAULT_CARDS, partitions=args.partitions if args.partitions != 4 else 0,
     )  # fmt: skip
     if not args.exactly_once:
         record_unless(reason, "fraud", {"drain_events_per_s": rate, "drain_events_per_s_min": rate_lo,

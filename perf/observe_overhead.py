@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from models.train_fraud import ensure_trained
-from perf.drain import DEFAULT_FLOW, DrainRun, drain_once
+from perf.drain import DrainRun, arguments, drain_once
 from perf.summary import median_and_spread, record, report_stem
 from sluice.settings import FraudSettings
 
@@ -43,19 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)
-    common = {
-        "count": args.count,
-        "flow": DEFAULT_FLOW,
-        "partitions": args.partitions,
-        "profile": args.profile,
-        "scrape_every": args.scrape_every,
-    }
+    drain = ["--count", str(args.count), "--partitions", str(args.partitions), "--profile", args.profile]
+    common = vars(arguments().parse_args([*drain, "--scrape-every", str(args.scrape_every)]))
     plain: list[DrainRun] = []
     metered: list[DrainRun] = []
     for i in range(args.runs):
         order = ((False, plain), (True, metered)) if i % 2 == 0 else ((True, metered), (False, plain))
         for metrics, runs in order:  # ABBA: the second run of a pair is often slower on a busy machine
-            r = drain_once(argparse.Namespace(**common, exactly_once=False, metrics=metrics), 2 * i + int(metrics))
+            r = drain_once(argparse.Namespace(**common | {"metrics": metrics}), 2 * i + int(metrics))
             runs.append(r)
             print(f"pair {i + 1} {'with' if metrics else 'without'} metrics: {r.events_per_s:,.0f} events/s, "
                   f"{r.cpu_us_per_event:.1f} us/event", flush=True)  # fmt: skip

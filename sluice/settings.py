@@ -393,8 +393,9 @@ class FraudSettings(FlowSettings):
     card_idle_timeout_s: float = setting(3600.0, "window state of an idle card is dropped after this", minimum=1.0)
     window_buckets: int = setting(
         64,
-        "the cards' windows are checkpointed in this many buckets; a recovery store resumes only with its count",
-        minimum=1,
+        "the cards' windows are kept in this many checkpointed buckets (0: one key per card, for millions of "
+        "cards with a recovery store); a recovery store resumes only with its count",
+        minimum=0,
     )
     allowed_lateness_s: float = setting(60.0, "how far out of order an event may arrive", minimum=0.0)
     max_event_ahead_s: float = setting(

@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, clust
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators import event_windows
 from operators.event_windows import (
     Features,
     SlidingAggregates,
@@ -111,7 +112,7 @@ def _run(items, idle=timedelta(hours=1), **kwargs):
 @settings(max_examples=15, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 500)), min_size=1, max_size=60),
-    st.sampled_from([1, 2, 64]),
+    st.sampled_from([0, 1, 2, 64]),
     st.integers(1, 7),
 )
 def test_any_bucket_count_gives_each_key_the_features_of_its_own_window(events, buckets, batch_size):
@@ -254,6 +255,30 @@ def test_a_snapshot_pickles_only_the_keys_that_changed_and_drops_expired_ones():
     logic.on_notify()
     assert logic.snapshot()[2] == {}
     assert set(second) == {"c1", "c2"}  # an earlier snapshot is a copy: it keeps what it held
+
+
+def test_a_large_bucket_warns_once_naming_the_setting_and_its_size_is_kept_exactly(monkeypatch, caplog):
+    monkeypatch.setattr(event_windows, "LARGE_BUCKET_BYTES", 1_000)
+    monkeypatch.setattr(_BucketLogic, "warned", False)
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    logic = _logic(clock)
+    _events(logic, *[(f"c{i}", 0.0, 5.0, "m1") for i in range(5)])
+    logic.snapshot()
+    assert logic.size == sum(map(len, logic.pickled.values())) < 1_000 and not caplog.records
+    _events(logic, *[(f"c{i}", 1.0, 5.0, "m1") for i in range(20)])
+    logic.snapshot()
+    assert logic.size == sum(map(len, logic.pickled.values())) > 1_000
+    assert not caplog.records  # large, but every key in it changed: nothing is written in vain
+    _events(logic, ("c0", 2.0, 5.0, "m1"))
+    logic.snapshot()  # one key of twenty changed: the rest is rewritten as it was
+    _events(logic, ("c1", 2.0, 5.0, "m1"))
+    logic.snapshot()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "SLUICE_WINDOW_BUCKETS=0" in warnings[0] and "(20 keys)" in warnings[0]
+    clock.advance(timedelta(seconds=61))  # every key expires: nothing is left to count
+    logic.notify_at()
+    logic.on_notify()
+    assert logic.size == 0
 
 
 def test_a_store_written_with_another_bucket_count_is_refused_with_both_counts():

@@ -121,3 +121,16 @@ def test_a_run_that_timed_nothing_leaves_its_spread_out_of_the_headline_instead_
     out = headline_figures([row])
     assert out["all_out_at_20k"] == 0 and out["p99_ms_at_20k"] == 350 and "p99_ms_at_20k_max" not in out
     assert all(math.isfinite(v) for v in out.values())
+
+
+def test_every_option_a_drain_run_reads_is_on_the_command_line_the_other_benchmarks_parse():
+    """``perf.observe_overhead`` runs ``drain_once`` with ``perf.drain.arguments()``'s options: an option read as
+    ``args.x`` that the parser lacks would fail only when that benchmark ran (``env`` once did)."""
+    import inspect
+    import re
+
+    from perf.drain import arguments, drain_once
+
+    parsed = vars(arguments().parse_args([]))
+    read = set(re.findall(r"args\.(\w+)", inspect.getsource(drain_once)))
+    assert read and read <= set(parsed), read - set(parsed)
