@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -117,38 +117,71 @@ def _seconds_of(clock: Clock) -> Callable[[], float]:
     return time.time if clock is utc_now else lambda: clock().timestamp()
 
 
+Windower = Callable[[SlidingAggregates, E, float], "Windowed[E]"]  # (key's aggregates, event, horizon) -> result
+
+
+def _windower(cfg: _StepConfig[E]) -> Windower[E]:
+    """What one event gets from its key's window (``horizon``: the latest event time not dated too far ahead),
+    with the step's getters bound once (this runs for every event)."""
+    ts, value, tag, ident, extra_of, n = cfg.ts, cfg.value, cfg.tag, cfg.ident, cfg.extra, cfg.recent
+    stage = cfg.probe.stage
+
+    def window(agg: SlidingAggregates, ev: E, horizon: float) -> Windowed[E]:
+        t = ts(ev)
+        event_id = ident(ev) if ident is not None else None
+        if event_id is not None and agg.seen(event_id):
+            if PROCESS.on:
+                WINDOW_EVENTS.add((stage, WindowStatus.DUPLICATE.value))
+            return Windowed(ev, None, WindowStatus.DUPLICATE)
+        extra = extra_of(ev) if extra_of is not None else None
+        feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
+        if feats is not None:
+            return Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None)
+        status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
+        recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if it were there
+        if PROCESS.on:
+            WINDOW_EVENTS.add((stage, status.value))
+        return Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent)
+
+    return window
+
+
+def _resumed_keys(cfg: _StepConfig[Any], state: BucketState) -> dict[str, bytes]:
+    """The pickled windows a snapshot holds, once it is known to be laid out as this step lays them out."""
+    if state[:2] != (STATE_LAYOUT, cfg.buckets):
+        raise ValueError(
+            f"window step {cfg.probe.stage!r}: the recovery store holds its keys in {state[1]} buckets (layout "
+            f"{state[0]}), this flow in {cfg.buckets} (layout {STATE_LAYOUT}): set {cfg.buckets_setting}="
+            f"{state[1]} to resume it"
+        )
+    return dict(state[2])
+
+
 class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windowed[E]]], BucketState]):
     """The windows of the keys of one bucket.
 
     A key's :class:`SlidingAggregates` is built from its pickled state at its first event after a resume, so
-    a resume unpickles only the keys that come back. A snapshot pickles only the keys that changed since the
-    previous one and hands Bytewax the bytes it kept for the rest.
+    a resume unpickles only the keys that come back. A snapshot pickles only the keys whose window changed
+    since the previous one and hands Bytewax the bytes it kept for the rest (a second copy of each key's
+    window, ~300 bytes for a card with a few events, kept in memory).
 
     Idle keys are dropped by one notification per bucket, armed lazily (Bytewax keeps a scheduled
     notification until it fires, and ``notify_at`` returning ``None`` leaves it in place): when it fires,
-    it drops every key idle for the timeout and is armed again for the earliest of the others. A key may
-    outlive its timeout by up to one timeout, which changes no result: a key with no events left inside
-    the window's horizon gives the same features as a dropped one.
+    it drops every key idle for the timeout and is armed again for the earliest of the others, but no
+    sooner than an eighth of the timeout from now, so a bucket scans its keys at most about eight times per
+    timeout however many of them expire. A key may so outlive its timeout by up to an eighth of it.
     """
 
-    __slots__ = ("cfg", "live", "pickled", "seen_at", "dirty", "armed", "size")
-    warned = False  # whether a large bucket has been reported (once per process)
+    __slots__ = ("cfg", "window", "live", "pickled", "seen_at", "dirty", "armed", "size")
+    warned: ClassVar[bool] = False  # whether a large bucket has been reported (once per process)
 
-    def __init__(self, cfg: _StepConfig[E], resume_state: BucketState | None) -> None:
+    def __init__(self, cfg: _StepConfig[E], window: Windower[E], resume_state: BucketState | None) -> None:
         self.cfg = cfg
+        self.window = window
         self.live: dict[str, SlidingAggregates] = {}
-        self.pickled: dict[str, bytes] = {}  # every key's state as of the last snapshot (or the resume)
-        self.dirty: set[str] = set()  # keys with events since the last snapshot
+        self.pickled: dict[str, bytes] = {} if resume_state is None else _resumed_keys(cfg, resume_state)
+        self.dirty: set[str] = set()  # keys whose window changed since the last snapshot
         self.armed = False  # whether Bytewax holds a notification for this bucket
-        if resume_state is not None:
-            layout, buckets, keys = resume_state
-            if (layout, buckets) != (STATE_LAYOUT, cfg.buckets):
-                raise ValueError(
-                    f"window step {cfg.probe.stage!r}: the recovery store holds its keys in {buckets} buckets "
-                    f"(layout {layout}), this flow in {cfg.buckets} (layout {STATE_LAYOUT}): set "
-                    f"{cfg.buckets_setting}={buckets} to resume it"
-                )
-            self.pickled = dict(keys)
         self.size = sum(map(len, self.pickled.values()))  # bytes of the snapshot's values
         self.seen_at = dict.fromkeys(self.pickled, cfg.now_s())  # when each key last had an event (or resumed)
 
@@ -157,15 +190,10 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
         agg = self.live[key] = SlidingAggregates(self.cfg.spec, None if frozen is None else pickle.loads(frozen))
         return agg
 
-    def _odd(self, status: WindowStatus) -> None:
-        if PROCESS.on:
-            WINDOW_EVENTS.add((self.cfg.probe.stage, status.value))
-
     def on_batch(self, values: list[list[tuple[str, E]]]) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
         cfg = self.cfg
         started = cfg.probe.start()
-        ts, value, tag, ident, extra_of, n = cfg.ts, cfg.value, cfg.tag, cfg.ident, cfg.extra, cfg.recent
-        live, seen_at, dirty = self.live, self.seen_at, self.dirty
+        live, seen_at, dirty, window = self.live, self.seen_at, self.dirty, self.window
         now = cfg.now_s()
         horizon = now + cfg.max_ahead_s
         out: list[tuple[str, Windowed[E]]] = []
@@ -175,22 +203,10 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
                 if agg is None:
                     agg = self._load(key)
                 seen_at[key] = now
-                dirty.add(key)
-                t = ts(ev)
-                event_id = ident(ev) if ident is not None else None
-                if event_id is not None and agg.seen(event_id):
-                    out.append((key, Windowed(ev, None, WindowStatus.DUPLICATE)))
-                    self._odd(WindowStatus.DUPLICATE)
-                    continue
-                extra = extra_of(ev) if extra_of is not None else None
-                feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
-                if feats is not None:
-                    out.append((key, Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None)))
-                    continue
-                status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
-                recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if there
-                out.append((key, Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent)))
-                self._odd(status)
+                w = window(agg, ev, horizon)
+                if w.status is WindowStatus.OK:  # the others leave the window as it was
+                    dirty.add(key)
+                out.append((key, w))
         if started:
             cfg.probe.done([w.event for _, w in out], started)
         return [out], StatefulBatchLogic.RETAIN
@@ -209,7 +225,8 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
         if self.armed or not self.seen_at:
             return None  # the notification given before still stands (or there is nothing to expire)
         self.armed = True
-        return self.cfg.due(min(self.seen_at.values()))
+        soonest = self.cfg.now_s() - self.cfg.idle_s * 7 / 8  # fire no sooner than idle/8 from now
+        return self.cfg.due(max(min(self.seen_at.values()), soonest))
 
     def snapshot(self) -> BucketState:
         pickled, live = self.pickled, self.live
@@ -224,12 +241,63 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
         if size > LARGE_BUCKET_BYTES and size > 10 * changed and not _BucketLogic.warned:
             _BucketLogic.warned = True
             log.warning(
-                "window step %r: a bucket's snapshot holds %.1f MB (%d keys) of which %.0f kB changed; with a "
-                "recovery store every checkpoint writes each bucket woken in its epoch whole. With this many keys "
-                "set %s=0 (one key each: a checkpoint writes only the keys that changed) on a new recovery store",
+                "window step %r: a bucket's snapshot holds %.1f MB (%d keys) of which %.0f kB changed. If this flow "
+                "runs with a recovery store, each checkpoint writes every bucket woken in its epoch whole: with this "
+                "many keys, set %s=0 (one key each: a checkpoint writes only the keys that changed) on a new store",
                 self.cfg.probe.stage, size / 1e6, len(pickled), changed / 1e3, self.cfg.buckets_setting,
             )  # fmt: skip
         return STATE_LAYOUT, self.cfg.buckets, dict(pickled)  # a copy: later snapshots change this dict
+
+
+class _KeyLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windowed[E]]], BucketState]):
+    """One key's window (``buckets=0``, for millions of keys): a bucket's work for a single key, without
+    its dicts and without a second copy of the window (~1 kB a key less). Snapshots have the buckets'
+    layout, so a store is refused by the same check when the count changes. Its idle expiry is the
+    per-key form of the bucket's: one notification per idle period, re-armed if the key had events."""
+
+    __slots__ = ("cfg", "window", "key", "agg", "frozen", "seen_at", "armed")
+
+    def __init__(self, cfg: _StepConfig[E], window: Windower[E], resume_state: BucketState | None) -> None:
+        self.cfg = cfg
+        self.window = window
+        self.key = ""
+        self.agg: SlidingAggregates | None = None
+        self.frozen: bytes | None = None  # the resumed window, until the key's first event unpickles it
+        if resume_state is not None:
+            ((self.key, self.frozen),) = _resumed_keys(cfg, resume_state).items()
+        self.seen_at = cfg.now_s()
+        self.armed = False
+
+    def on_batch(self, values: list[list[tuple[str, E]]]) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
+        cfg = self.cfg
+        started = cfg.probe.start()
+        agg = self.agg
+        if agg is None:
+            agg = self.agg = SlidingAggregates(cfg.spec, None if self.frozen is None else pickle.loads(self.frozen))
+            self.frozen = None
+        self.seen_at = now = cfg.now_s()
+        horizon, window = now + cfg.max_ahead_s, self.window
+        out = [(key, window(agg, ev, horizon)) for group in values for key, ev in group]
+        if out:
+            self.key = out[0][0]
+        if started:
+            cfg.probe.done([w.event for _, w in out], started)
+        return [out], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
+        self.armed = False  # it fired: Bytewax no longer holds it
+        idle = self.cfg.now_s() - self.seen_at >= self.cfg.idle_s
+        return [], StatefulBatchLogic.DISCARD if idle else StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.armed:
+            return None  # the notification given before still stands
+        self.armed = True
+        return self.cfg.due(self.seen_at)
+
+    def snapshot(self) -> BucketState:
+        frozen = self.agg.pickled() if self.agg is not None else self.frozen
+        return STATE_LAYOUT, 0, {} if frozen is None else {self.key: frozen}
 
 
 @operator
@@ -264,11 +332,12 @@ def sliding_features(
     kept of each), itself last: the input of a sequence model.
 
     A key whose events stop for ``idle_timeout`` (system time) is dropped, which
-    keeps state bounded; a key with no events left inside ``spec.horizon_s`` gives
-    the same features as a dropped one, so expiry does not change results once the
-    timeout is at least the horizon. Apart from ``ahead`` (which reads the clock),
-    results depend only on the key's events in arrival order, so a replay
-    reproduces them exactly. ``origin`` (the input record an event came from)
+    keeps state bounded. A key keeps its events for ``spec.horizon_s`` plus
+    ``spec.allowed_lateness_s`` (its recent events, duplicate ids and lateness come
+    from them), so with a timeout at least that long a dropped key gives every
+    result a kept one would, and when the drop happens cannot change a result.
+    Apart from ``ahead`` (which reads the clock), results then depend only on the
+    key's events in arrival order, so a replay reproduces them exactly. ``origin`` (the input record an event came from)
     adds event ages and spans to the metrics.
 
     The keys' windows are kept in ``buckets`` checkpointed buckets (see the module
@@ -283,6 +352,8 @@ def sliding_features(
     # KeyedStream[Windowed(event, (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev), status)]
     ```
     """
+    if buckets < 0:
+        raise ValueError(f"window step {step_id!r}: {buckets_setting} must be 0 (one per key) or more, got {buckets}")
     cfg = _StepConfig(
         spec,
         ts_getter,
@@ -298,8 +369,7 @@ def sliding_features(
         buckets,
         buckets_setting,
     )
-    if buckets < 0:
-        raise ValueError(f"window step {step_id!r}: {buckets_setting} must be 0 (one per key) or more, got {buckets}")
+    window = _windower(cfg)
     names = [str(i) for i in range(buckets)]
 
     def by_bucket(items: list[tuple[str, E]]) -> list[tuple[str, list[tuple[str, E]]]]:
@@ -307,8 +377,9 @@ def sliding_features(
             return group_in_order(items, lambda item: item[0])  # every key its own bucket
         return group_in_order(items, lambda item: pick_shard(item[0], names))
 
-    def builder(resume_state: BucketState | None) -> _BucketLogic[E]:
-        return _BucketLogic(cfg, resume_state)
+    def builder(resume_state: BucketState | None) -> StatefulBatchLogic[Any, Any, BucketState]:
+        logic = _BucketLogic if names else _KeyLogic
+        return logic(cfg, window, resume_state)
 
     # step ids unlike the per-key version's ("aggregate"): a store it wrote resumes with fresh windows
     windows = op.stateful_batch("buckets", op.flat_map_batch("bucket", up, by_bucket), builder)

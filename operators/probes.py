@@ -75,15 +75,14 @@ class StageProbe(Generic[X]):
         """A start mark for :meth:`done` (0 when nothing is recorded)."""
         return time.perf_counter_ns() if PROCESS.on or tracing.enabled() else 0
 
-    def done(self, items: Sequence[X], started: int, count: bool = True) -> None:
+    def done(self, items: Sequence[X], started: int) -> None:
         """Record a call that began at ``started`` and processed ``items``."""
         if not started:
             return
         ended = time.perf_counter_ns()
         origin = self.origin
         if PROCESS.on:
-            if count:
-                STAGE_ITEMS.add(self.key, len(items))
+            STAGE_ITEMS.add(self.key, len(items))
             STAGE_DURATION.observe(self.key, (ended - started) / 1e6)
             if origin is not None and items:
                 observe_ages(self.key, items, origin)

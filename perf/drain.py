@@ -82,7 +82,7 @@ class DrainRun:
     seconds: float
     events_per_s: float
     cpu_us_per_event: float
-    disk_bytes_per_event: float  # what the flow process wrote to disk (its recovery store), per decision
+    disk_bytes_per_event: float  # what the flow process wrote to disk (recovery store, logs) per decision; Linux
 
 
 def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
@@ -118,7 +118,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
             profiler = flame_graph(flow.pids[0], REPORTS / flame)
         shown = Progress(args.count, "decided", enabled=None)
         samples: list[tuple[float, float]] = []  # (epoch ms, flow CPU seconds)
-        written_at_start = proc.io_counters().write_bytes
+        written_at_start = _written(proc)
         while counter.poll() < args.count * 0.99:
             samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
             shown.update(counter.count)
@@ -126,7 +126,7 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
                 raise RuntimeError(f"the flow exited; see {state}")
         shown.close()
         samples.append((time.time() * 1000, sum(proc.cpu_times()[:2])))
-        written = proc.io_counters().write_bytes - written_at_start
+        written = _written(proc) - written_at_start
         cpu_at_first = next(c for t, c in samples if t >= counter.first_ms)
         cpu_at_last = next((c for t, c in samples if t >= counter.last_ms), samples[-1][1])
         span_s = (counter.last_ms - counter.first_ms) / 1000
@@ -145,6 +145,12 @@ def drain_once(args: argparse.Namespace, run: int) -> DrainRun:
             scraping.stop()
         flow.stop()
         stack.stop()
+
+
+def _written(proc: psutil.Process) -> int:
+    """Bytes ``proc`` has written to disk (0 where psutil cannot tell, as on macOS)."""
+    counters = getattr(proc, "io_counters", None)
+    return int(counters().write_bytes) if counters is not None else 0
 
 
 def flame_graph(pid: int, out: object) -> subprocess.Popen[bytes]:

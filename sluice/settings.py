@@ -390,7 +390,12 @@ class FraudSettings(FlowSettings):
     )
     model_path: str = setting("models/artifacts/fraud", "model artifact folder (LATEST names the version)")
     profile_cache_ttl_s: float = setting(30.0, "how long a card profile is cached", minimum=0.0)
-    card_idle_timeout_s: float = setting(3600.0, "window state of an idle card is dropped after this", minimum=1.0)
+    card_idle_timeout_s: float = setting(
+        3660.0,
+        "window state of an idle card is dropped after this (keep it at least the window's hour plus "
+        "SLUICE_ALLOWED_LATENESS_S, or whether a card was dropped yet could change a replayed decision)",
+        minimum=1.0,
+    )
     window_buckets: int = setting(
         64,
         "the cards' windows are kept in this many checkpointed buckets (0: one key per card, for millions of "

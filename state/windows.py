@@ -205,7 +205,7 @@ class SlidingAggregates:
             del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.extras[:drop]
 
     def pickled(self) -> bytes:
-        """The key's state, pickled (what :meth:`state` gives, without copying the lists first).
+        """The key's state, pickled: what ``SlidingAggregates(spec, pickle.loads(...))`` resumes from.
 
         >>> agg = SlidingAggregates(WindowSpec())
         >>> _ = agg.add(5.0, 1.0, "m", event_id="e1")
@@ -214,7 +214,3 @@ class SlidingAggregates:
         """
         parts = (self.times, self.values, self.tags, self.ids, self.extras, self.newest)
         return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def state(self) -> WindowState:
-        """Copies of the key's events (a snapshot must not change when :meth:`add` runs later)."""
-        return (list(self.times), list(self.values), list(self.tags), list(self.ids), list(self.extras), self.newest)

@@ -20,6 +20,7 @@ from operators.event_windows import (
     _BucketLogic,
     _seconds_of,
     _StepConfig,
+    _windower,
     sliding_features,
 )
 from operators.probes import StageProbe
@@ -67,7 +68,9 @@ def test_the_lateness_boundary_and_what_eviction_keeps_for_late_events():
     # 3,600 is allowed (newest 3,625 minus 30 is 3,595) and its hour (0, 3600] still holds the event at 1
     assert _ok(agg.add(3600.0, 1.0, "c"))[2] == 2
     assert agg.add(3595.0, 1.0, "d") is not None and agg.add(3594.9, 1.0, "d") is None  # exactly at the bound: in
-    assert agg.seen("e1") and SlidingAggregates(SPEC, agg.state()).seen("e1")  # ids survive a checkpoint
+    assert agg.seen("e1") and SlidingAggregates(SPEC, pickle.loads(agg.pickled())).seen(
+        "e1"
+    )  # ids survive a checkpoint
     agg.add(10_000.0, 1.0, "e")
     assert not agg.seen("e1") and agg.times == [10_000.0]  # evicted events' ids go with them
 
@@ -171,16 +174,18 @@ def test_a_resent_event_id_is_counted_once():
     assert out[2][2] is None
 
 
-def test_idle_keys_expire_and_start_fresh():
+@pytest.mark.parametrize("buckets", [64, 0])
+def test_idle_keys_expire_and_start_fresh(buckets: int):
     items = [("c1", 0.0, 5.0, "m1"), TestingSource.PAUSE(timedelta(milliseconds=300)), ("c1", 10.0, 5.0, "m1")]
-    out = _run(items, idle=timedelta(milliseconds=50))
+    out = _run(items, idle=timedelta(milliseconds=50), buckets=buckets)
     # the state of c1 was dropped during the pause: the second event sees only itself
     assert [f[0] for _, _, f, _ in out] == [1, 1]
-    out = _run(items, idle=timedelta(hours=1))
+    out = _run(items, idle=timedelta(hours=1), buckets=buckets)
     assert [f[0] for _, _, f, _ in out] == [1, 2]
 
 
-def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_idle():
+@pytest.mark.parametrize("buckets", [64, 0])
+def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_idle(buckets: int):
     # the expiry is armed once (at the first event + timeout); events keep coming past that time, so when it
     # fires the key must be re-armed, not dropped; once the events stop for the timeout, it is dropped
     pause = TestingSource.PAUSE(timedelta(milliseconds=50))
@@ -188,7 +193,7 @@ def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_
     for i in range(24):  # 24 events 50 ms apart: 1.2 s, twice the timeout (a gap would have to be 12x longer)
         items += [("c1", float(i), 5.0, "m1"), pause]
     items += [TestingSource.PAUSE(timedelta(milliseconds=1500)), ("c1", 24.0, 5.0, "m1")]
-    out = _run(items, idle=timedelta(milliseconds=600))
+    out = _run(items, idle=timedelta(milliseconds=600), buckets=buckets)
     assert [f[0] for _, _, f, _ in out] == [*range(1, 25), 1]
 
 
@@ -197,7 +202,7 @@ def _logic(clock: TimeTestingGetter, resume=None, buckets: int = 4, idle_s: floa
         SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), idle_s,
         _seconds_of(clock.get), StageProbe("w"), buckets, "SLUICE_WINDOW_BUCKETS",
     )  # fmt: skip
-    return _BucketLogic(cfg, resume)
+    return _BucketLogic(cfg, _windower(cfg), resume)
 
 
 def _events(logic: _BucketLogic, *events: tuple[str, float, float, str]) -> list:
@@ -291,10 +296,13 @@ def test_a_store_written_with_another_bucket_count_is_refused_with_both_counts()
         _logic(clock, logic.snapshot(), buckets=8)
 
 
-def test_a_flow_resumed_on_more_workers_gives_every_event_the_features_an_uncrashed_run_gives(tmp_path: Path):
+@pytest.mark.parametrize("buckets", [16, 0])
+def test_a_flow_resumed_on_more_workers_gives_every_event_the_features_an_uncrashed_run_gives(
+    tmp_path: Path, buckets: int
+):
     items = [(f"c{i % 5}", float(i), float(i % 7), f"m{i % 3}") for i in range(40)]
 
-    def run(source_items: list, recovery: RecoveryConfig | None, buckets: int = 3, workers: int = 1) -> list:
+    def run(source_items: list, recovery: RecoveryConfig | None, buckets: int = buckets, workers: int = 1) -> list:
         flow = Dataflow("win")
         keyed = op.key_on("key", op.input("in", flow, TestingSource(source_items, batch_size=3)), lambda e: e[0])
         win = sliding_features(
@@ -311,28 +319,59 @@ def test_a_flow_resumed_on_more_workers_gives_every_event_the_features_an_uncras
             )
         return [(w.event, w.features) for _, w in out]
 
-    expected = run(items, None)
+    expected = dict(run(items, None))
     init_db_dir(tmp_path, 1)
     recovery = RecoveryConfig(str(tmp_path))
     crashed = items[:20] + [TestingSource.ABORT()] + items[20:]
     before = run(crashed, recovery)
     after = run(crashed, recovery, workers=3)  # resumes after the last epoch it finished, on 3 workers
-    assert len(before) < len(expected)
-    got = {e: f for e, f in before + after}  # an event re-run after the crash gets the same features again
-    assert [(e, got[e]) for e, _ in expected] == expected
-    assert len(after) < len(expected)  # it resumed rather than starting over
-    with pytest.raises(Exception, match="set SLUICE_WINDOW_BUCKETS=3 to resume it"):
-        run(items, recovery, buckets=4)  # the store's keys are in 3 buckets: refused, not silently re-windowed
+    assert 0 < len(before) < len(items) and 0 < len(after) < len(items)  # it resumed rather than starting over
+    for event, features in before + after:  # events re-run after the crash get the same features again
+        assert features == expected[event], event
+    assert {e for e, _ in before + after} == set(items)
+    with pytest.raises(Exception, match=f"set SLUICE_WINDOW_BUCKETS={buckets} to resume it"):
+        run(items, recovery, buckets=4)  # the store's keys are laid out otherwise: refused, not re-windowed
 
 
-def test_a_snapshot_does_not_change_when_events_are_added_after_it():
-    agg = SlidingAggregates(SPEC)
-    agg.add(1000.0, 10.0, "a")
-    snap = agg.state()
-    frozen = tuple(list(part) if isinstance(part, list) else part for part in snap)
-    agg.add(1010.0, 20.0, "b")
-    agg.add(1005.0, 1.0, "c")
-    assert snap == frozen
-    restored = SlidingAggregates(SPEC, snap)
-    restored.add(1001.0, 1.0, "d")
-    assert snap == frozen  # restoring from a snapshot does not alias it either
+def test_a_key_expired_before_the_snapshot_is_not_in_it_and_a_notification_waits_an_eighth_of_the_timeout():
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    logic = _logic(clock)
+    _events(logic, ("c1", 0.0, 5.0, "m1"))
+    logic.notify_at()
+    clock.advance(timedelta(seconds=59))
+    _events(logic, ("c2", 0.0, 5.0, "m1"))
+    clock.advance(timedelta(seconds=1))
+    logic.on_notify()  # c1 is idle for the timeout, with its event not yet in a snapshot
+    assert logic.snapshot()[2].keys() == {"c2"}
+    due = logic.notify_at()  # c2 is due in 59 s: armed for then
+    assert due is not None and timedelta(seconds=58) < due - datetime.now(UTC) <= timedelta(seconds=59)
+    clock.advance(timedelta(seconds=59))
+    _events(logic, ("c3", 0.0, 5.0, "m1"))
+    logic.on_notify()  # c2 expires; c3 is fresh
+    _events(logic, ("c4", 0.0, 5.0, "m1"))
+    clock.advance(timedelta(seconds=1))
+    assert set(logic.seen_at) == {"c3", "c4"}
+    logic.seen_at["c3"] -= 59.5  # as if c3 were due in half a second: the bucket still waits idle/8 = 7.5 s
+    due = logic.notify_at()
+    assert due is not None and timedelta(seconds=7) < due - datetime.now(UTC) <= timedelta(seconds=7.5)
+
+
+def test_a_negative_bucket_count_is_refused_naming_the_setting():
+    flow = Dataflow("win")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource([("c1", 0.0, 1.0, "m")])), lambda e: e[0])
+    with pytest.raises(ValueError, match="SLUICE_WINDOW_BUCKETS must be 0 .* got -1"):
+        sliding_features(
+            "w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], buckets=-1,
+            buckets_setting="SLUICE_WINDOW_BUCKETS",
+        )  # fmt: skip
+
+
+def test_a_key_restored_from_its_pickled_state_continues_as_if_never_stopped():
+    events = [(1000.0, 10.0, "a", "e1"), (1010.0, 20.0, "b", "e2"), (1005.0, 1.0, "c", "e3"), (1020.0, 2.0, "a", "e4")]
+    straight, first = SlidingAggregates(SPEC), SlidingAggregates(SPEC)
+    expected = [straight.add(*e[:3], event_id=e[3]) for e in events]
+    got = [first.add(*e[:3], event_id=e[3]) for e in events[:2]]
+    restored = SlidingAggregates(SPEC, pickle.loads(first.pickled()))
+    assert restored.seen("e1") and not restored.seen("e3")
+    got += [restored.add(*e[:3], event_id=e[3]) for e in events[2:]]
+    assert got == expected
