@@ -10,12 +10,14 @@ batch of a thousand items costs one list extend.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 X = TypeVar("X")
+Y = TypeVar("Y")
 
 Shards = int | Sequence[str]  # a count (keys "0", "1", ...) or the keys (operators.shard_keys.worker_keys)
 
@@ -46,6 +48,51 @@ def group_in_order(items: list[X], key: Callable[[X], str]) -> list[tuple[str, l
         else:
             group.append(x)
     return list(groups.items())
+
+
+def ungrouped(groups: list[tuple[str, list[X]]]) -> list[X]:
+    """The items of ``(key, items)`` pairs, in order: what :func:`group_in_order` took apart, put back.
+
+    >>> ungrouped(group_in_order(["a1", "b1", "a2"], lambda x: x[0]))
+    ['a1', 'a2', 'b1']
+    """
+    return [x for _, xs in groups for x in xs]
+
+
+def flat(lists: list[list[X]]) -> list[X]:
+    """One list of the items of ``lists``, in order (no copy when there is one: the common case of a step that
+    receives one list per upstream batch).
+
+    >>> flat([[1, 2]]), flat([[1], [2, 3]])
+    ([1, 2], [1, 2, 3])
+    """
+    return lists[0] if len(lists) == 1 else [x for xs in lists for x in xs]
+
+
+def pick_shard(key: str, names: Sequence[str]) -> str:
+    """The shard of ``names`` that ``key`` belongs to: ``crc32`` of the key, stable across processes (unlike
+    ``hash``).
+
+    >>> pick_shard("card-1", ["0", "1", "2"]) == pick_shard("card-1", ["0", "1", "2"])
+    True
+    """
+    return names[zlib.crc32(key.encode()) % len(names)]
+
+
+def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[str]) -> list[tuple[str, list[X]]]:
+    """``items`` grouped by shard (:func:`pick_shard` of their key), each shard's in their order (one shard: no
+    key is computed).
+
+    >>> shard_lists(["a", "b", "a"], lambda x: x, ["0"])
+    [('0', ['a', 'b', 'a'])]
+    >>> names = [str(i) for i in range(64)]
+    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, names)) == sorted(
+    ...     [(pick_shard("a", names), ["a", "a"]), (pick_shard("b", names), ["b"])])
+    True
+    """
+    if len(names) == 1:
+        return [(names[0], items)] if items else []
+    return group_in_order(items, lambda x: pick_shard(shard_key(x), names))
 
 
 def check_batching(max_batch: int, shards: Shards = 1) -> None:

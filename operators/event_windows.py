@@ -35,7 +35,6 @@ not simply join their window by status (``sluice_window_events_total``).
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -47,10 +46,9 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from operators.batching import group_in_order
+from operators.batching import group_in_order, shard_lists, ungrouped
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
-from operators.microbatch import pick_shard
 from operators.probes import Origin, StageProbe
 from state.windows import Features, Recent, SlidingAggregates, WindowSpec
 
@@ -146,6 +144,10 @@ def _windower(cfg: _StepConfig[E]) -> Windower[E]:
     return window
 
 
+def _key_of(item: tuple[str, Any]) -> str:
+    return item[0]
+
+
 def _resumed_keys(cfg: _StepConfig[Any], state: BucketState) -> dict[str, bytes]:
     """The pickled windows a snapshot holds, once it is known to be laid out as this step lays them out."""
     if state[:2] != (STATE_LAYOUT, cfg.buckets):
@@ -186,8 +188,7 @@ class _BucketLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windo
         self.seen_at = dict.fromkeys(self.pickled, cfg.now_s())  # when each key last had an event (or resumed)
 
     def _load(self, key: str) -> SlidingAggregates:
-        frozen = self.pickled.get(key)
-        agg = self.live[key] = SlidingAggregates(self.cfg.spec, None if frozen is None else pickle.loads(frozen))
+        agg = self.live[key] = SlidingAggregates.unpickled(self.cfg.spec, self.pickled.get(key))
         return agg
 
     def on_batch(self, values: list[list[tuple[str, E]]]) -> tuple[list[list[tuple[str, Windowed[E]]]], bool]:
@@ -273,7 +274,7 @@ class _KeyLogic(StatefulBatchLogic[list[tuple[str, E]], list[tuple[str, Windowed
         started = cfg.probe.start()
         agg = self.agg
         if agg is None:
-            agg = self.agg = SlidingAggregates(cfg.spec, None if self.frozen is None else pickle.loads(self.frozen))
+            agg = self.agg = SlidingAggregates.unpickled(cfg.spec, self.frozen)
             self.frozen = None
         self.seen_at = now = cfg.now_s()
         horizon, window = now + cfg.max_ahead_s, self.window
@@ -337,8 +338,8 @@ def sliding_features(
     from them), so with a timeout at least that long a dropped key gives every
     result a kept one would, and when the drop happens cannot change a result.
     Apart from ``ahead`` (which reads the clock), results then depend only on the
-    key's events in arrival order, so a replay reproduces them exactly. ``origin`` (the input record an event came from)
-    adds event ages and spans to the metrics.
+    key's events in arrival order, so a replay reproduces them exactly. ``origin``
+    (the input record an event came from) adds event ages and spans to the metrics.
 
     The keys' windows are kept in ``buckets`` checkpointed buckets (see the module
     docstring; 0: one per key, for millions of keys with a recovery store). More
@@ -373,9 +374,7 @@ def sliding_features(
     names = [str(i) for i in range(buckets)]
 
     def by_bucket(items: list[tuple[str, E]]) -> list[tuple[str, list[tuple[str, E]]]]:
-        if not names:
-            return group_in_order(items, lambda item: item[0])  # every key its own bucket
-        return group_in_order(items, lambda item: pick_shard(item[0], names))
+        return shard_lists(items, _key_of, names) if names else group_in_order(items, _key_of)  # 0: a key each
 
     def builder(resume_state: BucketState | None) -> StatefulBatchLogic[Any, Any, BucketState]:
         logic = _BucketLogic if names else _KeyLogic
@@ -383,4 +382,4 @@ def sliding_features(
 
     # step ids unlike the per-key version's ("aggregate"): a store it wrote resumes with fresh windows
     windows = op.stateful_batch("buckets", op.flat_map_batch("bucket", up, by_bucket), builder)
-    return op.flat_map_batch("unbucket", windows, lambda done: [kv for _, out in done for kv in out])
+    return op.flat_map_batch("unbucket", windows, ungrouped)

@@ -18,7 +18,6 @@ age of the events when their results are ready.
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -27,7 +26,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer, Shards, check_batching, group_in_order, shard_names
+from operators.batching import BatchBuffer, Shards, check_batching, flat, shard_lists, shard_names, ungrouped
 from operators.clock import Clock, utc_now
 from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
 from operators.probes import Origin, StageProbe
@@ -37,16 +36,6 @@ Y = TypeVar("Y")
 S = TypeVar("S")
 
 BatchFn = Callable[[list[X]], Sequence[Y]]
-
-
-def pick_shard(key: str, names: Sequence[str]) -> str:
-    """The shard of ``names`` that ``key`` belongs to: ``crc32`` of the key, stable across processes (unlike
-    ``hash``).
-
-    >>> pick_shard("card-1", ["0", "1", "2"]) == pick_shard("card-1", ["0", "1", "2"])
-    True
-    """
-    return names[zlib.crc32(key.encode()) % len(names)]
 
 
 def call_batch(fn: BatchFn[X, Y], items: list[X]) -> list[Y]:
@@ -165,7 +154,7 @@ class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
         return ([out] if out else []), result[1]
 
     def on_batch(self, values: list[list[X]]) -> tuple[list[list[Y]], bool]:
-        return self._out(self.inner.on_batch(values[0] if len(values) == 1 else [x for xs in values for x in xs]))
+        return self._out(self.inner.on_batch(flat(values)))
 
     def on_notify(self) -> tuple[list[list[Y]], bool]:
         return self._out(self.inner.on_notify())
@@ -178,22 +167,6 @@ class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
 
     def snapshot(self) -> S:
         return self.inner.snapshot()
-
-
-def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[str]) -> list[tuple[str, list[X]]]:
-    """``items`` grouped by shard (:func:`pick_shard` of their key), each shard's in their order (one shard: no
-    key is computed).
-
-    >>> shard_lists(["a", "b", "a"], lambda x: x, ["0"])
-    [('0', ['a', 'b', 'a'])]
-    >>> names = [str(i) for i in range(64)]
-    >>> sorted(shard_lists(["a", "b", "a"], lambda x: x, names)) == sorted(
-    ...     [(pick_shard("a", names), ["a", "a"]), (pick_shard("b", names), ["b"])])
-    True
-    """
-    if len(names) == 1:
-        return [(names[0], items)] if items else []
-    return group_in_order(items, lambda x: pick_shard(shard_key(x), names))
 
 
 def per_shard(
@@ -211,8 +184,4 @@ def per_shard(
     names = list(shard_names(shards))
     keyed = op.flat_map_batch("shard", up, functools.partial(shard_lists, shard_key=shard_key, names=names))
     done = op.stateful_batch("batch", keyed, lambda resume: _ShardLists(builder(resume)))  # type: ignore[arg-type]
-    return op.flat_map_batch("unshard", done, _unshard)
-
-
-def _unshard(pairs: list[tuple[str, list[Y]]]) -> list[Y]:
-    return [y for _, ys in pairs for y in ys]
+    return op.flat_map_batch("unshard", done, ungrouped)

@@ -30,8 +30,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import Shards, shard_names
-from operators.microbatch import pick_shard
+from operators.batching import Shards, pick_shard, shard_names
 from operators.probes import Origin, StageProbe
 
 U = TypeVar("U")

@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     reason = why_not_recorded(
         args.runs, metrics=args.metrics, flame=args.flame, set=args.env, label=args.label,
         flow=args.flow if args.flow != DEFAULT_FLOW else "", profile=args.profile if args.profile != "latency" else "",
-        other_backlog=args.count != DEFAULT_COUNT or args.cards != DEFAULT_CARDS, partitions=args.partitions if args.partitions != 4 else 0,
+        other_backlog=args.count != DEFAULT_COUNT or args.cards != DEFAULT_CARDS,
+        partitions=args.partitions if args.partitions != 4 else 0,
     )  # fmt: skip
     if not args.exactly_once:
         record_unless(reason, "fraud", {"drain_events_per_s": rate, "drain_events_per_s_min": rate_lo,

@@ -7,9 +7,9 @@
 The manifests are generated rather than written by hand so that four flows are one template, and so
 that the numbers which must agree do: the StatefulSet's ``replicas``, ``BYTEWAX_REPLICAS`` (from
 which ``deploy/entrypoint.sh`` computes every process's id and address), the shard settings that
-must cover the worker count (where they do not default to one per worker), and the recovery partitions. ``deploy/k8s/`` holds the rendering for
-the defaults; ``tests/test_deploy.py`` fails when it is stale and validates every resource against
-the Kubernetes schemas offline.
+must cover the worker count (where they do not default to one per worker), and the recovery
+partitions. ``deploy/k8s/`` holds the rendering for the defaults; ``tests/test_deploy.py`` fails
+when it is stale and validates every resource against the Kubernetes schemas offline.
 
 Per flow (``deploy/k8s/<flow>/``): a ConfigMap of ``SLUICE_*`` settings (checked by the flow's own
 settings class while rendering, so a bad value fails here rather than in a crash-looping pod), a

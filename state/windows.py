@@ -205,12 +205,17 @@ class SlidingAggregates:
             del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.extras[:drop]
 
     def pickled(self) -> bytes:
-        """The key's state, pickled: what ``SlidingAggregates(spec, pickle.loads(...))`` resumes from.
+        """The key's state, pickled: what :meth:`unpickled` resumes from.
 
         >>> agg = SlidingAggregates(WindowSpec())
         >>> _ = agg.add(5.0, 1.0, "m", event_id="e1")
-        >>> SlidingAggregates(WindowSpec(), pickle.loads(agg.pickled())).seen("e1")
+        >>> SlidingAggregates.unpickled(WindowSpec(), agg.pickled()).seen("e1")
         True
         """
         parts = (self.times, self.values, self.tags, self.ids, self.extras, self.newest)
         return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def unpickled(cls, spec: WindowSpec, frozen: bytes | None) -> SlidingAggregates:
+        """A key's aggregates from :meth:`pickled`'s bytes (``None``: a key with no events yet)."""
+        return cls(spec, None if frozen is None else pickle.loads(frozen))

@@ -7,8 +7,8 @@ from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, clust
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.batching import BatchBuffer
-from operators.microbatch import MicroBatchLogic, call_batch, micro_batch, pick_shard
+from operators.batching import BatchBuffer, pick_shard
+from operators.microbatch import MicroBatchLogic, call_batch, micro_batch
 from operators.shard_keys import worker_keys, worker_of
 from tests.helpers import PlacementSink
 

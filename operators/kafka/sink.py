@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from operators.batching import group_in_order
+from operators.batching import flat, group_in_order
 from operators.kafka.admin import last_record, list_partitions, log
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import KafkaRecord
@@ -150,11 +150,6 @@ class Partitioner:
         [('t:1', [b'1', b'3']), ('t:0', [b'2'])]
         """
         return group_in_order(records, self.name_of)
-
-
-def flat(groups: list[list[KafkaRecord]]) -> list[KafkaRecord]:
-    """The records of the groups a sink partition received in one call, in order."""
-    return groups[0] if len(groups) == 1 else [rec for group in groups for rec in group]
 
 
 class Sealer:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from bytewax.outputs import StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from operators.batching import flat
 from operators.kafka.admin import log, read_to_end
 from operators.kafka.connection import KafkaConnection
 from operators.kafka.records import ID_HEADER, KafkaRecord, header_value
@@ -54,7 +55,6 @@ from operators.kafka.sink import (
     Sealer,
     TopicPartitionedSink,
     count_written,
-    flat,
     ms_since,
     produce_all,
 )
