@@ -10,6 +10,7 @@ only feeds the documented bulk-load path (:mod:`sluice.local.shopping`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -43,7 +44,7 @@ def cached_catalogue_vectors(
             return vectors
     vectors = embed_items(items, encode, dim)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # its own name: processes may embed the same catalogue at once
     np.save(tmp, vectors)
     tmp.replace(path)
     return vectors

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from models.train_fraud import main as train_main
 from sluice.local.stack import LocalStack
@@ -28,9 +30,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real model (trees, MLP and GRU) trained on a generated stream: ~30 s for 250,000 events, enough for the
     sequence model to beat stage 1 in its band (band PR-AUC 0.868 vs 0.853 on test_model's held-out events;
     0.897 vs 0.873 with 400,000, which took ~40 s)."""
-    out = tmp_path_factory.mktemp("model")
-    train_main(["--events", "250000", "--seed", "3", "--out", str(out)])
+    # Under pytest-xdist every worker runs this fixture: the first trains into the folder all workers share
+    # (the parent of each worker's base temp), the others wait on its lock and reuse the model.
+    shared = tmp_path_factory.getbasetemp().parent if _worker() else tmp_path_factory.getbasetemp()
+    out = shared / "model"
+    with FileLock(str(shared / "model.lock")):
+        if not (out / "LATEST").exists():
+            train_main(["--events", "250000", "--seed", "3", "--out", str(out)])
     return out
+
+
+def _worker() -> str | None:
+    """This process's pytest-xdist worker id (``gw0``...), or ``None`` when the suite runs in one process."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
 
 
 @pytest.fixture()
