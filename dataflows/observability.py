@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from dataflows.command_line import BytewaxCommandLine
 from models.artifacts import resolve
 from operators import metrics, tracing
 from operators.alarms import (
@@ -49,30 +49,6 @@ class MetricsPortBusy(SettingsError):
     """The metrics port is taken (another flow process, or another program)."""
 
 
-def process_index(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """This process's index in its Bytewax cluster, as ``bytewax.run`` was told it (``-i``, ``--process-id``,
-    ``BYTEWAX_PROCESS_ID``, or a Kubernetes pod name), 0 for a single process.
-
-    >>> process_index(["-m", "bytewax.run", "x:f()", "-i", "2", "-a", "a;b;c"], {})
-    2
-    >>> process_index([], {"BYTEWAX_POD_NAME": "sluice-3", "BYTEWAX_STATEFULSET_NAME": "sluice"})
-    3
-    """
-    args = list(sys.argv if argv is None else argv)
-    env = os.environ if env is None else env
-    for i, arg in enumerate(args):
-        if arg in ("-i", "--process-id") and i + 1 < len(args) and args[i + 1].isdigit():
-            return int(args[i + 1])
-        if arg.startswith("--process-id=") and arg.split("=", 1)[1].isdigit():
-            return int(arg.split("=", 1)[1])
-    if env.get("BYTEWAX_PROCESS_ID", "").isdigit():
-        return int(env["BYTEWAX_PROCESS_ID"])
-    pod, statefulset = env.get("BYTEWAX_POD_NAME", ""), env.get("BYTEWAX_STATEFULSET_NAME", "")
-    if pod and statefulset and pod.removeprefix(statefulset + "-").isdigit():
-        return int(pod.removeprefix(statefulset + "-"))
-    return 0
-
-
 def metrics_port_offset(index: int, env: Mapping[str, str] | None = None) -> int:
     """How far above ``SLUICE_METRICS_PORT`` this process serves: its index where the processes of a
     cluster share one host (``-i/-a`` on one machine), 0 in a Kubernetes pod, which has an address of its
@@ -88,7 +64,7 @@ def metrics_port_offset(index: int, env: Mapping[str, str] | None = None) -> int
 def start(settings: FlowSettings, flow_name: str) -> None:
     """Metrics on (and served) when ``metrics_port`` is set, tracing on when ``tracing`` is; raises
     :class:`SettingsError` naming the setting when either cannot start."""
-    index = process_index()
+    index = BytewaxCommandLine.of_this_process(os.environ).process_index
     metrics.configure(flow_name, enabled=settings.metrics_port > 0, process=index)
     if settings.metrics_port:
         port = settings.metrics_port + metrics_port_offset(index)

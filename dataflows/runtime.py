@@ -21,6 +21,7 @@ from typing import TypeVar
 from bytewax.dataflow import Dataflow
 
 from dataflows import observability
+from dataflows.command_line import BytewaxCommandLine, under_bytewax_run
 from models.devices import DeviceUnavailable, pick_device
 from models.registry import ModelUnusable
 from operators.batching import Shards
@@ -49,71 +50,6 @@ STARTUP_ERRORS = (
 )  # RecoveryStoreMissing is a FileNotFoundError
 
 
-def recovery_dir_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> str | None:
-    """The recovery folder a ``bytewax.run`` command line (or its environment) names, if any.
-
-    >>> recovery_dir_of(["-r", ".rec", "-s", "1"], {}), recovery_dir_of(["--recovery-directory=x"], {})
-    ('.rec', 'x')
-    >>> recovery_dir_of(["-w", "2"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"}), recovery_dir_of([], {})
-    ('y', None)
-    >>> recovery_dir_of(["-r/tmp/rec", "-s", "1"], {})  # argparse takes a short option's value glued on too
-    '/tmp/rec'
-    """
-    for i, arg in enumerate(bytewax_args):
-        if arg in ("-r", "--recovery-directory") and i + 1 < len(bytewax_args):
-            return bytewax_args[i + 1]
-        if arg.startswith("--recovery-directory="):
-            return arg.split("=", 1)[1]
-        if arg.startswith("-r") and not arg.startswith("--") and len(arg) > 2:
-            return arg[2:].removeprefix("=")
-    return env.get("BYTEWAX_RECOVERY_DIRECTORY")
-
-
-def under_bytewax_run() -> bool:
-    """Whether this process is ``python -m bytewax.run`` (whose arguments are then in ``sys.argv``)."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name == "bytewax.run"
-
-
-def worker_count_of(bytewax_args: Sequence[str], env: Mapping[str, str]) -> int:
-    """The flow's workers in all, as ``bytewax.run`` reads its command line and environment: workers per
-    process (``-w``) times processes (the addresses of ``-a``, or of the Helm chart's hostfile), the
-    addresses counting only once a process id is given (``-i``, or the pod's ordinal). Parsed with
-    ``bytewax.run``'s own parser, so abbreviations and repeated options read as it reads them.
-
-    >>> worker_count_of(["f:flow"], {}), worker_count_of(["f:flow", "-w", "2"], {})
-    (1, 2)
-    >>> worker_count_of(["f:flow", "--workers", "4", "-i", "0", "--addr", "h:1;h:2", "-w", "3"], {})
-    6
-    >>> worker_count_of(["f:flow", "-i", "1"], {"BYTEWAX_WORKERS_PER_PROCESS": "3", "BYTEWAX_ADDRESSES": "a:1;b:1;c:1"})
-    9
-    >>> worker_count_of(["f:flow"], {"BYTEWAX_ADDRESSES": "a:1;b:1"})  # no process id: one process
-    1
-    """
-    from bytewax.run import _create_arg_parser  # bytewax.run's parser (0.21), without its scaling options
-
-    parser = _create_arg_parser()
-    parser.add_argument("-w", "--workers-per-process", type=int, default=env.get("BYTEWAX_WORKERS_PER_PROCESS"))
-    parser.add_argument("-i", "--process-id", type=int, default=env.get("BYTEWAX_PROCESS_ID"))
-    parser.add_argument("-a", "--addresses", default=env.get("BYTEWAX_ADDRESSES"))
-    try:
-        args, _ = parser.parse_known_args(list(bytewax_args))
-    except SystemExit:  # bytewax.run refuses such a command line before the flow is built
-        return 1
-    process_id = args.process_id
-    if process_id is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
-        process_id = env["BYTEWAX_POD_NAME"].removeprefix(env["BYTEWAX_STATEFULSET_NAME"] + "-")
-    addresses = args.addresses
-    if process_id is not None and addresses is None and "BYTEWAX_HOSTFILE_PATH" in env:
-        try:
-            with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:
-                addresses = ";".join(line.strip() for line in hostfile if line.strip())
-        except OSError:  # bytewax.run reads it too and says what is wrong
-            addresses = None
-    processes = len([a for a in addresses.split(";") if a.strip()]) if process_id is not None and addresses else 1
-    return max(1, args.workers_per_process or 1) * max(1, processes)
-
-
 def shards_for(configured: int) -> Shards:
     """A batching step's shards: ``configured`` keys, or for 0 one key per worker that ``bytewax.run`` was
     started with, each placed on its own worker (:func:`operators.shard_keys.worker_keys`; a flow built
@@ -126,7 +62,7 @@ def shards_for(configured: int) -> Shards:
     """
     if configured > 0:
         return configured
-    return worker_keys(worker_count_of(sys.argv[1:], os.environ) if under_bytewax_run() else 1)
+    return worker_keys(BytewaxCommandLine.of_this_process(os.environ).worker_count)
 
 
 class RecoveryStoreMissing(FileNotFoundError):
@@ -135,7 +71,7 @@ class RecoveryStoreMissing(FileNotFoundError):
 
 def check_recovery_dir(argv: Sequence[str], env: Mapping[str, str]) -> None:
     """Raise :class:`RecoveryStoreMissing` (one line) when the command line's recovery folder holds no store."""
-    folder = recovery_dir_of(argv, env)
+    folder = BytewaxCommandLine.parse(argv, env).recovery_dir
     if folder is not None and not store_partitions(folder):
         raise RecoveryStoreMissing(
             f"the recovery directory {folder} holds no recovery store: create it once with "
@@ -154,7 +90,7 @@ def without_recovery_warning(exactly_once: bool, argv: Sequence[str], env: Mappi
     >>> without_recovery_warning(True, ["-w", "2"], {})[:52]
     'SLUICE_EXACTLY_ONCE is on but the flow has no recove'
     """
-    if not exactly_once or recovery_dir_of(argv, env) is not None:
+    if not exactly_once or BytewaxCommandLine.parse(argv, env).recovery_dir is not None:
         return None
     return (
         "SLUICE_EXACTLY_ONCE is on but the flow has no recovery store (-r DIR): each start reads the input "

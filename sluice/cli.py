@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dataflows.runtime import recovery_dir_of
+from dataflows.command_line import BytewaxCommandLine
 from sluice.processes import init_recovery
 from sluice.settings import (
     URL_PASSWORD,
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Replace this process with ``python -m bytewax.run <flow factory> <bytewax args>``."""
     import_str = FLOWS[args.flow][0]
     extra = [a for a in args.bytewax_args if a != "--"]
-    folder = recovery_dir_of(extra, os.environ)
+    folder = BytewaxCommandLine.parse(extra, os.environ).recovery_dir
     if folder is not None:
         _prepare_recovery(folder)
     argv = [sys.executable, "-m", "bytewax.run", import_str, *extra]

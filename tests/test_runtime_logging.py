@@ -58,13 +58,13 @@ def test_an_unknown_level_is_one_line_naming_the_setting():
 
 
 def test_zero_shards_means_one_key_per_worker_that_bytewax_run_was_started_with(monkeypatch):
-    from dataflows import runtime
+    from dataflows import command_line, runtime
     from operators.shard_keys import worker_keys
 
-    monkeypatch.setattr(runtime, "under_bytewax_run", lambda: True)
+    monkeypatch.setattr(command_line, "under_bytewax_run", lambda: True)
     monkeypatch.setattr("sys.argv", ["/venv/lib/bytewax/run.py", "dataflows.fraud:from_env()", "-w", "2", "-i", "0"])
     monkeypatch.setenv("BYTEWAX_ADDRESSES", "a:1;b:1;c:1")
     assert runtime.shards_for(0) == worker_keys(6)
     assert runtime.shards_for(5) == 5  # a configured count stands
-    monkeypatch.setattr(runtime, "under_bytewax_run", lambda: False)  # built in-process (tests): one worker
+    monkeypatch.setattr(command_line, "under_bytewax_run", lambda: False)  # built in-process (tests): one worker
     assert runtime.shards_for(0) == ("0",)
