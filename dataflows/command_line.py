@@ -16,6 +16,8 @@ hostfile.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,18 +70,22 @@ class BytewaxCommandLine:
         1
         >>> BytewaxCommandLine.parse([], {"BYTEWAX_POD_NAME": "fraud-3", "BYTEWAX_STATEFULSET_NAME": "fraud"})
         BytewaxCommandLine(recovery_dir=None, workers_per_process=1, process_id=3, addresses=None)
-        >>> BytewaxCommandLine.parse(["f:flow", "-w", "two"], {})  # bytewax.run refuses it before any flow is built
-        BytewaxCommandLine(recovery_dir=None, workers_per_process=1, process_id=None, addresses=None)
+        >>> BytewaxCommandLine.parse(["f:flow", "-w", "two"], {"BYTEWAX_RECOVERY_DIRECTORY": "y"})  # bytewax.run
+        ... # refuses it before any flow is built, and says why; from here, only the environment counts
+        BytewaxCommandLine(recovery_dir='y', workers_per_process=1, process_id=None, addresses=None)
+        >>> BytewaxCommandLine.parse(["--help"], {}).recovery_dir is None  # printed by bytewax.run, not here too
+        True
         """
-        try:
-            args, _ = _parser(env).parse_known_args(list(bytewax_args))
+        try:  # argparse prints what it refuses (and --help): bytewax.run says it again, once is enough
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                args, _ = _parser(env).parse_known_args(list(bytewax_args))
         except SystemExit:
-            return cls()
+            return cls.parse([], env) if bytewax_args else cls()
         process_id = args.process_id
         if process_id is None:
             pod, statefulset = env.get("BYTEWAX_POD_NAME", ""), env.get("BYTEWAX_STATEFULSET_NAME", "")
             ordinal = pod.removeprefix(statefulset + "-")
-            process_id = int(ordinal) if pod and statefulset and ordinal.isdigit() else None
+            process_id = int(ordinal) if pod and statefulset and ordinal.isdecimal() else None
         addresses = args.addresses
         if process_id is not None and addresses is None and "BYTEWAX_HOSTFILE_PATH" in env:
             try:
@@ -97,9 +103,10 @@ class BytewaxCommandLine:
 
     @classmethod
     def of_this_process(cls, env: Mapping[str, str]) -> BytewaxCommandLine:
-        """This process's: its ``sys.argv`` when it is ``python -m bytewax.run``, else only ``env`` (a flow built
-        in-process, as tests build it, has no Bytewax command line; a test runner's options are not one)."""
-        return cls.parse(sys.argv[1:] if under_bytewax_run() else [], env)
+        """This process's: its ``sys.argv`` and ``env`` when it is ``python -m bytewax.run``; else one process of
+        one worker (a flow built in-process, as tests build it, runs on one worker whatever the environment
+        says, and a test runner's options are not a Bytewax command line)."""
+        return cls.parse(sys.argv[1:], env) if under_bytewax_run() else cls()
 
 
 def under_bytewax_run() -> bool:
@@ -132,4 +139,4 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _int_or_none(text: str | None) -> int | None:
-    return int(text) if text is not None and text.strip().isdigit() else None
+    return int(text) if text is not None and text.strip().isdecimal() else None
