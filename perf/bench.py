@@ -29,6 +29,7 @@ import psutil
 
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
+from operators.kafka.connection import PROFILES
 from perf.summary import REPORTS, add_variant_option, median_and_spread, record_unless, report_stem, why_not_recorded
 from sluice.harness.collector import BackgroundCollector
 from sluice.harness.loadgen import send_open_loop
@@ -305,7 +306,7 @@ def bench_batch_sweep(args: argparse.Namespace, model: str, logs: Path) -> dict:
     for max_batch in (32, 256, 1024):
         for wait in (1.0, 5.0, 20.0):
             r = run_one(
-                RunConfig("fraud", args.rate, duration_s=args.duration, max_batch=max_batch, max_wait_ms=wait),
+                RunConfig("fraud", args.rate, max_batch=max_batch, max_wait_ms=wait, **_one_profile(args)),
                 model,
                 logs,
             )
@@ -318,24 +319,29 @@ def bench_batch_sweep(args: argparse.Namespace, model: str, logs: Path) -> dict:
     }
 
 
+def _one_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """What every run of a one-profile benchmark shares: its length, broker profile and ``--set`` variant."""
+    return {"duration_s": args.duration, "profile": args.profiles[0], "env": dict(args.env)}
+
+
 def bench_scaling(args: argparse.Namespace, model: str, logs: Path) -> dict:
     runs: dict[str, list[RunResult]] = {}
     for label, kw in (("1 process", {}), ("2 processes", {"processes": 2}), ("1 process, 2 threads", {"workers": 2})):
-        runs[label] = sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration, **kw)
+        runs[label] = sweep_rates("fraud", args.rates, model, logs, **_one_profile(args), **kw)
     limits = {k: max_sustainable(v) for k, v in runs.items()}
     return {"runs": runs, "max_sustainable_rate": limits}
 
 
 def bench_per_event(args: argparse.Namespace, model: str, logs: Path) -> dict:
     runs = {
-        "per-event (max_batch=1)": sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration, max_batch=1),
-        "micro-batched": sweep_rates("fraud", args.rates, model, logs, duration_s=args.duration),
+        "per-event (max_batch=1)": sweep_rates("fraud", args.rates, model, logs, max_batch=1, **_one_profile(args)),
+        "micro-batched": sweep_rates("fraud", args.rates, model, logs, **_one_profile(args)),
     }
     return {"runs": runs, "max_sustainable_rate": {k: max_sustainable(v) for k, v in runs.items()}}
 
 
 def bench_smoke(args: argparse.Namespace, model: str, logs: Path) -> dict:
-    r = run_one(RunConfig("fraud", args.rate, duration_s=args.duration, warmup_s=1.0), model, logs)
+    r = run_one(RunConfig("fraud", args.rate, warmup_s=1.0, **_one_profile(args)), model, logs)
     print(describe(r), flush=True)
     return {"runs": {"fraud": [r]}}
 
@@ -417,15 +423,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (after warm-up)")
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
-    parser.add_argument("--profiles", type=lambda s: s.split(","), default=["latency", "throughput", "kafka"],
-                        help="headline: broker profiles (operators/kafka/connection.py)")  # fmt: skip
+    parser.add_argument("--profiles", type=lambda s: s.split(","), default=None,
+                        help="broker profiles (operators/kafka/connection.py): the headline compares several "
+                             "(default latency,throughput,kafka), the others run one (default latency)")  # fmt: skip
     parser.add_argument("--systems", type=lambda s: s.split(","), default=["limit-raw", "fraud"],
                         help="headline: systems per profile and rate (also limit-bytewax)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3, help="headline: runs per system and rate (figures: medians)")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--no-record", action="store_true", help="leave summary.json alone")
-    add_variant_option(parser, FraudSettings)  # headline only
+    add_variant_option(parser, FraudSettings)
     args = parser.parse_args(argv)
+    if args.profiles is None:
+        args.profiles = ["latency", "throughput", "kafka"] if args.benchmark == "headline" else ["latency"]
+    elif args.benchmark != "headline" and len(args.profiles) != 1:
+        parser.error(f"--profiles: {args.benchmark} runs one broker profile (the headline compares several)")
+    if unknown := [p for p in args.profiles if p not in PROFILES]:
+        parser.error(f"--profiles: unknown broker profile {unknown[0]!r}: use one of {', '.join(PROFILES)}")
     logs = PROJECT_ROOT / ".stack" / "bench" / args.benchmark
     settings = FraudSettings.from_env()
     ensure_trained(settings.model_path)

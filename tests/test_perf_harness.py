@@ -4,6 +4,7 @@ import json
 import math
 import time
 
+import pytest
 from confluent_kafka import Producer
 
 from operators.kafka.records import KafkaRecord
@@ -54,16 +55,29 @@ def test_open_loop_sender_stamps_each_event_with_its_due_time_and_never_sends_it
 
 def test_smoke_benchmark_writes_a_well_formed_report(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("SLUICE_MODEL_PATH", str(model_dir))
-    assert main(["smoke", "--rate", "1000", "--duration", "3", "--out", str(tmp_path)]) == 0
+    argv = ["smoke", "--rate", "1000", "--duration", "3", "--out", str(tmp_path), "--profiles", "throughput"]
+    assert main([*argv, "--set", "max_batch=64"]) == 0
     (report_path,) = tmp_path.glob("smoke-*.json")
     report = json.loads(report_path.read_text())
     (run,) = report["runs"]["fraud"]
     assert run["config"]["rate"] == 1000 and run["sent"] == 4000
+    # the profile and the variant asked for are the ones run (they were the headline's only)
+    assert run["config"]["profile"] == "throughput" and run["config"]["env"] == {"SLUICE_MAX_BATCH": "64"}
     assert run["decided"] == run["sent"]
     assert {"p50", "p90", "p99", "p99.9", "max"} <= set(run["latency_ms"])
     assert run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
     assert {"flow", "broker", "redis", "generator", "collector"} <= set(run["cpu_s"])
     assert (tmp_path / report_path.name.replace(".json", ".png")).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("profiles", "message"),
+    [("latency,throughput", "scaling runs one broker profile"), ("thruput", "unknown broker profile 'thruput'")],
+)
+def test_a_profile_a_benchmark_cannot_run_is_one_line_naming_the_option(profiles, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["scaling", "--profiles", profiles])
+    assert f"--profiles: {message}" in capsys.readouterr().err
 
 
 def test_the_headline_figures_carry_their_spread_and_say_whether_every_event_came_out_at_20k():
