@@ -67,12 +67,14 @@ from operators.tracing import trace_headers
 from operators.versioned_batch import VersionedModels, versioned_batch
 from sluice.settings import FraudSettings
 from state.feature_store import FeatureStore, Unreadable
+from state.tuple_pickle import tuple_pickled
 
 RECENT_EVENTS = 32  # what the sequence model sees (models.fraud_features.SEQUENCE_LENGTH)
 
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class CardEvent:
     """A parsed transaction and the record it came from (its bytes and position)."""
@@ -83,6 +85,7 @@ class CardEvent:
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class EnrichedEvent:
     """What stage 1 gets: the event, its window features, status and recent events, and the card's profile."""
@@ -116,6 +119,7 @@ class EnrichedEvent:
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class Scored:
     """An event after the stages that ran: its scores, the versions that made them, and the decision."""

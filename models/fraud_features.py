@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.transaction import Transaction
+from state.tuple_pickle import tuple_pickled
 
 # country -> UTC offset in hours (for card-local time of day)
 UTC_OFFSET_H = {
@@ -64,6 +65,7 @@ def local_hour(event_ms: int, country: str) -> int:
     return int((event_ms // 3_600_000 + UTC_OFFSET_H.get(country, 0)) % 24)
 
 
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(frozen=True, slots=True)
 class CardProfile:
     """A card's profile from the online store, validated: every number finite and in range."""

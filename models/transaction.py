@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from models.wire import InvalidEvent, json_object
+from state.tuple_pickle import tuple_pickled
 
 MIN_AMOUNT = 0.01  # a cent: smaller (denormal, 5e-324) amounts are not payments and break log-scale features
 MAX_AMOUNT = 1_000_000.0
@@ -18,6 +19,7 @@ MAX_EVENT_TIME_MS = 4_102_444_800_000
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class Transaction:
     """A validated card transaction."""

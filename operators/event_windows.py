@@ -50,6 +50,7 @@ from operators.batching import group_in_order, shard_lists, ungrouped
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
 from operators.probes import Origin, StageProbe
+from state.tuple_pickle import tuple_pickled
 from state.windows import Features, Recent, SlidingAggregates, WindowSpec
 
 E = TypeVar("E")
@@ -72,6 +73,7 @@ class WindowStatus(StrEnum):
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class Windowed(Generic[E]):
     """An event, the features the window gives it, and how it met the window."""

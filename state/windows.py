@@ -21,6 +21,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from state.tuple_pickle import tuple_pickled
+
 Features = tuple[float, ...]
 
 
@@ -53,6 +55,7 @@ class WindowSpec:
         return max([w for _, w in self.windows] + [self.distinct_window_s, self.gap_cap_s])
 
 
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class Recent:
     """A key's latest events as columns (copies: later events do not change them), oldest first."""

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from state.tuple_pickle import tuple_pickled
+
 Headers = list[tuple[str, bytes]]
 
 ID_HEADER = "sluice.id"  # stable identity of the input a record was made from
@@ -47,6 +49,7 @@ class Position:
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class SourceRecord:
     """One consumed Kafka message and its position."""
@@ -78,6 +81,7 @@ class SourceRecord:
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__ (5x the __init__ cost), and
 # this is made for every event; treat it as immutable
+@tuple_pickled  # crosses processes at keyed steps
 @dataclass(slots=True)
 class KafkaRecord:
     """One message to produce."""
