@@ -56,7 +56,15 @@ from operators.alarms import ScoreSample
 from operators.async_batch import async_micro_batch
 from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.enrich import FetchMany, enrich_batch
-from operators.event_windows import Features, Recent, Windowed, WindowSpec, WindowStatus, sliding_features
+from operators.event_windows import (
+    Features,
+    Recent,
+    Windowed,
+    WindowSpec,
+    WindowStatus,
+    beside_buckets,
+    sliding_features,
+)
 from operators.kafka.output import kafka_output
 from operators.kafka.records import Headers, KafkaRecord, SourceRecord
 from operators.metrics import model_call, record_outcomes
@@ -532,6 +540,7 @@ def build_flow(
     )
     max_wait = timedelta(milliseconds=settings.max_wait_ms)
     shards = shards_for(settings.inference_shards)
+    beside = beside_buckets(settings.window_buckets)  # each card's model calls on its window's worker
     samples: BatchTap[ScoreSample] = BatchTap()  # every model call's scores, for the drift alarms
     stage1 = versioned_batch(
         "stage1",
@@ -543,6 +552,7 @@ def build_flow(
         max_wait,
         shards,
         origin=_source_of,
+        placement=beside,
     )
     routes = split_by_route("cascade", stage1, functools.partial(_route, settings.cascade), ["escalate", "final"])
     stage2 = micro_batch(
@@ -554,6 +564,7 @@ def build_flow(
         max_wait=timedelta(milliseconds=settings.stage2_max_wait_ms),
         shards=shards,
         origin=_source_of,
+        placement=beside,
     )
     final = op.flat_map_batch("stage1_final", routes["final"], functools.partial(_final, policy))
     decided = op.merge("decided", final, stage2)
@@ -576,6 +587,7 @@ def build_flow(
         settings.max_batch,
         max_wait,
         shards,
+        placement=beside,
     )
     outputs.append(op.filter_map("shadow_decisions", shadow, lambda r: r))
 

@@ -20,6 +20,8 @@ X = TypeVar("X")
 Y = TypeVar("Y")
 
 Shards = int | Sequence[str]  # a count (keys "0", "1", ...) or the keys (operators.shard_keys.worker_keys)
+# Given a step's shard names (once, when its worker builds it), the function from an item's key to its shard.
+Placement = Callable[[Sequence[str]], Callable[[str], str]]
 
 
 def shard_names(shards: Shards) -> Sequence[str]:
@@ -79,9 +81,20 @@ def pick_shard(key: str, names: Sequence[str]) -> str:
     return names[zlib.crc32(key.encode()) % len(names)]
 
 
-def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[str]) -> list[tuple[str, list[X]]]:
-    """``items`` grouped by shard (:func:`pick_shard` of their key), each shard's in their order (one shard: no
-    key is computed).
+def by_hash(names: Sequence[str]) -> Callable[[str], str]:
+    """The default :data:`Placement`: :func:`pick_shard` of the key.
+
+    >>> by_hash(["0", "1", "2"])("card-1") == pick_shard("card-1", ["0", "1", "2"])
+    True
+    """
+    return lambda key: pick_shard(key, names)
+
+
+def shard_lists(
+    items: list[X], shard_key: Callable[[X], str], names: Sequence[str], choose: Callable[[str], str] | None = None
+) -> list[tuple[str, list[X]]]:
+    """``items`` grouped by shard (``choose`` of their key, by default :func:`pick_shard`), each shard's in
+    their order (one shard: no key is computed).
 
     >>> shard_lists(["a", "b", "a"], lambda x: x, ["0"])
     [('0', ['a', 'b', 'a'])]
@@ -92,7 +105,9 @@ def shard_lists(items: list[X], shard_key: Callable[[X], str], names: Sequence[s
     """
     if len(names) == 1:
         return [(names[0], items)] if items else []
-    return group_in_order(items, lambda x: pick_shard(shard_key(x), names))
+    if choose is None:
+        return group_in_order(items, lambda x: pick_shard(shard_key(x), names))
+    return group_in_order(items, lambda x: choose(shard_key(x)))
 
 
 def check_batching(max_batch: int, shards: Shards = 1) -> None:

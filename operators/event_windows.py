@@ -28,6 +28,11 @@ per-key routing and snapshots. A bucket whose snapshot passes
 ``LARGE_BUCKET_BYTES`` while less than a tenth of it changed logs a warning
 saying so, once per process.
 
+**Later steps can run beside the bucket.** :func:`beside_buckets` places a
+batching step's shard for a key on the worker that ran the key's bucket, so on
+more than one process an event is not pickled and sent again between its window
+and its model call.
+
 Instrumented as stage ``step_id``: every event is counted, and those that did
 not simply join their window by status (``sluice_window_events_total``).
 """
@@ -36,7 +41,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+import zlib
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -46,10 +52,11 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from operators.batching import group_in_order, shard_lists, ungrouped
+from operators.batching import Placement, by_hash, group_in_order, shard_lists, ungrouped
 from operators.clock import Clock, utc_now
 from operators.metrics import PROCESS, WINDOW_EVENTS
 from operators.probes import Origin, StageProbe
+from operators.shard_keys import worker_keys, worker_of
 from state.tuple_pickle import tuple_pickled
 from state.windows import Features, Recent, SlidingAggregates, WindowSpec
 
@@ -373,7 +380,7 @@ def sliding_features(
         buckets_setting,
     )
     window = _windower(cfg)
-    names = [str(i) for i in range(buckets)]
+    names = bucket_names(buckets)
 
     def by_bucket(items: list[tuple[str, E]]) -> list[tuple[str, list[tuple[str, E]]]]:
         return shard_lists(items, _key_of, names) if names else group_in_order(items, _key_of)  # 0: a key each
@@ -385,3 +392,40 @@ def sliding_features(
     # step ids unlike the per-key version's ("aggregate"): a store it wrote resumes with fresh windows
     windows = op.stateful_batch("buckets", op.flat_map_batch("bucket", up, by_bucket), builder)
     return op.flat_map_batch("unbucket", windows, ungrouped)
+
+
+def bucket_names(buckets: int) -> list[str]:
+    """The window's bucket keys (Bytewax keys of the ``buckets`` step); a key's is :func:`pick_shard` of it."""
+    return [str(i) for i in range(buckets)]
+
+
+def beside_buckets(buckets: int) -> Placement:
+    """A batching step's :data:`~operators.batching.Placement` that runs a key's shard on the worker that runs
+    the key's window bucket, so the event stays on that worker between the two steps.
+
+    Only for shards placed one per worker (:func:`operators.shard_keys.worker_keys`, the batching steps'
+    default): the step's names then say the worker count, and :func:`operators.shard_keys.worker_of` where
+    each bucket runs. Other names, or ``buckets=0`` (a key per card, placed by SipHash per key), keep the
+    hash placement. Which shard batches an event changes neither its features nor its model's inputs; shards
+    differ only in when, around a promotion, each switches to the new version.
+
+    >>> from operators.batching import pick_shard
+    >>> names = worker_keys(3)
+    >>> choose = beside_buckets(64)(names)
+    >>> all(worker_of(choose(c), 3) == worker_of(pick_shard(c, bucket_names(64)), 3) for c in ("a", "b", "card-7"))
+    True
+    >>> beside_buckets(64)(["0", "1"])("card-7") == by_hash(["0", "1"])("card-7")  # a count set by hand
+    True
+    """
+    if buckets == 0:
+        return by_hash
+    bucket_keys = bucket_names(buckets)
+
+    def placement(names: Sequence[str]) -> Callable[[str], str]:
+        workers = len(names)
+        if tuple(names) != worker_keys(workers):
+            return by_hash(names)
+        shard_of_bucket = [names[worker_of(b, workers)] for b in bucket_keys]
+        return lambda key: shard_of_bucket[zlib.crc32(key.encode()) % buckets]
+
+    return placement

@@ -26,7 +26,17 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import BatchBuffer, Shards, check_batching, flat, shard_lists, shard_names, ungrouped
+from operators.batching import (
+    BatchBuffer,
+    Placement,
+    Shards,
+    by_hash,
+    check_batching,
+    flat,
+    shard_lists,
+    shard_names,
+    ungrouped,
+)
 from operators.clock import Clock, utc_now
 from operators.metrics import BATCH_SIZE, BATCH_WAIT, PROCESS
 from operators.probes import Origin, StageProbe
@@ -118,9 +128,11 @@ def micro_batch(
     shards: Shards = 8,
     now_getter: Clock = utc_now,
     origin: Origin[X] | None = None,
+    placement: Placement = by_hash,
 ) -> Stream[Y]:
     """Run ``fn`` on micro-batches of ``up``; ``fn`` returns one result per item, in order.
     ``origin`` (the input record an item came from) adds event ages and spans to the metrics.
+    ``placement`` picks an item's shard from its ``shard_key`` (by default its hash).
 
     ```python
     scores = micro_batch("score", events, model.score_batch, lambda e: e.card_id, max_batch=256)
@@ -133,7 +145,7 @@ def micro_batch(
     def builder(resume_state: list[X] | None) -> MicroBatchLogic[X, Y]:
         return MicroBatchLogic(fn, max_batch, max_wait, resume_state, now_getter, probe)
 
-    return per_shard(up, shard_key, shards, builder)
+    return per_shard(up, shard_key, shards, builder, placement)
 
 
 class _ShardLists(StatefulBatchLogic[list[X], list[Y], S]):
@@ -174,6 +186,7 @@ def per_shard(
     shard_key: Callable[[X], str],
     shards: Shards,
     builder: Callable[[S | None], StatefulBatchLogic[X, Y, S]],
+    placement: Placement = by_hash,
 ) -> Stream[Y]:
     """Spread ``up`` over ``shards`` keys (a count, or the keys: :func:`operators.shard_keys.worker_keys`
     places one on each worker), run one ``builder`` logic per shard, drop the keys again.
@@ -182,6 +195,9 @@ def per_shard(
     (its steps are named ``shard``, ``batch`` and ``unshard``).
     """
     names = list(shard_names(shards))
-    keyed = op.flat_map_batch("shard", up, functools.partial(shard_lists, shard_key=shard_key, names=names))
+    choose = placement(names)
+    keyed = op.flat_map_batch(
+        "shard", up, functools.partial(shard_lists, shard_key=shard_key, names=names, choose=choose)
+    )
     done = op.stateful_batch("batch", keyed, lambda resume: _ShardLists(builder(resume)))  # type: ignore[arg-type]
     return op.flat_map_batch("unshard", done, ungrouped)

@@ -34,7 +34,7 @@ from typing import Generic, TypeVar
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import Shards, check_batching
+from operators.batching import Placement, Shards, by_hash, check_batching
 from operators.clock import Clock, utc_now
 from operators.microbatch import MicroBatchLogic, per_shard
 from operators.probes import Origin, StageProbe
@@ -225,6 +225,7 @@ def versioned_batch(
     shards: Shards = 8,
     now_getter: Clock = utc_now,
     origin: Origin[X] | None = None,
+    placement: Placement = by_hash,
 ) -> Stream[Y]:
     """Run ``fn(model, version, batch)`` on micro-batches of ``up`` with the version pinned by each shard;
     a newly served version is picked up at the next checkpoint (see the module docstring). Instrumented
@@ -241,4 +242,4 @@ def versioned_batch(
     def builder(resume: VersionedState[X] | None) -> VersionedBatchLogic[X, Y]:
         return VersionedBatchLogic(fn, models, max_batch, max_wait, resume, now_getter, probe)
 
-    return per_shard(up, shard_key, shards, builder)
+    return per_shard(up, shard_key, shards, builder, placement)

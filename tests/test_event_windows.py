@@ -375,3 +375,35 @@ def test_a_key_restored_from_its_pickled_state_continues_as_if_never_stopped():
     assert restored.seen("e1") and not restored.seen("e3")
     got += [restored.add(*e[:3], event_id=e[3]) for e in events[2:]]
     assert got == expected
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_batching_step_placed_beside_the_buckets_runs_each_key_on_its_windows_worker(workers):
+    """On a real cluster: where each key's windowed event is written (its bucket's worker) and where its
+    micro-batch result is written (its shard's worker) agree for every key with ``beside_buckets``, and
+    not with the hash placement, which sends some events to another worker in between."""
+    from operators.batching import Placement, by_hash
+    from operators.microbatch import micro_batch
+    from operators.shard_keys import worker_keys
+    from tests.helpers import PlacementSink
+
+    def where(placement: Placement) -> tuple[dict[str, int], dict[str, int]]:
+        items = [(f"card-{i}", float(i), 1.0, "m") for i in range(200)]
+        flow = Dataflow("beside")
+        keyed = op.key_on("key", op.input("in", flow, TestingSource(items, batch_size=50)), lambda e: e[0])
+        win = sliding_features("w", keyed, lambda e: e[1], lambda e: e[2], lambda e: e[3], spec=SPEC, buckets=16)
+        at_window = PlacementSink(lambda kw: kw[0])
+        op.output("at_window", win, at_window)
+        batched = micro_batch(
+            "mb", win, lambda b: b, lambda kw: kw[0], shards=worker_keys(workers), placement=placement
+        )
+        at_batch = PlacementSink(lambda kw: kw[0])
+        op.output("at_batch", batched, at_batch)
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+        assert len(at_window.where) == len(at_batch.where) == 200
+        return at_window.where, at_batch.where
+
+    window, batch = where(event_windows.beside_buckets(16))
+    assert batch == window
+    window, batch = where(by_hash)
+    assert any(batch[k] != w for k, w in window.items())
