@@ -20,7 +20,7 @@ X = TypeVar("X")
 Y = TypeVar("Y")
 
 Shards = int | Sequence[str]  # a count (keys "0", "1", ...) or the keys (operators.shard_keys.worker_keys)
-# Given a step's shard names (once, when its worker builds it), the function from an item's key to its shard.
+# Given a step's shard names (once, when the flow is built), the function from an item's key to its shard.
 Placement = Callable[[Sequence[str]], Callable[[str], str]]
 
 
