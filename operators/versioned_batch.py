@@ -228,8 +228,8 @@ def versioned_batch(
     placement: Placement = by_hash,
 ) -> Stream[Y]:
     """Run ``fn(model, version, batch)`` on micro-batches of ``up`` with the version pinned by each shard;
-    a newly served version is picked up at the next checkpoint (see the module docstring). Instrumented
-    like :func:`operators.microbatch.micro_batch`.
+    a newly served version is picked up at the next checkpoint (see the module docstring). Instrumented, and
+    its shards placed (``placement``), like :func:`operators.microbatch.micro_batch`.
 
     ```python
     served = VersionedModels(registry.served, load_cascade)
