@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -395,7 +394,7 @@ def sliding_features(
 
 
 def bucket_names(buckets: int) -> list[str]:
-    """The window's bucket keys (Bytewax keys of the ``buckets`` step); a key's is :func:`pick_shard` of it."""
+    """The window's bucket keys (Bytewax keys of the ``buckets`` step); a key's is :func:`by_hash` of them."""
     return [str(i) for i in range(buckets)]
 
 
@@ -425,7 +424,8 @@ def beside_buckets(buckets: int) -> Placement:
         workers = len(names)
         if tuple(names) != worker_keys(workers):
             return by_hash(names)
-        shard_of_bucket = [names[worker_of(b, workers)] for b in bucket_keys]
-        return lambda key: shard_of_bucket[zlib.crc32(key.encode()) % buckets]
+        shard_of_bucket = {b: names[worker_of(b, workers)] for b in bucket_keys}
+        bucket_of = by_hash(bucket_keys)  # the bucket the window puts the key in
+        return lambda key: shard_of_bucket[bucket_of(key)]
 
     return placement

@@ -3,7 +3,7 @@
 A read-mostly structure that every request needs (an item index, a rule set, a
 popularity table) is kept as ``replicas`` copies, keyed ``"0"`` .. ``"N-1"``:
 updates are broadcast to all copies, and each query is routed to one copy by a
-stable hash of its key (``pick_shard``), so queries spread over workers while
+stable hash of its key (``by_hash``), so queries spread over workers while
 updates cost ``replicas`` times. The alternative, one copy that every query is
 routed to, keeps memory down but serialises every search on one worker.
 
@@ -30,7 +30,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from operators.batching import Shards, pick_shard, shard_names
+from operators.batching import Shards, by_hash, shard_names
 from operators.probes import Origin, StageProbe
 
 U = TypeVar("U")
@@ -119,8 +119,10 @@ def replicated(
     def broadcast(u: U) -> list[tuple[str, tuple[str, Tagged]]]:
         return [(name, (name, ("u", u))) for name in names]
 
+    replica_of = by_hash(names)
+
     def route(q: Q) -> tuple[str, tuple[str, Tagged]]:
-        name = pick_shard(query_key(q), names)
+        name = replica_of(query_key(q))
         return name, (name, ("q", q))
 
     merged = op.merge("in", op.flat_map("broadcast", updates, broadcast), op.map("route", queries, route))
