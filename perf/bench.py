@@ -29,8 +29,15 @@ import psutil
 
 from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
-from operators.kafka.connection import PROFILES
-from perf.summary import REPORTS, add_variant_option, median_and_spread, record_unless, report_stem, why_not_recorded
+from perf.summary import (
+    REPORTS,
+    add_variant_option,
+    broker_profiles,
+    median_and_spread,
+    record_unless,
+    report_stem,
+    why_not_recorded,
+)
 from sluice.harness.collector import BackgroundCollector
 from sluice.harness.loadgen import send_open_loop
 from sluice.local.demo_fraud import wait_until_deciding
@@ -423,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run (after warm-up)")
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
-    parser.add_argument("--profiles", type=lambda s: s.split(","), default=None,
+    parser.add_argument("--profiles", type=broker_profiles, default=None,
                         help="broker profiles (operators/kafka/connection.py): the headline compares several "
                              "(default latency,throughput,kafka), the others run one (default latency)")  # fmt: skip
     parser.add_argument("--systems", type=lambda s: s.split(","), default=["limit-raw", "fraud"],
@@ -437,8 +444,6 @@ def main(argv: list[str] | None = None) -> int:
         args.profiles = ["latency", "throughput", "kafka"] if args.benchmark == "headline" else ["latency"]
     elif args.benchmark != "headline" and len(args.profiles) != 1:
         parser.error(f"--profiles: {args.benchmark} runs one broker profile (the headline compares several)")
-    if unknown := [p for p in args.profiles if p not in PROFILES]:
-        parser.error(f"--profiles: unknown broker profile {unknown[0]!r}: use one of {', '.join(PROFILES)}")
     logs = PROJECT_ROOT / ".stack" / "bench" / args.benchmark
     settings = FraudSettings.from_env()
     ensure_trained(settings.model_path)

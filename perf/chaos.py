@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 import psutil
 
 from models.train_fraud import ensure_trained
-from perf.summary import MIN_RUNS, record_unless, report_stem, why_not_recorded
+from perf.summary import MIN_RUNS, broker_profile, record_unless, report_stem, why_not_recorded
 from sluice.harness.chaos import chaos_run, judge, reference_run, start_sending
 from sluice.local.stack import PROJECT_ROOT, LocalStack
 from sluice.processes import free_port
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=99)
-    parser.add_argument("--profile", default="throughput", help="broker profile of every client (the local broker"
+    parser.add_argument("--profile", type=broker_profile, default="throughput", help="broker profile of every client (the local broker"
                         " keeps up with 1M stored events only with throughput)")  # fmt: skip
     args = parser.parse_args(argv)
     ensure_trained(FraudSettings().model_path)

@@ -38,7 +38,15 @@ from models.synthetic_transactions import TransactionStream
 from models.train_fraud import ensure_trained
 from operators.kafka.admin import log
 from operators.kafka.connection import KafkaConnection
-from perf.summary import REPORTS, add_variant_option, median_and_spread, record_unless, report_stem, why_not_recorded
+from perf.summary import (
+    REPORTS,
+    add_variant_option,
+    broker_profile,
+    median_and_spread,
+    record_unless,
+    report_stem,
+    why_not_recorded,
+)
 from sluice.harness.collector import poll_batch
 from sluice.harness.loadgen import send_open_loop
 from sluice.harness.progress import Progress
@@ -194,7 +202,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flow", default=DEFAULT_FLOW)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--profile", default="latency", help="broker profile (latency, throughput, kafka)")
+    parser.add_argument(
+        "--profile", type=broker_profile, default="latency", help="broker profile (latency, throughput, kafka)"
+    )
     parser.add_argument("--exactly-once", action="store_true", help="transactional sink, recovery with -s 1")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")

@@ -27,7 +27,7 @@ import numpy as np
 
 from models.train_fraud import ensure_trained
 from perf.drain import DrainRun, arguments, drain_once
-from perf.summary import median_and_spread, record, report_stem
+from perf.summary import broker_profile, median_and_spread, record, report_stem
 from sluice.settings import FraudSettings
 
 REAL_COUNT, REAL_RUNS = 100_000, 3
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3, help="pairs of runs (without, with metrics)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--profile", default="latency")
+    parser.add_argument("--profile", type=broker_profile, default="latency")
     parser.add_argument("--label", default="", help="a name for this variant in the report file")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
     args = parser.parse_args(argv)

@@ -42,6 +42,7 @@ from models.synthetic_shopping import HOUR_MS
 from operators.kafka.records import KafkaRecord
 from perf.summary import (
     add_variant_option,
+    broker_profile,
     changed_options,
     median_and_spread,
     record_unless,
@@ -222,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=1, help="SLUICE_INDEX_REPLICAS (0: one on each process)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--profile", default="latency", help="broker profile of every client (latency, throughput, kafka)"
+        "--profile",
+        type=broker_profile,
+        default="latency",
+        help="broker profile of every client (latency, throughput, kafka)",
     )
     add_variant_option(parser, PersonalizeSettings)
     parser.add_argument("--label", default="")

@@ -21,11 +21,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from operators.kafka.connection import profile_problem
 from sluice.settings import FlowSettings, SettingsError
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 SUMMARY = REPORTS / "summary.json"
 HISTORY = REPORTS / "summary-history.jsonl"
+
+
+def broker_profile(name: str) -> str:
+    """An argparse ``type`` for a broker profile option: an unknown one is a usage error naming the option.
+
+    >>> broker_profile("kafka")
+    'kafka'
+    """
+    if problem := profile_problem(name):
+        raise argparse.ArgumentTypeError(problem)
+    return name
+
+
+def broker_profiles(names: str) -> list[str]:
+    """An argparse ``type`` for a comma-separated list of broker profiles (:func:`broker_profile` each)."""
+    return [broker_profile(name) for name in names.split(",")]
 
 
 def report_stem(kind: str, label: str = "", folder: Path = REPORTS) -> Path:

@@ -56,6 +56,15 @@ PROFILES: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
 )
 
 
+def profile_problem(name: str) -> str | None:
+    """Why ``name`` is not a broker profile, or ``None`` when it is one.
+
+    >>> profile_problem("throughput") is None, profile_problem("fast")
+    (True, "unknown broker profile 'fast': use one of latency, throughput, kafka")
+    """
+    return None if name in PROFILES else f"unknown broker profile {name!r}: use one of {', '.join(PROFILES)}"
+
+
 @dataclass(frozen=True)
 class KafkaConnection:
     """Brokers, pass-through librdkafka options and a broker profile.
@@ -72,8 +81,8 @@ class KafkaConnection:
     profile: str = "latency"
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown broker profile {self.profile!r}: use one of {', '.join(PROFILES)}")
+        if problem := profile_problem(self.profile):
+            raise ValueError(problem)
 
     def client_config(self, **extra: Any) -> ClientConfig:
         """Brokers, then the pass-through options, then ``extra`` (admin clients and the like)."""
