@@ -45,7 +45,7 @@ from dataflows.observability import alarm_records, artifact_references
 from dataflows.runtime import flow_from_env, kafka_source, shards_for
 from models.devices import pick_device
 from models.fraud_feature_log import feature_log_body
-from models.fraud_features import CardProfile, feature_matrix, feature_row, parse_profile, sequence_rows
+from models.fraud_features import CardProfile, feature_rows, parse_profile, sequence_rows
 from models.fraud_model import FraudCascade, combine_scores, load_cascade, model_name
 from models.fraud_policy import Policy
 from models.fraud_rationale import Case, choose_notes, note_messages
@@ -163,8 +163,9 @@ def stage1_batch(
     """Score a micro-batch with the pinned version's stage-1 model (one call), mark what to escalate and decide
     the rest; the scores and rows go to ``samples`` (the drift alarms) when metrics are on."""
     assert cascade is not None and version is not None, "the served model is loaded before the flow starts"
-    rules = [policy.rules(e.event.txn, e.features, e.profile) for e in items]
-    rows = feature_matrix([feature_row(e.event.txn, e.features, e.profile) for e in items])
+    txns, profiles = [e.event.txn for e in items], [e.profile for e in items]
+    rows = feature_rows(txns, [e.features for e in items], profiles)
+    rules = policy.rules_of(rows, txns, profiles)
     band, kind = cascade.band, cascade.stage1_kind
     with model_call(model_name(kind), version, str(cascade.device), len(rows)):
         array = cascade.stage1(rows)

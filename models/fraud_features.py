@@ -1,13 +1,13 @@
-"""The fraud model's feature schema: one function turns an enriched event into a row.
+"""The fraud model's feature schema: one function turns a batch of enriched events into rows.
 
-Training and the live flow both call :func:`feature_row`, so the model always
+Training and the live flow both call :func:`feature_rows`, so the model always
 sees features computed by the same code.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,46 +113,60 @@ def parse_profile(raw: Mapping[str, str]) -> CardProfile:
     return CardProfile(home, values["avg_amount"], values["account_age_days"], values["risk_tier"])
 
 
-def feature_row(txn: Transaction, window: tuple[float, ...], profile: CardProfile | None) -> list[float]:
-    """Features of one event; ``window`` is (1m_count, 1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev).
+def feature_rows(
+    txns: Sequence[Transaction], windows: Sequence[Sequence[float]], profiles: Sequence[CardProfile | None]
+) -> np.ndarray:
+    """The features of a batch of events, one ``float32`` row each; an event's ``window`` is (1m_count,
+    1m_sum, 1h_count, 1h_sum, distinct, secs_since_prev).
 
-    A missing profile (unknown card, Redis unreachable, or a profile that failed
-    validation) falls back to :data:`DEFAULT_PROFILE` and sets ``profile_missing``;
-    the model is trained with profiles dropped, so it has learned what that means.
-    Total for validated input: every value is finite.
+    Training and the live flow both call this, so the model always sees features computed by the same
+    code. It works column by column: one numpy operation per feature over the batch, where a function
+    per event took ~20 interpreter steps for each (a stage-1 micro-batch holds ~1,000 events).
+
+    A missing profile (unknown card, Redis unreachable, or a profile that failed validation) falls back
+    to :data:`DEFAULT_PROFILE` and sets ``profile_missing``; the model is trained with profiles dropped,
+    so it has learned what that means. Total for validated input: every value is finite.
+
+    >>> from models.transaction import Transaction
+    >>> t = Transaction("e", "c", 100.0, "USD", "m", "crypto", "NG", 3_600_000, 0.0)
+    >>> row = feature_rows([t], [(2, 150.0, 3, 300.0, 2, 30.0)], [None])[0]
+    >>> dict(zip(FEATURE_NAMES, row.astype(float).round(3).tolist(), strict=True))  # doctest: +NORMALIZE_WHITESPACE
+    {'log_amount': 4.615, 'log_amount_vs_usual': 0.693, 'count_1m': 2.0, 'log_sum_1m': 5.017, 'count_1h': 3.0,
+     'log_sum_1h': 5.707, 'distinct_merchants_1h': 2.0, 'log_secs_since_prev': 3.434, 'foreign': 0.0,
+     'high_risk_country': 1.0, 'risky_category': 1.0, 'night': 1.0, 'log_account_age': 5.903, 'risk_tier': 1.0,
+     'profile_missing': 1.0}
     """
-    count_1m, sum_1m, count_1h, sum_1h, distinct, gap = window
-    if profile is not None:
-        home = profile.home_country or txn.country
-        avg, age, tier, missing = profile.avg_amount, profile.account_age_days, profile.risk_tier, 0.0
-    else:
-        home, missing = txn.country, 1.0
-        avg, age, tier = (
-            DEFAULT_PROFILE["avg_amount"],
-            DEFAULT_PROFILE["account_age_days"],
-            DEFAULT_PROFILE["risk_tier"],
-        )
-    return [
-        math.log1p(txn.amount),
-        math.log(txn.amount / max(avg, 0.01)),
-        count_1m,
-        math.log1p(max(sum_1m, 0.0)),
-        count_1h,
-        math.log1p(max(sum_1h, 0.0)),
-        distinct,
-        math.log1p(max(gap, 0.0)),
-        float(txn.country != home),
-        float(txn.country in HIGH_RISK_COUNTRIES),
-        float(txn.merchant_category in RISKY_CATEGORIES),
-        float(0 <= local_hour(txn.event_time_ms, home) < 5),
-        math.log1p(age),
-        tier,
-        missing,
-    ]
+    n = len(txns)
+    homes = [t.country if p is None else (p.home_country or t.country) for t, p in zip(txns, profiles, strict=True)]
+    defaults = (DEFAULT_PROFILE["avg_amount"], DEFAULT_PROFILE["account_age_days"], DEFAULT_PROFILE["risk_tier"], 1.0)
+    profile = np.array(
+        [defaults if p is None else (p.avg_amount, p.account_age_days, p.risk_tier, 0.0) for p in profiles],
+        dtype=np.float64,
+    ).reshape(n, 4)
+    window = np.array(windows, dtype=np.float64).reshape(n, 6)
+    amount = np.fromiter([t.amount for t in txns], np.float64, n)
+    hour_utc = np.fromiter([t.event_time_ms for t in txns], np.int64, n) // 3_600_000
+    local = (hour_utc + np.fromiter([UTC_OFFSET_H.get(h, 0) for h in homes], np.int64, n)) % 24
+    out = np.empty((n, N_FEATURES), dtype=np.float64)
+    out[:, 0] = np.log1p(amount)
+    out[:, 1] = np.log(amount / np.maximum(profile[:, 0], 0.01))
+    out[:, [2, 4, 6]] = window[:, [0, 2, 4]]
+    out[:, [3, 5, 7]] = np.log1p(np.maximum(window[:, [1, 3, 5]], 0.0))
+    out[:, 8] = [t.country != h for t, h in zip(txns, homes, strict=True)]
+    out[:, 9] = [t.country in HIGH_RISK_COUNTRIES for t in txns]
+    out[:, 10] = [t.merchant_category in RISKY_CATEGORIES for t in txns]
+    out[:, 11] = local < 5
+    out[:, 12] = np.log1p(profile[:, 1])
+    out[:, 13:15] = profile[:, 2:4]
+    return out.astype(np.float32)
 
 
-def feature_matrix(rows: list[list[float]]) -> np.ndarray:
-    return np.asarray(rows, dtype=np.float32).reshape(-1, N_FEATURES)
+def feature_row(txn: Transaction, window: Sequence[float], profile: CardProfile | None) -> np.ndarray:
+    """One event's row of :func:`feature_rows` (for a single event; batches go through that function)."""
+    return feature_rows([txn], [window], [profile])[0]
+
+
+FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
 # The stage-2 sequence model's view of a card's recent events (oldest first, the current event last).

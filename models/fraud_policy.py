@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.fraud_features import HIGH_RISK_COUNTRIES, RISKY_CATEGORIES, CardProfile, local_hour
+import numpy as np
+
+from models.fraud_features import FEATURE_INDEX, CardProfile, feature_rows
 from models.transaction import Transaction
 
 Features = tuple[float, ...]
+RULES = ("velocity_burst", "amount_far_above_usual", "high_risk_country", "risky_category_at_night")
 
 
 @dataclass(frozen=True)
@@ -31,18 +34,40 @@ class Policy:
     amount_multiple: float = 8.0
 
     def rules(self, txn: Transaction, feats: Features, profile: CardProfile | None) -> list[str]:
-        """Names of the rules this event breaks."""
-        fired = []
-        home = (profile.home_country if profile else None) or txn.country
-        if feats[0] >= self.velocity_1m:
-            fired.append("velocity_burst")
-        if profile and txn.amount >= self.amount_multiple * profile.avg_amount:
-            fired.append("amount_far_above_usual")
-        if txn.country != home and txn.country in HIGH_RISK_COUNTRIES:
-            fired.append("high_risk_country")
-        if txn.merchant_category in RISKY_CATEGORIES and 0 <= local_hour(txn.event_time_ms, home) < 5:
-            fired.append("risky_category_at_night")
-        return fired
+        """Names of the rules one event breaks (a batch goes through :meth:`rules_of`)."""
+        return self.rules_of(feature_rows([txn], [feats], [profile]), [txn], [profile])[0]
+
+    def rules_of(
+        self, rows: np.ndarray, txns: Sequence[Transaction], profiles: Sequence[CardProfile | None]
+    ) -> list[list[str]]:
+        """Names of the rules each event of a batch breaks, read off its :func:`feature_rows` (so a rule and
+        the feature it tests cannot disagree); only the amount is compared unrounded.
+
+        >>> from models.transaction import Transaction
+        >>> t = Transaction("e", "c", 900.0, "USD", "m", "jewelry", "NG", 1_700_000_000_000, 0.0)
+        >>> home = CardProfile("GB", 50.0, 100.0, 1.0)
+        >>> Policy().rules_of(feature_rows([t, t], [(7, 0, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0)], [home, None]), [t, t],
+        ...                   [home, None])
+        [['velocity_burst', 'amount_far_above_usual', 'high_risk_country'], []]
+        """
+        n = len(txns)
+        col = FEATURE_INDEX
+        has_profile = rows[:, col["profile_missing"]] == 0
+        usual = np.fromiter([0.0 if p is None else p.avg_amount for p in profiles], np.float64, n)
+        amount = np.fromiter([t.amount for t in txns], np.float64, n)
+        fired = np.stack(
+            [
+                rows[:, col["count_1m"]] >= self.velocity_1m,
+                has_profile & (amount >= self.amount_multiple * usual),
+                (rows[:, col["foreign"]] == 1) & (rows[:, col["high_risk_country"]] == 1),
+                (rows[:, col["risky_category"]] == 1) & (rows[:, col["night"]] == 1),
+            ],
+            axis=1,
+        )
+        out: list[list[str]] = [[] for _ in range(n)]
+        for i, j in zip(*np.nonzero(fired), strict=True):  # in rule order within an event (row-major)
+            out[i].append(RULES[j])
+        return out
 
     def explain(self, rule: str, txn: Transaction, feats: Features, profile: CardProfile | None) -> str:
         """A fired rule in words, with the figures that fired it (what an analyst's note quotes).

@@ -38,8 +38,7 @@ from models.fraud_features import (
     FEATURE_NAMES,
     N_FEATURES,
     SEQUENCE_LENGTH,
-    feature_matrix,
-    feature_row,
+    feature_rows,
     parse_profile,
     sequence_rows,
 )
@@ -137,7 +136,7 @@ def build_dataset(n_events: int, seed: int, n_cards: int, profile_drop_rate: flo
     drop = np.random.default_rng(seed).random(n_events) < profile_drop_rate
     windows: dict[str, SlidingAggregates] = {}
     spec = WindowSpec()
-    rows, full, bare, seqs, fired, labels, times = [], [], [], [], [], [], []
+    txns, feats_of, served, known, seqs, labels, times = [], [], [], [], [], [], []
     for i, (txn, pattern) in enumerate(itertools.islice(stream, n_events)):
         agg = windows.get(txn.card_id)
         if agg is None:
@@ -147,25 +146,24 @@ def build_dataset(n_events: int, seed: int, n_cards: int, profile_drop_rate: flo
         if feats is None:
             continue
         profile = None if drop[i] else profiles[txn.card_id]
-        with_profile = feature_row(txn, feats, profiles[txn.card_id])
-        row = feature_row(txn, feats, profile) if profile is None else with_profile
-        rows.append(row)
-        full.append(with_profile)
-        bare.append(feature_row(txn, feats, None))
+        txns.append(txn)
+        feats_of.append(feats)
+        served.append(profile)
+        known.append(profiles[txn.card_id])
         recent = [(t, v, e[0], e[1]) for t, v, e in agg.recent(txn.event_time_s, SEQUENCE_LENGTH)]
         seqs.append(sequence_rows(recent, profile).astype(np.float16))
-        fired.append(bool(POLICY.rules(txn, feats, profile)))
         labels.append(1.0 if pattern else 0.0)
         times.append(txn.event_time_ms)
+    rows = feature_rows(txns, feats_of, served)
     return Dataset(
-        rows=feature_matrix(rows),
+        rows=rows,
         sequences=np.stack(seqs),
-        has_sequence=np.ones(len(rows), dtype=bool),
-        rules_fired=np.asarray(fired, dtype=bool),
+        has_sequence=np.ones(len(txns), dtype=bool),
+        rules_fired=np.asarray([bool(fired) for fired in POLICY.rules_of(rows, txns, served)], dtype=bool),
         labels=np.asarray(labels, dtype=np.float32),
         event_times_ms=np.asarray(times, dtype=np.int64),
-        with_profile=feature_matrix(full),
-        without_profile=feature_matrix(bare),
+        with_profile=feature_rows(txns, feats_of, known),
+        without_profile=feature_rows(txns, feats_of, [None] * len(txns)),
     )
 
 

@@ -162,10 +162,12 @@ def _written(proc: psutil.Process) -> int:
 
 
 def flame_graph(pid: int, out: object) -> subprocess.Popen[bytes]:
-    """py-spy sampling the flow process (native frames off, 100 Hz: ~1% of a core) into an SVG flame graph."""
+    """py-spy sampling the flow process (native frames off, 100 Hz: ~1% of a core) into an SVG flame graph, or
+    into collapsed stacks (one ``frame;frame;... count`` line per stack, to aggregate) when ``out`` ends in ``.txt``."""
     spy = shutil.which("py-spy") or str(PROJECT_ROOT / ".venv" / "bin" / "py-spy")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--output", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    form = "raw" if str(out).endswith(".txt") else "flamegraph"
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--format", form, "--output", str(out),
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 class Scraper:
@@ -210,7 +212,11 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", action="store_true", help="metrics on, /metrics scraped every second")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds between scrapes (0: none)")
     add_variant_option(parser, FraudSettings)
-    parser.add_argument("--flame", default="", help="a py-spy flame graph of the first run, into perf/reports/<FLAME>")
+    parser.add_argument(
+        "--flame",
+        default="",
+        help="a py-spy flame graph of the first run, into perf/reports/<FLAME> (collapsed stacks if it ends in .txt)",
+    )
     return parser
 
 

@@ -32,10 +32,11 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, TimeTestingGetter, run_main
 
-from models.fraud_features import FEATURE_NAMES, feature_matrix, feature_row, parse_profile
+from models.fraud_features import FEATURE_NAMES, feature_rows, parse_profile
 from models.fraud_model import FraudCascade, load_cascade, model_name
 from models.registry import ModelRegistry
 from models.synthetic_transactions import Shift, TransactionStream
+from models.transaction import Transaction
 from operators.alarms import Alarm, DriftSettings, ScoreSample, drift_alarms
 from perf.summary import REPORTS, record
 from state.drift import DriftCounts, ModelReference
@@ -55,7 +56,8 @@ def scored_batches(
     profiles = {c.card_id: parse_profile({k: str(v) for k, v in c.profile().items()}) for c in stream.cards}
     windows: dict[str, SlidingAggregates] = {}
     spec = WindowSpec()
-    rows: list[list[float]] = []
+    txns: list[Transaction] = []
+    feats_of: list[tuple[float, ...]] = []
     for txn, _ in itertools.islice(stream, events):
         agg = windows.get(txn.card_id)
         if agg is None:
@@ -63,11 +65,12 @@ def scored_batches(
         feats = agg.add(txn.event_time_s, txn.amount, txn.merchant_id) or agg.peek(
             txn.event_time_s, txn.amount, txn.merchant_id
         )
-        rows.append(feature_row(txn, feats, profiles[txn.card_id]))
-        if len(rows) == BATCH:
-            matrix = feature_matrix(rows)
+        txns.append(txn)
+        feats_of.append(feats)
+        if len(txns) == BATCH:
+            matrix = feature_rows(txns, feats_of, [profiles[t.card_id] for t in txns])
             yield ScoreSample(model_name(scorer.stage1_kind), scorer.version, scorer.stage1(matrix), matrix)
-            rows = []
+            txns, feats_of = [], []
 
 
 def reference_of(scorer: FraudCascade, seed: int, events: int) -> ModelReference:

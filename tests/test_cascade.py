@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from models.fraud_feature_log import LabelBook, join_labels, parse_feature_log
-from models.fraud_features import SEQUENCE_LENGTH, feature_matrix, feature_row, parse_profile, sequence_rows
+from models.fraud_features import SEQUENCE_LENGTH, feature_row, parse_profile, sequence_rows
 from models.fraud_model import FraudCascade, load_cascade
 from models.fraud_rationale import WITHHELD, Case, note_messages, template_note
 from models.registry import ModelRegistry
@@ -236,7 +236,7 @@ def _offline_rows(seed: int, n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]
             continue  # late: decided from the window's state, not compared here
         profile = profiles[t.card_id]
         recent = [(rt, v, e[0], e[1]) for rt, v, e in agg.recent(t.event_time_s, SEQUENCE_LENGTH)]
-        out[t.event_id] = (feature_matrix([feature_row(t, feats, profile)])[0], sequence_rows(recent, profile))
+        out[t.event_id] = (feature_row(t, feats, profile), sequence_rows(recent, profile))
     return out
 
 
