@@ -623,7 +623,7 @@ STORE_LOOKUPS = CallbackFamily(
     ),
 )
 STORE_ROUND_TRIPS = CallbackFamily(
-    "sluice_feature_store_round_trips_total", "pipelined Redis round trips", ["namespace"], "counter",
+    "sluice_feature_store_round_trips_total", "Redis round trips of batched reads", ["namespace"], "counter",
     _stores(lambda s: [((s.namespace,), s.round_trips)]),
 )  # fmt: skip
 STORE_FAILURES = CallbackFamily(

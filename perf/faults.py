@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import orjson
-import redis
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
@@ -55,6 +54,7 @@ from sluice.local.stack import PROJECT_ROOT, LocalStack
 from sluice.local.transactions import PreparedEvent, event_records
 from sluice.processes import FlowProcesses, free_port, init_recovery
 from sluice.settings import FraudSettings
+from state.feature_store import FeatureStore
 
 FLOW = "dataflows.fraud:from_env()"
 CARDS = 20_000
@@ -104,15 +104,13 @@ def _poisoned(records_iter: Iterator[PreparedEvent], every: int) -> Iterator[Pre
 
 
 def redis_round_trips(url: str, stop: threading.Event, hist: HdrHistogram, keys: int = 500) -> None:
-    """Pipelined HGETALL of ``keys`` profiles every 10 ms: the lookup the flow does, timed from outside."""
-    client = redis.Redis.from_url(url)
-    ids = [f"card:c{i:07d}" for i in range(keys)]
+    """A read of ``keys`` profiles every 10 ms by a store that caches nothing: the lookup the flow does
+    when every card of a batch misses its cache, timed from outside."""
+    store: FeatureStore[dict[str, str]] = FeatureStore(url, "card", ttl_s=0.0, negative_ttl_s=0.0)
+    ids = [f"c{i:07d}" for i in range(keys)]
     while not stop.is_set():
         t0 = time.perf_counter()
-        pipe = client.pipeline(transaction=False)
-        for key in ids:
-            pipe.hgetall(key)
-        pipe.execute()
+        store.get_many(ids)
         hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
         time.sleep(0.01)
 
@@ -270,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "rate": args.rate,
         "seconds": args.seconds,
-        "redis_pipeline_500_keys_ms_under_load": redis_ms,
+        "redis_read_500_keys_ms_under_load": redis_ms,
         "redis_timeout_ms": base.redis_timeout_ms,
         "outcomes": [asdict(o) for o in outcomes],
     }
@@ -290,11 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                 "false_fallbacks_at_10k": healthy.fallbacks,
                 "no_profile_roc_auc": metrics["no_profile_roc_auc"],
                 "with_profile_roc_auc": metrics["with_profile_roc_auc"],
-                # a 500-key pipelined HGETALL every 10 ms, timed from outside through the whole healthy
-                # scenario (its start-up included): what a profile lookup waits for, not one round trip
-                **({"redis_pipeline_500_keys_p999_ms_healthy_run": redis_ms["p99.9"]} if "p99.9" in redis_ms else {}),
+                # a 500-key read every 10 ms, timed from outside through the whole healthy scenario (its
+                # start-up included): what a profile lookup waits for, not one round trip
+                **({"redis_read_500_keys_p999_ms_healthy_run": redis_ms["p99.9"]} if "p99.9" in redis_ms else {}),
             },
-            owns=("redis_pipeline_500_keys_p999_ms_healthy_run", "redis_round_trip_p999_ms_at_10k"),
+            owns=(
+                "redis_read_500_keys_p999_ms_healthy_run",
+                "redis_pipeline_500_keys_p999_ms_healthy_run",
+                "redis_round_trip_p999_ms_at_10k",
+            ),
         )
     return 0 if all(o.lost == 0 and o.crash_loop == 0 for o in outcomes) else 1
 

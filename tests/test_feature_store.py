@@ -6,7 +6,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from models.fraud_features import CardProfile, parse_profile
 from operators.enrich import enrich_batch
 from sluice.processes import free_port
-from state.feature_store import FeatureStore, Profile, Unreadable
+from state.feature_store import READ_CHUNK, FeatureStore, Profile, Unreadable
 
 
 class FakeClock:
@@ -135,3 +135,24 @@ def test_operator_does_one_round_trip_per_runtime_batch(stack):
     assert len(out) == 60 and stores[0].round_trips == 3
     assert dict((k, p) for k, p, _ in out)["k3"] == {"x": "3"}
     assert all(p is None for k, p, _ in out if k in ("k10", "k11"))
+
+
+def test_a_batch_larger_than_one_read_is_read_in_chunks_in_order(stack):
+    """Reads go :data:`READ_CHUNK` keys per script call, each key's reply in its place."""
+    n = 2 * READ_CHUNK + 7
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-chunks", ttl_s=60)
+    store.put_many({f"c{i}": {"v": i} for i in range(0, n, 2)})  # every other one has a profile
+    got, down = store.get_many([f"c{i}" for i in range(n)])
+    assert not down and store.round_trips == 3 and store.misses == n
+    assert [got[f"c{i}"] for i in range(6)] == [{"v": "0"}, None, {"v": "2"}, None, {"v": "4"}, None]
+    assert got[f"c{n - 1}"] == {"v": str(n - 1)}
+
+
+def test_reads_go_on_after_redis_forgets_its_scripts(stack):
+    """A restarted Redis has no scripts: the read script is loaded again, and nothing is reported down."""
+    store: FeatureStore[Profile] = FeatureStore(stack.redis_url, "fs-flush", ttl_s=0.0, negative_ttl_s=0.0)
+    store.put_many({"a": {"v": 1}})
+    assert store.get_many(["a"])[0]["a"] == {"v": "1"}
+    redis.Redis.from_url(stack.redis_url).script_flush()
+    got, down = store.get_many(["a"])
+    assert got["a"] == {"v": "1"} and not down and store.failures == 0
