@@ -28,6 +28,7 @@ built by :func:`from_env` (importing this module loads no model).
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from dataflows.command_line import writes_checkpoints
 from dataflows.observability import alarm_records, artifact_references
 from dataflows.runtime import flow_from_env, kafka_source, shards_for
 from models.devices import pick_device
@@ -529,6 +531,7 @@ def build_flow(
         origin=lambda ev: ev.source,
         buckets=settings.window_buckets,
         buckets_setting="SLUICE_WINDOW_BUCKETS",
+        checkpointed=writes_checkpoints(os.environ),
     )
     to_score = op.flat_map_batch("not_duplicates", windows, _to_score)  # batch steps: no call per item
     enriched: Stream[EnrichedEvent] = enrich_batch(

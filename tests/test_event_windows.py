@@ -197,10 +197,12 @@ def test_a_key_with_events_when_its_first_expiry_fires_is_kept_and_expires_once_
     assert [f[0] for _, _, f, _ in out] == [*range(1, 25), 1]
 
 
-def _logic(clock: TimeTestingGetter, resume=None, buckets: int = 4, idle_s: float = 60.0) -> _BucketLogic:
+def _logic(
+    clock: TimeTestingGetter, resume=None, buckets: int = 4, idle_s: float = 60.0, checkpointed: bool = True
+) -> _BucketLogic:
     cfg: _StepConfig[tuple[str, float, float, str]] = _StepConfig(
         SPEC, lambda e: e[1], lambda e: e[2], lambda e: e[3], None, None, 0, float("inf"), idle_s,
-        _seconds_of(clock.get), StageProbe("w"), buckets, "SLUICE_WINDOW_BUCKETS",
+        _seconds_of(clock.get), StageProbe("w"), buckets, "SLUICE_WINDOW_BUCKETS", checkpointed,
     )  # fmt: skip
     return _BucketLogic(cfg, _windower(cfg), resume)
 
@@ -244,6 +246,17 @@ def test_a_resumed_bucket_gives_the_features_an_uninterrupted_one_gives():
     assert resumed.live == {}  # nothing unpickled until a key has an event
     got += _events(resumed, *events[7:])
     assert got == expected
+
+
+def test_without_a_recovery_store_a_snapshot_is_empty_and_the_windows_go_on():
+    """Bytewax drops the snapshots of a flow run without a store unread: nothing is pickled for them."""
+    clock = TimeTestingGetter(datetime(2030, 1, 1, tzinfo=UTC))
+    kept, unkept = _logic(clock), _logic(clock, checkpointed=False)
+    events = [("c1", 0.0, 5.0, "m1"), ("c2", 0.0, 5.0, "m1"), ("c1", 1.0, 7.0, "m2")]
+    assert _events(kept, *events[:2]) == _events(unkept, *events[:2])
+    assert kept.snapshot()[2].keys() == {"c1", "c2"} and unkept.snapshot()[2] == {}
+    assert _events(kept, events[2]) == _events(unkept, events[2]) == [(2.0, 12.0, 2.0, 12.0, 2.0, 1.0)]
+    assert unkept.snapshot()[2] == {} and not unkept.dirty and unkept.pickled == {}
 
 
 def test_a_snapshot_pickles_only_the_keys_that_changed_and_drops_expired_ones():

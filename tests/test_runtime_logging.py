@@ -68,3 +68,16 @@ def test_zero_shards_means_one_key_per_worker_that_bytewax_run_was_started_with(
     assert runtime.shards_for(5) == 5  # a configured count stands
     monkeypatch.setattr(command_line, "under_bytewax_run", lambda: False)  # built in-process (tests): one worker
     assert runtime.shards_for(0) == ("0",)
+
+
+def test_only_bytewax_run_without_a_recovery_store_writes_no_checkpoints(monkeypatch):
+    from dataflows import command_line
+
+    monkeypatch.setattr(command_line, "under_bytewax_run", lambda: True)
+    monkeypatch.setattr("sys.argv", ["/venv/lib/bytewax/run.py", "dataflows.fraud:from_env()", "-w", "1"])
+    assert not command_line.writes_checkpoints({})
+    assert command_line.writes_checkpoints({"BYTEWAX_RECOVERY_DIRECTORY": "/state"})
+    monkeypatch.setattr("sys.argv", ["/venv/lib/bytewax/run.py", "dataflows.fraud:from_env()", "-r/state", "-s", "1"])
+    assert command_line.writes_checkpoints({})
+    monkeypatch.setattr(command_line, "under_bytewax_run", lambda: False)  # in-process: its runner may recover it
+    assert command_line.writes_checkpoints({})
