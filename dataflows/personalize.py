@@ -11,7 +11,7 @@ interactions -> parse -> item from Redis (batched, cached; unknown -> DLQ)
     -> per user: decayed taste (checkpointed) -> versioned write-through (<ns>-user:<id>)
     -> per category and overall: decayed popularity -> every index replica
 rules -> validate (bad -> DLQ, the previous set stays) -> every index replica
-recommend-requests -> parse (bad -> DLQ) -> user vector from Redis (one pipelined
+recommend-requests -> parse (bad -> DLQ) -> user vector from Redis (one batched
 read per batch, cached; unusable -> fallback + DLQ copy) -> one index replica:
 one ANN search for the batch's queries (over-fetched), rules filter and re-rank,
 popularity for cold-start users -> recommendations
@@ -444,7 +444,7 @@ def item_reader(settings: PersonalizeSettings, dim: int) -> Any:
 
 
 def item_hashes(settings: PersonalizeSettings, dim: int) -> StoredItems:
-    """The item hashes as Redis holds them now, for the embed step (no cache: one pipelined read per
+    """The item hashes as Redis holds them now, for the embed step (no cache: one batched read per
     embedding batch); the store is made on the first call, on the worker that runs the step."""
     store: list[FeatureStore[ItemRecord]] = []
 

@@ -1,7 +1,7 @@
 """Batched enrichment: one lookup call per runtime batch, for every item's key at once.
 
 The lookup is any ``fetch_many(keys) -> (values by key, degraded)`` function,
-typically a pipelined read of an online store (:class:`state.feature_store.FeatureStore`):
+typically a batched read of an online store (:class:`state.feature_store.FeatureStore`):
 batching turns a round trip per event into a round trip per batch, which is
 what makes a remote lookup affordable at tens of thousands of events per
 second. The operator knows nothing about what is fetched; a missing value is

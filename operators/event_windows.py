@@ -362,7 +362,7 @@ def sliding_features(
     larger calls. A recovery store resumes only with the count it was written
     with; the error says so and names ``buckets_setting`` (where the flow's user
     sets the count). ``checkpointed=False`` (no recovery store will take the
-    snapshots: :func:`dataflows.runtime.writes_checkpoints`) makes every snapshot
+    snapshots: :func:`dataflows.command_line.writes_checkpoints`) makes every snapshot
     empty instead of pickling the cards that changed, ~2-3% of the fraud flow's
     CPU for snapshots Bytewax would drop unread.
 

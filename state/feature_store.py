@@ -4,12 +4,13 @@ A profile for entity ``id`` lives in the hash ``<namespace>:<id>``. Reads go
 through a small TTL cache and one round trip fetches every missing key of a
 batch: a Lua script that runs HGETALL on each of its keys, up to
 :data:`READ_CHUNK` keys a call. One command, not one per key: redis-py packs,
-sends, parses and calls back each command of a pipeline on its own, ~16 µs of
-the reader's CPU per key, where the script's one reply costs ~2 (measured:
-19.6 against 5.6 µs per key with the profile parsed, 300 keys a batch). The
-store therefore needs keys one script may read together: one Redis, or a
-primary with its replicas, not Redis Cluster. Writes are absolute (HSET of
-whole values), so replaying them is idempotent.
+sends, parses and calls back each command of a pipeline on its own (measured:
+19-20 against 7-7.5 µs of the reader's CPU per key, the profile parsed, 300
+keys a batch). So the store needs keys one script may read together (one
+Redis, or a primary with its replicas, not Redis Cluster) and a Redis user
+allowed to run scripts (:func:`check_redis` says so at start, not a fallback
+per batch later). Writes are absolute (HSET of whole values), so replaying
+them is idempotent.
 
 Failure handling, and why it is shaped this way (measured under load, see
 ``perf/reports/faults-*.json``):
@@ -18,10 +19,13 @@ Failure handling, and why it is shaped this way (measured under load, see
   value that is not UTF-8 makes that one profile :class:`Unreadable`; the other
   keys of the batch are served and the store is not considered down (the read
   script catches each key's error and returns it in that key's place).
-* **A slow answer is not an outage.** The socket timeout (default 500 ms) sits far
-  above the pipelined round trip under a 10k events/s load (p99.9 in the low
-  milliseconds), so scheduling hiccups on a busy machine do not send healthy
+* **A slow answer is not an outage.** The socket timeout (default 500 ms, per
+  call of up to 500 keys) sits far above a read's round trip under a 10k
+  events/s load, so scheduling hiccups on a busy machine do not send healthy
   lookups to the fallback.
+* **A failed call loses only its own keys.** The keys of the calls before it
+  are served and cached; its keys and those after it are answered "store
+  down".
 * **The circuit opens on repeated failure, not on one.** Only
   ``failures_to_open`` consecutive failed batches open it; while open, batches
   are answered "store down" at once for ``retry_after_s``, then one batch probes
@@ -76,17 +80,24 @@ def _target(client: redis.Redis) -> str:
 
 
 def check_redis(url: str, timeout_s: float) -> None:
-    """Connect and PING; raise :class:`RedisUnavailable` with one line saying why (the password never shown)."""
+    """Connect, PING and load the read script; raise :class:`RedisUnavailable` with one line saying why (the
+    password never shown). A user whose ACL forbids scripts is refused here: every batch's read would fail."""
     client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     target = _target(client)
     try:
         client.ping()
+        client.script_load(_READ_HASHES)
     except redis.AuthenticationError:
         raise RedisUnavailable(f"Redis at {target} refused the credentials in SLUICE_REDIS_URL") from None
+    except redis.exceptions.NoPermissionError:
+        raise RedisUnavailable(
+            f"Redis at {target} does not let the SLUICE_REDIS_URL user run scripts (profile reads need EVALSHA and "
+            "SCRIPT LOAD)"
+        ) from None
     except redis.ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
             raise RedisUnavailable(f"Redis at {target} needs a password: put it in SLUICE_REDIS_URL") from None
-        raise RedisUnavailable(f"Redis at {target} answered PING with an error: {exc}") from None
+        raise RedisUnavailable(f"Redis at {target} answered with an error: {exc}") from None
     except redis.RedisError as exc:
         raise RedisUnavailable(
             f"cannot reach Redis at {target} within {timeout_s:g}s ({type(exc).__name__}); check SLUICE_REDIS_URL"
@@ -248,32 +259,34 @@ class FeatureStore(Generic[V]):
         if now < self._open_until:
             self.down += len(missing)
             return found, True
-        try:
-            replies = self._read([self.key(entity_id) for entity_id in missing])
-        except redis.RedisError as exc:
-            self._failed(exc)
-            self.down += len(missing)
-            return found, True
-        self._failed_in_a_row = 0
         if len(self._cache) + len(missing) > self.max_cached:
             self._cache.clear()
-        for entity_id, reply in zip(missing, replies, strict=True):
-            value = self._decode(_as_hash(reply))
-            found[entity_id] = value
-            fresh_for = self.negative_ttl_s if value is None or isinstance(value, Unreadable) else self.ttl_s
-            self._cache[entity_id] = (now + fresh_for, value)
-        self.misses += len(missing)
+        read = 0
+        try:
+            for start in range(0, len(missing), READ_CHUNK):
+                chunk = missing[start : start + READ_CHUNK]
+                replies = self._read([self.key(entity_id) for entity_id in chunk])
+                self._failed_in_a_row = 0
+                for entity_id, reply in zip(chunk, replies, strict=True):
+                    value = self._decode(_as_hash(reply))
+                    found[entity_id] = value
+                    fresh_for = self.negative_ttl_s if value is None or isinstance(value, Unreadable) else self.ttl_s
+                    self._cache[entity_id] = (now + fresh_for, value)
+                read += len(chunk)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            self.misses += read
+            self.down += len(missing) - read
+            return found, True
+        self.misses += read
         return found, False
 
     def _read(self, keys: list[str]) -> list[object]:
-        """Each key's HGETALL reply (flat), or its error, in order: one script call per :data:`READ_CHUNK` keys.
-        A connection or protocol failure raises (``redis.RedisError``); redis-py loads the script again
-        where Redis does not have it (after a restart)."""
-        replies: list[object] = []
-        for start in range(0, len(keys), READ_CHUNK):
-            chunk = keys[start : start + READ_CHUNK]
-            replies += self._read_script(keys=chunk, client=self._client)
-            self.round_trips += 1
+        """Each key's HGETALL reply (flat), or its error, in order: one script call (give it at most
+        :data:`READ_CHUNK` keys). A connection or protocol failure raises (``redis.RedisError``); redis-py
+        loads the script again where Redis does not have it (after a restart)."""
+        replies: list[object] = self._read_script(keys=keys, client=self._client)
+        self.round_trips += 1
         return replies
 
     def _failed(self, exc: Exception) -> None:
@@ -347,7 +360,9 @@ class FeatureStore(Generic[V]):
             cursor, keys = self._client.scan(cursor, match=f"{prefix}*", count=page)
             if keys:
                 names = [(k.decode() if isinstance(k, bytes) else str(k)) for k in keys]
-                replies = self._read(names)
+                replies = [
+                    r for at in range(0, len(names), READ_CHUNK) for r in self._read(names[at : at + READ_CHUNK])
+                ]
                 yield [(name[len(prefix) :], self._decode(_as_hash(r))) for name, r in zip(names, replies, strict=True)]
             if cursor == 0:
                 return

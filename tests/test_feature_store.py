@@ -1,4 +1,5 @@
 import bytewax.operators as op
+import pytest
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -6,7 +7,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from models.fraud_features import CardProfile, parse_profile
 from operators.enrich import enrich_batch
 from sluice.processes import free_port
-from state.feature_store import READ_CHUNK, FeatureStore, Profile, Unreadable
+from state.feature_store import READ_CHUNK, FeatureStore, Profile, RedisUnavailable, Unreadable, check_redis
 
 
 class FakeClock:
@@ -156,3 +157,34 @@ def test_reads_go_on_after_redis_forgets_its_scripts(stack):
     redis.Redis.from_url(stack.redis_url).script_flush()
     got, down = store.get_many(["a"])
     assert got["a"] == {"v": "1"} and not down and store.failures == 0
+
+
+def test_a_failed_call_loses_only_its_own_keys_and_those_after_it(stack):
+    """Keys of the calls before a failure are served and cached; the rest are answered "store down"."""
+
+    class FailsAfterOneCall(FeatureStore[Profile]):
+        def _read(self, keys: list[str]) -> list[object]:
+            replies = super()._read(keys)
+            self._client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+            return replies
+
+    n = READ_CHUNK + 10
+    store = FailsAfterOneCall(stack.redis_url, "fs-partial", ttl_s=60, failures_to_open=5)
+    store.put_many({f"c{i}": {"v": i} for i in range(n)})
+    got, down = store.get_many([f"c{i}" for i in range(n)])
+    assert down and store.failures == 1 and (store.misses, store.down) == (READ_CHUNK, 10)
+    assert got["c0"] == {"v": "0"} and got[f"c{READ_CHUNK - 1}"] == {"v": str(READ_CHUNK - 1)}
+    assert got[f"c{READ_CHUNK}"] is None  # not read: the caller's fallback
+    assert store.get_many(["c0"])[0]["c0"] == {"v": "0"} and store.hits == 1  # the first call's keys were cached
+
+
+def test_a_redis_user_that_may_not_run_scripts_is_refused_at_start_in_one_line(stack):
+    admin = redis.Redis.from_url(stack.redis_url)
+    admin.acl_setuser("no-scripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"])
+    try:
+        url = stack.redis_url.replace("redis://", "redis://no-scripts:pw@")
+        with pytest.raises(RedisUnavailable, match="does not let the SLUICE_REDIS_URL user run scripts"):
+            check_redis(url, 2.0)
+        check_redis(stack.redis_url, 2.0)  # the default user may
+    finally:
+        admin.acl_deluser("no-scripts")
