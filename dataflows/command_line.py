@@ -119,7 +119,7 @@ def writes_checkpoints(env: Mapping[str, str]) -> bool:
     can skip it then. A flow built in-process may be given a recovery config by its runner, so it is taken to
     write them.
     """
-    return not under_bytewax_run() or BytewaxCommandLine.parse(sys.argv[1:], env).recovery_dir is not None
+    return not under_bytewax_run() or BytewaxCommandLine.of_this_process(env).recovery_dir is not None
 
 
 def under_bytewax_run() -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,16 @@ N_FEATURES = len(FEATURE_NAMES)
 
 def local_hour(event_ms: int, country: str) -> int:
     """Hour of day (0-23) at ``country``'s UTC offset."""
-    return int((event_ms // 3_600_000 + UTC_OFFSET_H.get(country, 0)) % 24)
+    return int(hour_at(event_ms, UTC_OFFSET_H.get(country, 0)))
+
+
+def hour_at(event_ms: Any, offset_h: Any) -> Any:
+    """Hour of day (0-23) of ``event_ms`` at UTC offset ``offset_h``: numbers, or numpy arrays of them (a batch).
+
+    >>> hour_at(3_600_000, -5), hour_at(np.array([0, 3_600_000]), np.array([1, 9])).tolist()
+    (20, [1, 10])
+    """
+    return (event_ms // 3_600_000 + offset_h) % 24
 
 
 @tuple_pickled  # crosses processes at keyed steps
@@ -145,8 +155,10 @@ def feature_rows(
     ).reshape(n, 4)
     window = np.array(windows, dtype=np.float64).reshape(n, 6)
     amount = np.fromiter([t.amount for t in txns], np.float64, n)
-    hour_utc = np.fromiter([t.event_time_ms for t in txns], np.int64, n) // 3_600_000
-    local = (hour_utc + np.fromiter([UTC_OFFSET_H.get(h, 0) for h in homes], np.int64, n)) % 24
+    local = hour_at(
+        np.fromiter([t.event_time_ms for t in txns], np.int64, n),
+        np.fromiter([UTC_OFFSET_H.get(h, 0) for h in homes], np.int64, n),
+    )
     out = np.empty((n, N_FEATURES), dtype=np.float64)
     out[:, 0] = np.log1p(amount)
     out[:, 1] = np.log(amount / np.maximum(profile[:, 0], 0.01))
