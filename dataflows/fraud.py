@@ -60,11 +60,12 @@ from operators.dead_letter import DeadLetter, parse_or_dead_letter
 from operators.enrich import FetchMany, enrich_batch
 from operators.event_windows import (
     Features,
-    Recent,
+    RecentEvents,
     Windowed,
     WindowSpec,
     WindowStatus,
     beside_buckets,
+    recent_rows,
     sliding_features,
 )
 from operators.kafka.output import kafka_output
@@ -106,7 +107,7 @@ class EnrichedEvent:
     profile: CardProfile | None
     profile_problem: str | None  # why a profile that exists could not be used
     store_down: bool
-    recent: Recent | None = None  # (time, amount, (category, country)) columns, this event last
+    recent: RecentEvents | None = None  # flat (time, amount, (category, country)) triples, this event last
 
     def flags(self) -> list[str]:
         """Why this decision was made with less than the full picture (empty when it was not)."""
@@ -123,7 +124,7 @@ class EnrichedEvent:
 
     def sequence(self) -> np.ndarray:
         """The stage-2 input: the card's recent events as the sequence model sees them."""
-        recent = [] if self.recent is None else [(t, v, e[0], e[1]) for t, v, e in self.recent.rows()]
+        recent = [] if self.recent is None else [(t, v, e[0], e[1]) for t, v, e in recent_rows(self.recent)]
         return sequence_rows(recent, self.profile)
 
 
@@ -306,7 +307,7 @@ def needs_note(s: Scored, settings: FraudSettings) -> bool:
 def pending_note(s: Scored, policy: Policy) -> PendingNote:
     txn, item = s.item.event.txn, s.item
     scores = ((s.stage1_kind, s.stage1),) + (() if s.stage2 is None else (("gru", s.stage2),))
-    rows = [] if item.recent is None else item.recent.rows()
+    rows = [] if item.recent is None else recent_rows(item.recent)
     recent = tuple((txn.event_time_s - t, v, e[0]) for t, v, e in rows[-6:-1])
     case = Case(
         event_id=txn.event_id,

@@ -57,7 +57,7 @@ from operators.metrics import PROCESS, WINDOW_EVENTS
 from operators.probes import Origin, StageProbe
 from operators.shard_keys import worker_keys, worker_of
 from state.tuple_pickle import tuple_pickled
-from state.windows import Features, Recent, SlidingAggregates, WindowSpec
+from state.windows import Features, RecentEvents, SlidingAggregates, WindowSpec, recent_rows
 
 E = TypeVar("E")
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ LARGE_BUCKET_BYTES = 1 << 20  # a snapshot this large, mostly of unchanged keys,
 STATE_LAYOUT = 1  # what a bucket's snapshot holds: (STATE_LAYOUT, bucket count, {key: pickled WindowState})
 BucketState = tuple[int, int, dict[str, bytes]]
 
-__all__ = ["Features", "Recent", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "sliding_features"]
+__all__ = [
+    "Features", "RecentEvents", "SlidingAggregates", "WindowSpec", "WindowStatus", "Windowed", "recent_rows", "sliding_features"
+]  # fmt: skip
 
 
 class WindowStatus(StrEnum):
@@ -87,7 +89,7 @@ class Windowed(Generic[E]):
     event: E
     features: Features | None
     status: WindowStatus
-    recent: Recent | None = None  # the key's latest events (time, value, extra), this event last
+    recent: RecentEvents | None = None  # the key's latest events, flat (time, value, extra) triples, this event last
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +145,9 @@ def _windower(cfg: _StepConfig[E]) -> Windower[E]:
         extra = extra_of(ev) if extra_of is not None else None
         feats = None if t > horizon else agg.add(t, value(ev), tag(ev), event_id, extra)
         if feats is not None:
-            return Windowed(ev, feats, WindowStatus.OK, agg.recent_columns(t, n) if n else None)
+            return Windowed(ev, feats, WindowStatus.OK, agg.recent_events(t, n) if n else None)
         status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
-        recent = agg.recent_columns(t, n - 1).with_event(t, value(ev), extra) if n else None  # as if it were there
+        recent = [*agg.recent_events(t, n - 1), t, value(ev), extra] if n else None  # as if it were there
         if PROCESS.on:
             WINDOW_EVENTS.add((stage, status.value))
         return Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent)

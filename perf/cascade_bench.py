@@ -217,7 +217,7 @@ def _cases(n_events: int, model: str) -> list[Any]:
         if feats is None:
             continue
         event = CardEvent(SourceRecord("tx", 0, i, t.card_id.encode(), b""), t)
-        recent = agg.recent_columns(t.event_time_s, 32)
+        recent = agg.recent_events(t.event_time_s, 32)
         items.append(EnrichedEvent(event, feats, WindowStatus.OK, profiles[t.card_id], None, False, recent))
     settings = FraudSettings()
     scored = cascade_batch(cascade, cascade.version, items, Policy())

@@ -21,8 +21,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from state.tuple_pickle import tuple_pickled
-
 Features = tuple[float, ...]
 
 
@@ -50,27 +48,40 @@ class WindowSpec:
             names += [f"{name}_count", f"{name}_sum"]
         return (*names, "distinct", "secs_since_prev")
 
+    @functools.cached_property  # read by every event's features
+    def window_lengths(self) -> tuple[float, ...]:
+        return tuple(w for _, w in self.windows)
+
     @functools.cached_property  # read by every new key's aggregates
     def horizon_s(self) -> float:
         return max([w for _, w in self.windows] + [self.distinct_window_s, self.gap_cap_s])
 
 
-@tuple_pickled  # crosses processes at keyed steps
-@dataclass(slots=True)
-class Recent:
-    """A key's latest events as columns (copies: later events do not change them), oldest first."""
+RecentEvents = list[Any]
+"""A key's latest events, oldest first, as one flat list ``[time, value, extra, time, value, extra, ...]``
+(a copy: later events do not change it). One slice of the key's state per event, where three columns and an
+object to hold them cost three more allocations for every event, and a caller reads the rows of only a few
+(the fraud flow escalates about one event in thirty): :func:`recent_rows` gives them."""
 
-    times: list[float]
-    values: list[float]
-    extras: list[Any]
 
-    def rows(self) -> list[tuple[float, float, Any]]:
-        """``(time, value, extra)`` per event."""
-        return list(zip(self.times, self.values, self.extras, strict=True))
+def Recent(times: list[float], values: list[float], extras: list[Any]) -> RecentEvents:  # noqa: N802
+    """An event's recent events as a recovery store written before 2026-12-02 holds them: their pickle calls
+    ``state.windows.Recent(times, values, extras)`` (then a class of three columns), and gets them flat.
 
-    def with_event(self, t: float, value: float, extra: Any) -> Recent:
-        """These events and one more, last (for an event that is not added to the window)."""
-        return Recent([*self.times, t], [*self.values, value], [*self.extras, extra])
+    >>> Recent([1.0, 2.0], [5.0, 6.0], ["x", "y"])
+    [1.0, 5.0, 'x', 2.0, 6.0, 'y']
+    """
+    return [x for row in zip(times, values, extras, strict=True) for x in row]
+
+
+def recent_rows(recent: RecentEvents) -> list[tuple[float, float, Any]]:
+    """``(time, value, extra)`` per event of a :data:`RecentEvents`.
+
+    >>> recent_rows([1.0, 5.0, "x", 2.0, 6.0, "y"])
+    [(1.0, 5.0, 'x'), (2.0, 6.0, 'y')]
+    """
+    triples = iter(recent)
+    return list(zip(triples, triples, triples, strict=True))
 
 
 WindowState = tuple[list[float], list[float], list[Hashable], list[Hashable], list[Any], float]
@@ -93,9 +104,13 @@ class SlidingAggregates:
     event with that id is still in the window, so a re-sent event is recognised. They
     may also carry an ``extra`` (any small value kept with the event), which
     :meth:`recent` returns with the key's latest events, e.g. for a sequence model.
+
+    The events are held as columns (``times``, ``values``, ``tags``, ``ids``: what the features and
+    duplicate ids read) and once more as one flat list of ``(time, value, extra)`` triples, of which
+    :meth:`recent_events` hands each event a single slice.
     """
 
-    __slots__ = ("spec", "times", "values", "tags", "ids", "extras", "newest", "keep_s", "_id_set")
+    __slots__ = ("spec", "times", "values", "tags", "ids", "triples", "newest", "keep_s", "_id_set")
 
     def __init__(self, spec: WindowSpec, state: WindowState | None = None):
         self.spec = spec
@@ -105,12 +120,12 @@ class SlidingAggregates:
             self.values: list[float] = []
             self.tags: list[Hashable] = []
             self.ids: list[Hashable] = []
-            self.extras: list[Any] = []
+            self.triples: RecentEvents = []
             self.newest = float("-inf")
         else:
             times, values, tags, ids, extras, self.newest = state
             self.times, self.values, self.tags, self.ids = list(times), list(values), list(tags), list(ids)
-            self.extras = list(extras)
+            self.triples = [x for row in zip(times, values, extras, strict=True) for x in row]
         self._id_set = {i for i in self.ids if i is not None}
 
     def is_late(self, t: float) -> bool:
@@ -124,23 +139,29 @@ class SlidingAggregates:
         self, t: float, value: float, tag: Hashable, event_id: Hashable = None, extra: Any = None
     ) -> Features | None:
         """Add an event at ``t`` seconds; return its features, or None if it is late."""
-        if self.is_late(t):
+        if t < self.newest - self.spec.allowed_lateness_s:  # is_late, without a call: this runs for every event
             return None
         i = self._insert(t, value, tag, event_id, extra)
         if t > self.newest:
             self.newest = t
         feats = self._features(t, i)
-        self._evict()
+        times = self.times
+        if times[0] <= self.newest - self.keep_s or len(times) > self.spec.max_events_per_key:
+            self._evict()  # something to drop (the usual event drops nothing: no call, no search)
         return feats
 
     def peek(self, t: float, value: float, tag: Hashable) -> Features:
         """The features an event at ``t`` gets from the events held, without keeping it
         (for events that must not move the window: late, or dated too far ahead)."""
-        i = self._insert(t, value, tag, None, None)
+        times, values, tags = self.times, self.values, self.tags  # all the features read
+        i = bisect_right(times, t)
+        times.insert(i, t)
+        values.insert(i, value)
+        tags.insert(i, tag)
         try:
             return self._features(t, i)
         finally:
-            del self.times[i], self.values[i], self.tags[i], self.ids[i], self.extras[i]
+            del times[i], values[i], tags[i]
 
     def recent(self, t: float, n: int) -> list[tuple[float, float, Any]]:
         """The key's last ``n`` events at or before ``t`` as ``(time, value, extra)``, oldest first.
@@ -150,20 +171,21 @@ class SlidingAggregates:
         >>> agg.recent(20.0, 2)
         [(10.0, 11.0, 'x10'), (20.0, 21.0, 'x20')]
         """
-        return self.recent_columns(t, n).rows()
+        return recent_rows(self.recent_events(t, n))
 
-    def recent_columns(self, t: float, n: int) -> Recent:
-        """:meth:`recent` as three columns: three slice copies instead of ``n`` tuples, for a caller that
-        needs the rows of only a few events (the fraud flow escalates about one event in forty).
+    def recent_events(self, t: float, n: int) -> RecentEvents:
+        """:meth:`recent` as a :data:`RecentEvents`: one slice, for a caller that needs the rows of only a few
+        events.
 
         >>> agg = SlidingAggregates(WindowSpec())
         >>> for t in (0.0, 10.0, 20.0): _ = agg.add(t, t + 1, "m", extra=f"x{t:g}")
-        >>> agg.recent_columns(20.0, 2).rows() == agg.recent(20.0, 2)
-        True
+        >>> agg.recent_events(20.0, 2)
+        [10.0, 11.0, 'x10', 20.0, 21.0, 'x20']
         """
-        hi = bisect_right(self.times, t)
-        lo = max(0, hi - n)
-        return Recent(self.times[lo:hi], self.values[lo:hi], self.extras[lo:hi])
+        times = self.times
+        hi = len(times) if times and t >= times[-1] else bisect_right(times, t)  # the usual case: t is the newest
+        lo = hi - n if hi > n else 0
+        return self.triples[3 * lo : 3 * hi]
 
     def _insert(self, t: float, value: float, tag: Hashable, event_id: Hashable, extra: Any) -> int:
         times = self.times
@@ -173,30 +195,46 @@ class SlidingAggregates:
             self.values.append(value)
             self.tags.append(tag)
             self.ids.append(event_id)
-            self.extras.append(extra)
+            self.triples += (t, value, extra)
         else:
             i = bisect_right(times, t)
             times.insert(i, t)
             self.values.insert(i, value)
             self.tags.insert(i, tag)
             self.ids.insert(i, event_id)
-            self.extras.insert(i, extra)
+            self.triples[3 * i : 3 * i] = (t, value, extra)
         if event_id is not None:
             self._id_set.add(event_id)
         return i
 
     def _features(self, t: float, i: int) -> Features:
+        """The features of the event at index ``i`` (time ``t``): what the events at or before it give.
+
+        Written for a key holding a few events, the usual case (~5 for a card): a window reaching past
+        the key's oldest event starts at 0 without a search, a window holding only this event is read
+        without a slice, and each number is made without a builtin call where an operator does. Every
+        result is the one the plain definition gives, bit for bit (sums run in the same order; ``0.0 + v``
+        is ``float(sum([v]))``); a hypothesis test holds it to a brute-force oracle.
+        """
         spec, times, values = self.spec, self.times, self.values
         hi = i + 1  # events at or before t (ties after i arrived later and are excluded)
+        oldest, span = times[0], spec.distinct_window_s
         out: list[float] = []
-        for _, w in spec.windows:
-            lo = bisect_right(times, t - w, 0, hi)
-            out.append(float(hi - lo))
-            out.append(float(sum(values[lo:hi])))
-        lo = bisect_right(times, t - spec.distinct_window_s, 0, hi)
-        out.append(float(len(set(self.tags[lo:hi]))))
-        gap = t - times[i - 1] if i > 0 else spec.gap_cap_s
-        out.append(min(gap, spec.gap_cap_s))
+        first = -1  # where the distinct span starts, when it is one of the windows (found once, not twice)
+        for w in spec.window_lengths:
+            start = t - w
+            lo = 0 if oldest > start else bisect_right(times, start, 0, hi)
+            out.append(hi - lo + 0.0)
+            out.append(0.0 + values[i] if lo == i else float(sum(values[lo:hi])))
+            if w == span:
+                first = lo
+        if first < 0:
+            start = t - span
+            first = 0 if oldest > start else bisect_right(times, start, 0, hi)
+        out.append(1.0 if first == i else float(len(set(self.tags[first:hi]))))
+        cap = spec.gap_cap_s
+        gap = t - times[i - 1] if i > 0 else cap
+        out.append(cap if cap < gap else gap)  # min(gap, cap), as min() picks
         return tuple(out)
 
     def _evict(self) -> None:
@@ -205,7 +243,7 @@ class SlidingAggregates:
         if drop > 0:
             for event_id in self.ids[:drop]:
                 self._id_set.discard(event_id)
-            del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.extras[:drop]
+            del self.times[:drop], self.values[:drop], self.tags[:drop], self.ids[:drop], self.triples[: 3 * drop]
 
     def pickled(self) -> bytes:
         """The key's state, pickled: what :meth:`unpickled` resumes from.
@@ -215,7 +253,7 @@ class SlidingAggregates:
         >>> SlidingAggregates.unpickled(WindowSpec(), agg.pickled()).seen("e1")
         True
         """
-        parts = (self.times, self.values, self.tags, self.ids, self.extras, self.newest)
+        parts = (self.times, self.values, self.tags, self.ids, self.triples[2::3], self.newest)  # extras: the layout
         return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod

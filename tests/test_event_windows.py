@@ -79,9 +79,10 @@ def test_a_key_keeps_at_most_max_events_per_key_and_peek_leaves_the_extras_in_st
     agg = SlidingAggregates(WindowSpec(max_events_per_key=3))
     for t in range(5):
         agg.add(float(t), 1.0, "m", extra=f"x{t}")
-    assert agg.times == [2.0, 3.0, 4.0] and agg.extras == ["x2", "x3", "x4"]  # the newest three
-    agg.peek(2.5, 9.0, "m")  # inserted in the middle, then taken out again: every column
+    assert agg.times == [2.0, 3.0, 4.0] and agg.triples == [2.0, 1.0, "x2", 3.0, 1.0, "x3", 4.0, 1.0, "x4"]
+    agg.peek(2.5, 9.0, "m")  # inserted in the middle, then taken out again: every column it touched
     assert agg.recent(4.0, 3) == [(2.0, 1.0, "x2"), (3.0, 1.0, "x3"), (4.0, 1.0, "x4")]
+    assert (len(agg.times), len(agg.values), len(agg.tags), len(agg.ids), len(agg.triples)) == (3, 3, 3, 3, 9)
 
 
 @settings(max_examples=50, deadline=None)
@@ -97,6 +98,70 @@ def test_matches_brute_force_and_state_stays_bounded(events):
         assert abs(feats[1] - sum(x[1] for x in in_1m)) < 1e-6
         # nothing older than the horizon plus lateness is kept
         assert all(x >= agg.newest - SPEC.horizon_s - SPEC.allowed_lateness_s for x in agg.times)
+
+
+class _Oracle:
+    """The window's definition, written plainly: every held event in a sorted list, each feature a scan."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec, self.newest = spec, float("-inf")
+        self.held: list[tuple[float, float, str]] = []
+
+    def features(self, t: float, upto: list) -> tuple[float, ...]:
+        spec, out = self.spec, []
+        for _, w in spec.windows:
+            inside = [v for (u, v, _) in upto if u > t - w]
+            out += [float(len(inside)), float(sum(inside))]
+        out.append(float(len({tag for (u, _, tag) in upto if u > t - spec.distinct_window_s})))
+        gap = t - upto[-2][0] if len(upto) > 1 else spec.gap_cap_s
+        return (*out, min(gap, spec.gap_cap_s))
+
+    def add(self, t: float, v: float, tag: str) -> tuple[float, ...] | None:
+        spec = self.spec
+        if t < self.newest - spec.allowed_lateness_s:
+            return None
+        i = sum(1 for (u, _, _) in self.held if u <= t)  # after the events at the same time: they came first
+        self.held.insert(i, (t, v, tag))
+        self.newest = max(self.newest, t)
+        feats = self.features(t, self.held[: i + 1])
+        keep_from = self.newest - spec.horizon_s - spec.allowed_lateness_s
+        self.held = [e for e in self.held if e[0] > keep_from][-spec.max_events_per_key :]
+        return feats
+
+    def recent(self, t: float, n: int) -> list[tuple[float, float, str]]:
+        return [(u, v, tag.upper()) for (u, v, tag) in self.held if u <= t][-n:]  # the extra: the tag, upper case
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 400).map(float), st.sampled_from([0.5, 1.0, 2.25, 7.0, 1e6]), st.sampled_from("abc")),
+        min_size=1,
+        max_size=80,
+    ),
+    st.sampled_from([(("a", 10.0), ("b", 60.0)), (("a", 30.0),), (("a", 5.0), ("b", 20.0), ("c", 90.0))]),
+    st.sampled_from([20.0, 60.0, 45.0]),
+    st.integers(1, 12),
+    st.sampled_from([0.0, 15.0]),
+)
+def test_every_feature_and_recent_event_equals_the_plain_definition_bit_for_bit(
+    events, windows, distinct_s, max_events, lateness
+):
+    """Out-of-order and late events, eviction by age and by count, windows holding one event or all of them,
+    a distinct span equal to a window or to none: the fast paths give exactly what the definition gives."""
+    spec = WindowSpec(
+        windows=windows, distinct_window_s=distinct_s, gap_cap_s=50.0, allowed_lateness_s=lateness,
+        max_events_per_key=max_events,
+    )  # fmt: skip
+    agg, oracle = SlidingAggregates(spec), _Oracle(spec)
+    for t, v, tag in events:
+        peeked = agg.peek(t, v, tag) if agg.times else None
+        if peeked is not None:
+            assert peeked == oracle.features(t, [e for e in oracle.held if e[0] <= t] + [(t, v, tag)])
+        assert agg.add(t, v, tag, extra=tag.upper()) == oracle.add(t, v, tag)
+        assert agg.recent(t, 4) == oracle.recent(t, 4)
+    resumed = SlidingAggregates.unpickled(spec, agg.pickled())
+    assert (resumed.triples, resumed.times, resumed.tags) == (agg.triples, agg.times, agg.tags)
 
 
 def _run(items, idle=timedelta(hours=1), **kwargs):

@@ -123,10 +123,10 @@ def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, c
             continue  # becomes a dead letter with its reason
         extra = (txn.merchant_category, txn.country)
         feats = window.add(txn.event_time_s, txn.amount, txn.merchant_id, txn.event_id, extra)
-        status, recent = WindowStatus.OK, window.recent_columns(txn.event_time_s, 32)
+        status, recent = WindowStatus.OK, window.recent_events(txn.event_time_s, 32)
         if feats is None:
             feats, status = window.peek(txn.event_time_s, txn.amount, txn.merchant_id), WindowStatus.LATE
-            recent = window.recent_columns(txn.event_time_s, 31).with_event(txn.event_time_s, txn.amount, extra)
+            recent = [*window.recent_events(txn.event_time_s, 31), txn.event_time_s, txn.amount, extra]
         # the flow's own enrichment: a store that is down returns nothing for the card (cached ones still serve)
         lookup = None if store_down else decode_reply(reply, parse_profile)
         windowed = Windowed(CardEvent(SourceRecord("tx", 0, offset, b"k", raw), txn), feats, status, recent)

@@ -11,14 +11,14 @@ from models.fraud_features import CardProfile
 from models.transaction import Transaction
 from operators.event_windows import Windowed, WindowStatus
 from operators.kafka.records import KafkaRecord, SourceRecord
-from state.windows import Recent
+from state import windows
 
 SOURCE = SourceRecord(
     "transactions", 3, 41, b"card-1", b'{"event_id": "e1"}', 1_700_000_000_000, [("traceparent", b"00")]
 )
 TXN = Transaction("e1", "card-1", 12.5, "USD", "m1", "grocery", "FR", 1_700_000_000_000, 1.5, "Shop")
 EVENT = CardEvent(SOURCE, TXN)
-RECENT = Recent([1.0, 2.0], [3.0, 4.0], [("grocery", "FR"), ("travel", "US")])
+RECENT = [1.0, 3.0, ("grocery", "FR"), 2.0, 4.0, ("travel", "US")]
 PROFILE = CardProfile("FR", 40.0, 400.0, 1.0)
 FEATURES = (1.0, 12.5, 2.0, 20.0, 1.0, 30.0)
 ENRICHED = EnrichedEvent(EVENT, FEATURES, WindowStatus.OK, PROFILE, None, False, RECENT)
@@ -27,7 +27,6 @@ SAMPLES = [
     TXN,
     EVENT,
     KafkaRecord("decisions", b"card-1", b"{}", [("sluice.id", b"transactions/3/41")], 2),
-    RECENT,
     PROFILE,
     Windowed(EVENT, FEATURES, WindowStatus.LATE, RECENT),
     ENRICHED,
@@ -74,3 +73,22 @@ def test_a_pickle_written_before_tuple_pickling_still_loads(obj):
     finally:
         type(obj).__reduce__ = reduce
     assert pickle.loads(old) == obj
+
+
+class _OldRecent:
+    """How the code before 2026-12-02 pickled an event's recent events: a tuple-pickled class of three columns,
+    ``state.windows.Recent(times, values, extras)``."""
+
+    def __init__(self, times: list[float], values: list[float], extras: list[tuple[str, str]]) -> None:
+        self.columns = (times, values, extras)
+
+    def __reduce__(self):
+        return windows.Recent, self.columns
+
+
+def test_recent_events_pickled_by_the_code_before_load_flat():
+    """A recovery store holds the events waiting in a micro-batch at a checkpoint, their recent events included."""
+    recent = _OldRecent([1.0, 2.0], [3.0, 4.0], [("grocery", "FR"), ("travel", "US")])
+    old = pickle.dumps(EnrichedEvent(EVENT, FEATURES, WindowStatus.OK, PROFILE, None, False, recent))  # type: ignore[arg-type]
+    assert b"Recent" in old
+    assert pickle.loads(old) == ENRICHED
