@@ -111,6 +111,8 @@ class EnrichedEvent:
 
     def flags(self) -> list[str]:
         """Why this decision was made with less than the full picture (empty when it was not)."""
+        if self.profile is not None and self.status is WindowStatus.OK:
+            return []  # nearly every event: a profile means the store answered and the profile was valid
         out = []
         if self.status is not WindowStatus.OK:
             out.append(f"event_{self.status.value}")
@@ -256,7 +258,8 @@ def _decision_body(s: Scored) -> dict[str, Any]:
 
 def _output_headers(source: SourceRecord) -> Headers:
     """What a decision-like record carries besides its body: the input's identity and its trace."""
-    return [source.identity(), *trace_headers(source)]
+    identity = source.identity()
+    return [identity, *trace_headers(source)] if source.headers else [identity]
 
 
 def decision_records(batch: list[Scored], settings: FraudSettings) -> list[KafkaRecord]:
