@@ -3,12 +3,14 @@
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from operators.kafka.records import KafkaRecord
 from perf.bench import HEADLINE_KEYS, RunConfig, RunResult, headline_figures, main, max_sustainable
+from perf.instructions import callgrind_command, collected
 from sluice.harness.collector import latency_histogram, latency_summary
 from sluice.harness.loadgen import send_open_loop
 
@@ -148,3 +150,13 @@ def test_every_option_a_drain_run_reads_is_on_the_command_line_the_other_benchma
     parsed = vars(arguments().parse_args([]))
     read = set(re.findall(r"args\.(\w+)", inspect.getsource(drain_once)))
     assert read and read <= set(parsed), read - set(parsed)
+
+
+def test_the_instruction_count_is_read_from_callgrind_and_a_missing_one_is_an_error_quoting_its_output():
+    log = "==7== Events    : Ir\n==7== Collected : 1102357916\n==7==\n==7== I   refs:      1,102,357,916\n"
+    assert collected(log) == 1_102_357_916
+    with pytest.raises(RuntimeError, match="valgrind: failed to start"):
+        collected("valgrind: failed to start tool 'callgrind'")
+    cmd = callgrind_command(5000, Path("/tmp/out"), ["max_batch=64"])
+    assert "--toggle-collect=*run_main*" in cmd and cmd[cmd.index("--events") + 1] == "5000"
+    assert cmd[-2:] == ["--set", "max_batch=64"]  # the caller's settings last: they win over the fixed deadlines
