@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from operators.kafka.records import KafkaRecord
-from perf.bench import HEADLINE_KEYS, RunConfig, RunResult, headline_figures, main, max_sustainable
+from perf.bench import HEADLINE_KEYS, RunConfig, RunResult, headline_figures, main, max_sustainable, systems_at
 from perf.instructions import callgrind_command, collected
 from sluice.harness.collector import latency_histogram, latency_summary
 from sluice.harness.loadgen import send_open_loop
@@ -160,3 +160,11 @@ def test_the_instruction_count_is_read_from_callgrind_and_a_missing_one_is_an_er
     cmd = callgrind_command(5000, Path("/tmp/out"), ["max_batch=64"])
     assert "--toggle-collect=*run_main*" in cmd and cmd[cmd.index("--events") + 1] == "5000"
     assert cmd[-2:] == ["--set", "max_batch=64"]  # the caller's settings last: they win over the fixed deadlines
+
+
+def test_a_flow_saturated_below_20k_still_runs_at_20k_so_the_summary_keeps_its_20k_figures():
+    """A grid of 10k, 15k and 20k once recorded a summary without p99_ms_at_20k: the flow saturated at 15k and
+    skipped 20k."""
+    assert systems_at(15_000, ["limit-raw", "fraud"], {"fraud"}) == ["limit-raw"]
+    assert systems_at(20_000, ["limit-raw", "fraud"], {"fraud"}) == ["limit-raw", "fraud"]
+    assert systems_at(25_000, ["limit-raw", "fraud"], {"fraud"}) == ["limit-raw"]
