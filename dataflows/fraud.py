@@ -105,23 +105,21 @@ class EnrichedEvent:
     features: Features
     status: WindowStatus
     profile: CardProfile | None
-    profile_problem: str | None  # why a profile that exists could not be used
-    store_down: bool
+    profile_problem: str | None  # why a profile that exists could not be used (then ``profile`` is None)
+    store_down: bool  # the store could not be read *and* this event has no profile (a cached one still serves)
     recent: RecentEvents | None = None  # flat (time, amount, (category, country)) triples, this event last
 
     def flags(self) -> list[str]:
-        """Why this decision was made with less than the full picture (empty when it was not)."""
-        if self.profile is not None and self.status is WindowStatus.OK:
-            return []  # nearly every event: a profile means the store answered and the profile was valid
-        out = []
-        if self.status is not WindowStatus.OK:
-            out.append(f"event_{self.status.value}")
-        if self.store_down:
-            out.append("feature_store_down")
-        elif self.profile_problem is not None:
-            out.append("profile_invalid")
-        elif self.profile is None:
-            out.append("profile_missing")
+        """Why this decision was made with less than the full picture (empty when it was not). Only an event
+        without a profile has a profile flag: the store was down, the profile was invalid, or there was none."""
+        out = [] if self.status is WindowStatus.OK else [f"event_{self.status.value}"]
+        if self.profile is None:
+            if self.store_down:
+                out.append("feature_store_down")
+            elif self.profile_problem is not None:
+                out.append("profile_invalid")
+            else:
+                out.append("profile_missing")
         return out
 
     def sequence(self) -> np.ndarray:

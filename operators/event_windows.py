@@ -147,7 +147,7 @@ def _windower(cfg: _StepConfig[E]) -> Windower[E]:
         if feats is not None:
             return Windowed(ev, feats, WindowStatus.OK, agg.recent_events(t, n) if n else None)
         status = WindowStatus.AHEAD if t > horizon else WindowStatus.LATE
-        recent = [*agg.recent_events(t, n - 1), t, value(ev), extra] if n else None  # as if it were there
+        recent = agg.recent_events_with(t, value(ev), extra, n) if n else None
         if PROCESS.on:
             WINDOW_EVENTS.add((stage, status.value))
         return Windowed(ev, agg.peek(t, value(ev), tag(ev)), status, recent)
@@ -338,16 +338,19 @@ def sliding_features(
 ) -> KeyedStream[Windowed[E]]:
     """Attach sliding-window features to every event of every key.
 
-    ``ts_getter`` gives the event time in seconds, ``value_getter`` the value
-    summed, ``tag_getter`` the attribute counted distinct. Every event comes out
+    ``ts_getter`` gives the event time in seconds (a NaN time is late), ``value_getter``
+    the value summed (a ``float`` or an ``int``), ``tag_getter`` the attribute counted
+    distinct. Every event comes out
     once as a :class:`Windowed` with its status: added (``ok``); ``late`` (older than
     the key's newest event minus ``spec.allowed_lateness_s``) or ``ahead`` (dated more
     than ``max_ahead`` after the clock): both get features computed from the events
     the window holds but do not move it, so one event dated 2035 cannot make every
     later real event late; ``duplicate`` (``id_getter`` gave an id already in the
     window): not counted twice. With ``recent`` > 0, each event also comes with the
-    key's last ``recent`` events ``(time, value, extra)`` (``extra_getter`` picks what is
-    kept of each), itself last: the input of a sequence model.
+    key's last ``recent`` events as one flat list of ``time, value, extra`` triples
+    (:data:`~state.windows.RecentEvents`; :func:`~state.windows.recent_rows` makes them
+    rows; ``extra_getter`` picks what is kept of each), itself last: the input of a
+    sequence model.
 
     A key whose events stop for ``idle_timeout`` (system time) is dropped, which
     keeps state bounded. A key keeps its events for ``spec.horizon_s`` plus

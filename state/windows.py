@@ -49,8 +49,13 @@ class WindowSpec:
         return (*names, "distinct", "secs_since_prev")
 
     @functools.cached_property  # read by every event's features
-    def window_lengths(self) -> tuple[float, ...]:
-        return tuple(w for _, w in self.windows)
+    def spans(self) -> tuple[tuple[float, bool, bool], ...]:
+        """``(length, a window's count and sum, the distinct span)`` for each span whose start the features
+        search: the windows, then the distinct span when it is not one of them (found once, not twice)."""
+        out = [(w, True, w == self.distinct_window_s) for _, w in self.windows]
+        if not any(distinct for _, _, distinct in out):
+            out.append((self.distinct_window_s, False, True))
+        return tuple(out)
 
     @functools.cached_property  # read by every new key's aggregates
     def horizon_s(self) -> float:
@@ -64,14 +69,29 @@ object to hold them cost three more allocations for every event, and a caller re
 (the fraud flow escalates about one event in thirty): :func:`recent_rows` gives them."""
 
 
-def Recent(times: list[float], values: list[float], extras: list[Any]) -> RecentEvents:  # noqa: N802
-    """An event's recent events as a recovery store written before 2026-12-02 holds them: their pickle calls
-    ``state.windows.Recent(times, values, extras)`` (then a class of three columns), and gets them flat.
+def _flat(times: list[float], values: list[float], extras: list[Any]) -> RecentEvents:
+    return [x for row in zip(times, values, extras, strict=True) for x in row]
+
+
+class Recent(list[Any]):
+    """Only to load what a recovery store written before 2026-12-02 holds for an event waiting in a
+    micro-batch: its recent events as the class of three columns this name was. Since 2026-12-02 (morning)
+    those pickles call ``Recent(times, values, extras)``; before, they built the object empty and set its
+    three fields. Either way the result is the :data:`RecentEvents` list (it pickles as a plain list).
 
     >>> Recent([1.0, 2.0], [5.0, 6.0], ["x", "y"])
     [1.0, 5.0, 'x', 2.0, 6.0, 'y']
     """
-    return [x for row in zip(times, values, extras, strict=True) for x in row]
+
+    def __new__(cls, *columns: list[Any]) -> Any:
+        return _flat(*columns) if columns else super().__new__(cls)
+
+    def __setstate__(self, state: tuple[None, dict[str, list[Any]]]) -> None:
+        fields = state[1]
+        self[:] = _flat(fields["times"], fields["values"], fields["extras"])
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
+        return list, (list(self),)
 
 
 def recent_rows(recent: RecentEvents) -> list[tuple[float, float, Any]]:
@@ -125,11 +145,8 @@ class SlidingAggregates:
         else:
             times, values, tags, ids, extras, self.newest = state
             self.times, self.values, self.tags, self.ids = list(times), list(values), list(tags), list(ids)
-            self.triples = [x for row in zip(times, values, extras, strict=True) for x in row]
+            self.triples = _flat(times, values, extras)
         self._id_set = {i for i in self.ids if i is not None}
-
-    def is_late(self, t: float) -> bool:
-        return t < self.newest - self.spec.allowed_lateness_s
 
     def seen(self, event_id: Hashable) -> bool:
         """Whether an event with this id is held (within the window's horizon)."""
@@ -138,8 +155,9 @@ class SlidingAggregates:
     def add(
         self, t: float, value: float, tag: Hashable, event_id: Hashable = None, extra: Any = None
     ) -> Features | None:
-        """Add an event at ``t`` seconds; return its features, or None if it is late."""
-        if t < self.newest - self.spec.allowed_lateness_s:  # is_late, without a call: this runs for every event
+        """Add an event at ``t`` seconds; return its features, or None if it is late. A NaN time is late: it
+        is never held (a NaN among the sorted times would break every search of them)."""
+        if not t >= self.newest - self.spec.allowed_lateness_s:
             return None
         i = self._insert(t, value, tag, event_id, extra)
         if t > self.newest:
@@ -187,6 +205,17 @@ class SlidingAggregates:
         lo = hi - n if hi > n else 0
         return self.triples[3 * lo : 3 * hi]
 
+    def recent_events_with(self, t: float, value: float, extra: Any, n: int) -> RecentEvents:
+        """:meth:`recent_events` as if an event at ``t`` were held, that event last (for an event that does
+        not enter the window: late, or dated too far ahead).
+
+        >>> agg = SlidingAggregates(WindowSpec())
+        >>> for t in (0.0, 10.0, 20.0): _ = agg.add(t, t + 1, "m", extra=f"x{t:g}")
+        >>> agg.recent_events_with(5.0, 9.0, "late", 2)
+        [0.0, 1.0, 'x0', 5.0, 9.0, 'late']
+        """
+        return [*self.recent_events(t, n - 1), t, value, extra]
+
     def _insert(self, t: float, value: float, tag: Hashable, event_id: Hashable, extra: Any) -> int:
         times = self.times
         if not times or t >= times[-1]:
@@ -210,27 +239,26 @@ class SlidingAggregates:
     def _features(self, t: float, i: int) -> Features:
         """The features of the event at index ``i`` (time ``t``): what the events at or before it give.
 
-        Written for a key holding a few events, the usual case (~5 for a card): a window reaching past
-        the key's oldest event starts at 0 without a search, a window holding only this event is read
-        without a slice, and each number is made without a builtin call where an operator does. Every
-        result is the one the plain definition gives, bit for bit (sums run in the same order; ``0.0 + v``
-        is ``float(sum([v]))``); a hypothesis test holds it to a brute-force oracle.
+        Written for a key holding a few events, the usual case (~5 for a card): a span reaching past the
+        key's oldest event starts at 0 without a search, a window holding only this event is read without a
+        slice, and each number is made without a builtin call where an operator does. Every result is the one
+        the plain definition gives, bit for bit, for ``float`` or ``int`` values (sums run in the same order;
+        ``0.0 + v`` is ``float(sum([v]))``, ``-0.0`` included); a hypothesis test holds it to a brute-force
+        oracle.
         """
         spec, times, values = self.spec, self.times, self.values
         hi = i + 1  # events at or before t (ties after i arrived later and are excluded)
-        oldest, span = times[0], spec.distinct_window_s
+        oldest = times[0]
         out: list[float] = []
-        first = -1  # where the distinct span starts, when it is one of the windows (found once, not twice)
-        for w in spec.window_lengths:
+        first = 0  # where the distinct span starts
+        for w, window, distinct in spec.spans:
             start = t - w
             lo = 0 if oldest > start else bisect_right(times, start, 0, hi)
-            out.append(hi - lo + 0.0)
-            out.append(0.0 + values[i] if lo == i else float(sum(values[lo:hi])))
-            if w == span:
+            if window:
+                out.append(hi - lo + 0.0)
+                out.append(0.0 + values[i] if lo == i else float(sum(values[lo:hi])))
+            if distinct:
                 first = lo
-        if first < 0:
-            start = t - span
-            first = 0 if oldest > start else bisect_right(times, start, 0, hi)
         out.append(1.0 if first == i else float(len(set(self.tags[first:hi]))))
         cap = spec.gap_cap_s
         gap = t - times[i - 1] if i > 0 else cap

@@ -1,3 +1,4 @@
+import math
 import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,23 +106,26 @@ class _Oracle:
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec, self.newest = spec, float("-inf")
-        self.held: list[tuple[float, float, str]] = []
+        self.held: list[tuple[float, float, str, str, str]] = []  # (time, value, tag, id, extra)
 
     def features(self, t: float, upto: list) -> tuple[float, ...]:
         spec, out = self.spec, []
         for _, w in spec.windows:
-            inside = [v for (u, v, _) in upto if u > t - w]
+            inside = [e[1] for e in upto if e[0] > t - w]
             out += [float(len(inside)), float(sum(inside))]
-        out.append(float(len({tag for (u, _, tag) in upto if u > t - spec.distinct_window_s})))
+        out.append(float(len({e[2] for e in upto if e[0] > t - spec.distinct_window_s})))
         gap = t - upto[-2][0] if len(upto) > 1 else spec.gap_cap_s
         return (*out, min(gap, spec.gap_cap_s))
 
-    def add(self, t: float, v: float, tag: str) -> tuple[float, ...] | None:
+    def peek(self, t: float, v: float, tag: str) -> tuple[float, ...]:
+        return self.features(t, [e for e in self.held if e[0] <= t] + [(t, v, tag, "", "")])
+
+    def add(self, t: float, v: float, tag: str, event_id: str, extra: str) -> tuple[float, ...] | None:
         spec = self.spec
-        if t < self.newest - spec.allowed_lateness_s:
+        if math.isnan(t) or t < self.newest - spec.allowed_lateness_s:
             return None
-        i = sum(1 for (u, _, _) in self.held if u <= t)  # after the events at the same time: they came first
-        self.held.insert(i, (t, v, tag))
+        i = sum(1 for e in self.held if e[0] <= t)  # after the events at the same time: they came first
+        self.held.insert(i, (t, v, tag, event_id, extra))
         self.newest = max(self.newest, t)
         feats = self.features(t, self.held[: i + 1])
         keep_from = self.newest - spec.horizon_s - spec.allowed_lateness_s
@@ -129,13 +133,17 @@ class _Oracle:
         return feats
 
     def recent(self, t: float, n: int) -> list[tuple[float, float, str]]:
-        return [(u, v, tag.upper()) for (u, v, tag) in self.held if u <= t][-n:]  # the extra: the tag, upper case
+        return [(e[0], e[1], e[4]) for e in self.held if e[0] <= t][-n:]
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 400).map(float), st.sampled_from([0.5, 1.0, 2.25, 7.0, 1e6]), st.sampled_from("abc")),
+        st.tuples(
+            st.one_of(st.integers(0, 400).map(float), st.integers(0, 4000).map(lambda x: x / 10), st.just(math.nan)),
+            st.sampled_from([0.1, 1 / 3, 2.25, 7.0, 1e16, -0.0]),
+            st.sampled_from("abc"),
+        ),
         min_size=1,
         max_size=80,
     ),
@@ -147,21 +155,39 @@ class _Oracle:
 def test_every_feature_and_recent_event_equals_the_plain_definition_bit_for_bit(
     events, windows, distinct_s, max_events, lateness
 ):
-    """Out-of-order and late events, eviction by age and by count, windows holding one event or all of them,
-    a distinct span equal to a window or to none: the fast paths give exactly what the definition gives."""
+    """Out-of-order, late and NaN-dated events, sums that depend on their order, eviction by age and by count,
+    windows holding one event or all of them, a distinct span equal to a window or to none, peeks at an empty
+    window: the fast paths give exactly what the definition gives, and the pickled state is the layout
+    (times, values, tags, ids, extras, newest) that recovery stores hold."""
     spec = WindowSpec(
         windows=windows, distinct_window_s=distinct_s, gap_cap_s=50.0, allowed_lateness_s=lateness,
         max_events_per_key=max_events,
     )  # fmt: skip
     agg, oracle = SlidingAggregates(spec), _Oracle(spec)
-    for t, v, tag in events:
-        peeked = agg.peek(t, v, tag) if agg.times else None
-        if peeked is not None:
-            assert peeked == oracle.features(t, [e for e in oracle.held if e[0] <= t] + [(t, v, tag)])
-        assert agg.add(t, v, tag, extra=tag.upper()) == oracle.add(t, v, tag)
-        assert agg.recent(t, 4) == oracle.recent(t, 4)
+    for k, (t, v, tag) in enumerate(events):
+        if not math.isnan(t):  # repr: -0.0 == 0.0, but a sum of [-0.0] is 0.0
+            assert repr(agg.peek(t, v, tag)) == repr(oracle.peek(t, v, tag))
+        event_id, extra = f"e{k}", tag.upper() + str(k)
+        assert repr(agg.add(t, v, tag, event_id, extra)) == repr(oracle.add(t, v, tag, event_id, extra))
+        if not math.isnan(t):
+            assert agg.recent(t, 4) == oracle.recent(t, 4)
+            assert agg.recent_events_with(t, v, "x", 3) == [x for r in oracle.recent(t, 2) for x in r] + [t, v, "x"]
+        assert [agg.seen(f"e{j}") for j in range(k + 1)] == [
+            any(e[3] == f"e{j}" for e in oracle.held) for j in range(k + 1)
+        ]
+    columns = [list(c) for c in zip(*oracle.held, strict=True)] or [[]] * 5
+    assert pickle.loads(agg.pickled()) == (*columns[:3], columns[3], columns[4], oracle.newest)
     resumed = SlidingAggregates.unpickled(spec, agg.pickled())
     assert (resumed.triples, resumed.times, resumed.tags) == (agg.triples, agg.times, agg.tags)
+
+
+def test_a_nan_dated_event_is_late_and_never_held():
+    agg = SlidingAggregates(SPEC)
+    _ok(agg.add(10.0, 1.0, "m", "e1"))
+    assert agg.add(math.nan, 1.0, "m", "e2") is None
+    assert (
+        agg.times == [10.0] and not agg.seen("e2") and _ok(agg.add(20.0, 1.0, "m"))[5] == 10.0
+    )  # gap from 10, not nan
 
 
 def _run(items, idle=timedelta(hours=1), **kwargs):

@@ -35,7 +35,7 @@ from models.wire import InvalidEvent, four_decimals
 from operators.event_windows import Windowed, WindowStatus
 from operators.kafka.records import SourceRecord
 from sluice.settings import FraudSettings
-from state.feature_store import decode_reply
+from state.feature_store import Unreadable, decode_reply
 from state.windows import SlidingAggregates, WindowSpec
 
 numbers = st.one_of(
@@ -126,7 +126,7 @@ def test_nothing_in_a_record_or_a_profile_makes_the_path_raise(fraud_settings, c
         status, recent = WindowStatus.OK, window.recent_events(txn.event_time_s, 32)
         if feats is None:
             feats, status = window.peek(txn.event_time_s, txn.amount, txn.merchant_id), WindowStatus.LATE
-            recent = [*window.recent_events(txn.event_time_s, 31), txn.event_time_s, txn.amount, extra]
+            recent = window.recent_events_with(txn.event_time_s, txn.amount, extra, 32)
         # the flow's own enrichment: a store that is down returns nothing for the card (cached ones still serve)
         lookup = None if store_down else decode_reply(reply, parse_profile)
         windowed = Windowed(CardEvent(SourceRecord("tx", 0, offset, b"k", raw), txn), feats, status, recent)
@@ -160,3 +160,21 @@ def test_a_score_is_written_as_round_writes_it_but_at_a_half(x: float):
     scaled = x * 10000.0
     if abs(scaled - math.floor(scaled) - 0.5) > 1e-6:
         assert got == round(x, 4)
+
+
+@pytest.mark.parametrize("status", list(WindowStatus))
+@pytest.mark.parametrize("down", [False, True])
+@pytest.mark.parametrize("lookup", ["profile", "missing", "unreadable"])
+def test_a_decision_is_flagged_with_what_it_was_made_without(status, down, lookup):
+    """Every lookup the profile step can give, with the store up or down: a cached profile served while the
+    store is down is no flag; the store's being down is flagged only for an event it left without one."""
+    txn = parse_transaction(orjson.dumps(VALID))
+    windowed = Windowed(CardEvent(SourceRecord("tx", 0, 1, b"k", b"{}"), txn), (1.0,) * 6, status)
+    found = {"profile": parse_profile({"home_country": "FR"}), "missing": None, "unreadable": Unreadable("bad")}
+    flags = _enriched((txn.card_id, windowed), found[lookup], down).flags()
+    expected = {
+        ("profile", False): [], ("profile", True): [],
+        ("missing", False): ["profile_missing"], ("missing", True): ["feature_store_down"],
+        ("unreadable", False): ["profile_invalid"], ("unreadable", True): ["profile_invalid"],
+    }[lookup, down]  # fmt: skip
+    assert flags == ([] if status is WindowStatus.OK else [f"event_{status.value}"]) + expected

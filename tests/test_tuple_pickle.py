@@ -1,5 +1,6 @@
 """The per-event dataclasses that cross processes pickle as (class, values), and older pickles still load."""
 
+import copyreg
 import pickle
 import pickletools
 
@@ -76,19 +77,29 @@ def test_a_pickle_written_before_tuple_pickling_still_loads(obj):
 
 
 class _OldRecent:
-    """How the code before 2026-12-02 pickled an event's recent events: a tuple-pickled class of three columns,
-    ``state.windows.Recent(times, values, extras)``."""
+    """How the code before 2026-12-02 pickled an event's recent events, a class of three columns named
+    ``state.windows.Recent``: tuple-pickled (``Recent(times, values, extras)``) since the morning, and before
+    that the slotted dataclass default (built empty, then its three fields set)."""
 
-    def __init__(self, times: list[float], values: list[float], extras: list[tuple[str, str]]) -> None:
-        self.columns = (times, values, extras)
+    def __init__(self, times: list[float], values: list[float], extras: list[tuple[str, str]], tupled: bool) -> None:
+        self.fields, self.tupled = {"times": times, "values": values, "extras": extras}, tupled
 
-    def __reduce__(self):
-        return windows.Recent, self.columns
+    @property  # type: ignore[misc]
+    def __class__(self):  # what the pickler checks __newobj__'s class against
+        return windows.Recent
+
+    def __reduce_ex__(self, protocol):
+        if self.tupled:
+            return windows.Recent, tuple(self.fields.values())
+        return copyreg.__newobj__, (windows.Recent,), (None, self.fields)  # type: ignore[attr-defined]
 
 
-def test_recent_events_pickled_by_the_code_before_load_flat():
+@pytest.mark.parametrize("tupled", [True, False], ids=["tuple-pickled", "slots-default"])
+def test_recent_events_pickled_by_the_code_before_load_flat(tupled):
     """A recovery store holds the events waiting in a micro-batch at a checkpoint, their recent events included."""
-    recent = _OldRecent([1.0, 2.0], [3.0, 4.0], [("grocery", "FR"), ("travel", "US")])
+    recent = _OldRecent([1.0, 2.0], [3.0, 4.0], [("grocery", "FR"), ("travel", "US")], tupled)
     old = pickle.dumps(EnrichedEvent(EVENT, FEATURES, WindowStatus.OK, PROFILE, None, False, recent))  # type: ignore[arg-type]
-    assert b"Recent" in old
-    assert pickle.loads(old) == ENRICHED
+    assert b"Recent" in old and ("NEWOBJ" in _opcodes(old)) is not tupled
+    loaded = pickle.loads(old)
+    assert loaded == ENRICHED
+    assert b"Recent" not in pickle.dumps(loaded)  # written again, it is a plain list
