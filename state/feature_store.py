@@ -263,16 +263,14 @@ class FeatureStore(Generic[V]):
             self._cache.clear()
         read = 0
         try:
-            for start in range(0, len(missing), READ_CHUNK):
-                chunk = missing[start : start + READ_CHUNK]
-                replies = self._read([self.key(entity_id) for entity_id in chunk])
+            for replies in self._reads([self.key(entity_id) for entity_id in missing]):
                 self._failed_in_a_row = 0
-                for entity_id, reply in zip(chunk, replies, strict=True):
-                    value = self._decode(_as_hash(reply))
+                for entity_id, reply in zip(missing[read : read + len(replies)], replies, strict=True):
+                    value = self._decode(reply)
                     found[entity_id] = value
                     fresh_for = self.negative_ttl_s if value is None or isinstance(value, Unreadable) else self.ttl_s
                     self._cache[entity_id] = (now + fresh_for, value)
-                read += len(chunk)
+                read += len(replies)
         except redis.RedisError as exc:
             self._failed(exc)
             self.misses += read
@@ -281,13 +279,15 @@ class FeatureStore(Generic[V]):
         self.misses += read
         return found, False
 
-    def _read(self, keys: list[str]) -> list[object]:
-        """Each key's HGETALL reply (flat), or its error, in order: one script call (give it at most
-        :data:`READ_CHUNK` keys). A connection or protocol failure raises (``redis.RedisError``); redis-py
-        loads the script again where Redis does not have it (after a restart)."""
-        replies: list[object] = self._read_script(keys=keys, client=self._client)
-        self.round_trips += 1
-        return replies
+    def _reads(self, keys: list[str]) -> Iterator[list[object]]:
+        """Each key's HGETALL reply as a ``{field: value}`` dict, or its error, in order, one list per script
+        call of at most :data:`READ_CHUNK` keys. A call's connection or protocol failure raises
+        (``redis.RedisError``) after the calls before it were handed over; redis-py loads the script again
+        where Redis does not have it (after a restart)."""
+        for start in range(0, len(keys), READ_CHUNK):
+            replies: list[object] = self._read_script(keys=keys[start : start + READ_CHUNK], client=self._client)
+            self.round_trips += 1
+            yield [_as_hash(reply) for reply in replies]
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -360,10 +360,8 @@ class FeatureStore(Generic[V]):
             cursor, keys = self._client.scan(cursor, match=f"{prefix}*", count=page)
             if keys:
                 names = [(k.decode() if isinstance(k, bytes) else str(k)) for k in keys]
-                replies = [
-                    r for at in range(0, len(names), READ_CHUNK) for r in self._read(names[at : at + READ_CHUNK])
-                ]
-                yield [(name[len(prefix) :], self._decode(_as_hash(r))) for name, r in zip(names, replies, strict=True)]
+                replies = [r for call in self._reads(names) for r in call]
+                yield [(name[len(prefix) :], self._decode(r)) for name, r in zip(names, replies, strict=True)]
             if cursor == 0:
                 return
 

@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+
 import bytewax.operators as op
 import pytest
 import redis
@@ -163,10 +165,10 @@ def test_a_failed_call_loses_only_its_own_keys_and_those_after_it(stack):
     """Keys of the calls before a failure are served and cached; the rest are answered "store down"."""
 
     class FailsAfterOneCall(FeatureStore[Profile]):
-        def _read(self, keys: list[str]) -> list[object]:
-            replies = super()._read(keys)
-            self._client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
-            return replies
+        def _reads(self, keys: list[str]) -> Iterator[list[object]]:
+            for replies in super()._reads(keys):
+                yield replies  # then the next call goes to a Redis that is not there
+                self._client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
 
     n = READ_CHUNK + 10
     store = FailsAfterOneCall(stack.redis_url, "fs-partial", ttl_s=60, failures_to_open=5)
