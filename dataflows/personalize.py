@@ -133,7 +133,7 @@ StoredItems = Callable[[Iterable[str]], tuple[dict[str, Any], bool]]  # FeatureS
 
 
 def embed_items(
-    batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8: bool, stored: StoredItems | None = None
+    batch: list[tuple[SourceRecord, CatalogItem]], device: str, int8: bool | None, stored: StoredItems | None = None
 ) -> list[ItemUpdate]:
     """One encoder call for the batch's upserts that came without a vector; precomputed ones are normalised.
 
@@ -471,7 +471,7 @@ def _is_dead(x: object) -> bool:
 def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Dataflow:
     """The personalization dataflow for ``settings`` (see the module docstring)."""
     limit_threads(settings.torch_threads)
-    encoder = shared_encoder(settings.device, settings.encoder_int8)  # load now: fail at start, not mid-stream
+    encoder = shared_encoder(settings.device, settings.int8)  # load now: fail at start, not mid-stream
     dim = encoder.dim
     weights = parse_kind_weights(settings.kind_weights)
     half_life_ms = settings.taste_half_life_h * 3_600_000.0
@@ -497,9 +497,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
     embedded = micro_batch(
         "embed",
         catalog.ok,
-        functools.partial(
-            embed_items, device=settings.device, int8=settings.encoder_int8, stored=item_hashes(settings, dim)
-        ),
+        functools.partial(embed_items, device=settings.device, int8=settings.int8, stored=item_hashes(settings, dim)),
         shard_key=lambda si: si[1].item_id,
         max_batch=settings.embed_max_batch,
         max_wait=timedelta(milliseconds=settings.embed_max_wait_ms),

@@ -165,10 +165,24 @@ def test_a_tools_producer_fails_when_kafka_refused_a_record_though_nothing_is_qu
 
     producer = CheckedProducer(settings.connection().producer_config())
     refused = KafkaRecord(settings.transactions_topic, b"k", b"x", partition=99)  # the topic has 3 partitions
-    # first, before the producer has metadata: queued, then refused by delivery report (later ones raise at once)
-    events = iter([lambda _ms: [refused], lambda _ms: [KafkaRecord(settings.transactions_topic, b"k", b"ok")]])
-    with pytest.raises(NotDelivered, match=r"1 records refused by Kafka; first: .*\[99\]: Local: Unknown partition"):
+    # before the producer has the topic's metadata a record is queued, then refused by a delivery report;
+    # after, produce() refuses it at once: the tool reports both the same way and sends the rest
+    events = iter([lambda _ms: [refused], lambda _ms: [refused, KafkaRecord(settings.transactions_topic, b"k", b"ok")]])
+    with pytest.raises(NotDelivered, match=r"2 records refused by Kafka; first: .*\[99\]: Local: Unknown partition"):
         send_open_loop(producer, events, rate=1000, count=2)
+    assert len(read_all(settings.connection(), settings.transactions_topic, 5)) == 1  # the good record went out
+
+
+def test_a_checked_producer_that_knows_the_topic_counts_a_record_it_cannot_queue_as_refused(settings):
+    """With the topic's metadata in hand librdkafka refuses a bad partition in produce() itself."""
+    from operators.kafka.sink import DeliveryFailed
+
+    producer = CheckedProducer(settings.connection().producer_config())
+    producer.produce(settings.transactions_topic, b"ok", b"k")
+    producer.flush_or_raise(30)  # delivered: the producer now knows the topic has 3 partitions
+    producer.produce(settings.transactions_topic, b"x", b"k", 99)  # refused at once, not raised
+    with pytest.raises(DeliveryFailed, match=r"1 records refused by Kafka; first: .*\[99\]: Local: Unknown partition"):
+        producer.flush_or_raise(30)
 
 
 def test_partitioner_matches_librdkafkas_consistent_partitioner():

@@ -106,11 +106,21 @@ def running(
     shop = make_shop(600, 60, seed=11)
     publish_catalogue(settings, shop.items)
     flow = FlowProcesses(FLOW, settings.to_env(), log_dir=tmp_path_factory.mktemp("personalize-logs")).start()
-    _wait(settings, settings.catalog_changes_topic, lambda bs: len(bs) >= len(shop.items), flow)
+    changes = _wait(settings, settings.catalog_changes_topic, lambda bs: len(bs) >= len(shop.items), flow)
+    assert len({c["item_id"] for c in changes}) == len(shop.items), "the catalogue was not embedded within 120 s"
     publish_interactions(settings, shop.simulation.interactions(12, time.time() * 1000, 2 * HOUR_MS))
     client = redis.Redis.from_url(settings.redis_url)
-    deadline = time.monotonic() + 60
-    while len(client.keys(f"{settings.redis_namespace}-user:*")) < 60 and time.monotonic() < deadline:
+    users = [f"{settings.redis_namespace}-user:u{i}" for i in range(60)]
+
+    def folded() -> int:  # users whose twelve interactions are all in their stored vector
+        return sum(int(client.hget(u, "count") or 0) == 12 for u in users)
+
+    deadline = time.monotonic() + 240  # generous: a loaded CI box has taken more than 60 s here
+    while folded() < len(users):
+        if not flow.alive():
+            raise RuntimeError("the personalization flow exited while folding the interactions")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {folded()} of {len(users)} users folded all 12 interactions within 240 s")
         time.sleep(0.3)
     yield settings, flow, shop
     flow.stop()

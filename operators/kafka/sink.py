@@ -54,6 +54,13 @@ class DeliveryFailed(RuntimeError):
     """Kafka refused or lost records this sink produced."""
 
 
+# Errors librdkafka raises from produce() for a record it will never send (the others, a full queue above all,
+# are the caller's to handle)
+REFUSED_BEFORE_QUEUEING = frozenset(
+    {KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError.MSG_SIZE_TOO_LARGE}
+)
+
+
 class CheckedProducer(Producer):
     """A producer for tools and load generators that knows whether everything it sent was delivered.
 
@@ -75,6 +82,22 @@ class CheckedProducer(Producer):
 
         self.failures = failures
         super().__init__({**config, "delivery.report.only.error": True, "on_delivery": on_failure})
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        """Queue a record; one librdkafka refuses before queueing it (a partition the topic does not have,
+        once the producer knows the topic) counts as a refused record, like one refused by a delivery report.
+
+        Which of the two a refusal becomes depends only on whether the topic's metadata had arrived, so a tool
+        reports both the same way and goes on sending, instead of dying on the first record of the second kind.
+        """
+        try:
+            super().produce(topic, *args, **kwargs)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not isinstance(err, KafkaError) or err.code() not in REFUSED_BEFORE_QUEUEING:
+                raise
+            partition = args[2] if len(args) > 2 else kwargs.get("partition", -1)
+            self.failures.append(f"{topic}[{partition}]: {KafkaError(err.code()).str()}")
 
     def flush_or_raise(self, timeout_s: float, what: str = "records") -> None:
         """Wait for every record; :class:`DeliveryFailed` if any is still queued or was refused."""

@@ -56,7 +56,7 @@ def catalogue_vectors(items: list[CatalogItem], seed: int, settings: Personalize
     """The items' vectors from the encoder the flow uses, cached on disk per (seed, size, encoder)."""
     from models.text_encoder import shared_encoder
 
-    encoder = shared_encoder(settings.device, settings.encoder_int8)
+    encoder = shared_encoder(settings.device, settings.int8)
     return cached_catalogue_vectors(items, seed, encoder.name, encoder.encode, encoder.dim)
 
 
@@ -88,7 +88,7 @@ def encoder_name(settings: PersonalizeSettings) -> str:
     """The name (with its precision) of the encoder the flow embeds items with under ``settings``."""
     from models.text_encoder import shared_encoder
 
-    return shared_encoder(settings.device, settings.encoder_int8).name
+    return shared_encoder(settings.device, settings.int8).name
 
 
 def bulk_load_catalogue(
