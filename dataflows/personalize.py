@@ -510,6 +510,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         functools.partial(store_writer, settings, "item"),
         lambda u: (u.item_id, u.record.version, u.record.fields()),
         shards=settings.write_shards,
+        eof_patience=timedelta(seconds=settings.outage_timeout_s),
     )
     rules = parse_or_dead_letter("parse_rules", op.input("rules", flow, source(settings.rules_topic)), parse_rule_set)
 
@@ -554,6 +555,7 @@ def build_flow(settings: PersonalizeSettings, name: str = "personalize") -> Data
         functools.partial(store_writer, settings, "user"),
         lambda kv: (kv[0], kv[1].version, kv[1].fields),
         shards=settings.write_shards,
+        eof_patience=timedelta(seconds=settings.outage_timeout_s),
     )
     popular = decayed_top(
         "popularity",

@@ -19,10 +19,17 @@ Why this shape:
   not replayed).
 * Only the newest version per key is kept while waiting: older ones would be
   overwritten anyway.
+* **A run that ends leaves the store complete.** At the end of the input (a
+  replay, a backfill, ``stop_at_end``) a timer would never fire again, so the
+  step retries there and then, every ``retry_after`` for up to
+  ``eof_patience``; only after that does it let the run end with values that
+  are in its snapshot alone (logged as an error: the next run writes them).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -35,6 +42,8 @@ from operators.clock import Clock, utc_now
 from operators.microbatch import per_shard
 
 X = TypeVar("X")
+
+log = logging.getLogger(__name__)
 
 Fields = Mapping[str, bytes | str]
 Pending = dict[str, tuple[int, Fields]]
@@ -51,8 +60,12 @@ class WriteThroughLogic(StatefulBatchLogic[X, X, Pending]):
         retry_after: timedelta,
         resume: Pending | None,
         now_getter: Clock,
+        eof_patience: timedelta = timedelta(seconds=30),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.writer_factory = writer_factory
+        self.eof_patience = eof_patience
+        self.sleep = sleep
         self.write: WriteMany | None = None
         self.record = record
         self.retry_after = retry_after
@@ -84,6 +97,21 @@ class WriteThroughLogic(StatefulBatchLogic[X, X, Pending]):
         self._flush()
         return [], StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[X], bool]:
+        give_up_at = self.now() + self.eof_patience
+        self._flush()
+        while self.pending and self.now() < give_up_at:
+            self.sleep(self.retry_after.total_seconds())
+            self._flush()
+        if self.pending:
+            log.error(
+                "the input ended with %d values still unwritten after %.0fs of retries; they are in the "
+                "snapshot and the next run writes them",
+                len(self.pending),
+                self.eof_patience.total_seconds(),
+            )
+        return [], StatefulBatchLogic.RETAIN
+
     def notify_at(self) -> datetime | None:
         return self.retry_at
 
@@ -100,6 +128,7 @@ def write_through(
     shards: Shards = 1,
     retry_after: timedelta = timedelta(seconds=1),
     now_getter: Clock = utc_now,
+    eof_patience: timedelta = timedelta(seconds=30),
 ) -> Stream[X]:
     """Write each item's ``record(item) = (key, version, fields)`` through ``write``; pass the items on.
 
@@ -109,6 +138,6 @@ def write_through(
     """
 
     def builder(resume: Pending | None) -> WriteThroughLogic[X]:
-        return WriteThroughLogic(writer_factory, record, retry_after, resume, now_getter)
+        return WriteThroughLogic(writer_factory, record, retry_after, resume, now_getter, eof_patience)
 
     return per_shard(up, lambda x: record(x)[0], shards, builder)

@@ -387,7 +387,10 @@ def test_kill_9_and_resume_gives_the_user_state_and_redis_vectors_of_a_crash_fre
     shop = make_shop(300, 80, seed=12)
     vectors = np.random.default_rng(0).normal(size=(300, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    base = _settings(stack, source_batch_size=40)  # small batches: many epochs
+    # small batches: many epochs. A Redis read that times out dead-letters its interactions (an outage, tested
+    # elsewhere), which would make the runs differ for a reason other than the crash: on CI's loaded two cores
+    # writes have timed out at the default 500 ms, so this test gives Redis 5 s.
+    base = _settings(stack, source_batch_size=40, redis_timeout_ms=5000.0)
     events = list(shop.simulation.interactions(40, time.time() * 1000, 5 * HOUR_MS))
     parts = [
         events[: len(events) // 3],

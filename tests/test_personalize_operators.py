@@ -127,6 +127,44 @@ def test_write_through_keeps_the_newest_unwritten_value_until_the_store_is_back(
     assert written[-1] == saved
 
 
+def test_write_through_retries_at_the_end_of_the_input_so_a_finished_run_leaves_the_store_complete(caplog):
+    """No timer fires after the input ends: a replay whose last write met a slow store would otherwise end
+    with that value only in its snapshot."""
+    clock = TimeTestingGetter(T0)
+    written: list[Pending] = []
+    down_for = [3]  # attempts
+
+    def write(records: Pending) -> bool:
+        if down_for[0] > 0:
+            down_for[0] -= 1
+            return False
+        written.append(dict(records))
+        return True
+
+    def logic() -> WriteThroughLogic[tuple[str, int]]:
+        return WriteThroughLogic(
+            lambda: write,
+            lambda kv: (kv[0], kv[1], {}),
+            timedelta(seconds=1),
+            None,
+            clock.get,
+            eof_patience=timedelta(seconds=10),
+            sleep=lambda s: clock.advance(timedelta(seconds=s)),
+        )
+
+    ending = logic()
+    ending.on_batch([("a", 1)])  # the first attempt fails
+    assert ending.on_eof() == ([], WriteThroughLogic.RETAIN)  # two more fail, the third writes
+    assert written == [{"a": (1, {})}] and ending.snapshot() == {} and clock.now == T0 + timedelta(seconds=2)
+    down_for[0] = 100  # a store that stays away: the run ends after the patience, the value in the snapshot
+    stuck = logic()
+    stuck.on_batch([("b", 2)])
+    with caplog.at_level(logging.ERROR, logger="operators.write_through"):
+        stuck.on_eof()
+    assert stuck.snapshot() == {"b": (2, {})} and clock.now == T0 + timedelta(seconds=12)
+    assert "1 values still unwritten after 10s" in caplog.text
+
+
 def test_versioned_writes_never_move_a_value_backwards(stack: LocalStack):
     ns = f"wt-{uuid.uuid4().hex[:6]}"
     store: FeatureStore[object] = FeatureStore(stack.redis_url, ns)
