@@ -98,6 +98,7 @@ class WriteThroughLogic(StatefulBatchLogic[X, X, Pending]):
         return [], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[X], bool]:
+        """Write what waits before the run ends (each shard waits up to ``eof_patience`` on its own)."""
         give_up_at = self.now() + self.eof_patience
         self._flush()
         while self.pending and self.now() < give_up_at:
