@@ -81,13 +81,16 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+BY_CPU: dict[str, bool | None] = {"auto": None, "on": True, "off": False}  # a precision switch's choices
+
+
 def by_cpu(switch: str) -> bool | None:
     """An ``auto``/``on``/``off`` setting as a precision switch: ``None`` (auto) lets the code decide by the CPU.
 
     >>> by_cpu("auto"), by_cpu("on"), by_cpu("off")
     (None, True, False)
     """
-    return {"auto": None, "on": True, "off": False}[switch]
+    return BY_CPU[switch]
 
 
 def env_name(field_name: str) -> str:
@@ -501,7 +504,7 @@ class AssistantSettings(FlowSettings):
         "auto",
         "bf16 encoder on CPU: auto (where the CPU multiplies bf16 natively: AMX or AVX512-BF16; half the CPU of "
         "fp32), on, or off (fp32); bf16 and fp32 vectors share an index",
-        choices=("auto", "on", "off"),
+        choices=tuple(BY_CPU),
     )
     answer_mode: str = setting(
         "auto",
@@ -618,7 +621,7 @@ class PersonalizeSettings(FlowSettings):
         "auto",
         "row-wise int8 item encoder on CPU: auto (where the CPU has int8 dot products: VNNI or AMX; on AVX2 alone "
         "int8 is ~40x slower than fp32), on, or off; a change re-embeds the items",
-        choices=("auto", "on", "off"),
+        choices=tuple(BY_CPU),
     )
     torch_threads: int = setting(1, "intra-op threads of torch and faiss per process (0: their default)", minimum=0)
     embed_max_batch: int = setting(256, "item embedding micro-batch size", minimum=1)
